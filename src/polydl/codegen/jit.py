@@ -49,7 +49,7 @@ def host_feature_string() -> str:
 
 def resolve_cpu(target: str | None) -> tuple[str, str]:
     """(cpu, features) for a target name; ``None`` or ``"host"`` is this machine."""
-    if target in (None, "host", "native"):
+    if target in (None, "host", "native") or target == host_cpu():
         return host_cpu(), host_feature_string()
     return target, ""
 

@@ -1,0 +1,50 @@
+"""Shared helpers of the benchmark scripts: medians, thread pinning, the ResNet-50 layer table."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def median_seconds(fn: Callable[[], object], *, repeat: int = 7, min_time: float = 0.05) -> float:
+    """Median wall time of ``fn()`` over ``repeat`` samples, each long enough to time."""
+    fn()  # warm up (JIT, caches, thread pools)
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-7)
+    inner = max(1, int(min_time / once))
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - t0) / inner)
+    return float(np.median(samples))
+
+
+def resnet50_layers() -> list[dict[str, int | str]]:
+    """The rows of shared/bench/resnet50_conv.csv, ints converted."""
+    path = Path(os.environ.get("POLYDL_SHARED", SHARED)) / "bench" / "resnet50_conv.csv"
+    with open(path) as f:
+        return [{k: (v if k == "name" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def numpy_conv2d(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    """NCHW x KCRS convolution through im2col and one BLAS matmul (NumPy's fast path)."""
+    n, c, h, wd = x.shape
+    k, _, r, s = w.shape
+    p = (h + 2 * pad - r) // stride + 1
+    q = (wd + 2 * pad - s) // stride + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
+    cols = np.lib.stride_tricks.sliding_window_view(xp, (r, s), axis=(2, 3))
+    cols = cols[:, :, ::stride, ::stride][:, :, :p, :q]  # n c p q r s
+    cols = cols.transpose(0, 2, 3, 1, 4, 5).reshape(n * p * q, c * r * s)
+    out = cols @ w.reshape(k, c * r * s).T
+    return out.reshape(n, p, q, k).transpose(0, 3, 1, 2)

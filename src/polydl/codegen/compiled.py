@@ -1,0 +1,130 @@
+"""The callable a compilation returns: argument checks, cached pointers, one ctypes call."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Any
+
+import numpy as np
+
+from ..ir import loops as L
+from ..ir.nodes import Kernel, ScalarArg, TensorArg
+from . import jit
+from .llvm import ENTRY
+
+NP_DTYPE = {"f32": np.dtype(np.float32), "f64": np.dtype(np.float64)}
+
+
+class CompiledKernel:
+    """A kernel compiled for fixed sizes; call it like the DSL function (outputs in place).
+
+    Arguments are checked before anything runs (arity, names, shapes, dtypes, C-contiguity,
+    writeability of outputs, overlapping buffers): a refused call writes nothing.
+    """
+
+    def __init__(self, *, kernel: Kernel, tree: tuple[L.Node, ...], llvm_ir: str, cpu: str, threads: int):
+        self.kernel = kernel
+        self.tree = tree
+        self.llvm_ir = llvm_ir
+        self.cpu = cpu
+        self.threads = threads
+        self.sizes = kernel.size_values
+        self._module: jit.JitModule | None = None
+        self._fn = None
+        self._lock = threading.Lock()
+        tensors = kernel.tensors
+        self._shapes = {t.name: kernel.shape_of(t.name) for t in tensors}
+        self._written = {s.target.tensor for s in kernel.statements}
+        self._tensor_ptrs = (ctypes.c_void_p * max(1, len(tensors)))()
+        self._scalar_vals = (ctypes.c_double * max(1, len(kernel.scalars)))()
+        self._names = [a.name for a in kernel.args]
+
+    # ------------------------------------------------------------ compilation
+    def load(self):
+        """JIT-compile now (otherwise done at the first call); returns the native entry."""
+        if self._fn is None:
+            with self._lock:
+                if self._fn is None:
+                    self._module = jit.build(self.llvm_ir, target=self.cpu, name=self.kernel.name)
+                    self._fn = self._module.cfunc(
+                        ENTRY, None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32
+                    )
+        return self._fn
+
+    def show(self, what: str = "loops") -> str:
+        """``"loops"``: the transformed nest as C-like text; ``"llvm"``; ``"asm"``."""
+        if what == "loops":
+            text = {s.name: f"{s.source}  (line {s.line})" for s in self.kernel.statements}
+            head = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
+            return f"// {self.kernel.name}({head}), threads={self.threads}\n" + L.to_c(self.tree, text)
+        if what == "llvm":
+            return self.llvm_ir
+        if what in ("llvm-opt", "llvm_opt"):
+            return jit.optimized_ir(self.llvm_ir, cpu=self.cpu, name=self.kernel.name)
+        if what == "asm":
+            return jit.emit_asm(self.llvm_ir, cpu=self.cpu, name=self.kernel.name)
+        raise ValueError(f"show() takes 'loops', 'llvm', 'llvm-opt' or 'asm', not {what!r}")
+
+    # ------------------------------------------------------------ calling
+    def bind_args(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """Match positional and keyword arguments to the kernel's parameters."""
+        name = self.kernel.name
+        if len(args) > len(self._names):
+            raise TypeError(f"{name}() takes {len(self._names)} arguments ({', '.join(self._names)}), got {len(args)}")
+        bound = dict(zip(self._names, args, strict=False))
+        for k, v in kwargs.items():
+            if k not in self._names:
+                raise TypeError(f"{name}() got an unexpected argument {k!r}; parameters: {', '.join(self._names)}")
+            if k in bound:
+                raise TypeError(f"{name}() got argument {k!r} twice")
+            bound[k] = v
+        missing = [n for n in self._names if n not in bound]
+        if missing:
+            raise TypeError(f"{name}() is missing argument(s) {', '.join(map(repr, missing))}")
+        return bound
+
+    def check(self, bound: dict[str, Any]) -> None:
+        name = self.kernel.name
+        arrays = []
+        for a in self.kernel.args:
+            v = bound[a.name]
+            if isinstance(a, ScalarArg):
+                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+                    raise TypeError(f"{name}(): scalar argument {a.name!r} must be a number, got {type(v).__name__}")
+                continue
+            assert isinstance(a, TensorArg)
+            want = self._shapes[a.name]
+            if not isinstance(v, np.ndarray):
+                raise TypeError(f"{name}(): argument {a.name!r} must be a numpy array of shape {want} and dtype {NP_DTYPE[a.dtype]}, got {type(v).__name__}")
+            if v.dtype != NP_DTYPE[a.dtype]:
+                raise TypeError(f"{name}(): argument {a.name!r} must have dtype {NP_DTYPE[a.dtype]}, got {v.dtype}")
+            if v.shape != want:
+                raise ValueError(f"{name}(): argument {a.name!r} must have shape {want} (sizes {self.sizes}), got {v.shape}")
+            if not v.flags.c_contiguous:
+                raise ValueError(f"{name}(): argument {a.name!r} must be C-contiguous (use np.ascontiguousarray)")
+            if a.name in self._written and not v.flags.writeable:
+                raise ValueError(f"{name}(): argument {a.name!r} is written by the kernel but is read-only")
+            arrays.append((a.name, v))
+        for i, (n1, v1) in enumerate(arrays):
+            for n2, v2 in arrays[i + 1 :]:
+                if (n1 in self._written or n2 in self._written) and np.may_share_memory(v1, v2):
+                    raise ValueError(f"{name}(): arguments {n1!r} and {n2!r} share memory; pass distinct arrays")
+
+    def __call__(self, *args, **kwargs) -> None:
+        fn = self.load()
+        bound = self.bind_args(args, kwargs)
+        self.check(bound)
+        ti = si = 0
+        for a in self.kernel.args:
+            if isinstance(a, TensorArg):
+                self._tensor_ptrs[ti] = bound[a.name].__array_interface__["data"][0]
+                ti += 1
+            else:
+                self._scalar_vals[si] = float(bound[a.name])
+                si += 1
+        fn(ctypes.addressof(self._tensor_ptrs), ctypes.addressof(self._scalar_vals), self.threads)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
+        return f"<CompiledKernel {self.kernel.name}({sizes}) cpu={self.cpu} threads={self.threads}>"

@@ -1,0 +1,487 @@
+"""Loop tree -> LLVM IR text, through the Jinja templates in ``templates/``.
+
+The module has one exported entry, ``void polydl_entry(ptr tensors[], ptr scalars, i32 nthreads)``:
+``tensors`` holds each tensor argument's data pointer (call order), ``scalars`` each scalar
+argument as a double. The entry unpacks them and calls ``@nest`` whose tensor parameters are
+``noalias`` (the caller refuses overlapping buffers), so LLVM vectorises freely. A loop marked
+parallel becomes an outlined region run by ``GOMP_parallel``; each thread takes one contiguous
+chunk of the iterations. Every name, constant and instruction is computed here; the templates
+only lay out blocks.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+
+import jinja2
+
+from ..ir import loops as L
+from ..ir.nodes import (
+    Arg,
+    BinOp,
+    Expr,
+    IExpr,
+    Int,
+    IntOp,
+    Kernel,
+    Load,
+    Num,
+    Statement,
+    TensorArg,
+    UnOp,
+    Var,
+    eval_int,
+)
+
+ENTRY = "polydl_entry"
+LLTYPE = {"f32": "float", "f64": "double"}
+FM = "reassoc nsz arcp contract afn"  # float reductions may be reassociated (API.md, section 1)
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    """The one Jinja environment for generated code; undefined values are errors."""
+    loader = jinja2.FunctionLoader(_load_template)
+    return jinja2.Environment(
+        loader=loader,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _load_template(name: str) -> str:
+    folder, _, leaf = name.rpartition("/")
+    root = resources.files("polydl") / (folder or "templates")
+    return (root / leaf).read_text()
+
+
+def render(template: str, **values) -> str:
+    return environment().get_template(template).render(**values)
+
+
+def _control():
+    return environment().get_template("control.ll.j2").module
+
+
+def float_literal(value: float, dtype: str) -> str:
+    """LLVM's hexadecimal literal for ``value`` rounded to ``dtype``."""
+    if dtype == "f32":
+        value = struct.unpack("<f", struct.pack("<f", value))[0]
+    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", value))[0]
+
+
+@dataclass
+class _Code:
+    """Instructions computing one value: ``code`` lines, then ``value`` (an operand)."""
+
+    code: str
+    value: str
+
+
+@dataclass
+class _Fn:
+    """State of the function being emitted."""
+
+    allocas: set[str] = field(default_factory=set)
+    ctx_allocas: list[str] = field(default_factory=list)
+
+
+class ModuleEmitter:
+    """Emits one kernel's module. Use :func:`emit_module`."""
+
+    def __init__(self, kernel: Kernel, tree: tuple[L.Node, ...], *, parallel: bool, cpu: str):
+        self.k = kernel
+        self.tree = tree
+        self.parallel = parallel
+        self.cpu = cpu
+        self.sizes = kernel.size_values
+        self.stmts = {s.name: s for s in kernel.statements}
+        self.tensors = kernel.tensors
+        self.scalars = kernel.scalars
+        self.strides = {t.name: _strides(kernel.shape_of(t.name)) for t in self.tensors}
+        self.n = 0
+        self.decls: set[str] = set()
+        self.functions: list[str] = []
+
+    # ------------------------------------------------------------ names and signatures
+    def fresh(self, prefix: str = "v") -> str:
+        self.n += 1
+        return f"%{prefix}{self.n}"
+
+    def label(self, prefix: str) -> str:
+        self.n += 1
+        return f"{prefix}{self.n}"
+
+    def kernel_params(self) -> list[str]:
+        ts = [f"ptr noalias nocapture %t.{t.name}" for t in self.tensors]
+        ss = [f"{LLTYPE[s.dtype]} %s.{s.name}" for s in self.scalars]
+        return [*ts, *ss, "i32 %nthreads"]
+
+    def kernel_args(self) -> list[str]:
+        ts = [f"ptr %t.{t.name}" for t in self.tensors]
+        ss = [f"{LLTYPE[s.dtype]} %s.{s.name}" for s in self.scalars]
+        return [*ts, *ss, "i32 %nthreads"]
+
+    # ------------------------------------------------------------ module
+    def emit(self) -> str:
+        unpack: list[str] = []
+        for i, t in enumerate(self.tensors):
+            unpack += [
+                f"%t.{t.name}.slot = getelementptr inbounds ptr, ptr %tensors, i64 {i}",
+                f"%t.{t.name} = load ptr, ptr %t.{t.name}.slot, align 8",
+            ]
+        for i, s in enumerate(self.scalars):
+            as_f64 = f"%s.{s.name}.d" if s.dtype == "f32" else f"%s.{s.name}"
+            unpack += [
+                f"%s.{s.name}.slot = getelementptr inbounds double, ptr %scalars, i64 {i}",
+                f"{as_f64} = load double, ptr %s.{s.name}.slot, align 8",
+            ]
+            if s.dtype == "f32":
+                unpack.append(f"%s.{s.name} = fptrunc double {as_f64} to float")
+        nest = self.function("nest", self.kernel_params(), [], self.tree)
+        self.functions.insert(0, nest)
+        return render(
+            "module.ll.j2",
+            name=self.k.name,
+            cpu=self.cpu,
+            entry=ENTRY,
+            n_tensors=len(self.tensors),
+            n_scalars=len(self.scalars),
+            declarations=sorted(self.decls),
+            unpack=unpack,
+            nest="nest",
+            nest_args=", ".join(self.kernel_args()),
+            functions=self.functions,
+        )
+
+    def function(
+        self,
+        name: str,
+        params: Sequence[str],
+        prologue: list[str],
+        nodes: tuple[L.Node, ...],
+        outer: Sequence[str] = (),
+        in_parallel: bool = False,
+    ) -> str:
+        fn = _Fn()
+        for v in outer:
+            fn.allocas.add(v)
+            prologue = [*prologue, f"store i64 %o.{v}, ptr %{v}.addr"]
+        body = self.nodes(nodes, fn, list(outer), in_parallel=in_parallel)
+        allocas = [f"%{v}.addr = alloca i64, align 8" for v in sorted(fn.allocas)] + fn.ctx_allocas
+        return render(
+            "function.ll.j2",
+            fn=name,
+            params=", ".join(params),
+            allocas=allocas,
+            prologue=prologue,
+            body=body,
+        )
+
+    # ------------------------------------------------------------ loop tree
+    def nodes(self, nodes: tuple[L.Node, ...], fn: _Fn, path: list[str], in_parallel: bool) -> str:
+        return "\n".join(self.node(n, fn, path, in_parallel) for n in nodes)
+
+    def node(self, n: L.Node, fn: _Fn, path: list[str], in_parallel: bool) -> str:
+        if isinstance(n, L.For):
+            if self.parallel and n.parallel and not in_parallel and n.upper() is not None:
+                return self.parallel_for(n, fn, path)
+            fn.allocas.add(n.var)
+            init = self.int_code(n.init, {})
+            body = self.nodes(n.body, fn, [*path, n.var], in_parallel)
+            cond = self.cond_code(n.cond)
+            lid = self.label("L")
+            return _control().for_loop(lid, n.var, init, cond, n.step, body)
+        if isinstance(n, L.If):
+            cond = self.cond_code(n.cond)
+            then = self.nodes(n.then, fn, path, in_parallel)
+            orelse = self.nodes(n.orelse, fn, path, in_parallel)
+            return _control().if_block(self.label("I"), cond, then, orelse)
+        return self.call(n)
+
+    def parallel_for(self, n: L.For, fn: _Fn, path: list[str]) -> str:
+        """Outline ``n`` into a region run by every thread on its chunk of iterations."""
+        for d in ("GOMP_parallel", "omp_thread", "omp_threads", "smin"):
+            self.decls.add(_DECLS[d])
+        region = self.label("region")
+        lo, hi = self.int_code(n.init, {}), self.int_code(n.upper(), {})  # type: ignore[arg-type]
+        slots: list[tuple[str, str]] = []  # (i64 value to store, how the region unpacks it)
+        stores: list[str] = [lo.code, hi.code]
+
+        def slot(value_i64: str, unpack: list[str]) -> None:
+            slots.append((value_i64, "\n".join(unpack)))
+
+        for t in self.tensors:
+            v = self.fresh("p")
+            stores.append(f"  {v} = ptrtoint ptr %t.{t.name} to i64")
+            slot(v, [f"%t.{t.name} = inttoptr i64 %slot{len(slots)} to ptr"])
+        for s in self.scalars:
+            v = self.fresh("p")
+            if s.dtype == "f32":
+                w = self.fresh("p")
+                stores += [f"  {w} = bitcast float %s.{s.name} to i32", f"  {v} = zext i32 {w} to i64"]
+                slot(
+                    v,
+                    [
+                        f"%s.{s.name}.i = trunc i64 %slot{len(slots)} to i32",
+                        f"%s.{s.name} = bitcast i32 %s.{s.name}.i to float",
+                    ],
+                )
+            else:
+                stores.append(f"  {v} = bitcast double %s.{s.name} to i64")
+                slot(v, [f"%s.{s.name} = bitcast i64 %slot{len(slots)} to double"])
+        for var in path:
+            v = self.fresh("p")
+            stores.append(f"  {v} = load i64, ptr %{var}.addr")
+            slot(v, [f"%o.{var} = add i64 %slot{len(slots)}, 0"])
+        slot(lo.value, [f"%lo = add i64 %slot{len(slots)}, 0"])
+        slot(hi.value, [f"%hi = add i64 %slot{len(slots)}, 0"])
+        ctx = self.fresh("ctx")
+        fn.ctx_allocas.append(f"{ctx} = alloca [{len(slots)} x i64], align 8")
+        for i, (value, _) in enumerate(slots):
+            p = self.fresh("q")
+            stores += [
+                f"  {p} = getelementptr inbounds i64, ptr {ctx}, i64 {i}",
+                f"  store i64 {value}, ptr {p}",
+            ]
+        unpack: list[str] = []
+        for i, (_, how) in enumerate(slots):
+            unpack += [
+                f"%slot{i}.p = getelementptr inbounds i64, ptr %ctx, i64 {i}",
+                f"%slot{i} = load i64, ptr %slot{i}.p",
+                *how.split("\n"),
+            ]
+        unpack.append("%nthreads = add i32 0, 0")
+        body_fn = f"{region}.body"
+        outer_params = [f"i64 %o.{v}" for v in path]
+        body_params = [*self.kernel_params(), *outer_params, "i64 %start", "i64 %stop"]
+        body_args = [*self.kernel_args(), *[f"i64 %o.{v}" for v in path], "i64 %start", "i64 %stop"]
+        inner = L.For(
+            var=n.var,
+            dim=n.dim,
+            init=Var(name="%start"),
+            cond=L.Cmp(op="<", a=Var(name=n.var), b=Var(name="%stop")),
+            step=n.step,
+            body=n.body,
+            parallel=False,
+        )
+        self.functions.append(
+            render(
+                "region.ll.j2",
+                region=region,
+                unpack=unpack,
+                step=n.step,
+                step_minus_one=n.step - 1,
+                body_fn=body_fn,
+                body_args=", ".join(body_args),
+            )
+        )
+        self.functions.append(self.function(body_fn, body_params, [], (inner,), path, True))
+        return _control().parallel_launch(
+            self.label("P"), ctx, len(slots), "\n".join(x for x in stores if x), region
+        )
+
+    # ------------------------------------------------------------ statements
+    def call(self, c: L.Call) -> str:
+        s: Statement = self.stmts[c.stmt]
+        code: list[str] = [f"  ; {s.name}: {s.source}  (line {s.line})"]
+        env: dict[str, str] = {}
+        for it, arg in zip(s.iterators, c.args, strict=True):
+            r = self.int_code(arg, {})
+            code.append(r.code)
+            env[it] = r.value
+        dt = self.k.arg(s.target.tensor).dtype  # type: ignore[union-attr]
+        ty = LLTYPE[dt]
+        addr = self.address(s.target, env, code)
+        rhs = self.float_expr(s.expr, env, code, dt)
+        if s.op == "=":
+            new = rhs
+        else:
+            old = self.fresh()
+            code.append(f"  {old} = load {ty}, ptr {addr}")
+            new = self.fresh()
+            inst = {"+=": "fadd", "-=": "fsub", "*=": "fmul"}[s.op]
+            code.append(f"  {new} = {inst} {FM} {ty} {old}, {rhs}")
+        code.append(f"  store {ty} {new}, ptr {addr}")
+        return "\n".join(x for x in code if x)
+
+    def address(self, ld: Load, env: dict[str, str], code: list[str]) -> str:
+        t = self.k.arg(ld.tensor)
+        assert isinstance(t, TensorArg)
+        flat: IExpr = Int(value=0)
+        for e, stride in zip(ld.index, self.strides[ld.tensor], strict=True):
+            term = e if stride == 1 else IntOp(op="*", a=e, b=Int(value=stride))
+            flat = term if flat == Int(value=0) else IntOp(op="+", a=flat, b=term)
+        off = self.int_code(flat, env)
+        code.append(off.code)
+        p = self.fresh("a")
+        code.append(f"  {p} = getelementptr inbounds {LLTYPE[t.dtype]}, ptr %t.{t.name}, i64 {off.value}")
+        return p
+
+    def float_expr(self, e: Expr, env: dict[str, str], code: list[str], dt: str) -> str:
+        ty = LLTYPE[dt]
+        if isinstance(e, Num):
+            return float_literal(e.value, dt)
+        if isinstance(e, Arg):
+            sdt = self.k.arg(e.name).dtype
+            return self.convert(f"%s.{e.name}", sdt, dt, code)
+        if isinstance(e, Load):
+            addr = self.address(e, env, code)
+            ldt = self.k.arg(e.tensor).dtype  # type: ignore[union-attr]
+            v = self.fresh()
+            code.append(f"  {v} = load {LLTYPE[ldt]}, ptr {addr}")
+            return self.convert(v, ldt, dt, code)
+        if isinstance(e, BinOp):
+            a = self.float_expr(e.a, env, code, dt)
+            b = self.float_expr(e.b, env, code, dt)
+            v = self.fresh()
+            if e.op in ("max", "min"):
+                fname = f"llvm.{e.op}num.{_sfx(dt)}"
+                self.decls.add(f"declare {ty} @{fname}({ty}, {ty})")
+                code.append(f"  {v} = call {FM} {ty} @{fname}({ty} {a}, {ty} {b})")
+            else:
+                inst = {"+": "fadd", "-": "fsub", "*": "fmul", "/": "fdiv"}[e.op]
+                code.append(f"  {v} = {inst} {FM} {ty} {a}, {b}")
+            return v
+        assert isinstance(e, UnOp)
+        a = self.float_expr(e.a, env, code, dt)
+        v = self.fresh()
+        if e.op == "neg":
+            code.append(f"  {v} = fneg {FM} {ty} {a}")
+        elif e.op == "sigmoid":
+            self.decls.add(f"declare {ty} @llvm.exp.{_sfx(dt)}({ty})")
+            n, ex, d = self.fresh(), self.fresh(), self.fresh()
+            code += [
+                f"  {n} = fneg {FM} {ty} {a}",
+                f"  {ex} = call {FM} {ty} @llvm.exp.{_sfx(dt)}({ty} {n})",
+                f"  {d} = fadd {FM} {ty} {ex}, {float_literal(1.0, dt)}",
+                f"  {v} = fdiv {FM} {ty} {float_literal(1.0, dt)}, {d}",
+            ]
+        else:
+            fname = f"llvm.{e.op}.{_sfx(dt)}"
+            self.decls.add(f"declare {ty} @{fname}({ty})")
+            code.append(f"  {v} = call {FM} {ty} @{fname}({ty} {a})")
+        return v
+
+    def convert(self, v: str, src: str, dst: str, code: list[str]) -> str:
+        if src == dst:
+            return v
+        w = self.fresh()
+        inst = "fpext" if src == "f32" else "fptrunc"
+        code.append(f"  {w} = {inst} {LLTYPE[src]} {v} to {LLTYPE[dst]}")
+        return w
+
+    # ------------------------------------------------------------ integers and conditions
+    def int_code(self, e: IExpr, env: dict[str, str]) -> _Code:
+        code: list[str] = []
+        value = self.int_value(e, env, code)
+        return _Code(code="\n".join(x for x in code if x), value=value)
+
+    def int_value(self, e: IExpr, env: dict[str, str], code: list[str]) -> str:
+        const = self.const(e, env)
+        if const is not None:
+            return str(const)
+        if isinstance(e, Var):
+            if e.name in env:
+                return env[e.name]
+            if e.name.startswith("%"):
+                return e.name
+            v = self.fresh("i")
+            code.append(f"  {v} = load i64, ptr %{e.name}.addr")
+            return v
+        assert isinstance(e, IntOp)
+        a = self.int_value(e.a, env, code)
+        b = self.int_value(e.b, env, code)
+        v = self.fresh("i")
+        match e.op:
+            case "+" | "-" | "*":
+                inst = {"+": "add", "-": "sub", "*": "mul"}[e.op]
+                code.append(f"  {v} = {inst} nsw i64 {a}, {b}")
+            case "min" | "max":
+                fname = "llvm.smin.i64" if e.op == "min" else "llvm.smax.i64"
+                self.decls.add(f"declare i64 @{fname}(i64, i64)")
+                code.append(f"  {v} = call i64 @{fname}(i64 {a}, i64 {b})")
+            case "//" | "%":
+                # Python floor semantics: adjust truncating division when signs differ.
+                q, r, neg, nz, fix = (self.fresh("i") for _ in range(5))
+                code += [
+                    f"  {q} = sdiv i64 {a}, {b}",
+                    f"  {r} = srem i64 {a}, {b}",
+                    f"  {nz} = icmp ne i64 {r}, 0",
+                    f"  {neg} = icmp slt i64 {r}, 0",
+                    f"  {fix} = and i1 {nz}, {neg}",
+                ]
+                if e.op == "//":
+                    d = self.fresh("i")
+                    code += [f"  {d} = sub nsw i64 {q}, 1", f"  {v} = select i1 {fix}, i64 {d}, i64 {q}"]
+                else:
+                    d = self.fresh("i")
+                    code += [f"  {d} = add nsw i64 {r}, {b}", f"  {v} = select i1 {fix}, i64 {d}, i64 {r}"]
+            case _:
+                raise ValueError(f"unknown integer op {e.op!r}")
+        return v
+
+    def const(self, e: IExpr, env: dict[str, str]) -> int | None:
+        """Fold ``e`` if it only involves literals and bound sizes."""
+        names = {v for v in _int_vars(e)}
+        if all(n in self.sizes for n in names):
+            return eval_int(e, self.sizes)
+        return None
+
+    def cond_code(self, c: L.Cond) -> _Code:
+        code: list[str] = []
+        value = self.cond_value(c, code)
+        return _Code(code="\n".join(x for x in code if x), value=value)
+
+    def cond_value(self, c: L.Cond, code: list[str]) -> str:
+        v = self.fresh("b")
+        if isinstance(c, L.Cmp):
+            a = self.int_value(c.a, {}, code)
+            b = self.int_value(c.b, {}, code)
+            pred = {"<": "slt", "<=": "sle", ">": "sgt", ">=": "sge", "==": "eq"}[c.op]
+            code.append(f"  {v} = icmp {pred} i64 {a}, {b}")
+        else:
+            a = self.cond_value(c.a, code)
+            b = self.cond_value(c.b, code)
+            code.append(f"  {v} = {c.op} i1 {a}, {b}")
+        return v
+
+
+_DECLS = {
+    "GOMP_parallel": "declare void @GOMP_parallel(ptr, ptr, i32, i32)",
+    "omp_thread": "declare i32 @omp_get_thread_num()",
+    "omp_threads": "declare i32 @omp_get_num_threads()",
+    "smin": "declare i64 @llvm.smin.i64(i64, i64)",
+}
+
+
+def _sfx(dt: str) -> str:
+    return "f32" if dt == "f32" else "f64"
+
+
+def _int_vars(e: IExpr):
+    if isinstance(e, Var):
+        yield e.name
+    elif isinstance(e, IntOp):
+        yield from _int_vars(e.a)
+        yield from _int_vars(e.b)
+
+
+def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    out = []
+    acc = 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc *= d
+    return tuple(reversed(out))
+
+
+def emit_module(kernel: Kernel, tree: tuple[L.Node, ...], *, parallel: bool, cpu: str) -> str:
+    """LLVM IR text of ``kernel`` scheduled as ``tree`` (loops marked parallel are threaded)."""
+    return ModuleEmitter(kernel, tree, parallel=parallel, cpu=cpu).emit()

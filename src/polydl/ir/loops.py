@@ -1,0 +1,115 @@
+"""The loop tree that code generation walks: isl's AST turned into plain frozen dataclasses.
+
+``ir/poly.py`` builds it from a schedule; ``codegen/llvm.py`` emits LLVM IR from it and
+``show("loops")`` prints it as C-like text. Iterators are named ``c0, c1, ...`` after the
+schedule dimension they scan (``For.dim``); a :class:`Call` gives the values of a statement's
+own iterators as expressions of those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .nodes import IExpr, Int, IntOp, Var
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cmp:
+    op: str  # "<" "<=" ">" ">=" "=="
+    a: IExpr
+    b: IExpr
+
+    def __str__(self) -> str:
+        return f"{self.a} {self.op} {self.b}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BoolOp:
+    op: str  # "and" | "or"
+    a: Cond
+    b: Cond
+
+    def __str__(self) -> str:
+        sym = "&&" if self.op == "and" else "||"
+        return f"({self.a} {sym} {self.b})"
+
+
+Cond = Cmp | BoolOp
+
+
+@dataclass(frozen=True, kw_only=True)
+class Call:
+    """Run statement ``stmt`` at iteration ``args`` (its iterators, in order)."""
+
+    stmt: str
+    args: tuple[IExpr, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class For:
+    var: str
+    dim: int  # the schedule dimension this loop scans
+    init: IExpr
+    cond: Cond  # tested before each iteration, in terms of ``var``
+    step: int
+    body: tuple[Node, ...]
+    parallel: bool = False  # no dependence is carried by this loop
+
+    def upper(self) -> IExpr | None:
+        """The exclusive upper bound when ``cond`` is ``var < e`` or ``var <= e``, else None."""
+        c = self.cond
+        if isinstance(c, Cmp) and c.a == Var(name=self.var):
+            if c.op == "<":
+                return c.b
+            if c.op == "<=":
+                return IntOp(op="+", a=c.b, b=Int(value=1))
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class If:
+    cond: Cond
+    then: tuple[Node, ...]
+    orelse: tuple[Node, ...] = ()
+
+
+Node = For | If | Call
+
+
+def walk(nodes: tuple[Node, ...]) -> Iterator[Node]:
+    """Every node, depth first."""
+    for n in nodes:
+        yield n
+        if isinstance(n, For):
+            yield from walk(n.body)
+        elif isinstance(n, If):
+            yield from walk(n.then)
+            yield from walk(n.orelse)
+
+
+def to_c(nodes: tuple[Node, ...], stmt_text: dict[str, str] | None = None, indent: int = 0) -> str:
+    """C-like text of a loop tree; ``stmt_text`` maps a statement name to its source text."""
+    pad = "  " * indent
+    out: list[str] = []
+    for n in nodes:
+        if isinstance(n, For):
+            if n.parallel:
+                out.append(f"{pad}#pragma omp parallel for")
+            step = f"{n.var} += {n.step}" if n.step != 1 else f"{n.var}++"
+            out.append(f"{pad}for (int {n.var} = {n.init}; {n.cond}; {step}) {{")
+            out.append(to_c(n.body, stmt_text, indent + 1))
+            out.append(f"{pad}}}")
+        elif isinstance(n, If):
+            out.append(f"{pad}if ({n.cond}) {{")
+            out.append(to_c(n.then, stmt_text, indent + 1))
+            if n.orelse:
+                out.append(f"{pad}}} else {{")
+                out.append(to_c(n.orelse, stmt_text, indent + 1))
+            out.append(f"{pad}}}")
+        else:
+            call = f"{n.stmt}({', '.join(map(str, n.args))});"
+            if stmt_text and n.stmt in stmt_text:
+                call += f"  // {stmt_text[n.stmt]}"
+            out.append(pad + call)
+    return "\n".join(line for line in out if line)

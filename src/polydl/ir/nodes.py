@@ -1,0 +1,253 @@
+"""The polyhedral IR: frozen, keyword-only dataclasses. Change them with ``dataclasses.replace``.
+
+A :class:`Kernel` is a list of :class:`Statement` s. Each statement carries its iteration domain
+(isl set text over the kernel's size parameters, iterators named like the source loop
+variables), the tensor element it writes, the expression it computes, its place in the schedule
+(an isl map text from the statement's iterators to a common schedule space; the parser gives the
+original 2d+1 schedule) and its source line. Index expressions are small integer trees
+(:class:`Var`, :class:`Int`, :class:`IntOp`), float expressions are :class:`Num`, :class:`Arg`,
+:class:`Load`, :class:`BinOp`, :class:`UnOp`. ``ir/poly.py`` turns all of this into isl objects.
+
+For ``C[i, j] += A[i, k] * B[k, j]`` the parser gives (abbreviated)::
+
+    Statement(name="S0", iterators=("i", "j", "k"),
+              domain="[M, N, K] -> { S0[i, j, k] : 0 <= i < M and 0 <= j < N and 0 <= k < K }",
+              target=Load(tensor="C", index=(Var(name="i"), Var(name="j"))), op="+=",
+              expr=BinOp(op="*", a=<A[i, k]>, b=<B[k, j]>),
+              schedule="[M, N, K] -> { S0[i, j, k] -> [0, i, 0, j, 0, k, 0] }", line=..., source=...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+# ---------------------------------------------------------------- integer (index) expressions
+
+
+@dataclass(frozen=True, kw_only=True)
+class Var:
+    """A loop iterator or a size parameter, by name."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, kw_only=True)
+class Int:
+    value: int
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+INT_OPS = ("+", "-", "*", "//", "%", "min", "max")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntOp:
+    """``a op b``; ``//`` and ``%`` are Python's (floor) with a positive constant ``b``."""
+
+    op: str
+    a: IExpr
+    b: IExpr
+
+    def __str__(self) -> str:
+        if self.op in ("min", "max"):
+            return f"{self.op}({self.a}, {self.b})"
+        return f"({self.a} {self.op} {self.b})"
+
+
+IExpr = Var | Int | IntOp
+
+
+# ---------------------------------------------------------------- float expressions
+
+
+@dataclass(frozen=True, kw_only=True)
+class Num:
+    """A float literal."""
+
+    value: float
+
+    def __str__(self) -> str:
+        return repr(float(self.value))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Arg:
+    """A scalar argument of the kernel."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, kw_only=True)
+class Load:
+    """``tensor[index...]``: a read, or (as a statement's target) the element written."""
+
+    tensor: str
+    index: tuple[IExpr, ...]
+
+    def __str__(self) -> str:
+        return f"{self.tensor}[{', '.join(map(str, self.index))}]"
+
+
+FLOAT_BINOPS = ("+", "-", "*", "/", "max", "min")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BinOp:
+    op: str
+    a: Expr
+    b: Expr
+
+    def __str__(self) -> str:
+        if self.op in ("max", "min"):
+            return f"{self.op}({self.a}, {self.b})"
+        return f"({self.a} {self.op} {self.b})"
+
+
+FLOAT_UNOPS = ("neg", "exp", "sqrt", "tanh", "sigmoid")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnOp:
+    op: str
+    a: Expr
+
+    def __str__(self) -> str:
+        return f"-{self.a}" if self.op == "neg" else f"{self.op}({self.a})"
+
+
+Expr = Num | Arg | Load | BinOp | UnOp
+
+
+def loads(e: Expr) -> Iterator[Load]:
+    """Every tensor read in ``e``, left to right."""
+    if isinstance(e, Load):
+        yield e
+    elif isinstance(e, BinOp):
+        yield from loads(e.a)
+        yield from loads(e.b)
+    elif isinstance(e, UnOp):
+        yield from loads(e.a)
+
+
+def int_vars(e: IExpr) -> Iterator[str]:
+    if isinstance(e, Var):
+        yield e.name
+    elif isinstance(e, IntOp):
+        yield from int_vars(e.a)
+        yield from int_vars(e.b)
+
+
+# ---------------------------------------------------------------- kernel structure
+
+STATEMENT_OPS = ("=", "+=", "-=", "*=")
+DTYPES = ("f32", "f64")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorArg:
+    name: str
+    dtype: str  # "f32" | "f64"
+    shape: tuple[IExpr, ...]  # Var (a size parameter) or Int per dimension
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalarArg:
+    name: str
+    dtype: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Statement:
+    name: str  # "S0", "S1", ...: unique within the kernel, the isl tuple name
+    iterators: tuple[str, ...]  # enclosing loop variables, outermost first
+    domain: str  # isl set text: "[M, N] -> { S0[i, j] : ... }"
+    target: Load  # the element written
+    op: str  # one of STATEMENT_OPS
+    expr: Expr
+    schedule: str  # isl map text: "[M, N] -> { S0[i, j] -> [0, i, 0, j, 0] }"
+    line: int
+    source: str  # the statement's source text, for messages
+
+    @property
+    def reads(self) -> tuple[Load, ...]:
+        """Elements read: the right-hand side, plus the target for an update (``+=`` ...)."""
+        rhs = tuple(loads(self.expr))
+        return rhs if self.op == "=" else (self.target, *rhs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Kernel:
+    name: str
+    args: tuple[TensorArg | ScalarArg, ...]  # in call order
+    sizes: tuple[str, ...]  # size-parameter names, the isl parameters of every domain
+    statements: tuple[Statement, ...]
+    filename: str
+    line: int  # the line of ``def``
+    bindings: tuple[tuple[str, int], ...] = ()  # sizes bound to ints (empty: symbolic)
+    constants: tuple[tuple[str, int], ...] = field(default=())  # module ints used, for show()
+
+    @property
+    def tensors(self) -> tuple[TensorArg, ...]:
+        return tuple(a for a in self.args if isinstance(a, TensorArg))
+
+    @property
+    def scalars(self) -> tuple[ScalarArg, ...]:
+        return tuple(a for a in self.args if isinstance(a, ScalarArg))
+
+    def arg(self, name: str) -> TensorArg | ScalarArg:
+        for a in self.args:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    def statement(self, name: str) -> Statement:
+        for s in self.statements:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def size_values(self) -> dict[str, int]:
+        return dict(self.bindings)
+
+    def shape_of(self, tensor: str) -> tuple[int, ...]:
+        """The bound shape of a tensor (needs bindings for symbolic dimensions)."""
+        env = self.size_values
+        return tuple(eval_int(d, env) for d in self.arg(tensor).shape)  # type: ignore[union-attr]
+
+    def bind(self, sizes: Mapping[str, int]) -> Kernel:
+        return replace(self, bindings=tuple((s, int(sizes[s])) for s in self.sizes))
+
+
+def eval_int(e: IExpr, env: Mapping[str, int]) -> int:
+    """Evaluate an index expression with Python semantics (``//`` and ``%`` floor)."""
+    if isinstance(e, Int):
+        return e.value
+    if isinstance(e, Var):
+        return env[e.name]
+    a, b = eval_int(e.a, env), eval_int(e.b, env)
+    match e.op:
+        case "+":
+            return a + b
+        case "-":
+            return a - b
+        case "*":
+            return a * b
+        case "//":
+            return a // b
+        case "%":
+            return a % b
+        case "min":
+            return min(a, b)
+        case "max":
+            return max(a, b)
+    raise ValueError(f"unknown integer op {e.op!r}")
