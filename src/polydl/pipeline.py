@@ -59,8 +59,12 @@ def compile_kernel(
     *,
     threads: int | None = None,
     target: str | None = None,
+    optimize: bool = True,
 ) -> CompiledKernel:
-    """Compile a parsed DSL kernel for the given sizes, thread count and target CPU."""
+    """Compile a parsed DSL kernel for the given sizes, thread count and target CPU.
+
+    ``optimize=False`` keeps the plain schedule of the source (the oracle path).
+    """
     from .analysis.bounds import check_bounds
     from .analysis.deps import parallel_dims
 
@@ -74,10 +78,43 @@ def compile_kernel(
         # 2. Every access provably inside its tensor (BoundsError with a witness otherwise).
         check_bounds(bound)
         # 3. Loops that carry no dependence (reductions included) may run in parallel.
-        parallel = parallel_dims(bound) if threads > 1 and jit.gomp_available() else frozenset()
-        # 4. The schedule as a loop tree, from isl's AST generator.
-        sched = poly.union(poly.schedule(bound, s) for s in bound.statements)
-        tree = poly.ast(sched, poly.context(bound), parallel)
-    # 5. LLVM IR through the templates; JIT happens on first call (or asm on demand).
-    ir = emit_module(bound, tree, parallel=bool(parallel), cpu=cpu)
-    return CompiledKernel(kernel=bound, tree=tree, llvm_ir=ir, cpu=cpu, threads=threads)
+        threaded = threads > 1 and jit.gomp_available()
+        dims = parallel_dims(bound) if threaded else frozenset()
+        # 4. Contractions become BRGEMM calls on blocks (their loops around are all parallel).
+        isa = brgemm_isa(cpu)
+        lowered = lower_contractions(bound, isa) if optimize else bound
+        parallel = {
+            s.name: (frozenset(range(poly.schedule_ndim(lowered, s))) if s.micro else dims)
+            for s in lowered.statements
+        } if threaded else {}
+        # 5. The schedule as a loop tree, from isl's AST generator.
+        sched = poly.union(poly.schedule(lowered, s) for s in lowered.statements)
+        tree = poly.ast(sched, poly.context(lowered), parallel)
+    # 6. LLVM IR through the templates; JIT happens on first call (or asm on demand).
+    ir = emit_module(lowered, tree, parallel=threaded, cpu=cpu, isa=isa)
+    return CompiledKernel(kernel=lowered, tree=tree, llvm_ir=ir, cpu=cpu, threads=threads)
+
+
+def brgemm_isa(cpu: str) -> str:
+    """The BRGEMM family for code compiled for ``cpu`` (the host's best one for the host)."""
+    from .kernels import select_isa
+
+    feats = jit.host_features() if cpu == jit.host_cpu() else jit.cpu_features(cpu)
+    return select_isa(feats).name
+
+
+def lower_contractions(kernel: Kernel, isa: str) -> Kernel:
+    """Every foldable contraction of ``kernel`` computed by BRGEMM calls."""
+    from .analysis.contraction import find_all
+    from .kernels import FAMILIES
+    from .optimize.plan import default_plan
+    from .transform.brgemm import foldable, lower
+
+    lanes = FAMILIES[isa].vector_width
+    for c in find_all(kernel):
+        if not foldable(kernel, c):
+            continue
+        plan = default_plan(c, lanes)
+        if plan is not None:
+            kernel = lower(kernel, c, plan)
+    return kernel

@@ -29,6 +29,7 @@ from ..ir.nodes import (
     IntOp,
     Kernel,
     Load,
+    Micro,
     Num,
     Statement,
     TensorArg,
@@ -95,7 +96,15 @@ class _Fn:
 class ModuleEmitter:
     """Emits one kernel's module. Use :func:`emit_module`."""
 
-    def __init__(self, kernel: Kernel, tree: tuple[L.Node, ...], *, parallel: bool, cpu: str):
+    def __init__(
+        self,
+        kernel: Kernel,
+        tree: tuple[L.Node, ...],
+        *,
+        parallel: bool,
+        cpu: str,
+        isa: str | None = None,
+    ):
         self.k = kernel
         self.tree = tree
         self.parallel = parallel
@@ -108,6 +117,9 @@ class ModuleEmitter:
         self.n = 0
         self.decls: set[str] = set()
         self.functions: list[str] = []
+        self.isa = isa  # BRGEMM ISA family for micro statements (None: the host's best)
+        self.micro_symbols: dict[object, str] = {}
+        self.offset_tables: dict[tuple[int, ...], str] = {}
 
     # ------------------------------------------------------------ names and signatures
     def fresh(self, prefix: str = "v") -> str:
@@ -296,6 +308,8 @@ class ModuleEmitter:
             r = self.int_code(arg, {})
             code.append(r.code)
             env[it] = r.value
+        if s.micro is not None:
+            return self.micro_call(s.micro, env, code)
         dt = self.k.arg(s.target.tensor).dtype  # type: ignore[union-attr]
         ty = LLTYPE[dt]
         addr = self.address(s.target, env, code)
@@ -311,18 +325,54 @@ class ModuleEmitter:
         code.append(f"  store {ty} {new}, ptr {addr}")
         return "\n".join(x for x in code if x)
 
-    def address(self, ld: Load, env: dict[str, str], code: list[str]) -> str:
-        t = self.k.arg(ld.tensor)
+    def micro_call(self, mk: Micro, env: dict[str, str], code: list[str]) -> str:
+        """One BRGEMM call (offset form) on the blocks at this instance's origins."""
+        from ..kernels import BrgemmConfig, generate, symbol_for
+
+        cfg = BrgemmConfig(
+            m=mk.m, n=mk.n, k=mk.k, lda=mk.lda, ldb=mk.ldb, ldc=mk.ldc,
+            beta=mk.beta, alpha=mk.alpha, form="offset", bias=mk.bias_kind, relu=mk.relu,
+            isa=self.isa,
+        ).normalized()
+        sym = self.micro_symbols.get(cfg)
+        if sym is None:
+            sym = symbol_for(cfg)
+            kir = generate(cfg, name=sym, linkage="internal", attributes="nounwind")
+            self.decls.update(kir.declarations)
+            self.functions.append(kir.definition)
+            self.micro_symbols[cfg] = sym
+        ptrs = [self.flat_pointer(t, e, env, code) for t, e in ((mk.a, mk.a_origin), (mk.b, mk.b_origin), (mk.c, mk.c_origin))]
+        args = [f"ptr {p}" for p in ptrs] + [f"i64 {len(mk.a_offsets)}"]
+        args += [f"ptr {self.offset_table(mk.a_offsets)}", f"ptr {self.offset_table(mk.b_offsets)}"]
+        if mk.bias is not None:
+            args.append(f"ptr {self.flat_pointer(mk.bias, mk.bias_origin, env, code)}")
+        code.append(f"  call void @{sym}({', '.join(args)})")
+        return "\n".join(x for x in code if x)
+
+    def offset_table(self, offsets: tuple[int, ...]) -> str:
+        name = self.offset_tables.get(offsets)
+        if name is None:
+            name = f"@offsets.{len(self.offset_tables)}"
+            body = ", ".join(f"i64 {o}" for o in offsets)
+            self.decls.add(f"{name} = internal unnamed_addr constant [{len(offsets)} x i64] [{body}], align 64")
+            self.offset_tables[offsets] = name
+        return name
+
+    def flat_pointer(self, tensor: str, flat: IExpr, env: dict[str, str], code: list[str]) -> str:
+        t = self.k.arg(tensor)
         assert isinstance(t, TensorArg)
-        flat: IExpr = Int(value=0)
-        for e, stride in zip(ld.index, self.strides[ld.tensor], strict=True):
-            term = e if stride == 1 else IntOp(op="*", a=e, b=Int(value=stride))
-            flat = term if flat == Int(value=0) else IntOp(op="+", a=flat, b=term)
         off = self.int_code(flat, env)
         code.append(off.code)
         p = self.fresh("a")
         code.append(f"  {p} = getelementptr inbounds {LLTYPE[t.dtype]}, ptr %t.{t.name}, i64 {off.value}")
         return p
+
+    def address(self, ld: Load, env: dict[str, str], code: list[str]) -> str:
+        flat: IExpr = Int(value=0)
+        for e, stride in zip(ld.index, self.strides[ld.tensor], strict=True):
+            term = e if stride == 1 else IntOp(op="*", a=e, b=Int(value=stride))
+            flat = term if flat == Int(value=0) else IntOp(op="+", a=flat, b=term)
+        return self.flat_pointer(ld.tensor, flat, env, code)
 
     def float_expr(self, e: Expr, env: dict[str, str], code: list[str], dt: str) -> str:
         ty = LLTYPE[dt]
@@ -482,6 +532,8 @@ def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
-def emit_module(kernel: Kernel, tree: tuple[L.Node, ...], *, parallel: bool, cpu: str) -> str:
+def emit_module(
+    kernel: Kernel, tree: tuple[L.Node, ...], *, parallel: bool, cpu: str, isa: str | None = None
+) -> str:
     """LLVM IR text of ``kernel`` scheduled as ``tree`` (loops marked parallel are threaded)."""
-    return ModuleEmitter(kernel, tree, parallel=parallel, cpu=cpu).emit()
+    return ModuleEmitter(kernel, tree, parallel=parallel, cpu=cpu, isa=isa).emit()

@@ -166,6 +166,48 @@ class ScalarArg:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Micro:
+    """A statement instance that is one BRGEMM call (``kernels/config.py`` layout convention).
+
+    At each instance the C block at flat offset ``c_origin`` (an expression of the statement's
+    iterators) becomes ``beta*C + alpha * sum_b A[a_origin + a_offsets[b]] @ B[b_origin +
+    b_offsets[b]]`` with an optional bias (per ``bias_kind`` "row" or "col", at ``bias_origin``)
+    and ReLU applied at the store.
+    """
+
+    m: int
+    n: int
+    k: int
+    lda: int
+    ldb: int
+    ldc: int
+    beta: int
+    alpha: float
+    a: str
+    b: str
+    c: str
+    a_origin: IExpr
+    b_origin: IExpr
+    c_origin: IExpr
+    a_offsets: tuple[int, ...]
+    b_offsets: tuple[int, ...]
+    bias: str | None = None
+    bias_kind: str | None = None
+    bias_origin: IExpr | None = None
+    relu: bool = False
+
+    def __str__(self) -> str:
+        epi = "".join(
+            [f" + {self.bias}[{self.bias_kind}]" if self.bias else "", " relu" if self.relu else ""]
+        )
+        return (
+            f"brgemm(m={self.m}, n={self.n}, k={self.k}, batch={len(self.a_offsets)}, "
+            f"beta={self.beta}{epi}; {self.c}@{self.c_origin} "
+            f"+= {self.a}@{self.a_origin} x {self.b}@{self.b_origin})"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Statement:
     name: str  # "S0", "S1", ...: unique within the kernel, the isl tuple name
     iterators: tuple[str, ...]  # enclosing loop variables, outermost first
@@ -176,6 +218,7 @@ class Statement:
     schedule: str  # isl map text: "[M, N] -> { S0[i, j] -> [0, i, 0, j, 0] }"
     line: int
     source: str  # the statement's source text, for messages
+    micro: Micro | None = None  # set when each instance is a BRGEMM call (transform/brgemm.py)
 
     @property
     def reads(self) -> tuple[Load, ...]:

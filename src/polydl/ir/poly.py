@@ -129,7 +129,10 @@ def names(obj, kind: str = "set") -> list[str]:
 
 
 def tuple_name(obj, kind: str = "set") -> str | None:
-    dt = {"set": _SET, "in": _IN, "out": _OUT}[kind]
+    """The tuple name of a set, or of a map's ``"in"``/``"out"`` side."""
+    if kind == "set":
+        return obj.get_tuple_name()
+    dt = {"in": _IN, "out": _OUT}[kind]
     return obj.get_tuple_name(dt)
 
 
@@ -262,28 +265,36 @@ def carried_dims(rel: UnionMap, ndim: int) -> set[int]:
 # ---------------------------------------------------------------- AST
 
 
-def ast(sched: UnionMap, ctx: Set, parallel: set[int] | frozenset[int] = frozenset()) -> tuple:
+def ast(sched: UnionMap, ctx: Set, parallel=frozenset()) -> tuple:
     """The isl AST of ``sched`` (within ``ctx``) as a tuple of loop-tree nodes.
 
-    A ``For`` scanning schedule dimension ``d`` is marked parallel when ``d in parallel``.
+    ``parallel`` says which schedule dimensions carry no dependence: a set of dimensions valid
+    for every statement, or a mapping statement name -> set. A ``For`` scanning dimension ``d``
+    is marked parallel when ``d`` is allowed for every statement it encloses.
     """
+    if isinstance(parallel, Mapping):
+        allowed = lambda stmt, d: d in parallel.get(stmt, ())  # noqa: E731
+    else:
+        allowed = lambda stmt, d: d in parallel  # noqa: E731
     build = isl.AstBuild.from_context(ctx)
     node = build.node_from_schedule_map(sched)
-    return _nodes(node, parallel)
+    return _nodes(node, allowed)
 
 
-def _nodes(node, parallel) -> tuple:
+def _nodes(node, allowed) -> tuple:
     t = node.get_type()
     if t == isl.ast_node_type.block:
         children = node.block_get_children()
         out: list = []
         for i in range(children.n_ast_node()):
-            out.extend(_nodes(children.get_at(i), parallel))
+            out.extend(_nodes(children.get_at(i), allowed))
         return tuple(out)
     if t == isl.ast_node_type.for_:
         var = node.for_get_iterator().get_id().get_name()
         dim = int(var[1:]) if var.startswith("c") and var[1:].isdigit() else -1
         inc = node.for_get_inc().get_val().to_python()
+        body = _nodes(node.for_get_body(), allowed)
+        stmts = {n.stmt for n in L.walk(body) if isinstance(n, L.Call)}
         return (
             L.For(
                 var=var,
@@ -291,16 +302,16 @@ def _nodes(node, parallel) -> tuple:
                 init=_iexpr(node.for_get_init()),
                 cond=_cond(node.for_get_cond()),
                 step=inc,
-                body=_nodes(node.for_get_body(), parallel),
-                parallel=dim in parallel,
+                body=body,
+                parallel=bool(stmts) and all(allowed(s, dim) for s in stmts),
             ),
         )
     if t == isl.ast_node_type.if_:
-        orelse = _nodes(node.if_get_else_node(), parallel) if node.if_has_else_node() else ()
+        orelse = _nodes(node.if_get_else_node(), allowed) if node.if_has_else_node() else ()
         return (
             L.If(
                 cond=_cond(node.if_get_cond()),
-                then=_nodes(node.if_get_then_node(), parallel),
+                then=_nodes(node.if_get_then_node(), allowed),
                 orelse=orelse,
             ),
         )
@@ -310,7 +321,7 @@ def _nodes(node, parallel) -> tuple:
         args = tuple(_iexpr(e.op_get_arg(i)) for i in range(1, e.op_get_n_arg()))
         return (L.Call(stmt=name, args=args),)
     if t == isl.ast_node_type.mark:
-        return _nodes(node.mark_get_node(), parallel)
+        return _nodes(node.mark_get_node(), allowed)
     raise NotImplementedError(f"isl AST node type {t}")
 
 
@@ -363,3 +374,38 @@ def _cond(e):
 
 def fix_names(sizes: Mapping[str, int]) -> str:
     return " and ".join(f"{k} = {v}" for k, v in sizes.items())
+
+
+# ---- lead: shapes of domains (contraction recognition)
+
+
+def schedule_ndim(kernel: Kernel, s: Statement) -> int:
+    """Number of output dimensions of the statement's schedule."""
+    return Map(s.schedule).dim(_OUT)
+
+
+def schedule_dim_extent(kernel: Kernel, s: Statement, i: int) -> tuple[int, int] | None:
+    """Smallest and largest value of schedule output dimension ``i`` over the domain."""
+    rng = schedule(kernel, s).range()
+    rng = rng.set_dim_name(_SET, i, "_t")
+    return extent(rng, "_t")
+
+
+def is_box(dom: Set, ext: Mapping[str, tuple[int, int]]) -> bool:
+    """Whether ``dom`` is exactly the box of the given inclusive extents."""
+    cons = " and ".join(f"{lo} <= {v} <= {hi}" for v, (lo, hi) in ext.items()) or "0 = 0"
+    name = tuple_name(dom) or ""
+    box = Set(f"{{ {name}[{', '.join(names(dom))}] : {cons} }}")
+    box = box.align_params(dom.get_space()).intersect_params(dom.params())
+    return dom.is_equal(box)
+
+
+def is_projection(kernel: Kernel, s: Statement, red: Statement) -> bool:
+    """Whether ``s``'s domain is ``red``'s domain projected onto ``s``'s iterators."""
+    m = Map(
+        f"{params_text(kernel.sizes)} -> {{ {red.name}[{', '.join(red.iterators)}] -> "
+        f"{s.name}[{', '.join(s.iterators)}] }}"
+    )
+    proj = domain(kernel, red).apply(_with_context(m, kernel))
+    return proj.is_equal(domain(kernel, s))
+

@@ -1,0 +1,276 @@
+"""Recognise a contraction (GEMM, batched matmul, convolution) from a statement's accesses.
+
+A statement ``C[fc] += s * X[fx] * Y[fy]`` (``s`` a product of literals, possibly empty) whose
+indices are affine and whose domain is a box is a contraction. Each access is *linearised*: the
+flat element offset into its (row-major, bound-shape) tensor is ``sum(coef[v] * v) + const``.
+Iterators then play roles read off the coefficients:
+
+==========  ==========  ==========  ==========  =====================================
+role        coef in C   coef in A   coef in B   becomes
+==========  ==========  ==========  ==========  =====================================
+``n``       1           0           1           microkernel columns (vector dimension)
+``m``       != 0        != 0        0           microkernel rows (``ldc``, ``lda``)
+``k``       0           1           != 0        microkernel reduction (``ldb``)
+batch       0           any         any         batch-reduce offsets
+outer       != 0        any         any         loops around the call
+==========  ==========  ==========  ==========  =====================================
+
+A zero initialisation just before the reduction (``C[fc] = 0``) folds into ``beta = 0``; an
+epilogue just after it (``C[fc] = max(C[fc] + b[..], 0)`` and its parts) folds into the
+microkernel's final store. Nothing here changes the IR: it only reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..ir import poly
+from ..ir.nodes import BinOp, Expr, IExpr, Int, IntOp, Kernel, Load, Num, Statement, Var
+
+
+@dataclass(frozen=True, kw_only=True)
+class Linear:
+    """A flat element offset ``sum(coefs[v] * v) + const`` (iterators only, sizes folded)."""
+
+    coefs: tuple[tuple[str, int], ...]
+    const: int
+
+    def coef(self, v: str) -> int:
+        return dict(self.coefs).get(v, 0)
+
+    def expr(self, origin: Mapping[str, IExpr] | None = None) -> IExpr:
+        """The offset as an index expression; iterators replaced by ``origin`` where given."""
+        out: IExpr = Int(value=self.const)
+        for v, c in self.coefs:
+            term: IExpr = (origin or {}).get(v, Var(name=v))
+            if c != 1:
+                term = IntOp(op="*", a=term, b=Int(value=c))
+            out = IntOp(op="+", a=out, b=term)
+        return out
+
+
+def _affine(e: IExpr, sizes: Mapping[str, int]) -> tuple[dict[str, int], int] | None:
+    if isinstance(e, Int):
+        return {}, e.value
+    if isinstance(e, Var):
+        return ({}, sizes[e.name]) if e.name in sizes else ({e.name: 1}, 0)
+    if e.op not in ("+", "-", "*"):
+        return None
+    a, b = _affine(e.a, sizes), _affine(e.b, sizes)
+    if a is None or b is None:
+        return None
+    if e.op == "*":
+        if a[0] and b[0]:
+            return None
+        (coefs, c), k = (a, b[1]) if not b[0] else (b, a[1])
+        return {v: x * k for v, x in coefs.items()}, c * k
+    sign = 1 if e.op == "+" else -1
+    coefs = dict(a[0])
+    for v, x in b[0].items():
+        coefs[v] = coefs.get(v, 0) + sign * x
+    return {v: x for v, x in coefs.items() if x}, a[1] + sign * b[1]
+
+
+def linearize(kernel: Kernel, load: Load) -> Linear | None:
+    """The flat offset of ``load`` (None if an index is not affine: ``//``, ``%``, min/max)."""
+    shape = kernel.shape_of(load.tensor)
+    sizes = kernel.size_values
+    coefs: dict[str, int] = {}
+    const = 0
+    stride = 1
+    for e, extent in reversed(list(zip(load.index, shape, strict=True))):
+        aff = _affine(e, sizes)
+        if aff is None:
+            return None
+        for v, x in aff[0].items():
+            coefs[v] = coefs.get(v, 0) + x * stride
+        const += aff[1] * stride
+        stride *= extent
+    return Linear(coefs=tuple(sorted((v, x) for v, x in coefs.items() if x)), const=const)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Contraction:
+    """A statement (plus folded init and epilogue) that one BRGEMM per C block computes."""
+
+    stmt: str  # the reduction statement
+    init: str | None  # folded zero initialisation (beta = 0), or None (beta = 1)
+    epilogue: str | None  # folded epilogue statement, or None
+    c: str
+    a: str
+    b: str
+    lin: tuple[tuple[str, Linear], ...]  # "C", "A", "B" (and "bias") -> flat offsets
+    m: str
+    n: str
+    k: str | None  # None: rank-1 products (k = 1), every reduction iterator in the batch
+    batch: tuple[str, ...]
+    outer: tuple[str, ...]
+    extents: tuple[tuple[str, tuple[int, int]], ...]  # iterator -> (lo, hi) inclusive
+    alpha: float
+    bias: str | None
+    bias_kind: str | None  # "row" | "col"
+    relu: bool
+
+    def linear(self, role: str) -> Linear:
+        return dict(self.lin)[role]
+
+    def extent(self, v: str) -> int:
+        lo, hi = dict(self.extents)[v]
+        return hi - lo + 1
+
+    def lo(self, v: str) -> int:
+        return dict(self.extents)[v][0]
+
+
+def _factors(e: Expr) -> list[Expr] | None:
+    if isinstance(e, BinOp) and e.op == "*":
+        a, b = _factors(e.a), _factors(e.b)
+        return None if a is None or b is None else a + b
+    return [e]
+
+
+def _box(kernel: Kernel, s: Statement) -> dict[str, tuple[int, int]] | None:
+    dom = poly.domain(kernel, s)
+    ext = {}
+    for v in s.iterators:
+        e = poly.extent(dom, v)
+        if e is None:
+            return None
+        ext[v] = e
+    return ext if poly.is_box(dom, ext) else None
+
+
+def _same_element(kernel: Kernel, s: Statement, red: Statement, out_iters: set[str]) -> bool:
+    """``s`` writes exactly C[fc] over the output iterators of the reduction's box."""
+    if s.target != red.target or set(s.iterators) != out_iters:
+        return False
+    return poly.is_projection(kernel, s, red)
+
+
+def _epilogue(e: Expr, c: Load) -> tuple[Load | None, bool] | None:
+    """(bias load, relu) if ``e`` is C, C + bias, max(C, 0), max(C + bias, 0) (either order)."""
+    relu = False
+    if isinstance(e, BinOp) and e.op == "max":
+        zero = Num(value=0.0)
+        if e.b == zero:
+            e, relu = e.a, True
+        elif e.a == zero:
+            e, relu = e.b, True
+        else:
+            return None
+    if e == c:
+        return None, relu
+    if isinstance(e, BinOp) and e.op == "+":
+        if e.a == c and isinstance(e.b, Load):
+            return e.b, relu
+        if e.b == c and isinstance(e.a, Load):
+            return e.a, relu
+    return None
+
+
+def find(kernel: Kernel, red: Statement) -> Contraction | None:
+    """The contraction ``red`` computes, or None if it is not one (see module docstring)."""
+    if red.op != "+=":
+        return None
+    factors = _factors(red.expr)
+    if factors is None:
+        return None
+    loads = [f for f in factors if isinstance(f, Load)]
+    scal = [f for f in factors if not isinstance(f, Load)]
+    if len(loads) != 2 or not all(isinstance(f, Num) for f in scal):
+        return None
+    if any(ld.tensor == red.target.tensor for ld in loads):
+        return None
+    if any(kernel.arg(x.tensor).dtype != "f32" for x in (*loads, red.target)):
+        return None
+    alpha = 1.0
+    for f in scal:
+        alpha *= f.value  # type: ignore[union-attr]
+    box = _box(kernel, red)
+    if box is None:
+        return None
+    lc = linearize(kernel, red.target)
+    lx, ly = linearize(kernel, loads[0]), linearize(kernel, loads[1])
+    if lc is None or lx is None or ly is None:
+        return None
+    for (la, a), (lb, b) in (((lx, loads[0]), (ly, loads[1])), ((ly, loads[1]), (lx, loads[0]))):
+        roles = _roles(red.iterators, lc, la, lb, box)
+        if roles is None:
+            continue
+        m, n, k, batch, outer = roles
+        found = Contraction(
+            stmt=red.name, init=None, epilogue=None, c=red.target.tensor, a=a.tensor, b=b.tensor,
+            lin=(("C", lc), ("A", la), ("B", lb)), m=m, n=n, k=k, batch=batch, outer=outer,
+            extents=tuple(box.items()), alpha=alpha, bias=None, bias_kind=None, relu=False,
+        )
+        return _fold(kernel, red, found)
+    return None
+
+
+def _roles(iters, lc: Linear, la: Linear, lb: Linear, box):
+    n = [v for v in iters if lc.coef(v) == 1 and lb.coef(v) == 1 and la.coef(v) == 0]
+    if not n:
+        return None
+    n_it = n[0]
+    ms = [v for v in iters if lc.coef(v) and la.coef(v) and not lb.coef(v)]
+    if not ms:
+        return None
+    # rows: the candidate with the most iterations (longest runs of independent C rows)
+    m_it = max(ms, key=lambda v: (box[v][1] - box[v][0], -iters.index(v)))
+    red = [v for v in iters if lc.coef(v) == 0]
+    if any(la.coef(v) == 0 and lb.coef(v) == 0 for v in red):
+        return None
+    ks = [v for v in red if la.coef(v) == 1 and lb.coef(v)]
+    k_it = max(ks, key=lambda v: box[v][1] - box[v][0]) if ks else None
+    batch = tuple(v for v in red if v != k_it)
+    outer = tuple(v for v in iters if lc.coef(v) and v not in (m_it, n_it))
+    return m_it, n_it, k_it, batch, outer
+
+
+def _fold(kernel: Kernel, red: Statement, c: Contraction) -> Contraction:
+    from dataclasses import replace
+
+    stmts = list(kernel.statements)
+    i = stmts.index(red)
+    out_iters = {c.m, c.n, *c.outer}
+    init = stmts[i - 1] if i > 0 else None
+    if (
+        init is not None
+        and init.op == "="
+        and init.expr == Num(value=0.0)
+        and _same_element(kernel, init, red, out_iters)
+    ):
+        c = replace(c, init=init.name)
+    epi = stmts[i + 1] if i + 1 < len(stmts) else None
+    if epi is not None and epi.op == "=" and _same_element(kernel, epi, red, out_iters):
+        parts = _epilogue(epi.expr, red.target)
+        if parts is not None:
+            bias, relu = parts
+            kind = None
+            lin = c.lin
+            if bias is not None:
+                lbias = linearize(kernel, bias)
+                if lbias is not None and kernel.arg(bias.tensor).dtype == "f32":
+                    if dict(lbias.coefs) == {c.n: 1}:
+                        kind = "col"
+                    elif dict(lbias.coefs) == {c.m: 1}:
+                        kind = "row"
+                if kind is None:
+                    return c
+                lin = (*lin, ("bias", lbias))
+            c = replace(
+                c, epilogue=epi.name, relu=relu, bias=bias.tensor if bias else None,
+                bias_kind=kind, lin=lin,
+            )
+    return c
+
+
+def find_all(kernel: Kernel) -> list[Contraction]:
+    """Every contraction of ``kernel``, in statement order."""
+    out = []
+    for s in kernel.statements:
+        c = find(kernel, s)
+        if c is not None:
+            out.append(c)
+    return out

@@ -1,0 +1,162 @@
+"""Replace a contraction's inner loops by BRGEMM calls: one pure pass, Kernel -> Kernel.
+
+Before (a GEMM with its zero initialisation)::
+
+    for i: for j: C[i, j] = 0                      S0
+    for i: for k: for j: C[i, j] += A[i, k] * B[k, j]   S1
+
+After, with blocks bm x bn and the whole reduction in one batch-reduce call per C block::
+
+    for i in range(0, M, bm): for j in range(0, N, bn):
+        brgemm(m=bm, n=bn, k=bk, batch=K/bk, beta=0; C@(i*N + j) += A@(i*K) x B@(j))   S1_mk0
+
+Full and partial blocks become separate statements (``_mk0`` .. ``_mk3``), each calling a kernel
+compiled for its exact block, so no scalar remainder loop is left on the hot path. The folded
+statements (init, reduction, epilogue) must form one whole top-level nest.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+
+from ..analysis.contraction import Contraction
+from ..ir import poly
+from ..ir.nodes import Int, Kernel, Micro, Statement
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockPlan:
+    """How a contraction is blocked: microkernel block sizes and the order of the loops."""
+
+    bm: int
+    bn: int
+    bk: int  # reduction block (divides the k extent; 1 when the contraction has no k)
+    order: tuple[str, ...]  # loops around the call, outermost first: outer + (m, n) iterators
+
+    def __post_init__(self) -> None:
+        if min(self.bm, self.bn, self.bk) < 1:
+            raise ValueError(f"block sizes must be positive: {self}")
+
+
+def _nest_position(kernel: Kernel, s: Statement) -> int:
+    ext = poly.schedule_dim_extent(kernel, s, 0)
+    if ext is None or ext[0] != ext[1]:
+        raise ValueError(f"statement {s.name} has no constant top-level position")
+    return ext[0]
+
+
+def foldable(kernel: Kernel, c: Contraction) -> bool:
+    """Whether the folded statements are exactly one top-level nest (nothing else in it)."""
+    folded = {c.stmt, c.init, c.epilogue} - {None}
+    red = kernel.statement(c.stmt)
+    pos = _nest_position(kernel, red)
+    for s in kernel.statements:
+        if s.micro is not None:
+            continue
+        same = _nest_position(kernel, s) == pos
+        if same != (s.name in folded):
+            return False
+    return True
+
+
+def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
+    """The kernel with ``c`` (and its folded init/epilogue) computed by BRGEMM calls."""
+    red = kernel.statement(c.stmt)
+    if set(plan.order) != {*c.outer, c.m, c.n}:
+        raise ValueError(f"loop order {plan.order} must list {sorted({*c.outer, c.m, c.n})}")
+    ext_k = c.extent(c.k) if c.k else 1
+    if ext_k % plan.bk:
+        raise ValueError(f"bk={plan.bk} must divide the k extent {ext_k}")
+    lc, la, lb = c.linear("C"), c.linear("A"), c.linear("B")
+    reduction = [v for v in red.iterators if v not in plan.order]
+    at_lo = {v: Int(value=c.lo(v)) for v in reduction}
+
+    # batch offsets, relative to the block origin (reduction iterators at their lower bounds)
+    ranges = []
+    for v in reduction:
+        step = plan.bk if v == c.k else 1
+        ranges.append([(v, x) for x in range(0, c.extent(v), step)])
+    a_offs, b_offs = [], []
+    for combo in itertools.product(*ranges):
+        a_offs.append(sum(la.coef(v) * x for v, x in combo))
+        b_offs.append(sum(lb.coef(v) * x for v, x in combo))
+
+    pos = _nest_position(kernel, red)
+    ndim = poly.schedule_ndim(kernel, red)
+    ordered = list(plan.order)
+    new: list[Statement] = []
+    for mi, ni in itertools.product(_pieces(c, c.m, plan.bm), _pieces(c, c.n, plan.bn)):
+        (m_size, m_cons), (n_size, n_cons) = mi, ni
+        name = f"{red.name}_mk{len(new)}"
+        cons = [f"{c.lo(v)} <= {v} <= {c.lo(v) + c.extent(v) - 1}" for v in c.outer]
+        cons += [m_cons, n_cons]
+        domain = (
+            f"{poly.params_text(kernel.sizes)} -> {{ {name}[{', '.join(ordered)}] : "
+            f"{' and '.join(cons)} }}"
+        )
+        dims = [str(pos)]
+        for v in ordered:
+            dims += [v, "0"]
+        dims[-1] = str(len(new))
+        dims += ["0"] * (ndim - len(dims))
+        sched = (
+            f"{poly.params_text(kernel.sizes)} -> {{ {name}[{', '.join(ordered)}] -> "
+            f"[{', '.join(dims)}] }}"
+        )
+        micro = Micro(
+            m=m_size,
+            n=n_size,
+            k=plan.bk,
+            lda=la.coef(c.m),
+            ldb=lb.coef(c.k) if c.k else n_size,
+            ldc=lc.coef(c.m),
+            beta=0 if c.init else 1,
+            alpha=c.alpha,
+            a=c.a,
+            b=c.b,
+            c=c.c,
+            a_origin=la.expr(at_lo),
+            b_origin=lb.expr(at_lo),
+            c_origin=lc.expr(),
+            a_offsets=tuple(a_offs),
+            b_offsets=tuple(b_offs),
+            bias=c.bias,
+            bias_kind=c.bias_kind,
+            bias_origin=c.linear("bias").expr() if c.bias else None,
+            relu=c.relu,
+        )
+        texts = [kernel.statement(s).source for s in (c.init, c.stmt, c.epilogue) if s]
+        new.append(
+            replace(
+                red,
+                name=name,
+                iterators=tuple(ordered),
+                domain=domain,
+                schedule=sched,
+                source="; ".join(texts),
+                micro=micro,
+            )
+        )
+    folded = {c.stmt, c.init, c.epilogue}
+    out: list[Statement] = []
+    for s in kernel.statements:
+        if s.name == c.stmt:
+            out.extend(new)
+        elif s.name not in folded:
+            out.append(s)
+    return replace(kernel, statements=tuple(out))
+
+
+def _pieces(c: Contraction, v: str, block: int) -> list[tuple[int, str]]:
+    """(block size, domain constraint) of the full blocks of ``v`` and of its partial block."""
+    lo, ext = c.lo(v), c.extent(v)
+    block = min(block, ext)
+    hi = lo + ext - 1
+    stride = f"exists (e_{v}: {v} = {lo} + {block}*e_{v})"
+    out = []
+    if ext // block:
+        out.append((block, f"{lo} <= {v} <= {hi - block + 1} and {stride}"))
+    if ext % block:
+        out.append((ext % block, f"{v} = {lo + (ext // block) * block}"))
+    return out
