@@ -33,7 +33,9 @@ def resnet50_layers() -> list[dict[str, int | str]]:
     """The rows of shared/bench/resnet50_conv.csv, ints converted."""
     path = Path(os.environ.get("POLYDL_SHARED", SHARED)) / "bench" / "resnet50_conv.csv"
     with open(path) as f:
-        return [{k: (v if k == "name" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [
+            {k: (v if k == "name" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)
+        ]
 
 
 def numpy_conv2d(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:

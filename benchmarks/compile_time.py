@@ -19,16 +19,16 @@ import numpy as np
 
 import polydl as pd
 
-GEMM = '''
+GEMM = """
 @pd.kernel
 def gemm(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"], alpha: pd.f32):
     for i in range(M):
         for j in range(N):
             for k in range(K):
                 C[i, j] += alpha * A[i, k] * B[k, j]
-'''
+"""
 
-CONV = '''
+CONV = """
 @pd.kernel
 def conv(O: pd.f32["Nb", "K", "P", "Q"], I: pd.f32["Nb", "C", "H", "W"], Wt: pd.f32["K", "C", "R", "S"], b: pd.f32["K"]):
     for n in range(Nb):
@@ -42,7 +42,7 @@ def conv(O: pd.f32["Nb", "K", "P", "Q"], I: pd.f32["Nb", "C", "H", "W"], Wt: pd.
                                 if 0 <= p + r - 1 < H and 0 <= q + s - 1 < W:
                                     O[n, k, p, q] += I[n, c, p + r - 1, q + s - 1] * Wt[k, c, r, s]
                     O[n, k, p, q] = max(O[n, k, p, q] + b[k], 0.0)
-'''
+"""
 
 
 def define(src: str, name: str, tmp: Path):
@@ -63,7 +63,12 @@ def measure(src: str, name: str, sizes: dict, args, tmp: Path) -> dict[str, floa
     k.load()
     end = time.perf_counter()
     k(*args())
-    return {"parse": parse_s, "analyse+codegen": mid - t0, "jit": end - mid, "total": parse_s + end - t0}
+    return {
+        "parse": parse_s,
+        "analyse+codegen": mid - t0,
+        "jit": end - mid,
+        "total": parse_s + end - t0,
+    }
 
 
 def main() -> None:
@@ -73,18 +78,38 @@ def main() -> None:
     sys.path.insert(0, str(tmp))
     f32 = np.float32
     cases = {
-        "gemm 256^3": (GEMM, "gemm", dict(M=256, N=256, K=256),
-                       lambda: (np.zeros((256, 256), f32), np.ones((256, 256), f32), np.ones((256, 256), f32), 1.0)),
+        "gemm 256^3": (
+            GEMM,
+            "gemm",
+            dict(M=256, N=256, K=256),
+            lambda: (
+                np.zeros((256, 256), f32),
+                np.ones((256, 256), f32),
+                np.ones((256, 256), f32),
+                1.0,
+            ),
+        ),
         "conv 7-deep + bias/relu (resnet_03)": (
-            CONV, "conv", dict(Nb=1, C=64, K=64, H=56, W=56, P=56, Q=56, R=3, S=3),
-            lambda: (np.zeros((1, 64, 56, 56), f32), np.ones((1, 64, 56, 56), f32), np.ones((64, 64, 3, 3), f32), np.ones(64, f32)),
+            CONV,
+            "conv",
+            dict(Nb=1, C=64, K=64, H=56, W=56, P=56, Q=56, R=3, S=3),
+            lambda: (
+                np.zeros((1, 64, 56, 56), f32),
+                np.ones((1, 64, 56, 56), f32),
+                np.ones((64, 64, 3, 3), f32),
+                np.ones(64, f32),
+            ),
         ),
     }
-    print(f"{'kernel':<38} {'parse':>8} {'analyse+codegen':>16} {'jit':>13} {'total':>8}  (ms, median of 5)")
+    print(
+        f"{'kernel':<38} {'parse':>8} {'analyse+codegen':>16} {'jit':>13} {'total':>8}  (ms, median of 5)"
+    )
     for label, (src, name, sizes, args) in cases.items():
         runs = [measure(src, name, sizes, args, tmp) for _ in range(5)]
         med = {k: statistics.median(r[k] for r in runs) * 1e3 for k in runs[0]}
-        print(f"{label:<38} {med['parse']:8.1f} {med['analyse+codegen']:16.1f} {med['jit']:13.1f} {med['total']:8.1f}")
+        print(
+            f"{label:<38} {med['parse']:8.1f} {med['analyse+codegen']:16.1f} {med['jit']:13.1f} {med['total']:8.1f}"
+        )
 
 
 if __name__ == "__main__":

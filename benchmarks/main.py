@@ -22,34 +22,46 @@ import polydl as pd  # noqa: E402
 
 @pd.kernel
 def gemm(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"]):
-    for i in range(M):  # noqa: F821
-        for j in range(N):  # noqa: F821
+    for i in range(M):
+        for j in range(N):
             C[i, j] = 0.0
-        for k in range(K):  # noqa: F821
-            for j in range(N):  # noqa: F821
+        for k in range(K):
+            for j in range(N):
                 C[i, j] += A[i, k] * B[k, j]
 
 
 def conv_kernel(stride: int, pad: int):
     @pd.kernel
-    def conv(O: pd.f32["Nb", "K", "P", "Q"], I: pd.f32["Nb", "C", "H", "W"], Wt: pd.f32["K", "C", "R", "S"]):
-        for n in range(Nb):  # noqa: F821
-            for k in range(K):  # noqa: F821
-                for p in range(P):  # noqa: F821
-                    for q in range(Q):  # noqa: F821
+    def conv(
+        O: pd.f32["Nb", "K", "P", "Q"],
+        I: pd.f32["Nb", "C", "H", "W"],
+        Wt: pd.f32["K", "C", "R", "S"],
+    ):
+        for n in range(Nb):
+            for k in range(K):
+                for p in range(P):
+                    for q in range(Q):
                         O[n, k, p, q] = 0.0
-                for c in range(C):  # noqa: F821
-                    for r in range(R):  # noqa: F821
-                        for s in range(S):  # noqa: F821
-                            for p in range(P):  # noqa: F821
-                                for q in range(Q):  # noqa: F821
-                                    if 0 <= stride * p + r - pad < H and 0 <= stride * q + s - pad < W:  # noqa: F821
-                                        O[n, k, p, q] += I[n, c, stride * p + r - pad, stride * q + s - pad] * Wt[k, c, r, s]
+                for c in range(C):
+                    for r in range(R):
+                        for s in range(S):
+                            for p in range(P):
+                                for q in range(Q):
+                                    if (
+                                        0 <= stride * p + r - pad < H
+                                        and 0 <= stride * q + s - pad < W
+                                    ):
+                                        O[n, k, p, q] += (
+                                            I[n, c, stride * p + r - pad, stride * q + s - pad]
+                                            * Wt[k, c, r, s]
+                                        )
 
     return conv
 
 
-def report(name: str, flops: float, ours: float, theirs: float, err: float, compile_s: float) -> None:
+def report(
+    name: str, flops: float, ours: float, theirs: float, err: float, compile_s: float
+) -> None:
     print(
         f"{name:<28} {flops / ours / 1e9:9.2f} {flops / theirs / 1e9:9.2f} {theirs / ours:7.2f}x"
         f" {err:10.2e} {compile_s * 1e3:9.0f}"
@@ -63,7 +75,9 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     print(f"threads={args.threads} (polydl and NumPy/OpenBLAS pinned alike); medians of 7 runs")
-    print(f"{'kernel':<28} {'polydl':>9} {'numpy':>9} {'ratio':>8} {'max err':>10} {'compile ms':>10}")
+    print(
+        f"{'kernel':<28} {'polydl':>9} {'numpy':>9} {'ratio':>8} {'max err':>10} {'compile ms':>10}"
+    )
     print(f"{'':<28} {'GFLOPS':>9} {'GFLOPS':>9}")
     with threadpool_limits(limits=args.threads):
         n = args.size
@@ -76,7 +90,14 @@ def main() -> None:
         compile_s = time.perf_counter() - t0
         want = a @ b
         err = float(np.abs(c - want).max() / np.abs(want).max())
-        report(f"gemm {n}^3", 2.0 * n**3, median_seconds(lambda: k(c, a, b)), median_seconds(lambda: a @ b), err, compile_s)
+        report(
+            f"gemm {n}^3",
+            2.0 * n**3,
+            median_seconds(lambda: k(c, a, b)),
+            median_seconds(lambda: a @ b),
+            err,
+            compile_s,
+        )
 
         layer = next(r for r in resnet50_layers() if r["name"] == "resnet_03")
         C, K, H, W, R, S = (int(layer[x]) for x in "CKHWRS")
@@ -85,13 +106,22 @@ def main() -> None:
         w = rng.standard_normal((K, C, R, S), dtype=np.float32)
         o = np.empty((1, K, P, Q), np.float32)
         t0 = time.perf_counter()
-        kc = pd.compile(conv_kernel(st, pad), Nb=1, C=C, K=K, H=H, W=W, R=R, S=S, P=P, Q=Q, threads=args.threads)
+        kc = pd.compile(
+            conv_kernel(st, pad), Nb=1, C=C, K=K, H=H, W=W, R=R, S=S, P=P, Q=Q, threads=args.threads
+        )
         kc(o, x, w)
         compile_s = time.perf_counter() - t0
         want = numpy_conv2d(x, w, st, pad)
         err = float(np.abs(o - want).max() / np.abs(want).max())
         flops = 2.0 * K * C * R * S * P * Q
-        report("resnet_03 conv N=1", flops, median_seconds(lambda: kc(o, x, w)), median_seconds(lambda: numpy_conv2d(x, w, st, pad)), err, compile_s)
+        report(
+            "resnet_03 conv N=1",
+            flops,
+            median_seconds(lambda: kc(o, x, w)),
+            median_seconds(lambda: numpy_conv2d(x, w, st, pad)),
+            err,
+            compile_s,
+        )
 
 
 if __name__ == "__main__":

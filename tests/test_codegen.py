@@ -32,9 +32,9 @@ def run_both(kern, args: dict, sizes: dict, threads: int, rtol=2e-5, atol=2e-5):
 
 @pd.kernel
 def gemm(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"], alpha: pd.f32):
-    for i in range(M):  # noqa: F821
-        for j in range(N):  # noqa: F821
-            for k in range(K):  # noqa: F821
+    for i in range(M):
+        for j in range(N):
+            for k in range(K):
                 C[i, j] += alpha * A[i, k] * B[k, j]
 
 
@@ -56,11 +56,11 @@ def test_gemm_called_directly_caches():
 
 @pd.kernel
 def bmm(C: pd.f32["Bt", "M", "N"], A: pd.f32["Bt", "M", "K"], B: pd.f32["Bt", "K", "N"]):
-    for b in range(Bt):  # noqa: F821
-        for i in range(M):  # noqa: F821
-            for j in range(N):  # noqa: F821
+    for b in range(Bt):
+        for i in range(M):
+            for j in range(N):
                 C[b, i, j] = 0.0
-                for k in range(K):  # noqa: F821
+                for k in range(K):
                     C[b, i, j] += A[b, i, k] * B[b, k, j]
 
 
@@ -83,14 +83,14 @@ def conv_pad(
     I: pd.f32["Nb", "C", "H", "W"],
     Wt: pd.f32["K", "C", "R", "S"],
 ):
-    for n in range(Nb):  # noqa: F821
-        for k in range(K):  # noqa: F821
-            for p in range(P):  # noqa: F821
-                for q in range(Q):  # noqa: F821
-                    for c in range(C):  # noqa: F821
-                        for r in range(R):  # noqa: F821
-                            for s in range(S):  # noqa: F821
-                                if 0 <= STRIDE * p + r - PAD < H and 0 <= STRIDE * q + s - PAD < W:  # noqa: F821
+    for n in range(Nb):
+        for k in range(K):
+            for p in range(P):
+                for q in range(Q):
+                    for c in range(C):
+                        for r in range(R):
+                            for s in range(S):
+                                if 0 <= STRIDE * p + r - PAD < H and 0 <= STRIDE * q + s - PAD < W:
                                     O[n, k, p, q] += (
                                         I[n, c, STRIDE * p + r - PAD, STRIDE * q + s - PAD]
                                         * Wt[k, c, r, s]
@@ -125,15 +125,18 @@ def test_conv_stride2_padding(threads):
 
 @pd.kernel
 def conv_bias_relu(
-    O: pd.f32["K", "P", "Q"], I: pd.f32["C", "H", "W"], Wt: pd.f32["K", "C", "R", "S"], b: pd.f32["K"]
+    O: pd.f32["K", "P", "Q"],
+    I: pd.f32["C", "H", "W"],
+    Wt: pd.f32["K", "C", "R", "S"],
+    b: pd.f32["K"],
 ):
-    for k in range(K):  # noqa: F821
-        for p in range(P):  # noqa: F821
-            for q in range(Q):  # noqa: F821
+    for k in range(K):
+        for p in range(P):
+            for q in range(Q):
                 O[k, p, q] = 0.0
-                for c in range(C):  # noqa: F821
-                    for r in range(R):  # noqa: F821
-                        for s in range(S):  # noqa: F821
+                for c in range(C):
+                    for r in range(R):
+                        for s in range(S):
                             O[k, p, q] += I[c, p + r, q + s] * Wt[k, c, r, s]
                 O[k, p, q] = max(O[k, p, q] + b[k], 0.0)
 
@@ -152,18 +155,18 @@ def test_multi_statement_conv(threads):
 
 @pd.kernel
 def syrk(C: pd.f32["N", "N"], A: pd.f32["N", "K"]):
-    for i in range(N):  # noqa: F821
+    for i in range(N):
         for j in range(i + 1):
-            for k in range(K):  # noqa: F821
+            for k in range(K):
                 C[i, j] += A[i, k] * A[j, k]
 
 
 @pd.kernel
 def lu(A: pd.f64["N", "N"]):
-    for k in range(N):  # noqa: F821
-        for i in range(k + 1, N):  # noqa: F821
+    for k in range(N):
+        for i in range(k + 1, N):
             A[i, k] = A[i, k] / A[k, k]
-            for j in range(k + 1, N):  # noqa: F821
+            for j in range(k + 1, N):
                 A[i, j] -= A[i, k] * A[k, j]
 
 
@@ -185,18 +188,18 @@ T = 5
 
 @pd.kernel
 def jacobi(A: pd.f32["N"], B: pd.f32["N"]):
-    for t in range(T):  # noqa: F821
-        for i in range(1, N - 1):  # noqa: F821
+    for t in range(T):
+        for i in range(1, N - 1):
             B[i] = 0.33333 * (A[i - 1] + A[i] + A[i + 1])
-        for i in range(1, N - 1):  # noqa: F821
+        for i in range(1, N - 1):
             A[i] = B[i]
 
 
 @pd.kernel
 def seidel(A: pd.f32["N", "N"]):
-    for t in range(T):  # noqa: F821
-        for i in range(1, N - 1):  # noqa: F821
-            for j in range(1, N - 1):  # noqa: F821
+    for t in range(T):
+        for i in range(1, N - 1):
+            for j in range(1, N - 1):
                 A[i, j] = 0.2 * (A[i - 1, j] + A[i, j - 1] + A[i, j] + A[i + 1, j] + A[i, j + 1])
 
 
@@ -216,11 +219,11 @@ def test_time_iterated_stencils(threads):
 
 @pd.kernel
 def two_nests(Y: pd.f32["N"], Z: pd.f32["N"], X: pd.f32["N"], s: pd.f32):
-    for i in range(N):  # noqa: F821
+    for i in range(N):
         Y[i] = pd.exp(X[i]) - pd.sqrt(X[i] * X[i] + 1.0)
-    for i in range(N):  # noqa: F821
+    for i in range(N):
         Z[i] = pd.tanh(Y[i]) * s + pd.sigmoid(-X[i]) / 2 + min(X[i], 0.25)
-    for i in range(N // 2):  # noqa: F821
+    for i in range(N // 2):
         Z[2 * i + N % 2] *= 3.0
 
 
@@ -228,7 +231,13 @@ def two_nests(Y: pd.f32["N"], Z: pd.f32["N"], X: pd.f32["N"], s: pd.f32):
 def test_several_nests_and_intrinsics(threads):
     N = 23
     x = rand(N)
-    out = run_both(two_nests, dict(Y=np.zeros(N, np.float32), Z=np.zeros(N, np.float32), X=x, s=0.5), dict(N=N), threads, rtol=1e-5)
+    out = run_both(
+        two_nests,
+        dict(Y=np.zeros(N, np.float32), Z=np.zeros(N, np.float32), X=x, s=0.5),
+        dict(N=N),
+        threads,
+        rtol=1e-5,
+    )
     y = np.exp(x.astype(np.float64)) - np.sqrt(x.astype(np.float64) ** 2 + 1)
     z = np.tanh(y) * 0.5 + 1 / (1 + np.exp(x)) / 2 + np.minimum(x, 0.25)
     z[1::2] *= 3.0

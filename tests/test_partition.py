@@ -155,11 +155,11 @@ def test_dp_never_worse_than_deepspeed_baselines():
                 assert best <= partition(model, devices=k, algorithm=alg).bottleneck_s * (1 + 1e-12)
 
 
-def test_lower_bound_is_below_every_plan_and_equals_work_over_k():
+def test_lower_bound_is_below_every_plan_and_at_least_work_over_k():
     plan = partition("gpt2-small", devices=8, mode="training")
     work = sum(a["compute_s"] for a in plan.nodes.values())
     heaviest = max(a["compute_s"] for a in plan.nodes.values())
-    assert plan.lower_bound_s == pytest.approx(max(work / 8, heaviest))
+    assert plan.lower_bound_s >= max(work / 8, heaviest) * (1 - 1e-12)
     assert plan.lower_bound_s <= plan.bottleneck_s
 
 

@@ -61,7 +61,11 @@ def statement(draw, live: list[str]):
         expr = "0.75"  # keep products bounded
     elif terms:
         joiner = draw(st.sampled_from([" + ", " - ", " * "]))
-        expr = f"{const} * ({joiner.join(terms)})" if joiner == " * " else f"{const} + {joiner.join(terms)}"
+        expr = (
+            f"{const} * ({joiner.join(terms)})"
+            if joiner == " * "
+            else f"{const} + {joiner.join(terms)}"
+        )
         expr = f"{expr} * 0.5"
     else:
         expr = const
@@ -91,7 +95,9 @@ def kernel_source(draw):
         f'def {name}(X: pd.f32["L", "L"], Y: pd.f32["L", "L"], Z: pd.f32["L", "L"], '
         'D: pd.f32["N"], s: pd.f32):'
     )
-    return name, "\n".join(["import polydl as pd", "", "", "@pd.kernel", head] + ["    " + b for b in body]) + "\n"
+    return name, "\n".join(
+        ["import polydl as pd", "", "", "@pd.kernel", head] + ["    " + b for b in body]
+    ) + "\n"
 
 
 def load(tmp_path, name: str, src: str):
@@ -103,7 +109,9 @@ def load(tmp_path, name: str, src: str):
     return getattr(mod, name)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(kernel_source(), st.sampled_from([1, 2, 3, 5, 7, 9]), st.sampled_from([1, 2]))
 def test_random_nest_matches_reference(tmp_path, source, n, threads):
     name, src = source

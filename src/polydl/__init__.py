@@ -1,6 +1,30 @@
 """polydl: a polyhedral compiler for deep-learning primitives (public names of shared/spec/API.md)."""
 
+from . import nn, ops
+from .api import compile
+from .codegen.compiled import CompiledKernel
+from .dsl.intrinsics import exp, sigmoid, sqrt, tanh
+from .dsl.kernel import kernel
+from .dsl.types import f32, f64
 from .errors import BoundsError, DSLError, PolyDLError, TargetError
+from .partition import partition
 
-__all__ = ["PolyDLError", "DSLError", "BoundsError", "TargetError"]
+__all__ = [
+    "nn",
+    "ops",
+    "partition",
+    "compile",
+    "kernel",
+    "f32",
+    "f64",
+    "exp",
+    "sqrt",
+    "tanh",
+    "sigmoid",
+    "CompiledKernel",
+    "PolyDLError",
+    "DSLError",
+    "BoundsError",
+    "TargetError",
+]
 __version__ = "0.1.0"

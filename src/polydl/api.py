@@ -8,16 +8,24 @@ from .codegen.compiled import CompiledKernel
 from .errors import PolyDLError
 
 
-def compile(kern: Any, *, threads: int | None = None, target: str | None = None, **sizes: int) -> CompiledKernel:  # noqa: A001
+def compile(
+    kern: Any,
+    *,
+    threads: int | None = None,
+    target: str | None = None,
+    optimize: bool = True,
+    **sizes: int,
+) -> CompiledKernel:  # noqa: A001
     """Compile ``kern`` (a ``@pd.kernel`` function) for the given size bindings.
 
     ``threads=None`` uses every core this process may use; ``target=None`` the host CPU, or a
     named LLVM CPU (``"skylake-avx512"``, ``"znver3"``, ...): ``show("asm")`` works for any
     target, running needs a host that supports it (``pd.TargetError`` otherwise).
+    ``optimize=False`` keeps the plain schedule of the source: the oracle of the optimiser.
     """
     from .pipeline import compile_kernel
 
     ir = getattr(kern, "ir", None)
     if ir is None:
         raise PolyDLError(f"pd.compile expects a @pd.kernel function, got {type(kern).__name__}")
-    return compile_kernel(ir, sizes, threads=threads, target=target)
+    return compile_kernel(ir, sizes, threads=threads, target=target, optimize=optimize)

@@ -52,7 +52,9 @@ def _run_show(args: argparse.Namespace) -> int:
     import polydl as pd
 
     kern = _load_kernel(args.kernel)
-    compiled = pd.compile(kern, threads=args.threads, target=args.target, **_parse_sizes(args.sizes))
+    compiled = pd.compile(
+        kern, threads=args.threads, target=args.target, **_parse_sizes(args.sizes)
+    )
     print(compiled.show(args.emit))
     return 0
 

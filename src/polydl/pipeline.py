@@ -83,15 +83,19 @@ def compile_kernel(
         # 4. Contractions become BRGEMM calls on blocks (their loops around are all parallel).
         isa = brgemm_isa(cpu)
         lowered = lower_contractions(bound, isa) if optimize else bound
-        parallel = {
-            s.name: (frozenset(range(poly.schedule_ndim(lowered, s))) if s.micro else dims)
-            for s in lowered.statements
-        } if threaded else {}
+        parallel = (
+            {
+                s.name: (frozenset(range(poly.schedule_ndim(lowered, s))) if s.micro else dims)
+                for s in lowered.statements
+            }
+            if threaded
+            else {}
+        )
         # 5. The schedule as a loop tree, from isl's AST generator.
         sched = poly.union(poly.schedule(lowered, s) for s in lowered.statements)
         tree = poly.ast(sched, poly.context(lowered), parallel)
     # 6. LLVM IR through the templates; JIT happens on first call (or asm on demand).
-    ir = emit_module(lowered, tree, parallel=threaded, cpu=cpu, isa=isa)
+    ir = emit_module(lowered, tree, parallel=threaded, cpu=cpu, isa=isa, threads=threads)
     return CompiledKernel(kernel=lowered, tree=tree, llvm_ir=ir, cpu=cpu, threads=threads)
 
 

@@ -200,9 +200,23 @@ def find(kernel: Kernel, red: Statement) -> Contraction | None:
             continue
         m, n, k, batch, outer = roles
         found = Contraction(
-            stmt=red.name, init=None, epilogue=None, c=red.target.tensor, a=a.tensor, b=b.tensor,
-            lin=(("C", lc), ("A", la), ("B", lb)), m=m, n=n, k=k, batch=batch, outer=outer,
-            extents=tuple(box.items()), alpha=alpha, bias=None, bias_kind=None, relu=False,
+            stmt=red.name,
+            init=None,
+            epilogue=None,
+            c=red.target.tensor,
+            a=a.tensor,
+            b=b.tensor,
+            lin=(("C", lc), ("A", la), ("B", lb)),
+            m=m,
+            n=n,
+            k=k,
+            batch=batch,
+            outer=outer,
+            extents=tuple(box.items()),
+            alpha=alpha,
+            bias=None,
+            bias_kind=None,
+            relu=False,
         )
         return _fold(kernel, red, found)
     return None
@@ -216,8 +230,8 @@ def _roles(iters, lc: Linear, la: Linear, lb: Linear, box):
     ms = [v for v in iters if lc.coef(v) and la.coef(v) and not lb.coef(v)]
     if not ms:
         return None
-    # rows: the candidate with the most iterations (longest runs of independent C rows)
-    m_it = max(ms, key=lambda v: (box[v][1] - box[v][0], -iters.index(v)))
+    # rows: the candidate with the smallest stride in C (then the most iterations)
+    m_it = min(ms, key=lambda v: (abs(lc.coef(v)), -(box[v][1] - box[v][0])))
     red = [v for v in iters if lc.coef(v) == 0]
     if any(la.coef(v) == 0 and lb.coef(v) == 0 for v in red):
         return None
@@ -252,16 +266,24 @@ def _fold(kernel: Kernel, red: Statement, c: Contraction) -> Contraction:
             if bias is not None:
                 lbias = linearize(kernel, bias)
                 if lbias is not None and kernel.arg(bias.tensor).dtype == "f32":
-                    if dict(lbias.coefs) == {c.n: 1}:
+                    # per column (n) or per row (m); other iterators only move the origin
+                    co = dict(lbias.coefs)
+                    if not set(co) <= {c.m, c.n, *c.outer}:
+                        co = {}
+                    if co.get(c.n) == 1 and c.m not in co:
                         kind = "col"
-                    elif dict(lbias.coefs) == {c.m: 1}:
+                    elif co.get(c.m) == 1 and c.n not in co:
                         kind = "row"
                 if kind is None:
                     return c
                 lin = (*lin, ("bias", lbias))
             c = replace(
-                c, epilogue=epi.name, relu=relu, bias=bias.tensor if bias else None,
-                bias_kind=kind, lin=lin,
+                c,
+                epilogue=epi.name,
+                relu=relu,
+                bias=bias.tensor if bias else None,
+                bias_kind=kind,
+                lin=lin,
             )
     return c
 

@@ -23,7 +23,9 @@ class CompiledKernel:
     writeability of outputs, overlapping buffers): a refused call writes nothing.
     """
 
-    def __init__(self, *, kernel: Kernel, tree: tuple[L.Node, ...], llvm_ir: str, cpu: str, threads: int):
+    def __init__(
+        self, *, kernel: Kernel, tree: tuple[L.Node, ...], llvm_ir: str, cpu: str, threads: int
+    ):
         self.kernel = kernel
         self.tree = tree
         self.llvm_ir = llvm_ir
@@ -36,9 +38,11 @@ class CompiledKernel:
         tensors = kernel.tensors
         self._shapes = {t.name: kernel.shape_of(t.name) for t in tensors}
         self._written = {s.target.tensor for s in kernel.statements}
-        self._tensor_ptrs = (ctypes.c_void_p * max(1, len(tensors)))()
-        self._scalar_vals = (ctypes.c_double * max(1, len(kernel.scalars)))()
         self._names = [a.name for a in kernel.args]
+        self._tensor_pos = [i for i, a in enumerate(kernel.args) if isinstance(a, TensorArg)]
+        self._scalar_pos = [i for i, a in enumerate(kernel.args) if isinstance(a, ScalarArg)]
+        self._tensor_shapes = [self._shapes[kernel.args[i].name] for i in self._tensor_pos]
+        self._tls = threading.local()
 
     # ------------------------------------------------------------ compilation
     def load(self):
@@ -55,9 +59,16 @@ class CompiledKernel:
     def show(self, what: str = "loops") -> str:
         """``"loops"``: the transformed nest as C-like text; ``"llvm"``; ``"asm"``."""
         if what == "loops":
-            text = {s.name: f"{s.source}  (line {s.line})" for s in self.kernel.statements}
+            text = {
+                s.name: f"{s.micro}  <- {s.source}  (line {s.line})"
+                if s.micro
+                else f"{s.source}  (line {s.line})"
+                for s in self.kernel.statements
+            }
             head = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
-            return f"// {self.kernel.name}({head}), threads={self.threads}\n" + L.to_c(self.tree, text)
+            return f"// {self.kernel.name}({head}), threads={self.threads}\n" + L.to_c(
+                self.tree, text
+            )
         if what == "llvm":
             return self.llvm_ir
         if what in ("llvm-opt", "llvm_opt"):
@@ -71,11 +82,15 @@ class CompiledKernel:
         """Match positional and keyword arguments to the kernel's parameters."""
         name = self.kernel.name
         if len(args) > len(self._names):
-            raise TypeError(f"{name}() takes {len(self._names)} arguments ({', '.join(self._names)}), got {len(args)}")
+            raise TypeError(
+                f"{name}() takes {len(self._names)} arguments ({', '.join(self._names)}), got {len(args)}"
+            )
         bound = dict(zip(self._names, args, strict=False))
         for k, v in kwargs.items():
             if k not in self._names:
-                raise TypeError(f"{name}() got an unexpected argument {k!r}; parameters: {', '.join(self._names)}")
+                raise TypeError(
+                    f"{name}() got an unexpected argument {k!r}; parameters: {', '.join(self._names)}"
+                )
             if k in bound:
                 raise TypeError(f"{name}() got argument {k!r} twice")
             bound[k] = v
@@ -90,41 +105,87 @@ class CompiledKernel:
         for a in self.kernel.args:
             v = bound[a.name]
             if isinstance(a, ScalarArg):
-                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-                    raise TypeError(f"{name}(): scalar argument {a.name!r} must be a number, got {type(v).__name__}")
+                if isinstance(v, (bool, np.bool_)) or not isinstance(
+                    v, (int, float, np.integer, np.floating)
+                ):
+                    raise TypeError(
+                        f"{name}(): scalar argument {a.name!r} must be a number, got {type(v).__name__}"
+                    )
                 continue
             assert isinstance(a, TensorArg)
             want = self._shapes[a.name]
             if not isinstance(v, np.ndarray):
-                raise TypeError(f"{name}(): argument {a.name!r} must be a numpy array of shape {want} and dtype {NP_DTYPE[a.dtype]}, got {type(v).__name__}")
+                raise TypeError(
+                    f"{name}(): argument {a.name!r} must be a numpy array of shape {want} and dtype {NP_DTYPE[a.dtype]}, got {type(v).__name__}"
+                )
             if v.dtype != NP_DTYPE[a.dtype]:
-                raise TypeError(f"{name}(): argument {a.name!r} must have dtype {NP_DTYPE[a.dtype]}, got {v.dtype}")
+                raise TypeError(
+                    f"{name}(): argument {a.name!r} must have dtype {NP_DTYPE[a.dtype]}, got {v.dtype}"
+                )
             if v.shape != want:
-                raise ValueError(f"{name}(): argument {a.name!r} must have shape {want} (sizes {self.sizes}), got {v.shape}")
+                raise ValueError(
+                    f"{name}(): argument {a.name!r} must have shape {want} (sizes {self.sizes}), got {v.shape}"
+                )
             if not v.flags.c_contiguous:
-                raise ValueError(f"{name}(): argument {a.name!r} must be C-contiguous (use np.ascontiguousarray)")
+                raise ValueError(
+                    f"{name}(): argument {a.name!r} must be C-contiguous (use np.ascontiguousarray)"
+                )
             if a.name in self._written and not v.flags.writeable:
-                raise ValueError(f"{name}(): argument {a.name!r} is written by the kernel but is read-only")
+                raise ValueError(
+                    f"{name}(): argument {a.name!r} is written by the kernel but is read-only"
+                )
             arrays.append((a.name, v))
         for i, (n1, v1) in enumerate(arrays):
             for n2, v2 in arrays[i + 1 :]:
                 if (n1 in self._written or n2 in self._written) and np.may_share_memory(v1, v2):
-                    raise ValueError(f"{name}(): arguments {n1!r} and {n2!r} share memory; pass distinct arrays")
+                    raise ValueError(
+                        f"{name}(): arguments {n1!r} and {n2!r} share memory; pass distinct arrays"
+                    )
 
     def __call__(self, *args, **kwargs) -> None:
-        fn = self.load()
-        bound = self.bind_args(args, kwargs)
-        self.check(bound)
-        ti = si = 0
-        for a in self.kernel.args:
-            if isinstance(a, TensorArg):
-                self._tensor_ptrs[ti] = bound[a.name].__array_interface__["data"][0]
-                ti += 1
-            else:
-                self._scalar_vals[si] = float(bound[a.name])
-                si += 1
-        fn(ctypes.addressof(self._tensor_ptrs), ctypes.addressof(self._scalar_vals), self.threads)
+        fn = self._fn if self._fn is not None else self.load()
+        if kwargs or len(args) != len(self._names):
+            bound = self.bind_args(args, kwargs)
+            args = tuple(bound[n] for n in self._names)
+        st = self._state()
+        tensors = tuple(args[i] for i in self._tensor_pos)
+        last = st.last
+        if (
+            len(last) != len(tensors)
+            or any(t is not u for t, u in zip(tensors, last, strict=True))
+            or any(t.shape != sh for t, sh in zip(tensors, self._tensor_shapes, strict=True))
+        ):
+            # new arrays: check everything, then cache their data pointers for the next calls
+            st.last = ()
+            self.check(dict(zip(self._names, args, strict=True)))
+            for i, t in enumerate(tensors):
+                st.ptrs[i] = t.__array_interface__["data"][0]
+            st.last = tensors
+        for i, pos in enumerate(self._scalar_pos):
+            v = args[pos]
+            if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+                self.check(dict(zip(self._names, args, strict=True)))
+            st.scalars[i] = v
+        fn(st.ptrs_addr, st.scalars_addr, self.threads)
+
+    def _state(self):
+        """Per-thread argument buffers, so that threads may call one kernel concurrently."""
+        st = getattr(self._tls, "st", None)
+        if st is None:
+            st = self._tls.st = _CallState(len(self._tensor_pos), len(self._scalar_pos))
+        return st
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
         return f"<CompiledKernel {self.kernel.name}({sizes}) cpu={self.cpu} threads={self.threads}>"
+
+
+class _CallState:
+    """One thread's ctypes argument arrays and the arrays whose pointers they hold."""
+
+    def __init__(self, n_tensors: int, n_scalars: int):
+        self.ptrs = (ctypes.c_void_p * max(1, n_tensors))()
+        self.scalars = (ctypes.c_double * max(1, n_scalars))()
+        self.ptrs_addr = ctypes.addressof(self.ptrs)
+        self.scalars_addr = ctypes.addressof(self.scalars)
+        self.last: tuple = ()

@@ -68,10 +68,22 @@ _AVX2 = frozenset({"avx", "avx2", "fma"})
 _AVX512 = _AVX2 | {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
 # The ISA features a named CPU implies, for the host check before running its code.
 _CPU_FEATURES = {
-    **dict.fromkeys(("haswell", "broadwell", "skylake", "znver1", "znver2", "znver3", "x86-64-v3"), _AVX2),
     **dict.fromkeys(
-        ("skylake-avx512", "cascadelake", "cooperlake", "icelake-server", "icelake-client",
-         "tigerlake", "sapphirerapids", "znver4", "znver5", "x86-64-v4"),
+        ("haswell", "broadwell", "skylake", "znver1", "znver2", "znver3", "x86-64-v3"), _AVX2
+    ),
+    **dict.fromkeys(
+        (
+            "skylake-avx512",
+            "cascadelake",
+            "cooperlake",
+            "icelake-server",
+            "icelake-client",
+            "tigerlake",
+            "sapphirerapids",
+            "znver4",
+            "znver5",
+            "x86-64-v4",
+        ),
         _AVX512,
     ),
 }
@@ -194,6 +206,8 @@ def load_gomp() -> None:
     """Make libgomp's GOMP_parallel and omp_* symbols visible to JIT modules."""
     path = _gomp_path()
     if path is None:
-        raise TargetError("libgomp is not installed: threads > 1 needs it (apt-get install libgomp1)")
+        raise TargetError(
+            "libgomp is not installed: threads > 1 needs it (apt-get install libgomp1)"
+        )
     ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     llvm.load_library_permanently(path)

@@ -74,7 +74,7 @@ def float_literal(value: float, dtype: str) -> str:
     """LLVM's hexadecimal literal for ``value`` rounded to ``dtype``."""
     if dtype == "f32":
         value = struct.unpack("<f", struct.pack("<f", value))[0]
-    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", value))[0]
+    return f"0x{struct.unpack('<Q', struct.pack('<d', value))[0]:016X}"
 
 
 @dataclass
@@ -104,6 +104,7 @@ class ModuleEmitter:
         parallel: bool,
         cpu: str,
         isa: str | None = None,
+        threads: int = 1,
     ):
         self.k = kernel
         self.tree = tree
@@ -117,6 +118,7 @@ class ModuleEmitter:
         self.n = 0
         self.decls: set[str] = set()
         self.functions: list[str] = []
+        self.threads = threads
         self.isa = isa  # BRGEMM ISA family for micro statements (None: the host's best)
         self.micro_symbols: dict[object, str] = {}
         self.offset_tables: dict[tuple[int, ...], str] = {}
@@ -202,7 +204,7 @@ class ModuleEmitter:
 
     def node(self, n: L.Node, fn: _Fn, path: list[str], in_parallel: bool) -> str:
         if isinstance(n, L.For):
-            if self.parallel and n.parallel and not in_parallel and n.upper() is not None:
+            if self.parallel and n.parallel and not in_parallel and self.worth_threads(n):
                 return self.parallel_for(n, fn, path)
             fn.allocas.add(n.var)
             init = self.int_code(n.init, {})
@@ -216,6 +218,27 @@ class ModuleEmitter:
             orelse = self.nodes(n.orelse, fn, path, in_parallel)
             return _control().if_block(self.label("I"), cond, then, orelse)
         return self.call(n)
+
+    def trips(self, n: L.For) -> int | None:
+        """The loop's trip count when its bounds are constants."""
+        hi = n.upper()
+        lo_c = self.const(n.init, {})
+        hi_c = self.const(hi, {}) if hi is not None else None
+        if lo_c is None or hi_c is None:
+            return None
+        return max(0, -(-(hi_c - lo_c) // n.step))
+
+    def worth_threads(self, n: L.For) -> bool:
+        """Thread this loop, or leave it to a parallel loop inside with better balance?"""
+        if n.upper() is None:
+            return False
+        trips = self.trips(n)
+        if trips is None:
+            return True
+        if trips >= self.threads and (trips % self.threads == 0 or trips >= 4 * self.threads):
+            return True
+        inner = any(isinstance(x, L.For) and x.parallel for x in L.walk(n.body))
+        return not inner and trips >= 2
 
     def parallel_for(self, n: L.For, fn: _Fn, path: list[str]) -> str:
         """Outline ``n`` into a region run by every thread on its chunk of iterations."""
@@ -237,7 +260,10 @@ class ModuleEmitter:
             v = self.fresh("p")
             if s.dtype == "f32":
                 w = self.fresh("p")
-                stores += [f"  {w} = bitcast float %s.{s.name} to i32", f"  {v} = zext i32 {w} to i64"]
+                stores += [
+                    f"  {w} = bitcast float %s.{s.name} to i32",
+                    f"  {v} = zext i32 {w} to i64",
+                ]
                 slot(
                     v,
                     [
@@ -330,8 +356,17 @@ class ModuleEmitter:
         from ..kernels import BrgemmConfig, generate, symbol_for
 
         cfg = BrgemmConfig(
-            m=mk.m, n=mk.n, k=mk.k, lda=mk.lda, ldb=mk.ldb, ldc=mk.ldc,
-            beta=mk.beta, alpha=mk.alpha, form="offset", bias=mk.bias_kind, relu=mk.relu,
+            m=mk.m,
+            n=mk.n,
+            k=mk.k,
+            lda=mk.lda,
+            ldb=mk.ldb,
+            ldc=mk.ldc,
+            beta=mk.beta,
+            alpha=mk.alpha,
+            form="offset",
+            bias=mk.bias_kind,
+            relu=mk.relu,
             isa=self.isa,
         ).normalized()
         sym = self.micro_symbols.get(cfg)
@@ -341,7 +376,10 @@ class ModuleEmitter:
             self.decls.update(kir.declarations)
             self.functions.append(kir.definition)
             self.micro_symbols[cfg] = sym
-        ptrs = [self.flat_pointer(t, e, env, code) for t, e in ((mk.a, mk.a_origin), (mk.b, mk.b_origin), (mk.c, mk.c_origin))]
+        ptrs = [
+            self.flat_pointer(t, e, env, code)
+            for t, e in ((mk.a, mk.a_origin), (mk.b, mk.b_origin), (mk.c, mk.c_origin))
+        ]
         args = [f"ptr {p}" for p in ptrs] + [f"i64 {len(mk.a_offsets)}"]
         args += [f"ptr {self.offset_table(mk.a_offsets)}", f"ptr {self.offset_table(mk.b_offsets)}"]
         if mk.bias is not None:
@@ -354,7 +392,9 @@ class ModuleEmitter:
         if name is None:
             name = f"@offsets.{len(self.offset_tables)}"
             body = ", ".join(f"i64 {o}" for o in offsets)
-            self.decls.add(f"{name} = internal unnamed_addr constant [{len(offsets)} x i64] [{body}], align 64")
+            self.decls.add(
+                f"{name} = internal unnamed_addr constant [{len(offsets)} x i64] [{body}], align 64"
+            )
             self.offset_tables[offsets] = name
         return name
 
@@ -364,7 +404,9 @@ class ModuleEmitter:
         off = self.int_code(flat, env)
         code.append(off.code)
         p = self.fresh("a")
-        code.append(f"  {p} = getelementptr inbounds {LLTYPE[t.dtype]}, ptr %t.{t.name}, i64 {off.value}")
+        code.append(
+            f"  {p} = getelementptr inbounds {LLTYPE[t.dtype]}, ptr %t.{t.name}, i64 {off.value}"
+        )
         return p
 
     def address(self, ld: Load, env: dict[str, str], code: list[str]) -> str:
@@ -469,10 +511,16 @@ class ModuleEmitter:
                 ]
                 if e.op == "//":
                     d = self.fresh("i")
-                    code += [f"  {d} = sub nsw i64 {q}, 1", f"  {v} = select i1 {fix}, i64 {d}, i64 {q}"]
+                    code += [
+                        f"  {d} = sub nsw i64 {q}, 1",
+                        f"  {v} = select i1 {fix}, i64 {d}, i64 {q}",
+                    ]
                 else:
                     d = self.fresh("i")
-                    code += [f"  {d} = add nsw i64 {r}, {b}", f"  {v} = select i1 {fix}, i64 {d}, i64 {r}"]
+                    code += [
+                        f"  {d} = add nsw i64 {r}, {b}",
+                        f"  {v} = select i1 {fix}, i64 {d}, i64 {r}",
+                    ]
             case _:
                 raise ValueError(f"unknown integer op {e.op!r}")
         return v
@@ -533,7 +581,13 @@ def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def emit_module(
-    kernel: Kernel, tree: tuple[L.Node, ...], *, parallel: bool, cpu: str, isa: str | None = None
+    kernel: Kernel,
+    tree: tuple[L.Node, ...],
+    *,
+    parallel: bool,
+    cpu: str,
+    isa: str | None = None,
+    threads: int = 1,
 ) -> str:
     """LLVM IR text of ``kernel`` scheduled as ``tree`` (loops marked parallel are threaded)."""
-    return ModuleEmitter(kernel, tree, parallel=parallel, cpu=cpu, isa=isa).emit()
+    return ModuleEmitter(kernel, tree, parallel=parallel, cpu=cpu, isa=isa, threads=threads).emit()

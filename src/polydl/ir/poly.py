@@ -141,9 +141,7 @@ def sample(s: Set) -> dict[str, int] | None:
     if s.is_empty():
         return None
     pt = s.sample_point()
-    return {
-        n: pt.get_coordinate_val(_SET, i).to_python() for i, n in enumerate(names(s, "set"))
-    }
+    return {n: pt.get_coordinate_val(_SET, i).to_python() for i, n in enumerate(names(s, "set"))}
 
 
 def sample_pair(m: Map) -> tuple[dict[str, int], dict[str, int]] | None:
@@ -409,3 +407,180 @@ def is_projection(kernel: Kernel, s: Statement, red: Statement) -> bool:
     proj = domain(kernel, red).apply(_with_context(m, kernel))
     return proj.is_equal(domain(kernel, s))
 
+
+# ---- optimiser helpers
+
+
+def restrict(s: Set, box: Mapping[str, tuple[int, int]]) -> Set:
+    """``s`` with each named dimension ``v`` of ``box`` limited to ``lo <= v < hi``."""
+    if not box:
+        return s
+    dims = names(s, "set")
+    cons = " and ".join(f"{lo} <= {v} < {hi}" for v, (lo, hi) in box.items())
+    tname = tuple_name(s) or ""
+    params = names(s, "param")
+    text = f"{params_text(params)} -> {{ {tname}[{', '.join(dims)}] : {cons} }}"
+    return s.intersect(Set(text).align_params(s.get_space()))
+
+
+def coupled(s: Set) -> list[frozenset[str]]:
+    """Dimensions of ``s`` grouped by the constraints linking them (a partition of the names).
+
+    Two dimensions are in one group when some constraint of ``s`` (or an integer division it
+    uses) involves both; a box is all singletons.
+    """
+    dims = names(s, "set")
+    parent = {d: d for d in dims}
+
+    def find(d: str) -> str:
+        while parent[d] != d:
+            parent[d] = parent[parent[d]]
+            d = parent[d]
+        return d
+
+    def join(group: set[str]) -> None:
+        g = sorted(group)
+        for d in g[1:]:
+            parent[find(d)] = find(g[0])
+
+    for bs in s.get_basic_sets():
+        n_div = bs.dim(isl.dim_type.div)
+        div_dims = []
+        for j in range(n_div):
+            aff = bs.get_div(j)
+            div_dims.append(
+                {dims[i] for i in range(len(dims)) if not aff.get_coefficient_val(_IN, i).is_zero()}
+            )
+        for c in bs.get_constraints():
+            used = {dims[i] for i in range(len(dims)) if not c.get_coefficient_val(_SET, i).is_zero()}
+            for j in range(n_div):
+                if not c.get_coefficient_val(isl.dim_type.div, j).is_zero():
+                    used |= set().union(*div_dims) if div_dims else set()
+            if len(used) > 1:
+                join(used)
+    groups: dict[str, set[str]] = {}
+    for d in dims:
+        groups.setdefault(find(d), set()).add(d)
+    return [frozenset(g) for g in groups.values()]
+
+
+def image(m: Map, points: Set) -> Set:
+    """The image of ``points`` (a subset of ``m``'s domain) under ``m``."""
+    return m.intersect_domain(points).range()
+
+
+def footprint_size(images: Iterable[Set]) -> int:
+    """Points of the union of ``images`` (one tensor's footprints), counted by extents.
+
+    One image counts its bounding box (``dim_min``/``dim_max``: exact for dense footprints).
+    Several are unioned, split into disjoint pieces, and each piece counts its bounding box, so
+    overlapping reads of one tensor are not counted twice.
+    """
+    sets = [s for s in images if not s.is_empty()]
+    if not sets:
+        return 0
+    if len(sets) == 1:
+        return box_size(sets[0])
+    u = sets[0]
+    for s in sets[1:]:
+        u = u.union(s)
+    u = u.coalesce()
+    if u.n_basic_set() == 1:
+        return box_size(u)
+    return sum(box_size(Set.from_basic_set(b)) for b in u.make_disjoint().get_basic_sets())
+
+
+def output_dims(m: Map) -> list[Map]:
+    """``m`` split by output dimension: for each, ``m`` with only that output dimension."""
+    n = m.dim(_OUT)
+    return [m.project_out(_OUT, d + 1, n - d - 1).project_out(_OUT, 0, d) for d in range(n)]
+
+
+def range_extent(m: Map, points: Set) -> tuple[int, int] | None:
+    """Smallest and largest value of ``m``'s single output dimension over ``points``."""
+    img = m.intersect_domain(points).range()
+    if img.is_empty():
+        return None
+    return _pw_aff_const(img.dim_min(0), "min", "_0"), _pw_aff_const(img.dim_max(0), "max", "_0")
+
+
+# ---- front end / analysis helpers (dsl/parse, analysis/bounds, analysis/deps, ir/verify)
+
+
+def simplify_set_text(text: str) -> str:
+    """The isl text of a set, coalesced (a shorter equivalent; dimension names kept)."""
+    try:
+        return Set(text).coalesce().to_str()
+    except isl.Error as e:
+        raise ValueError(f"isl cannot parse {text!r}: {e}") from None
+
+
+def set_text_info(text: str) -> tuple[str | None, list[str], list[str]]:
+    """(tuple name, dimension names, parameter names) of an isl set text (parses it)."""
+    s = Set(text)
+    return s.get_tuple_name(), names(s, "set"), names(s, "param")
+
+
+def map_text_info(text: str) -> tuple[str | None, list[str], int, list[str]]:
+    """(input tuple name, input dimension names, output dimension count, parameter names)."""
+    m = Map(text)
+    return m.get_tuple_name(_IN), names(m, "in"), m.dim(_OUT), names(m, "param")
+
+
+def outside(kernel: Kernel, stmt: Statement, load: Load) -> tuple[dict, dict] | None:
+    """One (iteration, index) pair of the access ``load`` that leaves its tensor, or None."""
+    acc = access_map(kernel, stmt, load)
+    bad = acc.subtract_range(tensor_box(kernel, load.tensor))
+    return sample_pair(bad)
+
+
+def schedule_from_text(kernel: Kernel, stmt: Statement, text: str) -> Map:
+    """A proposed schedule text for ``stmt``, restricted to its domain (sizes as bound)."""
+    return _with_context(Map(text), kernel).intersect_domain(domain(kernel, stmt))
+
+
+def order_violations(dep: Map, src_sched: Map, sink_sched: Map) -> Map:
+    """The pairs of ``dep`` (``{ S[i] -> T[j] }``) whose sink is not scheduled after the source."""
+    ge = Map.lex_ge(src_sched.get_space().range()).align_params(src_sched.get_space())
+    order = src_sched.apply_range(ge).apply_range(sink_sched.reverse())
+    return dep.intersect(order)
+
+
+def is_empty(obj) -> bool:
+    return obj.is_empty()
+
+
+def to_text(obj) -> str:
+    return obj.to_str()
+
+
+def isl_iexpr(e) -> str:
+    """isl text of an index expression that isl's parser accepts for ``//`` and ``%``.
+
+    (isl rejects a parenthesised divisor such as ``floor((N)/(2))``: the divisor is written bare.)
+    """
+    if isinstance(e, Int):
+        return str(e.value)
+    if isinstance(e, Var):
+        return e.name
+    a, b = isl_iexpr(e.a), isl_iexpr(e.b)
+    match e.op:
+        case "+" | "-" | "*":
+            return f"({a} {e.op} {b})"
+        case "//":
+            return f"floor(({a})/{b})"
+        case "%":
+            return f"(({a}) mod {b})"
+        case "min" | "max":
+            return f"{e.op}({a}, {b})"
+    raise ValueError(f"unknown integer op {e.op!r}")
+
+
+def access_map(kernel: Kernel, stmt: Statement, load: Load) -> Map:
+    """Like :func:`access`, with index texts from :func:`isl_iexpr` (``//`` and ``%`` work)."""
+    idx = ", ".join(isl_iexpr(e) for e in load.index)
+    text = (
+        f"{params_text(kernel.sizes)} -> {{ {stmt.name}[{', '.join(stmt.iterators)}] -> "
+        f"{load.tensor}[{idx}] }}"
+    )
+    return _with_context(Map(text), kernel).intersect_domain(domain(kernel, stmt))

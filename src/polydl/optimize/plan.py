@@ -80,7 +80,9 @@ def default_plan(c: Contraction, lanes: int) -> BlockPlan | None:
     for plan in candidates(c, lanes):
         if first is None:
             first = plan
-        natural = [v for v in c.outer] + sorted((c.m, c.n), key=lambda v: c.linear("C").coef(v), reverse=True)
+        natural = [v for v in c.outer] + sorted(
+            (c.m, c.n), key=lambda v: c.linear("C").coef(v), reverse=True
+        )
         if list(plan.order) == natural:
             return plan
     return first

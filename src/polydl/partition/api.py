@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,8 @@ def solve(
 ) -> Plan:
     """Run one algorithm on a built problem."""
     if algorithm == "pipeline":
-        return make_plan(p, pipeline_partition(p, progress), "pipeline")
+        plan = make_plan(p, pipeline_partition(p, progress), "pipeline")
+        return replace(plan, contiguous_optimum_s=plan.bottleneck_s)
     if algorithm == "uniform":
         return make_plan(p, uniform_partition(p), "uniform")
     if algorithm == "parameters":
@@ -108,16 +110,21 @@ def solve(
 
         return make_plan(p, dag_partition(p, imbalance=imbalance), "dag")
     if algorithm == "auto":
+        # the exact contiguous plan and the multilevel DAG partition (seeded with it), each
+        # improved by the bottleneck-aimed local search; the best of them
         from .dag import dag_partition
+        from .refine import refine
 
-        best = solve(p, "pipeline", progress=progress)
+        pipe = solve(p, "pipeline", progress=progress)
+        start = np.array([pipe.nodes[v]["device"] for v in p.order], dtype=np.int64)
+        plans = [pipe, make_plan(p, refine(p, start), "auto")]
         try:
-            other = make_plan(
-                p, dag_partition(p, imbalance=imbalance, seed=best.assignment()), "dag"
-            )
+            dag = dag_partition(p, imbalance=imbalance, seed=pipe.assignment())
+            plans.append(make_plan(p, refine(p, dag), "auto"))
         except PartitionError:
-            return best
-        return other if other.bottleneck_s < best.bottleneck_s else best
+            pass
+        best = min(plans, key=lambda q: q.bottleneck_s)
+        return replace(best, algorithm="auto", contiguous_optimum_s=pipe.bottleneck_s)
     raise PartitionError(f"algorithm: expected one of {ALGORITHMS}, got {algorithm!r}")
 
 

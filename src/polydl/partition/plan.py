@@ -35,6 +35,7 @@ class Problem:
     ev: np.ndarray  # (E,) destination position
     eb: np.ndarray  # (E,) tensor bytes of each edge
     pos: dict[str, int] = field(repr=False)
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def k(self) -> int:
@@ -121,9 +122,10 @@ def build_problem(
 
 
 def lower_bound(p: Problem) -> float:
-    """max(total work / K, heaviest node), each node at its fastest device."""
-    best = p.times.min(axis=0)
-    return float(max(best.sum() / p.k, best.max()))
+    """A proven lower bound on the bottleneck of every partition of ``p`` (see ``bounds``)."""
+    from .bounds import lower_bound as bound
+
+    return bound(p)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +144,9 @@ class Plan:
     algorithm: str = "pipeline"
     micro_batches: int = 1
     device_names: tuple[str, ...] = ()
+    # the best bottleneck among contiguous plans (the pipeline optimum), when it was computed;
+    # a bound for contiguous plans only, not part of the plan JSON
+    contiguous_optimum_s: float | None = None
     problem: Problem | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:

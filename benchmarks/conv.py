@@ -1,0 +1,81 @@
+"""ResNet-50 convolutions: polydl against torch (oneDNN inside), threads pinned on both sides.
+
+    python benchmarks/conv.py [--batch 1 8] [--threads 1 2] [--layers resnet_03 ...]
+
+Columns: polydl on the blocked layout with weights packed once ("blocked", what oneDNN's own
+timings measure), polydl NCHW end to end including every packing ("nchw e2e"), and torch's
+faster of NCHW and channels_last. Ratios are torch time / polydl time (> 1: polydl faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median_seconds, resnet50_layers  # noqa: E402
+
+import polydl as pd  # noqa: E402
+
+
+def main() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--layers", nargs="*", default=None)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    layers = [r for r in resnet50_layers() if not args.layers or r["name"] in args.layers]
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for batch in args.batch:
+            print(f"\nthreads={threads} batch={batch}  (GFLOPS; ratio = torch time / polydl time)")
+            print(f"{'layer':<10} {'blocked':>8} {'nchw e2e':>9} {'torch':>7} {'ratio blk':>10} {'ratio e2e':>10} {'err':>8}")
+            r_blk, r_e2e = [], []
+            for row in layers:
+                C, K, H, W, R, S = (int(row[x]) for x in "CKHWRS")
+                st, pad, P, Q = int(row["stride"]), int(row["pad"]), int(row["P"]), int(row["Q"])
+                x = rng.standard_normal((batch, C, H, W), dtype=np.float32)
+                w = rng.standard_normal((K, C, R, S), dtype=np.float32)
+                flops = 2.0 * batch * K * C * R * S * P * Q
+                # polydl, blocked layout, weights packed once, input already blocked
+                kern = pd.ops.conv2d(batch, C, K, H, W, R, S, stride=st, padding=pad, layout="nchwc")
+                conv = pd.compile(kern, threads=threads)
+                cb, kb = pd.ops.channel_block(C), pd.ops.channel_block(K)
+                xp = np.zeros((batch, C // cb, H + 2 * pad, W + 2 * pad, cb), np.float32)
+                xp[:, :, pad : pad + H, pad : pad + W, :] = x.reshape(batch, C // cb, cb, H, W).transpose(0, 1, 3, 4, 2)
+                wp = pd.nn.pack_weights(w, threads=threads)
+                op = np.empty((batch, K // kb, P, Q, kb), np.float32)
+                t_blk = median_seconds(lambda: conv(op, xp, wp), repeat=args.repeat)
+                t_e2e = median_seconds(lambda: pd.nn.conv2d(x, w, stride=st, padding=pad, threads=threads), repeat=args.repeat)
+                y = pd.nn.conv2d(x, w, stride=st, padding=pad, threads=threads)
+                # torch: the faster of NCHW and channels_last
+                tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+                with torch.no_grad():
+                    t_nchw = median_seconds(lambda: F.conv2d(tx, tw, stride=st, padding=pad), repeat=args.repeat)
+                    cx, cw = tx.to(memory_format=torch.channels_last), tw.to(memory_format=torch.channels_last)
+                    t_cl = median_seconds(lambda: F.conv2d(cx, cw, stride=st, padding=pad), repeat=args.repeat)
+                    ref = F.conv2d(tx, tw, stride=st, padding=pad).numpy()
+                t_torch = min(t_nchw, t_cl)
+                err = float(np.abs(y - ref).max() / np.abs(ref).max())
+                r_blk.append(t_torch / t_blk)
+                r_e2e.append(t_torch / t_e2e)
+                print(
+                    f"{row['name']:<10} {flops / t_blk / 1e9:8.1f} {flops / t_e2e / 1e9:9.1f} {flops / t_torch / 1e9:7.1f}"
+                    f" {t_torch / t_blk:10.2f} {t_torch / t_e2e:10.2f} {err:8.1e}",
+                    flush=True,
+                )
+            g = lambda r: math.exp(float(np.mean(np.log(r))))  # noqa: E731
+            print(f"geomean ratio blocked {g(r_blk):.3f}  (min {min(r_blk):.2f}), nchw e2e {g(r_e2e):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""``@pd.kernel``: a DSL function, its IR, its sequential reference and shape-driven calls."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import types
+from collections.abc import Mapping
+from typing import Any
+
+from ..ir.nodes import Int, Kernel, TensorArg, Var
+from .parse import parse
+
+
+def kernel(fn: types.FunctionType) -> KernelFunction:
+    """Decorate a DSL function: parsed now (a :class:`~polydl.errors.DSLError` surfaces here)."""
+    return KernelFunction(fn)
+
+
+class KernelFunction:
+    """A parsed DSL kernel.
+
+    - ``ir``: the :class:`~polydl.ir.nodes.Kernel` (symbolic sizes);
+    - ``reference(*args, **kwargs)``: the sequential meaning, the original Python body run on
+      the NumPy arrays in place with the size names bound from their shapes;
+    - ``sizes_for(*args, **kwargs)``: the size bindings the arrays' shapes imply;
+    - calling it compiles for those sizes (cached per sizes) and runs the compiled code.
+    """
+
+    def __init__(self, fn: types.FunctionType) -> None:
+        self.fn = fn
+        self.ir: Kernel = parse(fn)
+        self.name: str = fn.__name__
+        self.signature = inspect.signature(fn)
+        self._compiled: dict[tuple[tuple[str, int], ...], Any] = {}
+        self._lock = threading.Lock()
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        args = ", ".join(a.name for a in self.ir.args)
+        return f"<pd.kernel {self.name}({args}) sizes={list(self.ir.sizes)}>"
+
+    def bind(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Arguments by parameter name (positional and keyword, like a Python call)."""
+        try:
+            ba = self.signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"kernel {self.name!r}: {e}") from None
+        return dict(ba.arguments)
+
+    def sizes_for(self, *args: Any, **kwargs: Any) -> dict[str, int]:
+        """Size bindings unified from every tensor argument's shape (ValueError on conflict)."""
+        given = self.bind(*args, **kwargs)
+        sizes: dict[str, int] = {}
+        origin: dict[str, str] = {}
+        for a in self.ir.tensors:
+            x = given[a.name]
+            shape = getattr(x, "shape", None)
+            if shape is None:
+                raise TypeError(
+                    f"kernel {self.name!r}: argument {a.name!r} must be a NumPy array of shape "
+                    f"{_expected(a, sizes)}, got {type(x).__name__}"
+                )
+            shape = tuple(int(d) for d in shape)
+            if len(shape) != len(a.shape):
+                raise ValueError(
+                    f"kernel {self.name!r}: argument {a.name!r} has shape {shape} but "
+                    f"{len(a.shape)} dimensions {_expected(a, sizes)} are expected"
+                )
+            for k, (d, n) in enumerate(zip(a.shape, shape, strict=True)):
+                if isinstance(d, Int) and d.value != n:
+                    raise ValueError(
+                        f"kernel {self.name!r}: argument {a.name!r} has shape {shape} but shape "
+                        f"{_expected(a, sizes)} is expected (dimension {k} must be {d.value})"
+                    )
+                if isinstance(d, Var):
+                    if d.name in sizes and sizes[d.name] != n:
+                        raise ValueError(
+                            f"kernel {self.name!r}: argument {a.name!r} has shape {shape} but "
+                            f"shape {_expected(a, sizes)} is expected: {d.name}={sizes[d.name]} "
+                            f"from argument {origin[d.name]!r}, {n} here"
+                        )
+                    sizes[d.name] = n
+                    origin.setdefault(d.name, a.name)
+        return sizes
+
+    def reference(self, *args: Any, **kwargs: Any) -> None:
+        """Run the original Python body sequentially on the given arrays (updated in place)."""
+        sizes = self.sizes_for(*args, **kwargs)
+        given = self.bind(*args, **kwargs)
+        env = dict(self.fn.__globals__)
+        env.update(sizes)
+        fn = types.FunctionType(
+            self.fn.__code__, env, self.fn.__name__, self.fn.__defaults__, self.fn.__closure__
+        )
+        fn(**given)
+
+    def compiled(self, sizes: Mapping[str, int]) -> Any:
+        """The compiled kernel for ``sizes`` (compiled once per sizes, then cached)."""
+        key = tuple(sorted(sizes.items()))
+        with self._lock:
+            ck = self._compiled.get(key)
+        if ck is None:
+            from ..api import compile as _compile
+
+            ck = _compile(self, **dict(sizes))
+            with self._lock:
+                ck = self._compiled.setdefault(key, ck)
+        return ck
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Compile for the arguments' shapes (cached) and run; outputs are updated in place."""
+        return self.compiled(self.sizes_for(*args, **kwargs))(*args, **kwargs)
+
+
+def _expected(a: TensorArg, sizes: Mapping[str, int]) -> str:
+    dims = []
+    for d in a.shape:
+        if isinstance(d, Var) and d.name in sizes:
+            dims.append(f"{d.name}={sizes[d.name]}")
+        else:
+            dims.append(str(d))
+    return f"({', '.join(dims)})" if len(dims) != 1 else f"({dims[0]},)"
+

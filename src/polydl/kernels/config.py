@@ -1,0 +1,120 @@
+"""What a BRGEMM microkernel computes: its configuration, validated once, hashable for caching.
+
+Layout convention (the optimiser relies on it). Everything is float32 and row-major:
+
+* an A block is ``m x k`` with leading dimension ``lda`` (elements): ``A[i, p]`` is ``A + i*lda + p``;
+* a B block is ``k x n`` with leading dimension ``ldb``: ``B[p, j]`` is ``B + p*ldb + j``;
+* the C block is ``m x n`` with leading dimension ``ldc``: ``C[i, j]`` is ``C + i*ldc + j``.
+
+``n`` is the contiguous (vector) dimension. The kernel computes, for a batch of ``batch`` pairs::
+
+    C[i, j] = relu( beta*C[i, j] + alpha * sum_b sum_p A_b[i, p] * B_b[p, j] + bias )
+
+where ``bias`` is ``bias[i]`` (``bias="row"``) or ``bias[j]`` (``bias="col"``), and the ReLU and
+bias are applied only when configured, once, at the final store. The three batch forms of LIBXSMM
+say where ``A_b`` and ``B_b`` are:
+
+* ``"stride"``:  ``A_b = A + b*stride_a``, ``B_b = B + b*stride_b`` (strides in elements, fixed);
+* ``"offset"``:  ``A_b = A + a_offs[b]``, ``B_b = B + b_offs[b]`` (int64 element offsets);
+* ``"address"``: ``A_b = A[b]``, ``B_b = B[b]`` (arrays of pointers).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from ..errors import PolyDLError
+
+BatchForm = Literal["stride", "offset", "address"]
+BiasKind = Literal["row", "col"] | None
+
+FORMS: tuple[str, ...] = ("stride", "offset", "address")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrgemmConfig:
+    """One f32 BRGEMM kernel: shapes, layouts, batch form, beta, alpha and epilogue.
+
+    ``lda``, ``ldb``, ``ldc`` default to the dense values ``k``, ``n``, ``n``. ``stride_a`` and
+    ``stride_b`` are used by the ``"stride"`` form only and default to the dense block sizes
+    ``m*lda`` and ``k*ldb``. ``isa`` is a family name of :mod:`polydl.kernels.isa` or ``None`` for
+    the best family of the host (the selection rule of :func:`polydl.kernels.isa.select_isa`).
+    """
+
+    m: int
+    n: int
+    k: int
+    lda: int | None = None
+    ldb: int | None = None
+    ldc: int | None = None
+    beta: int = 1
+    alpha: float = 1.0
+    form: BatchForm = "stride"
+    stride_a: int | None = None
+    stride_b: int | None = None
+    bias: BiasKind = None
+    relu: bool = False
+    isa: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("m", "n", "k"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise PolyDLError(f"BRGEMM {name} must be a positive int, got {v!r}")
+        for name, least in (("lda", self.k), ("ldb", self.n), ("ldc", self.n)):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < least):
+                raise PolyDLError(f"BRGEMM {name}={v!r} must be an int >= {least}")
+        if self.beta not in (0, 1):
+            raise PolyDLError(f"BRGEMM beta must be 0 or 1, got {self.beta!r}")
+        if self.form not in FORMS:
+            raise PolyDLError(f"BRGEMM form must be one of {FORMS}, got {self.form!r}")
+        if self.bias not in (None, "row", "col"):
+            raise PolyDLError(f"BRGEMM bias must be None, 'row' or 'col', got {self.bias!r}")
+        for name in ("stride_a", "stride_b"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 0):
+                raise PolyDLError(f"BRGEMM {name} must be a non-negative int, got {v!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real):
+            raise PolyDLError(f"BRGEMM alpha must be a number, got {self.alpha!r}")
+
+    def normalized(self) -> BrgemmConfig:
+        """The same kernel with every default filled in (the cache key)."""
+        lda = self.lda if self.lda is not None else self.k
+        ldb = self.ldb if self.ldb is not None else self.n
+        ldc = self.ldc if self.ldc is not None else self.n
+        if self.form == "stride":
+            sa = self.stride_a if self.stride_a is not None else self.m * lda
+            sb = self.stride_b if self.stride_b is not None else self.k * ldb
+        else:
+            sa = sb = 0
+        return replace(
+            self,
+            lda=lda,
+            ldb=ldb,
+            ldc=ldc,
+            stride_a=sa,
+            stride_b=sb,
+            alpha=float(self.alpha),
+            relu=bool(self.relu),
+        )
+
+    @property
+    def flops_per_pair(self) -> int:
+        """Floating-point operations of one A_b·B_b product (2·m·n·k)."""
+        return 2 * self.m * self.n * self.k
+
+    def a_extent(self) -> int:
+        """Elements one A block spans from its first element."""
+        lda = self.lda if self.lda is not None else self.k
+        return (self.m - 1) * lda + self.k
+
+    def b_extent(self) -> int:
+        ldb = self.ldb if self.ldb is not None else self.n
+        return (self.k - 1) * ldb + self.n
+
+    def c_extent(self) -> int:
+        ldc = self.ldc if self.ldc is not None else self.n
+        return (self.m - 1) * ldc + self.n

@@ -1,0 +1,75 @@
+"""NumPy twin of every BRGEMM kernel: same arguments, same layouts, computed in float64.
+
+The twin reads blocks through explicit index arrays, so it never reads outside the buffers and
+it follows exactly the address rules of :mod:`polydl.kernels.config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .config import BrgemmConfig
+
+
+def block(flat: np.ndarray, offset: int, rows: int, cols: int, ld: int) -> np.ndarray:
+    """The ``rows x cols`` row-major block at element ``offset`` of ``flat`` (a copy)."""
+    idx = offset + np.arange(rows)[:, None] * ld + np.arange(cols)[None, :]
+    return flat.reshape(-1)[idx]
+
+
+def pairs(
+    cfg: BrgemmConfig,
+    a: np.ndarray | Sequence[np.ndarray],
+    b: np.ndarray | Sequence[np.ndarray],
+    batch: int,
+    a_offsets: np.ndarray | None = None,
+    b_offsets: np.ndarray | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (A_b, B_b) blocks of a call, following the batch form of ``cfg``."""
+    c = cfg.normalized()
+    out = []
+    for i in range(batch):
+        if c.form == "stride":
+            fa, oa, fb, ob = a, i * c.stride_a, b, i * c.stride_b
+        elif c.form == "offset":
+            fa, oa, fb, ob = a, int(a_offsets[i]), b, int(b_offsets[i])
+        else:
+            fa, oa, fb, ob = a[i], 0, b[i], 0
+        out.append((block(fa, oa, c.m, c.k, c.lda), block(fb, ob, c.k, c.n, c.ldb)))
+    return out
+
+
+def reference(
+    cfg: BrgemmConfig,
+    a: np.ndarray | Sequence[np.ndarray],
+    b: np.ndarray | Sequence[np.ndarray],
+    c: np.ndarray,
+    *,
+    batch: int | None = None,
+    a_offsets: np.ndarray | None = None,
+    b_offsets: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+) -> np.ndarray:
+    """What the kernel leaves in ``c`` (a new array; ``c`` itself is not changed)."""
+    n = cfg.normalized()
+    if batch is None:
+        batch = len(a_offsets) if n.form == "offset" else len(a)
+    acc = np.zeros((n.m, n.n))
+    for ab, bb in pairs(n, a, b, batch, a_offsets, b_offsets):
+        acc += ab.astype(np.float64) @ bb.astype(np.float64)
+    out = c.copy()
+    flat = out.reshape(-1)
+    idx = np.arange(n.m)[:, None] * n.ldc + np.arange(n.n)[None, :]
+    res = n.alpha * acc
+    if n.beta == 1:
+        res = res + flat[idx].astype(np.float64)
+    if n.bias == "row":
+        res = res + bias.reshape(-1)[: n.m, None].astype(np.float64)
+    elif n.bias == "col":
+        res = res + bias.reshape(-1)[None, : n.n].astype(np.float64)
+    if n.relu:
+        res = np.maximum(res, 0.0)
+    flat[idx] = res.astype(np.float32)
+    return out

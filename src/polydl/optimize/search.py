@@ -1,0 +1,346 @@
+"""The variant space of one statement's outer loops, ranked by the data-movement cost model.
+
+A variant is a tiled loop nest around the microkernel call: ``loops`` ((iterator, block) pairs,
+outermost first, as in ``analysis/reuse.py``), the number of its outermost loops that run in
+parallel, its working sets, its predicted :class:`~polydl.optimize.cost.Cost` and the isl
+schedule map that realises it (tile loops as ``floor(i/b)`` dimensions, then the statement's
+iterators as point dimensions, so that isl's AST generator scans one call per point).
+
+The space (:func:`rank`):
+
+* ``micro``: the block of each iterator covered by one microkernel call (absent: 1). Every
+  iterator the call does not cover whole gets a *point loop* stepping by its block.
+* ``tileable``: candidate tile sizes per iterator; a tile loop steps by a tile over the point
+  loop of the same iterator. Candidates that are not multiples of the microkernel block, or not
+  smaller than the extent, are dropped; divisors and non-divisors of the extent are both fine.
+* A nest is an order of the tile loops (the outer band) followed by an order of the point loops
+  (the inner band). Orders equal after merging a tile loop with the point loop of the same
+  iterator right under it are the same nest and kept once.
+
+Search: (1) every inner-band order without tiles is costed, and the best few legal ones are kept
+(pruning by the cost model); (2) every tile assignment times every outer-band order over those
+inner orders is costed, each with its best choice of parallel loops; (3) variants are checked for
+legality in order of cost (``analysis/deps.check_schedule`` with reductions relaxed) until
+``top`` legal ones are found. Parallel loops are the outermost loops over iterators that carry
+no dependence at all: ``v`` qualifies when the schedules ``[v, iterators]`` and ``[-v,
+iterators]`` are both legal with every dependence kept (reductions included), that is when every
+dependence keeps ``v`` equal, so no loop over ``v`` (tile or point) carries one at any depth. As
+many of them are collapsed as the cost model's load balance over ``threads`` cores prefers.
+
+Legality is asked of ``check_schedule`` for this statement's schedule alone; a kernel with
+several statements needs its other statements' schedules combined by the caller.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ..analysis.reuse import Level, analyzer, fmt_bytes
+from ..errors import DependenceError
+from ..ir import nodes
+from ..ir.poly import params_text
+from .cost import Cost, evaluate
+from .target import Target, resolve
+
+Loops = tuple[tuple[str, int], ...]
+Checker = Callable[..., object]
+
+INNER_KEEP = 4  # inner-band orders kept after the first stage
+MAX_INNER_PERMUTED = 5  # at most this many innermost point loops are permuted
+MAX_EVALS = 2500  # budget of costed nests in the second stage
+
+
+@dataclass(frozen=True, kw_only=True)
+class Variant:
+    """One legal tiled nest of a statement, with what the cost model predicts for it."""
+
+    stmt: str
+    loops: Loops  # (iterator, block), outermost first; the microkernel call is below them
+    tiles: tuple[tuple[str, int], ...]  # tile size of each tiled iterator
+    micro: tuple[tuple[str, int], ...]  # block of one microkernel call per iterator
+    parallel: tuple[str, ...]  # iterators of the parallel loops (the outermost ones)
+    n_parallel: int  # how many outermost loops run in parallel (collapsed)
+    working_sets: tuple[Level, ...]
+    cost: Cost
+    schedule: str  # isl map text of the statement's schedule
+
+    @property
+    def order(self) -> str:
+        """``k/64 j/16 i/6 | micro``."""
+        return " ".join(_label(v, b) for v, b in self.loops) + " | micro"
+
+
+def _label(v: str, b: int) -> str:
+    return v if b == 1 else f"{v}/{b}"
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def schedule_text(
+    kernel: nodes.Kernel,
+    stmt: nodes.Statement | str,
+    loops: Sequence[tuple[str, int]],
+    *,
+    prefix: Sequence[int] = (),
+    ndim: int | None = None,
+    reverse: Sequence[int] = (),
+) -> str:
+    """The isl schedule map of a tiled nest: ``{ S[i..] -> [prefix, loop dims, i.., 0..] }``.
+
+    A loop ``(v, b)`` is the dimension ``floor(v/b)`` (``v`` when ``b`` is 1); the statement's
+    iterators follow as point dimensions; zeros pad the map to ``ndim`` output dimensions so
+    that every statement's schedule has the same number. ``reverse`` negates the dimensions of
+    the given loop depths (used to test that a loop carries no dependence).
+    """
+    s = kernel.statement(stmt) if isinstance(stmt, str) else stmt
+    dims = [str(int(c)) for c in prefix]
+    for depth, (v, b) in enumerate(loops):
+        d = v if b == 1 else f"floor({v}/{b})"
+        dims.append(f"-({d})" if depth in reverse else d)
+    dims.extend(s.iterators)
+    if ndim is not None:
+        if ndim < len(dims):
+            raise ValueError(f"schedule of {s.name} needs {len(dims)} dimensions, ndim={ndim}")
+        dims.extend(["0"] * (ndim - len(dims)))
+    return (
+        f"{params_text(kernel.sizes)} -> {{ {s.name}[{', '.join(s.iterators)}] -> "
+        f"[{', '.join(dims)}] }}"
+    )
+
+
+def _default_check() -> Checker:
+    from ..analysis import deps  # written alongside; imported when first needed
+
+    return deps.check_schedule
+
+
+def _legal(check: Checker, kernel: nodes.Kernel, stmt: str, text: str, relax: bool) -> bool:
+    try:
+        check(kernel, {stmt: text}, relax_reductions=relax)
+    except DependenceError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- the space
+
+
+def _spread(values: list[int], n: int) -> list[int]:
+    """``n`` of the sorted ``values``, evenly spread, keeping the smallest and the largest."""
+    if len(values) <= n:
+        return values
+    if n <= 1:
+        return values[-1:]
+    idx = sorted({round(i * (len(values) - 1) / (n - 1)) for i in range(n)})
+    return [values[i] for i in idx]
+
+
+def _merge(loops: Loops) -> Loops:
+    """Drop a loop directly above a loop of the same iterator with a block dividing it."""
+    out: list[tuple[str, int]] = []
+    for v, b in loops:
+        if out and out[-1][0] == v and out[-1][1] % b == 0:
+            out.pop()
+        out.append((v, b))
+    return tuple(out)
+
+
+def _inner_orders(points: list[tuple[str, int]]) -> list[Loops]:
+    keep, perm = points[:-MAX_INNER_PERMUTED], points[-MAX_INNER_PERMUTED:]
+    if len(points) <= MAX_INNER_PERMUTED:
+        keep, perm = [], points
+    return [tuple(keep) + p for p in itertools.permutations(perm)]
+
+
+class _Ranker:
+    def __init__(self, kernel, stmt: str, target: Target, threads: int, check: Checker):
+        self.kernel, self.stmt, self.target, self.threads = kernel, stmt, target, threads
+        self.check = check
+        self.a = analyzer(kernel, stmt)
+        self.whole = self.a.whole()
+        self._free: dict[str, bool] = {}
+        self._illegal: set[tuple] = set()
+        self._legal: dict[str, bool] = {}
+
+    def free(self, v: str) -> bool:
+        """Whether iterator ``v`` carries no dependence (every dependence keeps ``v`` equal)."""
+        if v not in self._free:
+            fwd = schedule_text(self.kernel, self.stmt, [(v, 1)])
+            rev = schedule_text(self.kernel, self.stmt, [(v, 1)], reverse=(0,))
+            self._free[v] = _legal(self.check, self.kernel, self.stmt, fwd, False) and _legal(
+                self.check, self.kernel, self.stmt, rev, False
+            )
+        return self._free[v]
+
+    def best(self, loops: Loops) -> tuple[Cost, int, tuple[Level, ...]]:
+        """The cost of ``loops`` with its best number of parallel outermost loops."""
+        levels = self.a.levels(loops, self.target, self.threads)
+        tgt, whole, n = self.target, self.whole, self.threads
+        best_total, best_p = evaluate(levels, whole, tgt, detail=False).total, 0
+        if n > 1:
+            for p in range(1, len(loops) + 1):
+                if not self.free(loops[p - 1][0]):
+                    break
+                c = evaluate(levels, whole, tgt, n_parallel=p, threads=n, detail=False)
+                if c.total < best_total * (1 - 1e-9):
+                    best_total, best_p = c.total, p
+                if c.threads == n and c.balance == 1.0:
+                    break  # collapsing more loops cannot balance better
+        cost = evaluate(levels, whole, tgt, n_parallel=best_p, threads=n)
+        return cost, best_p, levels
+
+    def legal(self, loops: Loops) -> bool:
+        sig = tuple((v, b == 1) for v, b in loops)
+        if sig in self._illegal:
+            return False
+        text = schedule_text(self.kernel, self.stmt, loops)
+        if text not in self._legal:
+            self._legal[text] = _legal(self.check, self.kernel, self.stmt, text, True)
+            if not self._legal[text]:
+                self._illegal.add(sig)
+        return self._legal[text]
+
+
+def rank(
+    kernel: nodes.Kernel,
+    stmt: nodes.Statement | str,
+    *,
+    tileable: Mapping[str, Sequence[int]],
+    micro: Mapping[str, int] | None = None,
+    target: Target | str | None = None,
+    threads: int | None = None,
+    top: int | None = 20,
+    max_tiles: int = 4,
+    check: Checker | None = None,
+) -> tuple[Variant, ...]:
+    """The ``top`` best legal variants of ``stmt`` (all legal ones if ``top`` is None),
+    cheapest first. See the module docstring for the space and the search.
+
+    ``threads`` defaults to the target's cores; ``max_tiles`` bounds the tile candidates kept
+    per iterator; ``check`` replaces ``analysis.deps.check_schedule`` (same signature).
+    """
+    name = stmt if isinstance(stmt, str) else stmt.name
+    tgt = resolve(target)
+    nthreads = tgt.cores if threads is None else max(1, int(threads))
+    r = _Ranker(kernel, name, tgt, nthreads, check or _default_check())
+    a = r.a
+    micro = dict(micro or {})
+    for v in [*micro, *tileable]:
+        if v not in a.iterators:
+            raise ValueError(f"{v!r} is not an iterator of {name} {a.iterators}")
+    span = {}
+    for v in a.iterators:
+        ext = None if a.empty else a.extent(v, {})
+        span[v] = 0 if ext is None else ext[1] - ext[0] + 1
+    mblock = {v: max(1, int(micro.get(v, 1))) for v in a.iterators}
+    points = [(v, mblock[v]) for v in a.iterators if mblock[v] < span[v]]
+    pointed = {v for v, _ in points}
+    cands: dict[str, list[int]] = {}
+    for v, bs in tileable.items():
+        ok = sorted({int(b) for b in bs if mblock[v] < b < span[v] and b % mblock[v] == 0})
+        if v in pointed and ok:
+            cands[v] = _spread(ok, max_tiles)
+
+    # stage 1: inner-band orders without tiles; keep the cheapest legal ones
+    scored = sorted(
+        ((r.best(o)[0].total, i, o) for i, o in enumerate(_inner_orders(points))),
+        key=lambda x: (x[0], x[1]),
+    )
+    inner: list[Loops] = []
+    for _, _, o in scored:
+        if r.legal(o):
+            inner.append(o)
+            if len(inner) == INNER_KEEP:
+                break
+    if not inner:
+        return ()
+
+    # stage 2: tile assignments x outer orders x kept inner orders, within a budget
+    tiled = sorted(cands)
+    while True:
+        n_assign = math.prod(len(cands[v]) + 1 for v in tiled)
+        n_outer = math.factorial(len(tiled))
+        if n_assign * n_outer * len(inner) <= MAX_EVALS or all(len(cands[v]) <= 1 for v in tiled):
+            break
+        widest = max(tiled, key=lambda v: (len(cands[v]), v))
+        cands[widest] = _spread(cands[widest], len(cands[widest]) - 1)
+    seen: dict[Loops, tuple] = {}
+    for choice in itertools.product(*([None, *cands[v]] for v in tiled)):
+        tile_loops = [(v, b) for v, b in zip(tiled, choice, strict=True) if b is not None]
+        for outer in itertools.permutations(tile_loops):
+            for o in inner:
+                loops = _merge(tuple(outer) + o)
+                if loops in seen:
+                    continue
+                c, p, levels = r.best(loops)
+                tiles = tuple(sorted((v, b) for v, b in tile_loops if (v, b) in loops))
+                seen[loops] = (c.total, len(seen), c, p, levels, tiles)
+
+    # stage 3: legality in order of cost (ties: fewer loops first, then enumeration order)
+    out: list[Variant] = []
+    ordered = sorted(seen.items(), key=lambda kv: (kv[1][0], len(kv[0]), kv[1][1]))
+    for loops, (_, _, c, p, levels, tiles) in ordered:
+        if top is not None and len(out) >= top:
+            break
+        if not r.legal(loops):
+            continue
+        if c.threads != nthreads:  # place the levels for the cores actually used
+            levels = a.levels(loops, tgt, c.threads)
+        out.append(
+            Variant(
+                stmt=name,
+                loops=loops,
+                tiles=tiles,
+                micro=tuple((v, mblock[v]) for v in a.iterators),
+                parallel=tuple(v for v, _ in loops[:p]),
+                n_parallel=p,
+                working_sets=levels,
+                cost=c,
+                schedule=schedule_text(kernel, name, loops),
+            )
+        )
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- the table
+
+
+def _ws_summary(v: Variant) -> str:
+    """The largest working set each cache holds: ``L1:12K L2:400K mem:3M``."""
+    by: dict[str, int] = {}
+    for lc in v.cost.levels:
+        by[lc.cache] = max(by.get(lc.cache, 0), lc.working_set)
+    order = sorted(by, key=lambda n: (n == "mem", n))
+    return " ".join(f"{n}:{fmt_bytes(by[n])}" for n in order)
+
+
+def format_variants(variants: Sequence[Variant], top: int = 10) -> str:
+    """The variants as a table, cheapest first: what ``k.show("variants")`` prints."""
+    rows = sorted(variants, key=lambda v: v.cost.total)[:top]
+    head = ("rank", "loop order", "tiles", "parallel", "working sets", "cost", "vs best")
+    if not rows:
+        return " | ".join(head) + "\n(no legal variant)"
+    best = rows[0].cost.total or 1.0
+    body = [
+        (
+            str(i + 1),
+            v.order,
+            " ".join(f"{t}:{b}" for t, b in v.tiles) or "-",
+            ",".join(_label(*lp) for lp in v.loops[: v.n_parallel]) or "-",
+            _ws_summary(v),
+            f"{v.cost.total:.4g}",
+            f"{v.cost.total / best:.2f}x",
+        )
+        for i, v in enumerate(rows)
+    ]
+    widths = [max(len(r[c]) for r in [head, *body]) for c in range(len(head))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [head, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,317 @@
+"""The machine the optimiser plans for: ISA, caches, cores and the relative cost of a byte.
+
+A :class:`Target` is detected from the host (:func:`host`: llvmlite's CPU name and features, the
+caches under ``/sys/devices/system/cpu/cpu0/cache``, the CPUs this process may use), taken from a
+named preset (:data:`PRESETS`: ``znver3``, ``skylake-avx512``, ``icelake-server``), or built by
+hand. :func:`resolve` turns what a user passes as ``target=`` into a Target.
+
+``byte_costs`` are relative costs of moving one byte from L1, L2, L3 (one entry per cache, in
+level order) and finally from memory: roughly the inverse of the sustained bandwidth each level
+gives one core, normalised to L1 = 1. They weigh the data movement of ``optimize/cost.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import TargetError
+
+ISAS = ("avx512", "avx2", "generic")
+_KIB = 1024
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cache:
+    """One data (or unified) cache as seen from one core."""
+
+    level: int  # 1, 2, 3, ...
+    size_bytes: int  # the whole cache (a shared cache: all of it, not a per-core slice)
+    shared: bool  # shared by several cores (the capacity one core can count on is divided)
+    line_bytes: int = 64
+
+    @property
+    def name(self) -> str:
+        return f"L{self.level}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """A CPU to optimise and compile for (``pd.Target``)."""
+
+    name: str
+    llvm_cpu: str  # LLVM CPU name given to codegen
+    isa: str  # one of ISAS
+    vector_bits: int
+    vector_registers: int
+    fma: bool
+    caches: tuple[Cache, ...]  # data/unified caches, L1 first
+    cores: int
+    byte_costs: tuple[float, ...]  # relative cost of a byte from each cache, then from memory
+    peak_gflops: float | None = None  # per core, fp32, when known
+
+    def __post_init__(self) -> None:
+        if self.isa not in ISAS:
+            raise TargetError(f"Target {self.name!r}: isa {self.isa!r} is not one of {ISAS}")
+        if self.cores < 1 or self.vector_bits < 64 or self.vector_registers < 1:
+            raise TargetError(f"Target {self.name!r}: cores, vector_bits, vector_registers")
+        levels = [c.level for c in self.caches]
+        if levels != sorted(levels) or len(set(levels)) != len(levels):
+            raise TargetError(f"Target {self.name!r}: caches must be in increasing level order")
+        if len(self.byte_costs) != len(self.caches) + 1:
+            raise TargetError(
+                f"Target {self.name!r}: byte_costs needs one weight per cache and one for "
+                f"memory ({len(self.caches) + 1}), got {len(self.byte_costs)}"
+            )
+
+    def lanes(self, dtype_bytes: int = 4) -> int:
+        """Vector lanes for elements of ``dtype_bytes`` bytes."""
+        return self.vector_bits // (8 * dtype_bytes)
+
+    def cache(self, level: int) -> Cache | None:
+        for c in self.caches:
+            if c.level == level:
+                return c
+        return None
+
+    def capacity(self, cache: Cache, threads: int = 1) -> int:
+        """Bytes of ``cache`` one core can count on when ``threads`` cores run."""
+        if cache.shared:
+            return cache.size_bytes // max(1, min(threads, self.cores))
+        return cache.size_bytes
+
+    def fit(self, nbytes: int, threads: int = 1) -> Cache | None:
+        """The smallest cache that holds ``nbytes`` (None: only memory does)."""
+        for c in self.caches:
+            if nbytes <= self.capacity(c, threads):
+                return c
+        return None
+
+    def byte_cost(self, cache: Cache | None) -> float:
+        """Relative cost of a byte from ``cache`` (None: memory)."""
+        if cache is None:
+            return self.byte_costs[-1]
+        return self.byte_costs[self.caches.index(cache)]
+
+
+# ---------------------------------------------------------------- presets
+
+
+def _preset(name, cpu, isa, caches, cores, costs, peak) -> Target:
+    bits, regs = {"avx512": (512, 32), "avx2": (256, 16), "generic": (128, 16)}[isa]
+    return Target(
+        name=name,
+        llvm_cpu=cpu,
+        isa=isa,
+        vector_bits=bits,
+        vector_registers=regs,
+        fma=isa != "generic",
+        caches=tuple(
+            Cache(level=i + 1, size_bytes=s, shared=sh, line_bytes=64)
+            for i, (s, sh) in enumerate(caches)
+        ),
+        cores=cores,
+        byte_costs=costs,
+        peak_gflops=peak,
+    )
+
+
+PRESETS: dict[str, Target] = {
+    # AMD EPYC 7003 / Ryzen 5000: 32K L1d, 512K L2 per core, 32M L3 per 8-core CCD.
+    # 2 x 256-bit FMA per cycle at ~3.5 GHz: 8 lanes * 2 flops * 2 units * 3.5.
+    "znver3": _preset(
+        "znver3",
+        "znver3",
+        "avx2",
+        [(32 * _KIB, False), (512 * _KIB, False), (32 * _MIB, True)],
+        8,
+        (1.0, 2.0, 4.0, 16.0),
+        112.0,
+    ),
+    # Xeon Platinum 8180 (Skylake-SP): 32K L1d, 1M L2 per core, 38.5M non-inclusive L3, 28 cores.
+    # 2 x 512-bit FMA per cycle at ~2.3 GHz (AVX-512 licence): 16 * 2 * 2 * 2.3.
+    "skylake-avx512": _preset(
+        "skylake-avx512",
+        "skylake-avx512",
+        "avx512",
+        [(32 * _KIB, False), (1 * _MIB, False), (38 * _MIB + 512 * _KIB, True)],
+        28,
+        (1.0, 2.5, 8.0, 24.0),
+        147.2,
+    ),
+    # Xeon Platinum 8380 (Ice Lake-SP): 48K L1d, 1.25M L2 per core, 60M L3, 40 cores.
+    # 2 x 512-bit FMA per cycle at ~2.3 GHz: 16 * 2 * 2 * 2.3.
+    "icelake-server": _preset(
+        "icelake-server",
+        "icelake-server",
+        "avx512",
+        [(48 * _KIB, False), (1280 * _KIB, False), (60 * _MIB, True)],
+        40,
+        (1.0, 2.5, 7.0, 24.0),
+        147.2,
+    ),
+}
+
+# Weights for a detected or unknown machine: L1, L2, L3, ... then memory.
+_DEFAULT_COSTS = (1.0, 2.5, 7.0, 20.0)
+
+
+def _costs_for(n_caches: int) -> tuple[float, ...]:
+    cache_costs = list(_DEFAULT_COSTS[:-1])
+    while len(cache_costs) < n_caches:
+        cache_costs.append(cache_costs[-1] * 2)
+    return (*cache_costs[:n_caches], _DEFAULT_COSTS[-1])
+
+
+def isa_of(features: frozenset[str] | set[str]) -> str:
+    """The vector ISA family a set of LLVM CPU features supports."""
+    if "avx512f" in features:
+        return "avx512"
+    if "avx2" in features and "fma" in features:
+        return "avx2"
+    return "generic"
+
+
+# ---------------------------------------------------------------- host detection
+
+
+def parse_size(text: str) -> int:
+    """``"48K"`` -> 49152, ``"1280K"``, ``"48M"``, ``"1G"``, or plain bytes."""
+    t = text.strip().upper()
+    mult = {"K": _KIB, "M": _MIB, "G": 1024 * _MIB}
+    if t and t[-1] in mult:
+        return int(t[:-1]) * mult[t[-1]]
+    return int(t)
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """``"0-3,8,10-11"`` -> {0, 1, 2, 3, 8, 10, 11}."""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-")
+            out.update(range(int(a), int(b) + 1))
+        else:
+            out.add(int(part))
+    return out
+
+
+def read_caches(root: str | Path = "/sys/devices/system/cpu/cpu0") -> tuple[Cache, ...]:
+    """Data and unified caches of one CPU from sysfs (empty if unreadable).
+
+    A cache counts as shared when more CPUs use it than the SMT siblings of this core.
+    """
+    root = Path(root)
+    try:
+        siblings = len(parse_cpu_list((root / "topology/thread_siblings_list").read_text()))
+    except (OSError, ValueError):
+        siblings = 1
+    found: dict[int, Cache] = {}
+    for d in sorted(root.glob("cache/index*")):
+        try:
+            kind = (d / "type").read_text().strip()
+            if kind not in ("Data", "Unified"):
+                continue
+            level = int((d / "level").read_text())
+            size = parse_size((d / "size").read_text())
+            users = len(parse_cpu_list((d / "shared_cpu_list").read_text()))
+            try:
+                line = int((d / "coherency_line_size").read_text())
+            except (OSError, ValueError):
+                line = 64
+        except (OSError, ValueError):
+            continue
+        found[level] = Cache(
+            level=level, size_bytes=size, shared=users > max(1, siblings), line_bytes=line
+        )
+    return tuple(found[k] for k in sorted(found))
+
+
+def host_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+_host: Target | None = None
+
+
+def host() -> Target:
+    """The machine this process runs on (detected once)."""
+    global _host
+    if _host is None:
+        from ..codegen import jit
+
+        cpu = jit.host_cpu()
+        feats = jit.host_features()
+        isa = isa_of(feats)
+        caches = read_caches()
+        if not caches:  # no sysfs (containers, other OSes): a preset's or a generic hierarchy
+            caches = PRESETS[cpu].caches if cpu in PRESETS else _generic_caches()
+        bits = {"avx512": 512, "avx2": 256, "generic": 128}[isa]
+        _host = Target(
+            name="host",
+            llvm_cpu=cpu,
+            isa=isa,
+            vector_bits=bits,
+            vector_registers=32 if isa == "avx512" else 16,
+            fma="fma" in feats,
+            caches=caches,
+            cores=host_cores(),
+            byte_costs=PRESETS[cpu].byte_costs
+            if cpu in PRESETS and len(PRESETS[cpu].caches) == len(caches)
+            else _costs_for(len(caches)),
+            peak_gflops=None,
+        )
+    return _host
+
+
+def _generic_caches() -> tuple[Cache, ...]:
+    return (
+        Cache(level=1, size_bytes=32 * _KIB, shared=False),
+        Cache(level=2, size_bytes=1 * _MIB, shared=False),
+        Cache(level=3, size_bytes=8 * _MIB, shared=True),
+    )
+
+
+def resolve(target: str | Target | None) -> Target:
+    """What ``target=`` means: None or "host" -> :func:`host`; a preset name -> the preset; a
+    Target -> itself; any other LLVM CPU name -> a generic Target for that CPU, its ISA guessed
+    from the features LLVM's CPU implies."""
+    if target is None:
+        return host()
+    if isinstance(target, Target):
+        return target
+    if not isinstance(target, str):
+        raise TargetError(
+            f"target must be None, a CPU name or a pd.Target, not {type(target).__name__}"
+        )
+    name = target.strip()
+    if not name or any(ch.isspace() for ch in name):
+        raise TargetError(f"target {target!r} is not an LLVM CPU name")
+    if name in ("host", "native"):
+        return host()
+    if name in PRESETS:
+        return PRESETS[name]
+    from ..codegen import jit
+
+    isa = isa_of(jit.cpu_features(name))
+    bits = {"avx512": 512, "avx2": 256, "generic": 128}[isa]
+    caches = _generic_caches()
+    return Target(
+        name=name,
+        llvm_cpu=name,
+        isa=isa,
+        vector_bits=bits,
+        vector_registers=32 if isa == "avx512" else 16,
+        fma=isa != "generic",
+        caches=caches,
+        cores=host_cores(),
+        byte_costs=_costs_for(len(caches)),
+        peak_gflops=None,
+    )

@@ -1,0 +1,191 @@
+"""BRGEMM kernels against their NumPy twins: every batch form and epilogue, edge shapes, beta 0/1,
+batch 1..17, unaligned leading dimensions. Kernels run only for ISA families the host supports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from polydl.codegen import jit
+from polydl.errors import PolyDLError
+from polydl.kernels import FAMILIES, FORMS, BrgemmConfig, compile_brgemm, reference
+
+# Families that can run here: the host's best, every lesser x86 family it implies, and generic.
+RUNNABLE = [f.name for f in FAMILIES.values() if f.required_features <= jit.host_features()]
+
+
+def make_call(cfg: BrgemmConfig, batch: int, rng: np.random.Generator, *, poison: bool = True):
+    """Random operands for one call: (a, b, c, kwargs). Padding of A (columns k..lda) and gaps
+    between blocks hold NaN, so a kernel that reads outside its blocks poisons C."""
+    n = cfg.normalized()
+    fill = np.nan if poison else 0.0
+
+    def blocks(count, rows, cols, ld, stride):
+        size = max((count - 1) * stride + (rows - 1) * ld + cols, 1)
+        flat = np.full(size + 5, fill, np.float32)
+        for i in range(count):
+            idx = i * stride + np.arange(rows)[:, None] * ld + np.arange(cols)[None, :]
+            flat[idx] = rng.standard_normal((rows, cols))
+        return flat
+
+    kw: dict = {}
+    if n.form == "stride":
+        a = blocks(batch, n.m, n.k, n.lda, n.stride_a)
+        b = blocks(batch, n.k, n.n, n.ldb, n.stride_b)
+        kw["batch"] = batch
+    elif n.form == "offset":
+        sa, sb = n.m * n.lda + 3, n.k * n.ldb + 5
+        a = blocks(batch, n.m, n.k, n.lda, sa)
+        b = blocks(batch, n.k, n.n, n.ldb, sb)
+        perm = rng.permutation(batch)  # blocks visited out of order
+        kw["a_offsets"] = (perm * sa).astype(np.int64)
+        kw["b_offsets"] = (rng.permutation(batch) * sb).astype(np.int64)
+    else:
+        a = [blocks(1, n.m, n.k, n.lda, 0) for _ in range(batch)]
+        b = [blocks(1, n.k, n.n, n.ldb, 0) for _ in range(batch)]
+    c = rng.standard_normal((n.m - 1) * n.ldc + n.n + 7).astype(np.float32)
+    if n.bias is not None:
+        kw["bias"] = rng.standard_normal(n.m if n.bias == "row" else n.n).astype(np.float32)
+    return a, b, c, kw
+
+
+def check(cfg: BrgemmConfig, batch: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    kernel = compile_brgemm(cfg)
+    a, b, c, kw = make_call(cfg, batch, rng)
+    expect = reference(cfg, a, b, c, **kw)
+    kernel(a, b, c, **kw)
+    tol = 2e-6 * cfg.k * max(batch, 1) + 1e-5
+    np.testing.assert_allclose(c, expect, rtol=1e-5, atol=tol, err_msg=kernel.spec.describe())
+
+
+# m, n, k: 1, primes, non-multiples of every blocking, exact tiles, several tile groups
+SHAPES = [
+    (1, 1, 1),
+    (6, 16, 64),
+    (7, 19, 5),
+    (13, 37, 11),
+    (29, 33, 3),
+    (2, 8, 17),
+    (15, 31, 2),
+    (28, 64, 8),
+]
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_forms_host_isa(form, m, n, k):
+    """The default (host) family, dense leading dimensions, beta=1, batch 3."""
+    check(BrgemmConfig(m=m, n=n, k=k, form=form), batch=3)
+
+
+EPILOGUES = [
+    dict(beta=0),
+    dict(beta=1, alpha=-0.75),
+    dict(beta=0, bias="row"),
+    dict(beta=1, bias="col"),
+    dict(beta=0, relu=True),
+    dict(beta=1, alpha=2.5, bias="col", relu=True),
+    dict(beta=0, alpha=0.5, bias="row", relu=True),
+]
+
+
+@pytest.mark.parametrize("isa", RUNNABLE)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("epi", EPILOGUES, ids=lambda e: "-".join(f"{k}{v}" for k, v in e.items()))
+def test_epilogues_unaligned(isa, form, epi):
+    """Each epilogue, each form, each runnable family, on an edge shape with unaligned lds."""
+    cfg = BrgemmConfig(m=11, n=21, k=7, lda=10, ldb=23, ldc=25, form=form, isa=isa, **epi)
+    check(cfg, batch=5, seed=len(str(epi)))
+
+
+@pytest.mark.parametrize("isa", RUNNABLE)
+@pytest.mark.parametrize("batch", [0, 1, 2, 17])
+def test_batch_counts(isa, batch):
+    """batch 0 leaves beta*C (+ epilogue); 1 and 17 sum every pair."""
+    cfg = BrgemmConfig(m=9, n=24, k=13, lda=15, ldc=27, bias="col", relu=True, isa=isa)
+    check(cfg, batch=batch)
+
+
+@pytest.mark.parametrize("isa", RUNNABLE)
+def test_stride_form_custom_strides(isa):
+    """Strides larger than a block (blocks with gaps) and B blocks that overlap (stride < size)."""
+    cfg = BrgemmConfig(m=5, n=12, k=9, stride_a=5 * 9 + 4, stride_b=30, isa=isa)
+    check(cfg, batch=4)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    m=st.integers(1, 40),
+    n=st.integers(1, 70),
+    k=st.integers(1, 40),
+    pads=st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)),
+    batch=st.integers(1, 17),
+    beta=st.sampled_from([0, 1]),
+    form=st.sampled_from(FORMS),
+    bias=st.sampled_from([None, "row", "col"]),
+    relu=st.booleans(),
+    isa=st.sampled_from(RUNNABLE),
+)
+def test_random_configs(m, n, k, pads, batch, beta, form, bias, relu, isa):
+    cfg = BrgemmConfig(
+        m=m,
+        n=n,
+        k=k,
+        lda=k + pads[0],
+        ldb=n + pads[1],
+        ldc=n + pads[2],
+        beta=beta,
+        form=form,
+        bias=bias,
+        relu=relu,
+        isa=isa,
+    )
+    check(cfg, batch=batch, seed=m * 1000 + n)
+
+
+def test_c_padding_untouched():
+    """Elements of C between rows (columns n..ldc) and after the block keep their values."""
+    cfg = BrgemmConfig(m=7, n=10, k=4, ldc=13, beta=0)
+    rng = np.random.default_rng(1)
+    a, b, c, kw = make_call(cfg, 2, rng)
+    before = c.copy()
+    compile_brgemm(cfg)(a, b, c, **kw)
+    mask = np.ones(c.size, bool)
+    mask[(np.arange(7)[:, None] * 13 + np.arange(10)[None, :]).ravel()] = False
+    np.testing.assert_array_equal(c[mask], before[mask])
+    assert not np.array_equal(c[~mask], before[~mask])
+
+
+def test_call_checks_buffers():
+    kernel = compile_brgemm(BrgemmConfig(m=4, n=8, k=4, bias="row"))
+    a = np.zeros(16, np.float32)
+    b = np.zeros(32, np.float32)
+    c = np.zeros(32, np.float32)
+    bias = np.zeros(4, np.float32)
+    kernel(a, b, c, batch=1, bias=bias)
+    with pytest.raises(PolyDLError, match="A holds"):
+        kernel(a, b, c, batch=2, bias=bias)
+    with pytest.raises(PolyDLError, match="needs bias"):
+        kernel(a, b, c, batch=1)
+    with pytest.raises(PolyDLError, match="float32"):
+        kernel(a.astype(np.float64), b, c, batch=1, bias=bias)
+    with pytest.raises(PolyDLError, match="C holds"):
+        kernel(a, b, c[:31], batch=1, bias=bias)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(m=0, n=1, k=1), dict(m=1, n=1, k=2, lda=1), dict(m=1, n=4, k=1, ldc=3),
+     dict(m=1, n=1, k=1, beta=2), dict(m=1, n=1, k=1, form="csr"), dict(m=1, n=1, k=1, bias="x")],
+)  # fmt: skip
+def test_bad_configs_rejected(bad):
+    with pytest.raises(PolyDLError):
+        BrgemmConfig(**bad)

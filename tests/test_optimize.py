@@ -1,0 +1,149 @@
+"""The optimised path (contractions lowered to BRGEMM calls) against the plain path and NumPy.
+
+Shapes are odd, prime or 1 on purpose; every ResNet-50 layer runs shrunk spatially with bias and
+ReLU, at batch 1 and 3, with 1 and 2 threads, against a float64 NumPy convolution.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import polydl as pd
+from polydl.analysis.contraction import find_all
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from common import resnet50_layers  # noqa: E402
+
+rng = np.random.default_rng(3)
+
+
+def rand(*shape):
+    return rng.uniform(-1, 1, size=shape).astype(np.float32)
+
+
+def conv_ref(x, w, b, stride, pad, relu):
+    n, c, h, wd = x.shape
+    k, _, r, s = w.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    p = (h + 2 * pad - r) // stride + 1
+    q = (wd + 2 * pad - s) // stride + 1
+    out = np.zeros((n, k, p, q))
+    for i in range(r):
+        for j in range(s):
+            patch = xp[:, :, i : i + stride * p : stride, j : j + stride * q : stride]
+            out += np.einsum("nchw,kc->nkhw", patch, w[:, :, i, j].astype(np.float64))
+    if b is not None:
+        out += b[None, :, None, None]
+    return np.maximum(out, 0) if relu else out
+
+
+def micro_statements(k: pd.CompiledKernel) -> list:
+    return [s for s in k.kernel.statements if s.micro is not None]
+
+
+@pd.kernel
+def gemm_alpha(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"]):
+    for i in range(M):
+        for j in range(N):
+            for k in range(K):
+                C[i, j] += 1.5 * A[i, k] * B[k, j]
+
+
+@pd.kernel
+def bmm(C: pd.f32["Bt", "M", "N"], A: pd.f32["Bt", "M", "K"], B: pd.f32["Bt", "K", "N"]):
+    for b in range(Bt):
+        for i in range(M):
+            for j in range(N):
+                C[b, i, j] = 0.0
+                for k in range(K):
+                    C[b, i, j] += A[b, i, k] * B[b, k, j]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (7, 13, 5), (97, 131, 67), (64, 200, 48)])
+def test_user_gemm_becomes_brgemm(M, N, K, threads):
+    A, B, C = rand(M, K), rand(K, N), rand(M, N)
+    k = pd.compile(gemm_alpha, M=M, N=N, K=K, threads=threads)
+    assert micro_statements(k), k.show("loops")
+    assert "brgemm" in k.show("loops")
+    mine, plain = C.copy(), C.copy()
+    k(mine, A, B)
+    pd.compile(gemm_alpha, M=M, N=N, K=K, threads=threads, optimize=False)(plain, A, B)
+    np.testing.assert_allclose(mine, plain, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(mine, C + 1.5 * (A.astype(np.float64) @ B), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batched_matmul_becomes_brgemm(threads):
+    Bt, M, N, K = 3, 11, 37, 19
+    A, B = rand(Bt, M, K), rand(Bt, K, N)
+    C = np.full((Bt, M, N), 5.0, np.float32)
+    k = pd.compile(bmm, Bt=Bt, M=M, N=N, K=K, threads=threads)
+    assert micro_statements(k)
+    k(C, A, B)
+    np.testing.assert_allclose(C, A @ B, rtol=1e-4, atol=1e-4)
+
+
+def test_contraction_roles_of_blocked_conv():
+    kern = pd.ops.conv2d(1, 32, 48, 9, 9, 3, 3, stride=2, padding=1, bias=True, activation="relu", layout="nchwc")
+    bound = kern.ir.bind({})
+    (c,) = find_all(bound)
+    assert (c.m, c.n, c.k) == ("q", "kv", "cv")
+    assert set(c.batch) == {"cb", "r", "s"} and set(c.outer) == {"n", "kb", "p"}
+    assert c.init is not None and c.epilogue is not None
+    assert c.relu and c.bias_kind == "col"
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_ops_matmul(bias, activation):
+    M, N, K = 13, 29, 17
+    A, B, b = rand(M, K), rand(K, N), rand(N)
+    want = A.astype(np.float64) @ B + (b if bias else 0)
+    want = np.maximum(want, 0) if activation else want
+    out = pd.nn.matmul(A, B, bias=b if bias else None, activation=activation)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+    k = pd.compile(pd.ops.matmul(M, N, K, bias=bias, activation=activation))
+    assert micro_statements(k)
+
+
+@pytest.mark.parametrize("layer", [r["name"] for r in resnet50_layers()])
+def test_resnet50_layers_shrunk(layer):
+    row = next(r for r in resnet50_layers() if r["name"] == layer)
+    C, K, R, S, st, pad = (int(row[x]) for x in ("C", "K", "R", "S", "stride", "pad"))
+    # shrink: channels at most 64, spatial 9x9 (11x11 for the 7x7 filter), keep everything else
+    C, K = min(C, 64), min(K, 48)
+    H = W = 11 if R == 7 else 9
+    for batch, threads in ((1, 2), (3, 1)):
+        x, w, b = rand(batch, C, H, W), rand(K, C, R, S), rand(K)
+        y = pd.nn.conv2d(x, w, bias=b, stride=st, padding=pad, activation="relu", threads=threads)
+        np.testing.assert_allclose(y, conv_ref(x, w, b, st, pad, True), rtol=2e-4, atol=2e-4)
+
+
+def test_blocked_conv_uses_brgemm_and_matches_plain():
+    kern = pd.ops.conv2d(2, 24, 40, 7, 9, 3, 3, stride=1, padding=1, bias=True, layout="nchwc", block=8)
+    sizes = {}
+    fast = pd.compile(kern, threads=2, **sizes)
+    plain = pd.compile(kern, threads=1, optimize=False)
+    assert micro_statements(fast) and not micro_statements(plain)
+    xp = rand(2, 3, 9, 11, 8)
+    wp, b = rand(5, 3, 3, 3, 8, 8), rand(5, 8)
+    o1, o2 = np.empty((2, 5, 7, 9, 8), np.float32), np.empty((2, 5, 7, 9, 8), np.float32)
+    fast(o1, xp, wp, b)
+    plain(o2, xp, wp, b)
+    np.testing.assert_allclose(o1, o2, rtol=1e-4, atol=1e-4)
+
+
+def test_nn_errors():
+    with pytest.raises(ValueError, match="channels"):
+        pd.nn.conv2d(rand(1, 3, 5, 5), rand(4, 2, 3, 3))
+    with pytest.raises(TypeError, match="float32"):
+        pd.nn.matmul(np.ones((2, 2)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="inner sizes"):
+        pd.nn.matmul(rand(2, 3), rand(4, 2))
+    with pytest.raises(ValueError, match="activation"):
+        pd.ops.matmul(2, 2, 2, activation="gelu")
