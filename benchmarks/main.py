@@ -114,11 +114,18 @@ def main() -> None:
         want = numpy_conv2d(x, w, st, pad)
         err = float(np.abs(o - want).max() / np.abs(want).max())
         flops = 2.0 * K * C * R * S * P * Q
+        t_np = median_seconds(lambda: numpy_conv2d(x, w, st, pad))
+        y = pd.nn.conv2d(x, w, stride=st, padding=pad, threads=args.threads)
+        err2 = float(np.abs(y - want).max() / np.abs(want).max())
+        t_nn = median_seconds(
+            lambda: pd.nn.conv2d(x, w, stride=st, padding=pad, threads=args.threads)
+        )
+        report("resnet_03 pd.nn.conv2d (BRGEMM)", flops, t_nn, t_np, err2, 0.0)
         report(
-            "resnet_03 conv N=1",
+            "resnet_03 DSL conv with guards",
             flops,
             median_seconds(lambda: kc(o, x, w)),
-            median_seconds(lambda: numpy_conv2d(x, w, st, pad)),
+            t_np,
             err,
             compile_s,
         )

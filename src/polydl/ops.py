@@ -95,8 +95,20 @@ def conv_shape(H: int, W: int, R: int, S: int, stride, padding) -> tuple[int, in
     return P, Q
 
 
-def channel_block(channels: int, limit: int = 16) -> int:
-    """The channel block of the blocked layouts: the largest divisor of ``channels`` <= limit."""
+def default_block() -> int:
+    """Channels per block of the blocked layouts on this host: two vector registers of f32
+    (16 with AVX2, 32 with AVX-512): one microkernel row is then two vectors wide."""
+    from .codegen import jit
+    from .kernels import FAMILIES
+    from .pipeline import brgemm_isa
+
+    return 2 * FAMILIES[brgemm_isa(jit.host_cpu())].vector_width
+
+
+def channel_block(channels: int, limit: int | None = None) -> int:
+    """The channel block of the blocked layouts: the largest divisor of ``channels`` <= limit
+    (default :func:`default_block`)."""
+    limit = default_block() if limit is None else limit
     return max(d for d in range(1, min(channels, limit) + 1) if channels % d == 0)
 
 
@@ -115,7 +127,7 @@ def conv2d(
     bias: bool = False,
     activation: str | None = None,
     layout: str = "nchw",
-    block: int = 16,
+    block: int | None = None,
 ):
     """A 2-D convolution kernel; arguments ``(O, I, Wt[, b])`` in the chosen layout."""
     relu = _activation(activation)
@@ -179,7 +191,7 @@ def conv2d(
 
 
 @functools.cache
-def pack_input(N: int, C: int, H: int, W: int, padding=0, block: int = 16):
+def pack_input(N: int, C: int, H: int, W: int, padding=0, block: int | None = None):
     """NCHW ``X`` -> blocked ``Xp[N, C/cb, H+2ph, W+2pw, cb]``; the border is left as it is
     (pass a zeroed ``Xp``). Arguments ``(Xp, X)``."""
     ph, pw = _pair(padding, "padding")
@@ -197,7 +209,7 @@ def pack_input(N: int, C: int, H: int, W: int, padding=0, block: int = 16):
 
 
 @functools.cache
-def pack_weights(K: int, C: int, R: int, S: int, block: int = 16):
+def pack_weights(K: int, C: int, R: int, S: int, block: int | None = None):
     """KCRS ``Wt`` -> blocked ``Wp[K/kb, C/cb, R, S, cb, kb]``. Arguments ``(Wp, Wt)``."""
     cb, kb = channel_block(C, block), channel_block(K, block)
     src = f"""
@@ -214,7 +226,7 @@ def pack_weights(K: int, C: int, R: int, S: int, block: int = 16):
 
 
 @functools.cache
-def unpack_output(N: int, K: int, P: int, Q: int, block: int = 16):
+def unpack_output(N: int, K: int, P: int, Q: int, block: int | None = None):
     """Blocked ``Op[N, K/kb, P, Q, kb]`` -> NCHW ``Y[N, K, P, Q]``. Arguments ``(Y, Op)``."""
     kb = channel_block(K, block)
     src = f"""

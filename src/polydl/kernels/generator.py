@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import re
+import struct
 from dataclasses import dataclass
 
 import jinja2
@@ -29,9 +30,13 @@ from .isa import Blocking, IsaFamily, TileGroup, effective, family, plan
 _SYMBOL = re.compile(r"^[A-Za-z_.$][A-Za-z0-9_.$]*$")
 
 
-def _load_template(name: str) -> str:
+def _load_template(name: str) -> str | None:
+    """Template source from the installed package (``polydl/microkernels``); None if missing."""
     res = importlib.resources.files("polydl").joinpath("microkernels", *name.split("/"))
-    return res.read_text(encoding="utf-8")
+    try:
+        return res.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 @functools.cache
@@ -82,19 +87,17 @@ def _params(cfg: BrgemmConfig) -> tuple[str, str]:
     return ", ".join(ir), ", ".join(c)
 
 
-def _vec_const(lanes: int, elt: str, values: list[str]) -> str:
+def _vec_const(elt: str, values: list[str]) -> str:
     return "<" + ", ".join(f"{elt} {v}" for v in values) + ">"
 
 
 def _mask(width: int, active: int) -> str:
     bits = ["true"] * active + ["false"] * (width - active)
-    return f"<{width} x i1> " + _vec_const(width, "i1", bits)
+    return f"<{width} x i1> " + _vec_const("i1", bits)
 
 
 def _float_lit(x: float) -> str:
     """An LLVM float literal: the exact double of the f32 value, in hex."""
-    import struct
-
     f32 = struct.unpack("<f", struct.pack("<f", x))[0]
     return "0x" + struct.pack(">d", f32).hex().upper()
 
@@ -199,8 +202,8 @@ def generate(
         "form": cfg.form,
         "stride_a": cfg.stride_a,
         "stride_b": cfg.stride_b,
-        "alpha_splat": _vec_const(v, "float", [_float_lit(cfg.alpha)] * v),
-        "neg_zero": _vec_const(v, "float", ["-0.0"] * v),
+        "alpha_splat": _vec_const("float", [_float_lit(cfg.alpha)] * v),
+        "neg_zero": _vec_const("float", ["-0.0"] * v),
         "stages": _stages(cfg),
         "counters": counters,
         "accs": [a for g in groups for a in g["acc_list"]],

@@ -1,0 +1,298 @@
+"""The cost model and the variant search: ranking, legality, parallel loops, the table."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import islpy as isl
+import pytest
+
+from polydl.analysis import reuse
+from polydl.errors import DependenceError
+from polydl.ir import poly
+from polydl.optimize import cost as C
+from polydl.optimize import search
+from polydl.optimize.target import PRESETS
+from test_reuse import conv_nchw, gemm, stmt_kernel
+
+ICE = PRESETS["icelake-server"]
+ZEN = PRESETS["znver3"]
+
+
+def _fallback_check(kernel, schedules, relax_reductions=True):
+    """Memory dependences of one statement against a new schedule (used only until
+    ``polydl.analysis.deps.check_schedule`` exists): pairs touching one element, at least one a
+    write, ordered by the original schedule, must stay ordered. ``relax_reductions`` drops the
+    accumulation's own read and write-after-write pairs of an update (``+=``)."""
+    for name, text in schedules.items():
+        s = kernel.statement(name)
+        relax = relax_reductions and s.op != "="
+        w = poly.union([poly.access(kernel, s, s.target)])
+        r = poly.union([poly.access(kernel, s, x) for x in s.reads if not (relax and x == s.target)])
+        same = w.apply_range(r.reverse()).union(r.apply_range(w.reverse()))
+        if not relax:
+            same = same.union(w.apply_range(w.reverse()))
+        orig = poly.union([poly.schedule(kernel, s)])
+        n = poly.schedule_ndim(kernel, s)
+        space = isl.Set("{ [" + ", ".join(f"x{i}" for i in range(n)) + "] }").get_space()
+        before = orig.apply_range(isl.UnionMap.from_map(isl.Map.lex_lt(space)))
+        deps = same.intersect(before.apply_range(orig.reverse()))
+        new = poly.union([poly._with_context(isl.Map(text), kernel)])
+        new = new.intersect_domain(poly.union_set([poly.domain(kernel, s)]))
+        if not poly.not_after(poly.in_schedule_space(deps, new)).is_empty():
+            raise DependenceError(f"{name}: the schedule reverses a dependence")
+
+
+try:
+    from polydl.analysis.deps import check_schedule as CHECK
+except ImportError:  # analysis/deps.py is being written concurrently
+    CHECK = _fallback_check
+
+
+def legal(kernel, stmt, text, relax=True) -> bool:
+    try:
+        CHECK(kernel, {stmt: text}, relax_reductions=relax)
+    except DependenceError:
+        return False
+    return True
+
+
+def stencil(n=24):
+    """In place: A[i, j] = A[i-1, j+1] * B[i, j]: distance (1, -1), so i and j do not commute."""
+    return stmt_kernel(
+        tensors={"A": ("N", "N"), "B": ("N", "N")},
+        sizes={"N": n},
+        iterators=("i", "j"),
+        cond="1 <= i < N and 0 <= j < N - 1",
+        target="A[i, j]",
+        reads=["A[i - 1, j + 1]", "B[i, j]"],
+        op="=",
+    )
+
+
+GEMM_SPACE = dict(
+    tileable={"i": [8, 16, 24, 64, 96], "j": [32, 64, 80, 128], "k": [64, 128, 192]},
+    micro={"i": 8, "j": 16, "k": 32},
+)
+
+# ---------------------------------------------------------------- cost model
+
+
+def test_l1_tiling_cheaper_than_l2_tiling():
+    k = gemm(256, 256, 256)
+    points = [("i", 4), ("j", 16), ("k", 4)]
+    fits = [("i", 32), ("j", 32), ("k", 32), *points]  # a 32^3 tile: 12K, in L1
+    spills = [("i", 128), ("j", 128), ("k", 128), *points]  # 192K: L2
+    c_fit = C.cost(k, "S0", fits, target=ICE, threads=1)
+    c_spill = C.cost(k, "S0", spills, target=ICE, threads=1)
+    assert c_fit.levels[2].cache == "L1" and c_fit.levels[2].working_set == 12 * 1024
+    assert c_spill.levels[2].cache == "L2"
+    assert c_fit.total < c_spill.total
+    # the breakdown adds up, and only levels where the cache changes move data
+    for c in (c_fit, c_spill):
+        assert sum(lv.cost for lv in c.levels) == pytest.approx(c.total)
+        for lv in c.levels:
+            assert (lv.bytes > 0) == (lv.source != "")
+
+
+def test_cost_monotonic():
+    k = gemm(192, 192, 192)
+    loops = [("j", 64), ("k", 64), ("i", 8), ("j", 16)]
+    base = C.cost(k, "S0", loops, target=ZEN, threads=1).total
+    # a bigger problem costs more
+    assert C.cost(gemm(384, 192, 192), "S0", loops, target=ZEN, threads=1).total > base
+    # bigger caches never cost more; dearer memory never costs less
+    big = dataclasses.replace(
+        ZEN, caches=tuple(dataclasses.replace(c, size_bytes=4 * c.size_bytes) for c in ZEN.caches)
+    )
+    assert C.cost(k, "S0", loops, target=big, threads=1).total <= base
+    dear = dataclasses.replace(ZEN, byte_costs=(*ZEN.byte_costs[:-1], 100.0))
+    assert C.cost(k, "S0", loops, target=dear, threads=1).total > base
+    # the whole working set from memory once at least
+    whole = sum(f.bytes for f in reuse.nest_footprint(k, "S0"))
+    assert base >= whole * ZEN.byte_costs[-1]
+
+
+def test_parallel_split_and_balance():
+    k = gemm(96, 96, 96)
+    loops = [("i", 32), ("j", 32), ("k", 32)]  # trips 3, 3, 3
+    seq = C.cost(k, "S0", loops, target=ZEN, threads=2)
+    one = C.cost(k, "S0", loops, target=ZEN, threads=2, n_parallel=1)
+    two = C.cost(k, "S0", loops, target=ZEN, threads=2, n_parallel=2)
+    assert (one.threads, one.balance) == (2, 0.75)  # 3 iterations on 2 cores: 2 + 1
+    assert (two.threads, two.balance) == (2, 9 / 10)  # 9 on 2 cores: 5 + 4
+    assert two.total < one.total < seq.total
+    with pytest.raises(ValueError):
+        C.cost(k, "S0", loops, target=ZEN, threads=2, n_parallel=5)
+
+
+# ---------------------------------------------------------------- search
+
+
+def test_gemm_variants_legal_ranked_and_reduction_moves():
+    k = gemm(200, 160, 256)
+    vs = search.rank(k, "S0", **GEMM_SPACE, target=ICE, threads=2, top=12, check=CHECK)
+    assert len(vs) == 12
+    totals = [v.cost.total for v in vs]
+    assert totals == sorted(totals)
+    for v in vs:
+        assert legal(k, "S0", v.schedule)
+        assert v.schedule == search.schedule_text(k, "S0", v.loops)
+        assert "k" not in v.parallel  # the reduction is never parallel
+        assert v.parallel == tuple(x for x, _ in v.loops[: v.n_parallel])
+        assert [lv.loop for lv in v.working_sets[:-1]] == list(v.loops)
+        # tiles are multiples of the microkernel block, smaller than the extent
+        micro = dict(v.micro)
+        assert all(b % micro[x] == 0 for x, b in v.tiles)
+        assert len({x for x, _ in v.loops}) >= 2
+    # the reduction loop is free to move: some kept variant has k outside i or j
+    assert any(
+        [x for x, _ in v.loops].index("k") < max([x for x, _ in v.loops].index(y) for y in "ij")
+        for v in search.rank(k, "S0", **GEMM_SPACE, target=ICE, threads=2, top=None, check=CHECK)
+    )
+    # a parallel loop is chosen on 2 cores, none on 1
+    assert vs[0].n_parallel >= 1
+    assert all(v.n_parallel == 0 for v in search.rank(
+        k, "S0", **GEMM_SPACE, target=ICE, threads=1, top=5, check=CHECK
+    ))
+
+
+def test_ranking_is_deterministic():
+    k = gemm(120, 96, 64)
+    a = search.rank(k, "S0", **GEMM_SPACE, target=ZEN, threads=2, top=8, check=CHECK)
+    reuse.analyzer.cache_clear()
+    b = search.rank(k, "S0", **GEMM_SPACE, target=ZEN, threads=2, top=8, check=CHECK)
+    assert [(v.loops, v.n_parallel, v.cost.total) for v in a] == [
+        (v.loops, v.n_parallel, v.cost.total) for v in b
+    ]
+
+
+def test_stencil_refuses_illegal_orders():
+    k = stencil()
+    # the checker itself says no to interchanging i and j, and to tiling j outside i
+    assert legal(k, "S0", search.schedule_text(k, "S0", [("i", 1), ("j", 1)]))
+    assert not legal(k, "S0", search.schedule_text(k, "S0", [("j", 1), ("i", 1)]))
+    assert not legal(k, "S0", search.schedule_text(k, "S0", [("j", 8), ("i", 1), ("j", 1)]))
+    vs = search.rank(
+        k, "S0", tileable={"i": [4, 8], "j": [4, 8]}, target=ZEN, threads=2, top=None, check=CHECK
+    )
+    assert vs
+    for v in vs:
+        assert legal(k, "S0", v.schedule)
+        its = [x for x, _ in v.loops]
+        assert its[0] == "i"  # j outermost is illegal, tiled or not
+        assert v.n_parallel == 0  # i carries the dependence
+    # every tiling puts a tile loop over the other iterator between i and its point loop, or j
+    # first: only the original order survives (i tiles right above i merge into it)
+    assert [v.loops for v in vs] == [(("i", 1), ("j", 1))]
+    # while a GEMM of the same shape keeps tiled and interchanged nests
+    g = search.rank(
+        gemm(24, 24, 24), "S0", tileable={"i": [4, 8], "j": [4, 8]}, target=ZEN, top=None, check=CHECK
+    )
+    assert len(g) > 4 and any(v.loops[0][0] == "j" for v in g) and any(v.tiles for v in g)
+
+
+def test_conv_batch1_parallel_over_channels_and_rows():
+    k = conv_nchw(1, 64, 64, 30, 30, 3, 3, pad=1)  # P = Q = 30
+    vs = search.rank(
+        k,
+        "S0",
+        tileable={"k": [32], "p": [2, 5, 7, 10], "c": [32]},
+        micro={"q": 30, "k": 16, "c": 16, "r": 3, "s": 3},
+        target=ICE,
+        threads=2,
+        top=6,
+        check=CHECK,
+    )
+    assert vs
+    for v in vs:
+        assert legal(k, "S0", v.schedule)
+        assert "n" not in {x for x, _ in v.loops}  # batch 1: no loop over n
+        assert v.n_parallel >= 1
+        assert set(v.parallel) <= {"k", "p"}
+        assert "c" not in v.parallel and "r" not in v.parallel
+
+
+def test_enumeration_is_bounded(monkeypatch):
+    """A ResNet-50 layer (res4 3x3, C = K = 256, 14x14) costs a bounded number of nests."""
+    calls = {"evaluate": 0, "check": 0}
+    real = search.evaluate
+
+    def counting(*a, **kw):
+        calls["evaluate"] += 1
+        return real(*a, **kw)
+
+    def check(*a, **kw):
+        calls["check"] += 1
+        return CHECK(*a, **kw)
+
+    monkeypatch.setattr(search, "evaluate", counting)
+    k = conv_nchw(1, 256, 256, 14, 14, 3, 3, pad=1)
+    vs = search.rank(
+        k,
+        "S0",
+        tileable={"k": [32, 64, 128], "p": [1, 2, 7], "c": [64, 128], "q": [14]},
+        micro={"q": 14, "k": 16, "c": 32, "r": 3, "s": 3},
+        target=ICE,
+        threads=2,
+        top=10,
+        check=check,
+    )
+    assert len(vs) == 10
+    n_points = 3  # k/16, p, c/32 (q and r, s are covered by the microkernel)
+    max_nests = search.MAX_EVALS + 6 * search.INNER_KEEP
+    assert calls["evaluate"] <= (n_points + 2) * max_nests
+    # checks: stage-1 orders, two per iterator for parallelism, and the kept variants
+    assert calls["check"] <= 6 + 2 * 7 + 10 + 20
+
+
+def test_schedule_text_shapes():
+    k = gemm(16, 16, 16)
+    text = search.schedule_text(k, "S0", [("k", 8), ("i", 4), ("j", 1)], prefix=(1,), ndim=10)
+    s = dataclasses.replace(k.statement("S0"), schedule=text)
+    assert poly.schedule_ndim(k, s) == 10
+    assert "floor(k/8)" in text and "floor(i/4)" in text and "[1, floor(k/8)" in text
+    rng = poly.schedule(k, s).range()
+    assert poly.extent(rng.set_dim_name(isl.dim_type.set, 1, "t"), "t") == (0, 1)
+    with pytest.raises(ValueError):
+        search.schedule_text(k, "S0", [("k", 8)], ndim=2)
+
+
+# ---------------------------------------------------------------- the table
+
+
+def test_format_variants_golden_shape():
+    k = conv_nchw(2, 32, 64, 16, 16, 3, 3, stride=2, pad=1)
+    vs = search.rank(
+        k,
+        "S0",
+        tileable={"k": [32], "p": [2, 4], "c": [16]},
+        micro={"q": 8, "k": 16, "c": 8, "r": 3, "s": 3},
+        target=ICE,
+        threads=2,
+        top=8,
+        check=CHECK,
+    )
+    text = search.format_variants(vs, top=5)
+    lines = text.splitlines()
+    assert re.split(r"\s{2,}", lines[0]) == [
+        "rank", "loop order", "tiles", "parallel", "working sets", "cost", "vs best",
+    ]
+    assert set(lines[1]) <= {"-", " "}
+    rows = lines[2:]
+    assert len(rows) == min(5, len(vs))
+    costs = []
+    for i, row in enumerate(rows):
+        cells = re.split(r"\s{2,}", row)
+        assert len(cells) == 7, row
+        assert cells[0] == str(i + 1)
+        assert cells[1].endswith("| micro")
+        assert re.fullmatch(r"((L\d|mem):[\d.]+[KMG]?\s?)+", cells[4]), cells[4]
+        assert re.fullmatch(r"[\d.]+x", cells[6])
+        costs.append(float(cells[5]))
+    assert costs == sorted(costs)
+    assert rows[0].split()[-1] == "1.00x"
+    # shuffled input prints the same table
+    assert search.format_variants(list(reversed(vs)), top=5) == text
+    assert "no legal variant" in search.format_variants([])
