@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from test_dsl_util import assert_domain_points, line_of, product
+
 import polydl
 import polydl as pd
 from polydl.dsl.intrinsics import exp
@@ -9,7 +11,6 @@ from polydl.dsl.parse import parse
 from polydl.ir import poly
 from polydl.ir.nodes import Arg, BinOp, Int, IntOp, Load, Num, ScalarArg, TensorArg, UnOp, Var
 from polydl.ir.verify import verify
-from test_dsl_util import assert_domain_points, line_of, product
 
 HERE = __file__
 STRIDE = 2

@@ -13,7 +13,7 @@ from polydl.ir.nodes import Kernel
 def line_of(path: str, marker: str) -> int:
     """The 1-based line of ``path`` holding the comment ``# <marker>``."""
     for n, text in enumerate(Path(path).read_text().splitlines(), 1):
-        if text.rstrip().endswith(f"# {marker}"):
+        if re.search(rf"# {re.escape(marker)}(\s|$)", text):
             return n
     raise AssertionError(f"marker {marker!r} not found in {path}")
 

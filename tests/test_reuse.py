@@ -104,7 +104,11 @@ def conv_nchw(Nb, C, K, H, W, R, S, *, stride=1, pad=0, dil=1) -> N.Kernel:
     Q = (W + 2 * pad - dil * (S - 1) - 1) // stride + 1
     h, w = f"{stride}*p + {dil}*r - {pad}", f"{stride}*q + {dil}*s - {pad}"
     return stmt_kernel(
-        tensors={"O": ("Nb", "K", "P", "Q"), "I": ("Nb", "C", "H", "W"), "Wt": ("K", "C", "R", "S")},
+        tensors={
+            "O": ("Nb", "K", "P", "Q"),
+            "I": ("Nb", "C", "H", "W"),
+            "Wt": ("K", "C", "R", "S"),
+        },
         sizes=dict(Nb=Nb, C=C, K=K, H=H, W=W, R=R, S=S, P=P, Q=Q),
         iterators=("n", "k", "p", "q", "c", "r", "s"),
         cond="0 <= n < Nb and 0 <= k < K and 0 <= p < P and 0 <= q < Q and 0 <= c < C and "
@@ -187,8 +191,12 @@ def test_f64_bytes_and_cache_levels():
 
 @settings(max_examples=25, deadline=None)
 @given(
-    st.integers(1, 70), st.integers(1, 70), st.integers(1, 70),
-    st.integers(1, 40), st.integers(1, 40), st.integers(1, 40),
+    st.integers(1, 70),
+    st.integers(1, 70),
+    st.integers(1, 70),
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.integers(1, 40),
 )
 def test_gemm_footprints_are_tile_products(M, Nn, K, bi, bj, bk):
     lv = reuse.working_sets(gemm(M, Nn, K), "S0", [("j", bj), ("k", bk), ("i", bi)], target=ZEN)

@@ -18,7 +18,14 @@ K, M = 1024, 1024 * 1024
     "name,isa,bits,regs,sizes,shared",
     [
         ("znver3", "avx2", 256, 16, (32 * K, 512 * K, 32 * M), (False, False, True)),
-        ("skylake-avx512", "avx512", 512, 32, (32 * K, 1 * M, 38 * M + 512 * K), (False, False, True)),
+        (
+            "skylake-avx512",
+            "avx512",
+            512,
+            32,
+            (32 * K, 1 * M, 38 * M + 512 * K),
+            (False, False, True),
+        ),
         ("icelake-server", "avx512", 512, 32, (48 * K, 1280 * K, 60 * M), (False, False, True)),
     ],
 )
@@ -104,7 +111,12 @@ def test_resolve_paths():
     custom = dataclasses.replace(ice, name="mine", cores=3)
     assert T.resolve(custom) is custom
     hw = T.resolve("haswell")
-    assert (hw.llvm_cpu, hw.isa, hw.vector_bits, hw.vector_registers) == ("haswell", "avx2", 256, 16)
+    assert (hw.llvm_cpu, hw.isa, hw.vector_bits, hw.vector_registers) == (
+        "haswell",
+        "avx2",
+        256,
+        16,
+    )
     spr = T.resolve("sapphirerapids")
     assert (spr.isa, spr.vector_bits) == ("avx512", 512)
     other = T.resolve("pentium4")

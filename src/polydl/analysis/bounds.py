@@ -25,9 +25,7 @@ def check_bounds(kernel: Kernel) -> None:
                 raise BoundsError(_message(kernel, stmt, load, load is stmt.target, *bad))
 
 
-def _message(
-    kernel: Kernel, stmt: Statement, load: Load, write: bool, it: dict, idx: dict
-) -> str:
+def _message(kernel: Kernel, stmt: Statement, load: Load, write: bool, it: dict, idx: dict) -> str:
     tensor = kernel.arg(load.tensor)
     if kernel.bindings:
         shape = str(kernel.shape_of(load.tensor))

@@ -20,6 +20,7 @@ allowed), :func:`parallel_dims` never does (they forbid running the loop in para
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -79,7 +80,9 @@ def dependences(kernel: Kernel, *, memory: bool = False) -> Dependences:
     return Dependences(raw=tuple(out["RAW"]), war=tuple(out["WAR"]), waw=tuple(out["WAW"]))
 
 
-def _dependences(kernel: Kernel, *, memory: bool) -> list[tuple[Dep, poly.Map]]:
+@functools.lru_cache(maxsize=64)
+def _dependences(kernel: Kernel, *, memory: bool) -> tuple[tuple[Dep, poly.Map], ...]:
+    """(dependence, its isl map) pairs; cached per kernel (kernels are immutable)."""
     stmts = {s.name: s for s in kernel.statements}
     sched = poly.union(poly.schedule(kernel, s) for s in kernel.statements)
     empty = poly.union([])
@@ -122,7 +125,7 @@ def _dependences(kernel: Kernel, *, memory: bool) -> list[tuple[Dep, poly.Map]]:
                     reduction=red,
                 )
                 result.append((dep, m))
-    return result
+    return tuple(result)
 
 
 def check_schedule(
@@ -185,7 +188,9 @@ def parallel_dims(kernel: Kernel, schedules: Mapping[str, str] | None = None) ->
     ]
     if not new:
         return frozenset()
-    ndim = poly.map_text_info(schedules.get(kernel.statements[0].name, kernel.statements[0].schedule))[2]
+    ndim = poly.map_text_info(
+        schedules.get(kernel.statements[0].name, kernel.statements[0].schedule)
+    )[2]
     rel = poly.union(m for _, m in _dependences(kernel, memory=True))
     carried = poly.carried_dims(poly.in_schedule_space(rel, poly.union(new)), ndim)
     return frozenset(range(ndim)) - frozenset(carried)

@@ -122,4 +122,3 @@ def _expected(a: TensorArg, sizes: Mapping[str, int]) -> str:
         else:
             dims.append(str(d))
     return f"({', '.join(dims)})" if len(dims) != 1 else f"({dims[0]},)"
-

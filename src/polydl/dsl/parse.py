@@ -59,6 +59,10 @@ _PY_OP = {
     ast.RShift: ">>",
     ast.Div: "/",
 }
+# Words isl's parser reserves: a loop variable or size with such a name cannot appear in isl text.
+_ISL_RESERVED = frozenset(
+    "and or not implies exists mod floor ceil floord ceild min max infty true false rat".split()
+)
 _INTRINSIC_FUNCS = {getattr(intrinsics, n): n for n in intrinsics.NAMES}
 _CONSTRUCTS = {
     ast.While: "`while` loop",
@@ -193,13 +197,17 @@ class _Parser:
     def signature(self) -> tuple[TensorArg | ScalarArg, ...]:
         a = self.node.args
         if a.vararg or a.kwarg:
-            raise self.err(self.node, f"kernel {self.fn.__name__!r}: *args/**kwargs are not allowed")
+            raise self.err(
+                self.node, f"kernel {self.fn.__name__!r}: *args/**kwargs are not allowed"
+            )
         if a.defaults or a.kw_defaults and any(d is not None for d in a.kw_defaults):
             raise self.err(self.node, f"kernel {self.fn.__name__!r}: arguments have no defaults")
         try:
             ann = inspect.get_annotations(self.fn, eval_str=True)
         except Exception as e:  # noqa: BLE001 - report any failure of a string annotation
-            raise self.err(self.node, f"cannot evaluate the annotations of the kernel: {e}") from None
+            raise self.err(
+                self.node, f"cannot evaluate the annotations of the kernel: {e}"
+            ) from None
         out: list[TensorArg | ScalarArg] = []
         for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs]:
             name = arg.arg
@@ -212,6 +220,8 @@ class _Parser:
                         continue
                     if d in self.tensors or d in self.scalars or d == name:
                         raise self.err(arg, f"size name `{d}` of `{name}` is also an argument name")
+                    if d in _ISL_RESERVED:
+                        raise self.err(arg, f"size name `{d}` is reserved (isl); rename it")
                     if d not in self.sizes:
                         self.sizes.append(d)
                     shape.append(Var(name=d))
@@ -226,7 +236,7 @@ class _Parser:
                 got = "no annotation" if t is None else f"annotation {t!r}"
                 raise self.err(
                     arg,
-                    f"argument `{name}` has {got}: annotate it pd.f32[\"M\", ...] (a tensor) or "
+                    f'argument `{name}` has {got}: annotate it pd.f32["M", ...] (a tensor) or '
                     "pd.f32 (a scalar)",
                 )
             if name in self.sizes:
@@ -243,7 +253,9 @@ class _Parser:
                 node = next(
                     t
                     for t in ast.walk(self.node)
-                    if isinstance(t, ast.For) and isinstance(t.target, ast.Name) and t.target.id == v
+                    if isinstance(t, ast.For)
+                    and isinstance(t.target, ast.Name)
+                    and t.target.id == v
                 )
                 raise self.err(node, f"loop variable `{v}` shadows the {kind} `{v}`")
         body = self.node.body
@@ -323,6 +335,8 @@ class _Parser:
         if not isinstance(node.target, ast.Name):
             raise self.err(node, f"loop `{head}`: the loop variable must be a single name")
         v = node.target.id
+        if v in _ISL_RESERVED:
+            raise self.err(node, f"loop variable `{v}` is a reserved name (isl); rename it")
         if any(lp.var == v for lp in loops):
             raise self.err(node, f"loop variable `{v}` shadows the enclosing loop's variable `{v}`")
         if node.orelse:
@@ -387,7 +401,10 @@ class _Parser:
         cons = [c for lp in loops for c in lp.constraints] + [f"({c})" for c in conds]
         body = f" : {' and '.join(cons)}" if cons else ""
         dom = f"{params_text(self.sizes)} -> {{ {name}[{', '.join(iters)}]{body} }}"
-        dom = simplify_set_text(dom)
+        try:
+            dom = simplify_set_text(dom)
+        except ValueError as e:
+            raise self.err(node, f"cannot express the domain of `{self.text(node)}`: {e}") from None
         self._raw.append((name, iters, dom, pos, node, tgt, op, expr))
 
     # ------------------------------------------------------------ conditions
@@ -464,7 +481,11 @@ class _Parser:
             if isinstance(node.op, ast.UAdd):
                 return a
             if isinstance(node.op, ast.USub):
-                return Int(value=-a.value) if isinstance(a, Int) else IntOp(op="-", a=Int(value=0), b=a)
+                return (
+                    Int(value=-a.value)
+                    if isinstance(a, Int)
+                    else IntOp(op="-", a=Int(value=0), b=a)
+                )
         if isinstance(node, ast.BinOp):
             a = self._iexpr(node.left, whole, loops, ctx)
             b = self._iexpr(node.right, whole, loops, ctx)
@@ -489,7 +510,8 @@ class _Parser:
                 return _fold(sym, a, b)
             sym = _PY_OP.get(type(node.op), type(node.op).__name__)
             raise self.err(
-                node, f"non-affine {ctx} `{self.text(whole)}`: operator `{sym}` in `{self.text(node)}`"
+                node,
+                f"non-affine {ctx} `{self.text(whole)}`: operator `{sym}` in `{self.text(node)}`",
             )
         if isinstance(node, ast.Call) and (
             self.builtin(node.func, max) or self.builtin(node.func, min)
@@ -554,7 +576,9 @@ class _Parser:
         if isinstance(node, ast.Subscript):
             if isinstance(node.value, ast.Name) and node.value.id in self.tensors:
                 return self.load(node, loops)
-            raise self.err(node, f"`{self.text(node)}` indexes something that is not a tensor argument")
+            raise self.err(
+                node, f"`{self.text(node)}` indexes something that is not a tensor argument"
+            )
         if isinstance(node, ast.BinOp):
             op = _FLOAT_OPS.get(type(node.op))
             if op is None:
@@ -631,7 +655,9 @@ class _Parser:
             if callable(value) and value in _INTRINSIC_FUNCS:
                 return _INTRINSIC_FUNCS[value]
             modname = getattr(mod, "__name__", "")
-            if f.attr in intrinsics.NAMES and (modname == "polydl" or modname.startswith("polydl.")):
+            if f.attr in intrinsics.NAMES and (
+                modname == "polydl" or modname.startswith("polydl.")
+            ):
                 return f.attr
         return None
 

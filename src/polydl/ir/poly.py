@@ -504,6 +504,32 @@ def range_extent(m: Map, points: Set) -> tuple[int, int] | None:
     return _pw_aff_const(img.dim_min(0), "min", "_0"), _pw_aff_const(img.dim_max(0), "max", "_0")
 
 
+def embed_schedule(text: str, prefix: Iterable[int], ndim: int) -> str:
+    """Schedule map ``text`` with the constant dimensions ``prefix`` in front and zeros after,
+    to ``ndim`` output dimensions (so that several statements' schedules can be compared)."""
+    m = Map(text)
+    n = m.dim(_OUT)
+    pre = [str(int(c)) for c in prefix]
+    if len(pre) + n > ndim:
+        raise ValueError(f"schedule with {n} dimensions does not fit {ndim} after {pre}")
+    outs = [f"o{i}" for i in range(n)]
+    dims = pre + outs + ["0"] * (ndim - len(pre) - n)
+    emb = Map(f"{{ [{', '.join(outs)}] -> [{', '.join(dims)}] }}").align_params(m.get_space())
+    return str(m.apply_range(emb))
+
+
+def map_ndim(text: str) -> int:
+    """Number of output dimensions of the map ``text``."""
+    return Map(text).dim(_OUT)
+
+
+def keeps_equal(rel_text: str, dim: str) -> bool:
+    """Whether every pair of the self-relation ``{ S[..] -> S[..] }`` has equal ``dim``."""
+    m = Map(rel_text)
+    i = names(m, "in").index(dim)
+    return m.order_lt(_IN, i, _OUT, i).is_empty() and m.order_gt(_IN, i, _OUT, i).is_empty()
+
+
 # ---- front end / analysis helpers (dsl/parse, analysis/bounds, analysis/deps, ir/verify)
 
 

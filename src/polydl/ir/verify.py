@@ -132,7 +132,9 @@ def _load(kernel: Kernel, s: Statement, ld: Load, scope: set[str]) -> None:
     if not isinstance(t, TensorArg):
         _fail(kernel, s, f"`{ld}` indexes scalar argument {ld.tensor!r}")
     if len(ld.index) != len(t.shape):
-        _fail(kernel, s, f"`{ld}` has {len(ld.index)} indices, tensor {t.name!r} rank {len(t.shape)}")
+        _fail(
+            kernel, s, f"`{ld}` has {len(ld.index)} indices, tensor {t.name!r} rank {len(t.shape)}"
+        )
     for e in ld.index:
         _iexpr(kernel, s, e, scope, ld)
 

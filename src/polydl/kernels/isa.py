@@ -204,28 +204,47 @@ def _group(fam: IsaFamily, cfg: BrgemmConfig, mr, i_start, i_count, nv, j_start,
     )
 
 
+def _row_tiles(m: int, mr: int) -> list[tuple[int, int, int]]:
+    """Balanced row tiles (rows, first row, count): ceil(m / mr) tiles of base or base + 1 rows,
+    never a thin last tile (a 1-row tile re-streams B for one broadcast per FMA)."""
+    tiles = math.ceil(m / mr)
+    base, extra = divmod(m, tiles)
+    rows = [(base + 1, 0, extra)] if extra else []
+    if tiles > extra:
+        rows.append((base, extra * (base + 1), tiles - extra))
+    return rows
+
+
 def plan(cfg: BrgemmConfig, fam: IsaFamily) -> Blocking:
     """Register blocking of ``cfg`` for ``fam`` (see the module docstring for the rule)."""
     fam = effective(fam, cfg)
     v = fam.vector_width
     nv = min(math.ceil(cfg.n / v), fam.max_col_vectors)
     mr = min(cfg.m, fam.acc_budget // nv)
-    # balanced row tiles: ceil(m / mr) tiles of base or base + 1 rows, never a thin last tile
-    # (a 1-row tile re-streams all of B for one broadcast per FMA)
-    tiles = math.ceil(cfg.m / mr)
-    base, extra = divmod(cfg.m, tiles)
-    rows = [(base + 1, 0, extra)] if extra else []
-    if tiles > extra:
-        rows.append((base, extra * (base + 1), tiles - extra))
     full_j, rem_n = divmod(cfg.n, nv * v)
-    cols = [(nv, 0, full_j, [v] * nv)] if full_j else []
-    if rem_n:
-        nv_e = math.ceil(rem_n / v)
-        lanes = [v] * (nv_e - 1) + [rem_n - (nv_e - 1) * v]
-        cols.append((nv_e, full_j * nv * v, 1, lanes))
+    # column groups: (vectors, first column, count, lanes per vector, rows per tile)
+    cols = []
+    if rem_n and full_j:
+        # the last full column tile absorbs the remainder: one wider tile with fewer rows, so
+        # no narrow tile does one broadcast per FMA
+        nv_m = nv + math.ceil(rem_n / v)
+        lanes = [v] * (nv_m - 1) + [rem_n - (nv_m - nv - 1) * v]
+        spare = fam.registers - nv_m - 1 - (1 if fam.mask_in_vector_reg else 0)
+        mr_m = max(1, min(cfg.m, fam.acc_budget // nv_m, spare // nv_m))
+        if full_j > 1:
+            cols.append((nv, 0, full_j - 1, [v] * nv, mr))
+        cols.append((nv_m, (full_j - 1) * nv * v, 1, lanes, mr_m))
+    else:
+        if full_j:
+            cols.append((nv, 0, full_j, [v] * nv, mr))
+        if rem_n:
+            nv_e = math.ceil(rem_n / v)
+            lanes = [v] * (nv_e - 1) + [rem_n - (nv_e - 1) * v]
+            mr_e = min(cfg.m, fam.acc_budget // nv_e)
+            cols.append((nv_e, full_j * nv * v, 1, lanes, mr_e))
     groups = tuple(
         _group(fam, cfg, r_mr, r_start, r_count, c_nv, c_start, c_count, lanes)
-        for (c_nv, c_start, c_count, lanes) in cols
-        for (r_mr, r_start, r_count) in rows
+        for (c_nv, c_start, c_count, lanes, c_mr) in cols
+        for (r_mr, r_start, r_count) in _row_tiles(cfg.m, c_mr)
     )
     return Blocking(family=fam.name, vector_width=v, mr=mr, nv=nv, groups=groups)

@@ -98,15 +98,15 @@ def evaluate(
         prod *= t
         execs.append(max(1.0, prod * share) if prod else 0.0)
 
-    def e(l: int) -> float:
-        return 1.0 if l < 0 else execs[l]
+    def e(d: int) -> float:  # E_d, with E_-1 = 1
+        return 1.0 if d < 0 else execs[d]
 
     ws = [lv.total_bytes for lv in levels]
     caps = [target.capacity(c, used) for c in target.caches]
     names = [c.name for c in target.caches] + ["mem"]
     weights = list(target.byte_costs)
     mem = len(caps)
-    fits: list[int] = []  # index of the cache holding WS_l (mem: len(caches))
+    fits: list[int] = []  # index of the cache holding WS_d (mem: len(caches))
     for b in ws:
         r = next((i for i, cap in enumerate(caps) if b <= cap), mem)
         fits.append(min(r, fits[-1]) if fits else r)  # nested sets: never bigger inside
@@ -114,34 +114,34 @@ def evaluate(
     by_whole = {fp.tensor: fp.bytes for fp in whole}
     tensors = list(by_whole)
 
-    def f(l: int, t: str) -> int:
-        return (by_whole if l < 0 else by_level[l]).get(t, 0)
+    def f(d: int, t: str) -> int:  # f_d(t), with f_-1 the whole nest
+        return (by_whole if d < 0 else by_level[d]).get(t, 0)
 
     out: list[LevelCost] = []
     total = 0.0
-    for l, lv in enumerate(levels):
-        here, parent = fits[l], (fits[l - 1] if l else mem)
+    for d, lv in enumerate(levels):
+        here, parent = fits[d], (fits[d - 1] if d else mem)
         moved = 0.0
         if here < parent:
             for t in tensors:
-                m = l
+                m = d
                 while m >= 0 and f(m - 1, t) == f(m, t):
                     m -= 1
-                if m < l:  # invariant over loops m+1..l: loaded once per iteration of loop m
-                    moved += e(m) * f(l, t)
-                else:
-                    moved += min(e(l - 1) * f(l - 1, t), e(l) * f(l, t))
+                if m < d:  # invariant over loops m+1..d: loaded once per iteration of loop m
+                    moved += e(m) * f(d, t)
+                else:  # consecutive iterations share what overlaps (a halo)
+                    moved += min(e(d - 1) * f(d - 1, t), e(d) * f(d, t))
         weight = weights[parent] if moved else 0.0
         cost = moved * weight
         if lv.loop is None:  # the microkernel reads its block from where it lives, per call
-            cost += e(l) * ws[l] * weights[here]
+            cost += e(d) * ws[d] * weights[here]
         total += cost
         if detail:
             out.append(
                 LevelCost(
                     depth=lv.depth,
                     loop=lv.label,
-                    working_set=ws[l],
+                    working_set=ws[d],
                     cache=names[here],
                     source=names[parent] if moved else "",
                     bytes=moved,

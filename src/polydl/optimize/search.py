@@ -22,13 +22,16 @@ Search: (1) every inner-band order without tiles is costed, and the best few leg
 inner orders is costed, each with its best choice of parallel loops; (3) variants are checked for
 legality in order of cost (``analysis/deps.check_schedule`` with reductions relaxed) until
 ``top`` legal ones are found. Parallel loops are the outermost loops over iterators that carry
-no dependence at all: ``v`` qualifies when the schedules ``[v, iterators]`` and ``[-v,
-iterators]`` are both legal with every dependence kept (reductions included), that is when every
-dependence keeps ``v`` equal, so no loop over ``v`` (tile or point) carries one at any depth. As
+no dependence at all (:func:`free_iterators`: every self-dependence of the statement,
+reductions included, keeps the iterator equal, so no loop over it carries one at any depth). As
 many of them are collapsed as the cost model's load balance over ``threads`` cores prefers.
 
-Legality is asked of ``check_schedule`` for this statement's schedule alone; a kernel with
-several statements needs its other statements' schedules combined by the caller.
+Legality is asked of ``check_schedule``. In a kernel of several statements (an init, the
+reduction, an epilogue) the ranked statement's tiled nest is checked in sequence with the
+others' nests in source order (a constant first dimension), the others keeping their schedules:
+a variant is kept only if that distributed program is legal. ``Variant.schedule`` is the
+statement's own map; :func:`schedule_text` gives it a prefix and padding for the combined
+schedule the code generator needs.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from dataclasses import dataclass
 
 from ..analysis.reuse import Level, analyzer, fmt_bytes
 from ..errors import DependenceError
-from ..ir import nodes
+from ..ir import nodes, poly
 from ..ir.poly import params_text
 from .cost import Cost, evaluate
 from .target import Target, resolve
@@ -119,11 +122,41 @@ def _default_check() -> Checker:
 
 
 def _legal(check: Checker, kernel: nodes.Kernel, stmt: str, text: str, relax: bool) -> bool:
+    """Whether ``check`` accepts ``text`` as the schedule of ``stmt``.
+
+    In a kernel of several statements, each statement's nest is put in sequence in source
+    order (a constant first dimension; the others keep their own schedules) and every schedule
+    is padded to a common number of dimensions.
+    """
+    if len(kernel.statements) == 1:
+        mapping = {stmt: text}
+    else:
+        texts = {s.name: s.schedule for s in kernel.statements} | {stmt: text}
+        ndim = 1 + max(poly.map_ndim(t) for t in texts.values())
+        mapping = {
+            s.name: poly.embed_schedule(texts[s.name], (i,), ndim)
+            for i, s in enumerate(kernel.statements)
+        }
     try:
-        check(kernel, {stmt: text}, relax_reductions=relax)
+        check(kernel, mapping, relax_reductions=relax)
     except DependenceError:
         return False
     return True
+
+
+def free_iterators(kernel: nodes.Kernel, stmt: nodes.Statement | str) -> frozenset[str]:
+    """Iterators of ``stmt`` that every self-dependence of ``stmt`` keeps equal, reduction
+    dependences included: no loop over them (tile or point, at any depth of the statement's
+    own nest) carries a dependence, so such loops may run in parallel."""
+    from ..analysis import deps
+
+    s = kernel.statement(stmt) if isinstance(stmt, str) else stmt
+    rels = [
+        d.relation_text
+        for d in deps.dependences(kernel, memory=True).all
+        if d.source == s.name and d.sink == s.name
+    ]
+    return frozenset(v for v in s.iterators if all(poly.keeps_equal(r, v) for r in rels))
 
 
 # ---------------------------------------------------------------- the space
@@ -162,19 +195,15 @@ class _Ranker:
         self.check = check
         self.a = analyzer(kernel, stmt)
         self.whole = self.a.whole()
-        self._free: dict[str, bool] = {}
+        self._free: frozenset[str] | None = None
         self._illegal: set[tuple] = set()
         self._legal: dict[str, bool] = {}
 
     def free(self, v: str) -> bool:
         """Whether iterator ``v`` carries no dependence (every dependence keeps ``v`` equal)."""
-        if v not in self._free:
-            fwd = schedule_text(self.kernel, self.stmt, [(v, 1)])
-            rev = schedule_text(self.kernel, self.stmt, [(v, 1)], reverse=(0,))
-            self._free[v] = _legal(self.check, self.kernel, self.stmt, fwd, False) and _legal(
-                self.check, self.kernel, self.stmt, rev, False
-            )
-        return self._free[v]
+        if self._free is None:
+            self._free = free_iterators(self.kernel, self.stmt)
+        return v in self._free
 
     def best(self, loops: Loops) -> tuple[Cost, int, tuple[Level, ...]]:
         """The cost of ``loops`` with its best number of parallel outermost loops."""
@@ -320,7 +349,8 @@ def _ws_summary(v: Variant) -> str:
 
 def format_variants(variants: Sequence[Variant], top: int = 10) -> str:
     """The variants as a table, cheapest first: what ``k.show("variants")`` prints."""
-    rows = sorted(variants, key=lambda v: v.cost.total)[:top]
+    rows = sorted(variants, key=lambda v: (v.cost.total, len(v.loops), v.order, v.n_parallel))
+    rows = rows[:top]
     head = ("rank", "loop order", "tiles", "parallel", "working sets", "cost", "vs best")
     if not rows:
         return " | ".join(head) + "\n(no legal variant)"

@@ -198,6 +198,10 @@ def window_cut_bound(p: Problem, upper: float | None = None) -> float:
     lo, found = base, 0.0
     if hi <= lo:
         return 0.0
+    n, pre = p.n, win.pre
+    shortest = np.searchsorted(pre, pre[:n] + lo, side="right") - np.arange(n)
+    if shortest.min() > MAX_WINDOW:  # windows only grow with L: none would be used
+        return 0.0
     for _ in range(STEPS):
         mid = 0.5 * (lo + hi)
         value = (total + 2.0 * win.best_sum(mid)) / p.k

@@ -227,11 +227,10 @@ def _fm_pass(
     locked: set[int] = set()
     history: list[tuple[int, int]] = []
     best, best_len, evals = cur, 0, 0
+    cands = {v for v in range(n) if any(st.a[u] != st.a[v] for u, _ in st.nbr[v])}
     for _ in range(max_steps):
         choice: tuple[list[float], int, int] | None = None
-        for v in range(n):
-            if v in locked:
-                continue
+        for v in sorted(cands - locked):
             dv = st.a[v]
             targets = {st.a[u] for u, _ in st.nbr[v]} - {dv}
             for b in targets:
@@ -249,6 +248,7 @@ def _fm_pass(
         history.append((v, st.a[v]))
         st.move(v, b)
         locked.add(v)
+        cands.update(u for u, _ in st.nbr[v])
         if _better(key, best):
             best, best_len = key, len(history)
     for v, a in reversed(history[best_len:]):
