@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import linecache
+import textwrap
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_dsl_util import assert_domain_points, line_of, product
 
 import polydl
@@ -250,3 +255,58 @@ def test_parse_is_pure_ast_and_sizes_in_signature_order():
     assert ir.sizes == ("K", "M")
     assert ir.arg("B").shape == (Var(name="K"), Int(value=3))  # type: ignore[union-attr]
     verify(ir)
+
+
+# ---------------------------------------------------------------- random nests vs Python
+
+
+_ids = iter(range(10**9))
+
+
+def define(source: str, name: str = "k"):
+    """A kernel from source text (under a linecache file name, like ``polydl.ops`` does)."""
+    filename = f"<test_dsl.random#{next(_ids)}>"
+    text = textwrap.dedent(source).lstrip("\n")
+    linecache.cache[filename] = (len(text), None, text.splitlines(keepends=True), filename)
+    ns: dict = {"pd": pd}
+    exec(compile(text, filename, "exec"), ns)  # noqa: S102
+    return ns[name]
+
+
+bound = st.sampled_from(["0", "1", "i", "i + 1", "N - i", "max(0, i - 2)", "min(N, i + 3)", "N"])
+cond = st.sampled_from(
+    ["i < j", "i + j >= N", "j % 2 == 0", "i // 2 != j", "not (j < 2 or i > 3)", "0 < j <= i"]
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lo=bound,
+    hi=bound,
+    step=st.integers(1, 3),
+    c=st.one_of(st.none(), cond),
+    n=st.integers(1, 6),
+)
+def test_random_two_level_nests_match_python(lo, hi, step, c, n):
+    guard = f"if {c}:" if c else "if True:"
+    src = f"""
+    def k(A: pd.f32["N", "N"]):
+        for i in range(N):
+            for j in range({lo}, {hi}, {step}):
+                {guard}
+                    A[i, 0] += 1.0
+                else:
+                    A[0, i] -= 1.0
+    """
+    fn = define(src)
+    ir = parse(fn)
+    verify(ir)
+    then, other = [], []
+    env: dict = {"N": n}
+    for i in range(n):
+        env["i"] = i
+        for j in range(eval(lo, {}, env), eval(hi, {}, env), step):  # noqa: S307
+            env["j"] = j
+            (then if (eval(c, {}, env) if c else True) else other).append((i, j))  # noqa: S307
+    assert_domain_points(ir, "S0", then, N=n)
+    assert_domain_points(ir, "S1", other, N=n)

@@ -111,7 +111,7 @@ def test_data_dependent_bound_and_index():
         for i in range(N):
             A[B[i]] = 1.0  # e-indirect
 
-    assert_error_at(raises(k), HERE, "e-indirect", "data-dependent index", "B[i]")
+    assert_error_at(raises(k), HERE, "e-indirect", "data-dependent index in `A[B[i]]`", "`B[i]`")
 
 
 def test_assignment_to_scalar_or_non_tensor():
@@ -288,3 +288,12 @@ def test_float_literal_in_index_and_slices():
             A[i] = B[0:2]  # e-slice
 
     assert_error_at(raises(k2), HERE, "e-slice", "slice", "B[0:2]")
+
+
+def test_size_name_captured_from_enclosing_function():
+    N = 3
+
+    def k(A: pd.f32["N"]):  # e-freevar
+        A[N - 1] = 0.0
+
+    assert_error_at(raises(k), HERE, "e-freevar", "size name `N`", "enclosing function")

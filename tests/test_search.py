@@ -387,3 +387,36 @@ def test_distribution_that_breaks_a_dependence_is_refused():
         ("i",),
     )
     assert search.rank(k, "S0", tileable={"i": [4]}, target=ZEN, check=CHECK) == ()
+
+
+def test_candidate_tiles():
+    assert search.candidate_tiles(16, 16) == [] and search.candidate_tiles(7, 8) == []
+    for extent, block, limit in [(56, 1, 6), (512, 64, 6), (50, 8, 4), (1000, 16, 5), (64, 8, 3)]:
+        tiles = search.candidate_tiles(extent, block, limit=limit)
+        assert tiles == sorted(set(tiles)) and 0 < len(tiles) <= limit
+        assert all(t % block == 0 and block < t < extent for t in tiles)
+    both = search.candidate_tiles(56, 1)
+    assert any(56 % t == 0 for t in both) and any(56 % t for t in both)
+    assert search.candidate_tiles(512, 64) == [128, 192, 256]
+
+
+def test_format_levels_lists_every_level():
+    k = gemm(96, 96, 96)
+    (v,) = search.rank(k, "S0", **GEMM_SPACE, target=ZEN, threads=1, top=1, check=CHECK)
+    lines = search.format_levels(v).splitlines()
+    assert lines[0].startswith(v.order)
+    assert lines[1].split() == [
+        "level",
+        "trip",
+        "working",
+        "set",
+        "fits",
+        "brings",
+        "from",
+        "weight",
+        "cost",
+    ]
+    rows = lines[2:]
+    assert [r.split()[0] for r in rows] == [lv.label for lv in v.working_sets]
+    assert rows[-1].split()[0] == "micro"
+    assert sum(float(r.split()[-1]) for r in rows) == pytest.approx(v.cost.total, rel=1e-3)

@@ -220,6 +220,12 @@ class _Parser:
                         continue
                     if d in self.tensors or d in self.scalars or d == name:
                         raise self.err(arg, f"size name `{d}` of `{name}` is also an argument name")
+                    if d in self.fn.__code__.co_freevars:
+                        raise self.err(
+                            arg,
+                            f"size name `{d}` is also a variable of the enclosing function; "
+                            "rename one of them",
+                        )
                     if d in _ISL_RESERVED:
                         raise self.err(arg, f"size name `{d}` is reserved (isl); rename it")
                     if d not in self.sizes:
@@ -314,6 +320,7 @@ class _Parser:
                 counter[0] += 1
                 self.block(node.body, [*loops, loop], conds, [*prefix, pos], [0])
             elif isinstance(node, ast.If):
+                self.reject_data(node.test, "if condition")
                 c = self.condition(node.test, loops)
                 self.block(node.body, loops, [*conds, c], prefix, counter)
                 if node.orelse:
@@ -440,14 +447,14 @@ class _Parser:
             "`and`, `or`, `not`",
         )
 
-    def reject_data(self, node: ast.AST, ctx: str) -> None:
+    def reject_data(self, node: ast.AST, ctx: str, whole: ast.AST | None = None) -> None:
         """A data-dependent construct (reads a tensor or a scalar argument) → DSLError."""
         for sub in ast.walk(node):
             if isinstance(sub, ast.Subscript) and isinstance(sub.value, ast.Name):
                 if sub.value.id in self.tensors:
-                    raise self._data_error(node, sub, ctx)
+                    raise self._data_error(whole or node, sub, ctx)
             if isinstance(sub, ast.Name) and sub.id in self.scalars:
-                raise self._data_error(node, sub, ctx)
+                raise self._data_error(whole or node, sub, ctx)
 
     def _data_error(self, whole: ast.AST, sub: ast.AST, ctx: str) -> DSLError:
         if ctx == "if condition":
@@ -458,8 +465,8 @@ class _Parser:
             )
         return self.err(
             whole,
-            f"data-dependent {ctx} `{self.text(whole)}` reads `{self.text(sub)}`; it may only "
-            "use loop variables, sizes and constants",
+            f"data-dependent {ctx} in `{self.text(whole)}`: it reads `{self.text(sub)}`; "
+            f"{_a(ctx)} may only use loop variables, sizes and constants",
         )
 
     # ------------------------------------------------------------ integer expressions
@@ -534,7 +541,7 @@ class _Parser:
         if any(lp.var == n for lp in loops) or n in self.sizes:
             return Var(name=n)
         if n in self.tensors:
-            raise self.err(node, f"tensor `{n}` used without an index in a {ctx}")
+            raise self.err(node, f"tensor `{n}` used without an index in {_a(ctx)}")
         if n in self.loop_names:
             raise self.err(node, f"loop variable `{n}` used outside its loop")
         value = self.constant(node)
@@ -542,7 +549,8 @@ class _Parser:
             self.constants.setdefault(n, value)
             return Int(value=value)
         raise self.err(
-            node, f"`{n}` in a {ctx} is not a loop variable, a size or an int constant ({value!r})"
+            node,
+            f"`{n}` in {_a(ctx)} is not a loop variable, a size or an int constant ({value!r})",
         )
 
     # ------------------------------------------------------------ float expressions
@@ -562,6 +570,8 @@ class _Parser:
                 f"`{self.text(node)}` uses {len(elts)} index(es) but tensor `{name}` has "
                 f"{len(t.shape)} dimension(s) (shape [{shape}])",
             )
+        for e in elts:
+            self.reject_data(e, "index", whole=node)
         idx = tuple(self.iexpr(e, loops, "index") for e in elts)
         return Load(tensor=name, index=idx)
 
@@ -679,6 +689,10 @@ def _cell_full(cell: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _a(ctx: str) -> str:
+    return f"an {ctx}" if ctx[0] in "aeiou" else f"a {ctx}"
 
 
 def _first_line(text: str) -> str:

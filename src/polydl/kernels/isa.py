@@ -15,8 +15,11 @@ on Ice Lake at 92-100% of peak where 14x32 reached 75-90%: fewer loads and broad
 12x32 for n = 32, and for n <= 16 ymm vectors in 12x16 tiles (see :func:`effective`).
 Rows are split into ``ceil(m / mr)`` balanced tiles of ``base`` or ``base + 1`` rows (64 rows on
 AVX2: nine 6-row and two 5-row tiles, not ten 6-row and one 4-row tile), so no thin tile streams
-B for a few FMAs. The block is covered by at most four tile groups (two row heights x full/edge
-columns); edge columns use masked vector loads and stores, not scalar code. When a tile has fewer accumulators
+B for a few FMAs. When ``n`` is not a multiple of the tile width, the last full-width column
+tile absorbs the remainder: a wider tile (e.g. 3 ymm vectors, the last one masked) with fewer
+rows, instead of a one-vector tile that would need one broadcast per FMA. The block is covered
+by at most four tile groups (two row heights x two column kinds); partial vectors use masked
+vector loads and stores, never scalar code. When a tile has fewer accumulators
 than ``min_accumulators`` (FMA latency x FMA ports), the k loop keeps several accumulator sets
 that it adds up at the store, so small edge tiles are not latency bound.
 """

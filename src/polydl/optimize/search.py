@@ -164,12 +164,31 @@ def free_iterators(kernel: nodes.Kernel, stmt: nodes.Statement | str) -> frozens
 
 def _spread(values: list[int], n: int) -> list[int]:
     """``n`` of the sorted ``values``, evenly spread, keeping the smallest and the largest."""
+    if n <= 0:
+        return []
     if len(values) <= n:
         return values
-    if n <= 1:
+    if n == 1:
         return values[-1:]
     idx = sorted({round(i * (len(values) - 1) / (n - 1)) for i in range(n)})
     return [values[i] for i in idx]
+
+
+def candidate_tiles(extent: int, block: int, *, limit: int = 6) -> list[int]:
+    """Tile sizes for an iterator of ``extent`` whose microkernel block is ``block``: multiples
+    of ``block`` strictly between ``block`` and ``extent``, the divisors of the extent among
+    them and non-divisors (powers of two times the block, even splits of the extent rounded up
+    to the block), at most ``limit``, spread from small to large."""
+    if block < 1 or extent <= block:
+        return []
+    mult = range(2 * block, extent, block)
+    divisors = [b for b in mult if extent % b == 0]
+    others = {block << s for s in range(1, extent.bit_length()) if (block << s) < extent}
+    others |= {-(-extent // (parts * block)) * block for parts in (2, 3, 4)}
+    others = {b for b in others if block < b < extent and b % block == 0} - set(divisors)
+    n_div = min(len(divisors), max(limit - len(others), (limit + 1) // 2))
+    picked = _spread(divisors, n_div) + _spread(sorted(others), limit - n_div)
+    return sorted(picked)
 
 
 def _merge(loops: Loops) -> Loops:
@@ -374,3 +393,28 @@ def format_variants(variants: Sequence[Variant], top: int = 10) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def format_levels(variant: Variant) -> str:
+    """One variant's cost level by level: what each loop's iteration touches, where it fits,
+    what it brings in from where, and what that costs."""
+    head = ("level", "trip", "working set", "fits", "brings", "from", "weight", "cost")
+    body = [
+        (
+            lc.loop,
+            str(lv.trip),
+            fmt_bytes(lc.working_set),
+            lc.cache,
+            fmt_bytes(lc.bytes) if lc.bytes else "-",
+            lc.source or "-",
+            f"{lc.weight:g}" if lc.bytes else "-",
+            f"{lc.cost:.4g}",
+        )
+        for lc, lv in zip(variant.cost.levels, variant.working_sets, strict=True)
+    ]
+    widths = [max(len(r[c]) for r in [head, *body]) for c in range(len(head))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [head, *body]
+    ]
+    return "\n".join([f"{variant.order}  (total {variant.cost.total:.4g})", *lines])
