@@ -38,7 +38,9 @@ def main() -> None:
         torch.set_num_threads(threads)
         for batch in args.batch:
             print(f"\nthreads={threads} batch={batch}  (GFLOPS; ratio = torch time / polydl time)")
-            print(f"{'layer':<10} {'blocked':>8} {'nchw e2e':>9} {'torch':>7} {'ratio blk':>10} {'ratio e2e':>10} {'err':>8}")
+            print(
+                f"{'layer':<10} {'blocked':>8} {'nchw e2e':>9} {'torch':>7} {'ratio blk':>10} {'ratio e2e':>10} {'err':>8}"
+            )
             r_blk, r_e2e = [], []
             for row in layers:
                 C, K, H, W, R, S = (int(row[x]) for x in "CKHWRS")
@@ -47,22 +49,36 @@ def main() -> None:
                 w = rng.standard_normal((K, C, R, S), dtype=np.float32)
                 flops = 2.0 * batch * K * C * R * S * P * Q
                 # polydl, blocked layout, weights packed once, input already blocked
-                kern = pd.ops.conv2d(batch, C, K, H, W, R, S, stride=st, padding=pad, layout="nchwc")
+                kern = pd.ops.conv2d(
+                    batch, C, K, H, W, R, S, stride=st, padding=pad, layout="nchwc"
+                )
                 conv = pd.compile(kern, threads=threads)
                 cb, kb = pd.ops.channel_block(C), pd.ops.channel_block(K)
                 xp = np.zeros((batch, C // cb, H + 2 * pad, W + 2 * pad, cb), np.float32)
-                xp[:, :, pad : pad + H, pad : pad + W, :] = x.reshape(batch, C // cb, cb, H, W).transpose(0, 1, 3, 4, 2)
+                xp[:, :, pad : pad + H, pad : pad + W, :] = x.reshape(
+                    batch, C // cb, cb, H, W
+                ).transpose(0, 1, 3, 4, 2)
                 wp = pd.nn.pack_weights(w, threads=threads)
                 op = np.empty((batch, K // kb, P, Q, kb), np.float32)
                 t_blk = median_seconds(lambda: conv(op, xp, wp), repeat=args.repeat)
-                t_e2e = median_seconds(lambda: pd.nn.conv2d(x, w, stride=st, padding=pad, threads=threads), repeat=args.repeat)
+                t_e2e = median_seconds(
+                    lambda: pd.nn.conv2d(x, w, stride=st, padding=pad, threads=threads),
+                    repeat=args.repeat,
+                )
                 y = pd.nn.conv2d(x, w, stride=st, padding=pad, threads=threads)
                 # torch: the faster of NCHW and channels_last
                 tx, tw = torch.from_numpy(x), torch.from_numpy(w)
                 with torch.no_grad():
-                    t_nchw = median_seconds(lambda: F.conv2d(tx, tw, stride=st, padding=pad), repeat=args.repeat)
-                    cx, cw = tx.to(memory_format=torch.channels_last), tw.to(memory_format=torch.channels_last)
-                    t_cl = median_seconds(lambda: F.conv2d(cx, cw, stride=st, padding=pad), repeat=args.repeat)
+                    t_nchw = median_seconds(
+                        lambda: F.conv2d(tx, tw, stride=st, padding=pad), repeat=args.repeat
+                    )
+                    cx, cw = (
+                        tx.to(memory_format=torch.channels_last),
+                        tw.to(memory_format=torch.channels_last),
+                    )
+                    t_cl = median_seconds(
+                        lambda: F.conv2d(cx, cw, stride=st, padding=pad), repeat=args.repeat
+                    )
                     ref = F.conv2d(tx, tw, stride=st, padding=pad).numpy()
                 t_torch = min(t_nchw, t_cl)
                 err = float(np.abs(y - ref).max() / np.abs(ref).max())
@@ -74,7 +90,9 @@ def main() -> None:
                     flush=True,
                 )
             g = lambda r: math.exp(float(np.mean(np.log(r))))  # noqa: E731
-            print(f"geomean ratio blocked {g(r_blk):.3f}  (min {min(r_blk):.2f}), nchw e2e {g(r_e2e):.3f}")
+            print(
+                f"geomean ratio blocked {g(r_blk):.3f}  (min {min(r_blk):.2f}), nchw e2e {g(r_e2e):.3f}"
+            )
 
 
 if __name__ == "__main__":

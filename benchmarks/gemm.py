@@ -22,7 +22,15 @@ from common import median_seconds  # noqa: E402
 
 import polydl as pd  # noqa: E402
 
-SHAPES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (64, 1000, 2048), (3136, 64, 576), (784, 512, 128)]
+SHAPES = [
+    (256, 256, 256),
+    (512, 512, 512),
+    (1024, 1024, 1024),
+    (2048, 2048, 2048),
+    (64, 1000, 2048),
+    (3136, 64, 576),
+    (784, 512, 128),
+]
 
 
 def main() -> None:
@@ -34,7 +42,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for threads in args.threads:
         print(f"\nthreads={threads}")
-        print(f"{'M':>5} {'N':>5} {'K':>5} {'polydl GF':>10} {'numpy GF':>9} {'ratio':>6} {'rel err':>8}")
+        print(
+            f"{'M':>5} {'N':>5} {'K':>5} {'polydl GF':>10} {'numpy GF':>9} {'ratio':>6} {'rel err':>8}"
+        )
         ratios = []
         with threadpool_limits(limits=threads):
             for M, N, K in shapes:
@@ -48,8 +58,13 @@ def main() -> None:
                 err = float(np.abs(c - want).max() / np.abs(want).max())
                 flops = 2.0 * M * N * K
                 ratios.append(t_np / t_ours)
-                print(f"{M:5d} {N:5d} {K:5d} {flops / t_ours / 1e9:10.1f} {flops / t_np / 1e9:9.1f} {t_np / t_ours:6.2f} {err:8.1e}", flush=True)
-        print(f"geomean ratio (NumPy time / polydl time), threads={threads}: {math.exp(np.mean(np.log(ratios))):.3f}")
+                print(
+                    f"{M:5d} {N:5d} {K:5d} {flops / t_ours / 1e9:10.1f} {flops / t_np / 1e9:9.1f} {t_np / t_ours:6.2f} {err:8.1e}",
+                    flush=True,
+                )
+        print(
+            f"geomean ratio (NumPy time / polydl time), threads={threads}: {math.exp(np.mean(np.log(ratios))):.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -87,7 +87,11 @@ def test_other_target_shows_asm_but_refuses_to_run():
     k = pd.compile(mm, target="skylake-avx512", threads=1)
     asm = k.show("asm")
     assert "vfmadd231ps" in asm and "zmm" in asm
-    a, b, c = np.ones((16, 32), np.float32), np.ones((32, 64), np.float32), np.zeros((16, 64), np.float32)
+    a, b, c = (
+        np.ones((16, 32), np.float32),
+        np.ones((32, 64), np.float32),
+        np.zeros((16, 64), np.float32),
+    )
     if "avx512f" not in jit.host_features():
         with pytest.raises(pd.TargetError, match="skylake-avx512"):
             k(c, a, b)

@@ -89,7 +89,9 @@ def test_batched_matmul_becomes_brgemm(threads):
 
 
 def test_contraction_roles_of_blocked_conv():
-    kern = pd.ops.conv2d(1, 32, 48, 9, 9, 3, 3, stride=2, padding=1, bias=True, activation="relu", layout="nchwc")
+    kern = pd.ops.conv2d(
+        1, 32, 48, 9, 9, 3, 3, stride=2, padding=1, bias=True, activation="relu", layout="nchwc"
+    )
     bound = kern.ir.bind({})
     (c,) = find_all(bound)
     assert (c.m, c.n, c.k) == ("q", "kv", "cv")
@@ -125,7 +127,9 @@ def test_resnet50_layers_shrunk(layer):
 
 
 def test_blocked_conv_uses_brgemm_and_matches_plain():
-    kern = pd.ops.conv2d(2, 24, 40, 7, 9, 3, 3, stride=1, padding=1, bias=True, layout="nchwc", block=8)
+    kern = pd.ops.conv2d(
+        2, 24, 40, 7, 9, 3, 3, stride=1, padding=1, bias=True, layout="nchwc", block=8
+    )
     sizes = {}
     fast = pd.compile(kern, threads=2, **sizes)
     plain = pd.compile(kern, threads=1, optimize=False)

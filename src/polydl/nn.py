@@ -80,7 +80,9 @@ def conv2d(
     N, C, H, W = x.shape
     K, C2, R, S = w.shape
     if C != C2:
-        raise ValueError(f"conv2d: x has {C} channels (shape {x.shape}) but w expects {C2} (shape {w.shape})")
+        raise ValueError(
+            f"conv2d: x has {C} channels (shape {x.shape}) but w expects {C2} (shape {w.shape})"
+        )
     (ph, pw) = ops._pair(padding, "padding")
     P, Q = ops.conv_shape(H, W, R, S, stride, padding)
     cb, kb = ops.channel_block(C), ops.channel_block(K)
@@ -94,8 +96,20 @@ def conv2d(
             raise ValueError(f"conv2d: bias must have shape ({K},), got {bias.shape}")
         args.append(bias.reshape(K // kb, kb))
     conv = compiled(
-        ops.conv2d, N, C, K, H, W, R, S, stride=ops._pair(stride, "stride"), padding=(ph, pw),
-        bias=bias is not None, activation=activation, layout="nchwc", threads=threads,
+        ops.conv2d,
+        N,
+        C,
+        K,
+        H,
+        W,
+        R,
+        S,
+        stride=ops._pair(stride, "stride"),
+        padding=(ph, pw),
+        bias=bias is not None,
+        activation=activation,
+        layout="nchwc",
+        threads=threads,
     )
     op = np.empty((N, K // kb, P, Q, kb), np.float32)
     conv(op, *args)
