@@ -302,6 +302,24 @@ def test_conv_blocked_nchwc():
     assert lv[2].total_bytes == 4 * (112 + 432 + 2304)
 
 
+def test_packing_with_floor_division_and_modulo():
+    # O[c // 16, h, c % 16] = I[c, h]: NCHW -> NCHWc packing, quasi-affine indices
+    k = stmt_kernel(
+        tensors={"O": ("C // 16", "H", 16), "I": ("C", "H")},
+        sizes={"C": 64, "H": 10},
+        iterators=("c", "h"),
+        cond="0 <= c < C and 0 <= h < H",
+        target="O[c // 16, h, c % 16]",
+        reads=["I[c, h]"],
+        op="=",
+    )
+    lv = reuse.working_sets(k, "S0", [("c", 32), ("h", 1), ("c", 4)], target=ZEN)
+    assert [x.trip for x in lv] == [2, 10, 8, 1]
+    assert elems(lv[0]) == {"O": 2 * 10 * 16, "I": 32 * 10}
+    assert elems(lv[1]) == {"O": 2 * 16, "I": 32}
+    assert elems(lv[2]) == {"O": 4, "I": 4}
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -420,3 +420,10 @@ def test_format_levels_lists_every_level():
     assert [r.split()[0] for r in rows] == [lv.label for lv in v.working_sets]
     assert rows[-1].split()[0] == "micro"
     assert sum(float(r.split()[-1]) for r in rows) == pytest.approx(v.cost.total, rel=1e-3)
+
+
+def test_rank_order_is_the_table_order():
+    k = gemm(256, 256, 256)
+    vs = search.rank(k, "S0", **GEMM_SPACE, target=ICE, threads=2, top=8, check=CHECK)
+    rows = search.format_variants(vs, top=8).splitlines()[2:]
+    assert [re.split(r"\s{2,}", r)[1] for r in rows] == [v.order for v in vs]

@@ -85,7 +85,7 @@ class Analyzer:
         accesses: dict[str, list] = {}
         used: dict[str, set[str]] = {}
         for load in (stmt.target, *stmt.reads):
-            m = poly.access(kernel, stmt, load)
+            m = poly.access_map(kernel, stmt, load)  # handles // and % in indices
             if any(m.is_equal(o) for o in accesses.get(load.tensor, ())):
                 continue  # C[i, j] as target and as read of +=: one relation
             accesses.setdefault(load.tensor, []).append(m)

@@ -32,7 +32,10 @@ _PARAM = isl.dim_type.param
 
 
 def iexpr(e) -> str:
-    """isl text of an index expression (``//`` is ``floor(a/c)``, ``%`` is ``a mod c``)."""
+    """isl text of an index expression (``//`` is ``floor(a/c)``, ``%`` is ``a mod c``).
+
+    The divisor of ``//`` and ``%`` is a positive int constant (the DSL guarantees it).
+    """
     if isinstance(e, Int):
         return str(e.value)
     if isinstance(e, Var):
@@ -41,10 +44,10 @@ def iexpr(e) -> str:
     match e.op:
         case "+" | "-" | "*":
             return f"({a} {e.op} {b})"
-        case "//":
-            return f"floor(({a})/({b}))"
+        case "//":  # isl wants a bare integer divisor
+            return f"floor(({a})/{b})"
         case "%":
-            return f"(({a}) mod ({b}))"
+            return f"(({a}) mod {b})"
         case "min" | "max":
             return f"{e.op}({a}, {b})"
     raise ValueError(f"unknown integer op {e.op!r}")

@@ -21,7 +21,8 @@ Search: (1) every inner-band order without tiles is costed, and the best few leg
 (pruning by the cost model); (2) every tile assignment times every outer-band order over those
 inner orders is costed, each with its best choice of parallel loops; (3) variants are checked for
 legality in order of cost (``analysis/deps.check_schedule`` with reductions relaxed) until
-``top`` legal ones are found. Parallel loops are the outermost loops over iterators that carry
+``top`` legal ones are found; every kept variant was checked, and an order found illegal is not
+retried with other tile sizes (a possible miss, never an illegal variant). Parallel loops are the outermost loops over iterators that carry
 no dependence at all (:func:`free_iterators`: every self-dependence of the statement,
 reductions included, keeps the iterator equal, so no loop over it carries one at any depth). As
 many of them are collapsed as the cost model's load balance over ``threads`` cores prefers.
@@ -73,7 +74,7 @@ class Variant:
     @property
     def order(self) -> str:
         """``k/64 j/16 i/6 | micro``."""
-        return " ".join(_label(v, b) for v, b in self.loops) + " | micro"
+        return _order(self.loops)
 
 
 def _label(v: str, b: int) -> str:
@@ -328,9 +329,9 @@ def rank(
                 tiles = tuple(sorted((v, b) for v, b in tile_loops if (v, b) in loops))
                 seen[loops] = (c.total, len(seen), c, p, levels, tiles)
 
-    # stage 3: legality in order of cost (ties: fewer loops first, then enumeration order)
+    # stage 3: legality in order of cost (ties: fewer loops, then the order's text)
     out: list[Variant] = []
-    ordered = sorted(seen.items(), key=lambda kv: (kv[1][0], len(kv[0]), kv[1][1]))
+    ordered = sorted(seen.items(), key=lambda kv: (kv[1][0], len(kv[0]), _order(kv[0])))
     for loops, (_, _, c, p, levels, tiles) in ordered:
         if top is not None and len(out) >= top:
             break
@@ -351,7 +352,16 @@ def rank(
                 schedule=schedule_text(kernel, name, loops),
             )
         )
-    return tuple(out)
+    return tuple(sorted(out, key=_key))
+
+
+def _order(loops: Loops) -> str:
+    return " ".join(_label(v, b) for v, b in loops) + " | micro"
+
+
+def _key(v: Variant) -> tuple:
+    """Cheapest first; ties: fewer loops, then the loop order's text (deterministic)."""
+    return (v.cost.total, len(v.loops), v.order, v.n_parallel)
 
 
 # ---------------------------------------------------------------- the table
@@ -368,8 +378,7 @@ def _ws_summary(v: Variant) -> str:
 
 def format_variants(variants: Sequence[Variant], top: int = 10) -> str:
     """The variants as a table, cheapest first: what ``k.show("variants")`` prints."""
-    rows = sorted(variants, key=lambda v: (v.cost.total, len(v.loops), v.order, v.n_parallel))
-    rows = rows[:top]
+    rows = sorted(variants, key=_key)[:top]
     head = ("rank", "loop order", "tiles", "parallel", "working sets", "cost", "vs best")
     if not rows:
         return " | ".join(head) + "\n(no legal variant)"

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from ..errors import TargetError
 
+__all__ = ["ISAS", "PRESETS", "Cache", "Target", "host", "isa_of", "read_caches", "resolve"]
+
 ISAS = ("avx512", "avx2", "generic")
 _KIB = 1024
 _MIB = 1024 * 1024
