@@ -69,6 +69,50 @@ def test_l1_tiling_cheaper_than_l2_tiling():
             assert (lv.bytes > 0) == (lv.source != "")
 
 
+def test_cost_by_hand():
+    """GEMM 64^3 (f32) as ``j/16 i/16 | micro`` (k whole in the call) on a small machine."""
+    from polydl.optimize.target import Cache, Target
+
+    kib = 1024
+    tgt = Target(
+        name="toy",
+        llvm_cpu="generic",
+        isa="generic",
+        vector_bits=128,
+        vector_registers=16,
+        fma=False,
+        caches=(
+            Cache(level=1, size_bytes=16 * kib, shared=False),
+            Cache(level=2, size_bytes=256 * kib, shared=False),
+            Cache(level=3, size_bytes=4096 * kib, shared=True),
+        ),
+        cores=2,
+        byte_costs=(1.0, 2.0, 4.0, 10.0),
+    )
+    k = gemm(64, 64, 64)
+    loops = [("j", 16), ("i", 16)]
+    # j/16: C 4K + A 16K + B 4K = 24K in L2; i/16: C 1K + A 4K + B 4K = 9K in L1; whole: 48K
+    c = C.cost(k, "S0", loops, target=tgt, threads=1)
+    assert [(x.loop, x.working_set, x.cache) for x in c.levels] == [
+        ("j/16", 24 * kib, "L2"),
+        ("i/16", 9 * kib, "L1"),
+        ("micro", 9 * kib, "L1"),
+    ]
+    # into L2 from memory: C and B once (16K each, min with 4 x 4K), A invariant in j: 16K
+    # into L1 from L2: C min(4 x 4K, 16 x 1K) = 16K, A min(4 x 16K, 16 x 4K)
+    # = 64K, B invariant in i: once per j iteration, 4 x 4K = 16K
+    # microkernel: 16 calls x 9K from L1
+    assert [x.bytes for x in c.levels] == [48 * kib, 96 * kib, 0]
+    assert [x.source for x in c.levels] == ["mem", "L2", ""]
+    assert [x.cost for x in c.levels] == [48 * kib * 10, 96 * kib * 2, 16 * 9 * kib]
+    assert c.total == 835584
+    # j in parallel on 2 cores: each core does 2 of the 4 j blocks
+    p = C.cost(k, "S0", loops, target=tgt, threads=2, n_parallel=1)
+    assert (p.threads, p.balance) == (2, 1.0)
+    assert [x.bytes for x in p.levels] == [32 * kib, 48 * kib, 0]
+    assert p.total == 32 * kib * 10 + 48 * kib * 2 + 8 * 9 * kib
+
+
 def test_cost_monotonic():
     k = gemm(192, 192, 192)
     loops = [("j", 64), ("k", 64), ("i", 8), ("j", 16)]

@@ -58,7 +58,7 @@ def compile_kernel(
     sizes: Mapping[str, int],
     *,
     threads: int | None = None,
-    target: str | None = None,
+    target=None,
     optimize: bool = True,
 ) -> CompiledKernel:
     """Compile a parsed DSL kernel for the given sizes, thread count and target CPU.
@@ -71,7 +71,10 @@ def compile_kernel(
     threads = default_threads() if threads is None else int(threads)
     if threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads}")
-    cpu, _features = jit.resolve_cpu(target)
+    from .optimize.target import resolve
+
+    tgt = resolve(target)
+    cpu = tgt.llvm_cpu
     with _isl_lock:
         # 1. Every size parameter bound to a positive int.
         bound = bind_sizes(kernel, sizes)
@@ -80,23 +83,25 @@ def compile_kernel(
         # 3. Loops that carry no dependence (reductions included) may run in parallel.
         threaded = threads > 1 and jit.gomp_available()
         dims = parallel_dims(bound) if threaded else frozenset()
-        # 4. Contractions become BRGEMM calls on blocks (their loops around are all parallel).
+        # 4. Contractions become BRGEMM calls on blocks; the cost model ranks the loops around
+        #    them (order, tiles, parallel loops) for the target's caches and cores.
         isa = brgemm_isa(cpu)
-        lowered = lower_contractions(bound, isa) if optimize else bound
+        lowered, micro_par, variants = (
+            lower_contractions(bound, isa, target=tgt, threads=threads)
+            if optimize
+            else (bound, {}, [])
+        )
         parallel = (
-            {
-                s.name: (frozenset(range(poly.schedule_ndim(lowered, s))) if s.micro else dims)
-                for s in lowered.statements
-            }
-            if threaded
-            else {}
+            {s.name: micro_par.get(s.name, dims) for s in lowered.statements} if threaded else {}
         )
         # 5. The schedule as a loop tree, from isl's AST generator.
         sched = poly.union(poly.schedule(lowered, s) for s in lowered.statements)
         tree = poly.ast(sched, poly.context(lowered), parallel)
     # 6. LLVM IR through the templates; JIT happens on first call (or asm on demand).
     ir = emit_module(lowered, tree, parallel=threaded, cpu=cpu, isa=isa, threads=threads)
-    return CompiledKernel(kernel=lowered, tree=tree, llvm_ir=ir, cpu=cpu, threads=threads)
+    return CompiledKernel(
+        kernel=lowered, tree=tree, llvm_ir=ir, cpu=cpu, threads=threads, variants=variants
+    )
 
 
 def brgemm_isa(cpu: str) -> str:
@@ -107,18 +112,42 @@ def brgemm_isa(cpu: str) -> str:
     return select_isa(feats).name
 
 
-def lower_contractions(kernel: Kernel, isa: str) -> Kernel:
-    """Every foldable contraction of ``kernel`` computed by BRGEMM calls."""
+def lower_contractions(
+    kernel: Kernel, isa: str, *, target=None, threads: int = 1, rank: bool = True
+) -> tuple[Kernel, dict[str, frozenset[int]], list[str]]:
+    """Every foldable contraction of ``kernel`` computed by BRGEMM calls.
+
+    Returns the new kernel, the parallel schedule dimensions of each new statement, and the
+    text of the ranked variants of each contraction (what ``show("variants")`` prints).
+    """
     from .analysis.contraction import find_all
     from .kernels import FAMILIES
-    from .optimize.plan import default_plan
+    from .optimize.plan import default_plan, ranked
+    from .optimize.search import format_variants
     from .transform.brgemm import foldable, lower
 
     lanes = FAMILIES[isa].vector_width
+    parallel: dict[str, frozenset[int]] = {}
+    texts: list[str] = []
     for c in find_all(kernel):
         if not foldable(kernel, c):
             continue
-        plan = default_plan(c, lanes)
-        if plan is not None:
-            kernel = lower(kernel, c, plan)
-    return kernel
+        choices = ranked(kernel, c, target=target, threads=threads) if rank else []
+        if choices:
+            variant, plan = choices[0]
+            texts.append(
+                f"contraction {c.stmt} ({c.c} += {c.a} x {c.b}):\n"
+                + format_variants([v for v, _ in choices])
+            )
+            n_par = variant.n_parallel
+        else:
+            plan = default_plan(c, lanes)
+            n_par = len(plan.loops) if plan else 0
+        if plan is None:
+            continue
+        before = {s.name for s in kernel.statements}
+        kernel = lower(kernel, c, plan)
+        for s in kernel.statements:
+            if s.name not in before:
+                parallel[s.name] = frozenset(range(1, 1 + n_par))
+    return kernel, parallel, texts

@@ -24,13 +24,21 @@ class CompiledKernel:
     """
 
     def __init__(
-        self, *, kernel: Kernel, tree: tuple[L.Node, ...], llvm_ir: str, cpu: str, threads: int
+        self,
+        *,
+        kernel: Kernel,
+        tree: tuple[L.Node, ...],
+        llvm_ir: str,
+        cpu: str,
+        threads: int,
+        variants: list[str] | None = None,
     ):
         self.kernel = kernel
         self.tree = tree
         self.llvm_ir = llvm_ir
         self.cpu = cpu
         self.threads = threads
+        self.variants = list(variants or [])
         self.sizes = kernel.size_values
         self._module: jit.JitModule | None = None
         self._fn = None
@@ -57,7 +65,8 @@ class CompiledKernel:
         return self._fn
 
     def show(self, what: str = "loops") -> str:
-        """``"loops"``: the transformed nest as C-like text; ``"llvm"``; ``"asm"``."""
+        """``"loops"``: the transformed nest as C-like text; ``"variants"``: the ranked
+        variants of each contraction; ``"llvm"``, ``"llvm-opt"``; ``"asm"``."""
         if what == "loops":
             text = {
                 s.name: f"{s.micro}  <- {s.source}  (line {s.line})"
@@ -69,13 +78,19 @@ class CompiledKernel:
             return f"// {self.kernel.name}({head}), threads={self.threads}\n" + L.to_c(
                 self.tree, text
             )
+        if what == "variants":
+            if not self.variants:
+                return f"// {self.kernel.name}: no contraction was ranked (nothing to choose)"
+            return "\n\n".join(self.variants)
         if what == "llvm":
             return self.llvm_ir
         if what in ("llvm-opt", "llvm_opt"):
             return jit.optimized_ir(self.llvm_ir, cpu=self.cpu, name=self.kernel.name)
         if what == "asm":
             return jit.emit_asm(self.llvm_ir, cpu=self.cpu, name=self.kernel.name)
-        raise ValueError(f"show() takes 'loops', 'llvm', 'llvm-opt' or 'asm', not {what!r}")
+        raise ValueError(
+            f"show() takes 'loops', 'variants', 'llvm', 'llvm-opt' or 'asm', not {what!r}"
+        )
 
     # ------------------------------------------------------------ calling
     def bind_args(self, args: tuple, kwargs: dict) -> dict[str, Any]:

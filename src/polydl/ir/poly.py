@@ -380,6 +380,18 @@ def fix_names(sizes: Mapping[str, int]) -> str:
 # ---- lead: shapes of domains (contraction recognition)
 
 
+def pad_schedule(text: str, ndim: int) -> str:
+    """A schedule map text with zero output dimensions appended up to ``ndim``."""
+    m = Map(text)
+    extra = ndim - m.dim(_OUT)
+    if extra <= 0:
+        return text
+    m = m.add_dims(_OUT, extra)
+    for i in range(ndim - extra, ndim):
+        m = m.fix_val(_OUT, i, 0)
+    return m.to_str()
+
+
 def schedule_ndim(kernel: Kernel, s: Statement) -> int:
     """Number of output dimensions of the statement's schedule."""
     return Map(s.schedule).dim(_OUT)
@@ -455,7 +467,9 @@ def coupled(s: Set) -> list[frozenset[str]]:
                 {dims[i] for i in range(len(dims)) if not aff.get_coefficient_val(_IN, i).is_zero()}
             )
         for c in bs.get_constraints():
-            used = {dims[i] for i in range(len(dims)) if not c.get_coefficient_val(_SET, i).is_zero()}
+            used = {
+                dims[i] for i in range(len(dims)) if not c.get_coefficient_val(_SET, i).is_zero()
+            }
             for j in range(n_div):
                 if not c.get_coefficient_val(isl.dim_type.div, j).is_zero():
                     used |= set().union(*div_dims) if div_dims else set()

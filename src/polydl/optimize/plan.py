@@ -69,7 +69,7 @@ def orders(c: Contraction) -> Iterator[tuple[str, ...]]:
 def candidates(c: Contraction, lanes: int) -> Iterator[BlockPlan]:
     for bm, bn, bk in itertools.product(m_blocks(c), n_blocks(c, lanes), k_blocks(c)):
         for order in orders(c):
-            plan = BlockPlan(bm=bm, bn=bn, bk=bk, order=order)
+            plan = BlockPlan.simple(bm=bm, bn=bn, bk=bk, order=order, m=c.m, n=c.n)
             if config_ok(c, plan):
                 yield plan
 
@@ -86,3 +86,44 @@ def default_plan(c: Contraction, lanes: int) -> BlockPlan | None:
         if list(plan.order) == natural:
             return plan
     return first
+
+
+def micro_blocks(c: Contraction, lanes: int) -> tuple[int, int, int]:
+    """(bm, bn, bk) of one call: columns two vectors wide when the extent allows (one register
+    tile row of the microkernel), up to 64 rows, the largest reduction block <= MAX_BK."""
+    ext_m, ext_n = c.extent(c.m), c.extent(c.n)
+    bn = ext_n if ext_n <= 4 * lanes else 2 * lanes
+    bm = ext_m if ext_m <= 128 else 64
+    return bm, bn, k_blocks(c)[0]
+
+
+def ranked(kernel, c: Contraction, *, target, threads: int, top: int = 10):
+    """The contraction's variants ranked by the cost model: ``[(Variant, BlockPlan), ...]``.
+
+    One microkernel call covers ``bm`` rows, ``bn`` columns and the whole reduction; the
+    search orders and tiles the loops around it (``optimize/search.py``) and keeps legal ones.
+    """
+    from .search import rank
+
+    bm, bn, bk = micro_blocks(c, target.lanes())
+    micro = {c.m: bm, c.n: bn, **{v: c.extent(v) for v in (*c.batch, *([c.k] if c.k else []))}}
+    tileable: dict[str, list[int]] = {}
+    for v, b in ((c.m, bm), (c.n, bn), *((v, 1) for v in c.outer)):
+        ext = c.extent(v)
+        tileable[v] = sorted(
+            {b * f for f in (2, 4, 8, 16) if b * f < ext}
+            | ({ext // 2} if b == 1 and ext >= 4 else set())
+        )
+    out = []
+    for var in rank(
+        kernel, c.stmt, tileable=tileable, micro=micro, target=target, threads=threads, top=top
+    ):
+        loops = list(var.loops)
+        present = {v for v, _ in loops}
+        loops += [
+            (v, {c.m: bm, c.n: bn}.get(v, 1)) for v in (*c.outer, c.m, c.n) if v not in present
+        ]
+        plan = BlockPlan(bm=bm, bn=bn, bk=bk, loops=tuple(loops))
+        if config_ok(c, plan):
+            out.append((var, plan))
+    return out

@@ -27,16 +27,33 @@ from ..ir.nodes import Int, Kernel, Micro, Statement
 
 @dataclass(frozen=True, kw_only=True)
 class BlockPlan:
-    """How a contraction is blocked: microkernel block sizes and the order of the loops."""
+    """How a contraction is blocked: microkernel block sizes and the loops around the call.
+
+    ``loops`` are ``(iterator, block)`` pairs, outermost first (as in ``analysis/reuse.py``):
+    the last loop of each iterator steps by its microkernel block (1 for the outer iterators,
+    ``bm`` for rows, ``bn`` for columns); an earlier one is a tile loop stepping by a multiple.
+    """
 
     bm: int
     bn: int
     bk: int  # reduction block (divides the k extent; 1 when the contraction has no k)
-    order: tuple[str, ...]  # loops around the call, outermost first: outer + (m, n) iterators
+    loops: tuple[tuple[str, int], ...]
 
     def __post_init__(self) -> None:
         if min(self.bm, self.bn, self.bk) < 1:
             raise ValueError(f"block sizes must be positive: {self}")
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The iterators in the order of their innermost (point) loops."""
+        last = {v: i for i, (v, _) in enumerate(self.loops)}
+        return tuple(v for i, (v, _) in enumerate(self.loops) if last[v] == i)
+
+    @classmethod
+    def simple(cls, *, bm: int, bn: int, bk: int, order: tuple[str, ...], m: str, n: str):
+        """One point loop per iterator, in ``order``."""
+        block = {m: bm, n: bn}
+        return cls(bm=bm, bn=bn, bk=bk, loops=tuple((v, block.get(v, 1)) for v in order))
 
 
 def _nest_position(kernel: Kernel, s: Statement) -> int:
@@ -64,7 +81,7 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
     """The kernel with ``c`` (and its folded init/epilogue) computed by BRGEMM calls."""
     red = kernel.statement(c.stmt)
     if set(plan.order) != {*c.outer, c.m, c.n}:
-        raise ValueError(f"loop order {plan.order} must list {sorted({*c.outer, c.m, c.n})}")
+        raise ValueError(f"loops {plan.loops} must scan exactly {sorted({*c.outer, c.m, c.n})}")
     ext_k = c.extent(c.k) if c.k else 1
     if ext_k % plan.bk:
         raise ValueError(f"bk={plan.bk} must divide the k extent {ext_k}")
@@ -83,7 +100,10 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
         b_offs.append(sum(lb.coef(v) * x for v, x in combo))
 
     pos = _nest_position(kernel, red)
-    ndim = poly.schedule_ndim(kernel, red)
+    ndim = max(poly.schedule_ndim(kernel, s) for s in kernel.statements)
+    ndim = max(ndim, len(plan.loops) + 2)
+    last = {v: i for i, (v, _) in enumerate(plan.loops)}
+    loop_dims = [v if last[v] == i else f"floor({v}/{b})" for i, (v, b) in enumerate(plan.loops)]
     ordered = list(plan.order)
     new: list[Statement] = []
     for mi, ni in itertools.product(_pieces(c, c.m, plan.bm), _pieces(c, c.n, plan.bn)):
@@ -95,10 +115,7 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
             f"{poly.params_text(kernel.sizes)} -> {{ {name}[{', '.join(ordered)}] : "
             f"{' and '.join(cons)} }}"
         )
-        dims = [str(pos)]
-        for v in ordered:
-            dims += [v, "0"]
-        dims[-1] = str(len(new))
+        dims = [str(pos), *loop_dims, str(len(new))]
         dims += ["0"] * (ndim - len(dims))
         sched = (
             f"{poly.params_text(kernel.sizes)} -> {{ {name}[{', '.join(ordered)}] -> "
@@ -144,7 +161,7 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
         if s.name == c.stmt:
             out.extend(new)
         elif s.name not in folded:
-            out.append(s)
+            out.append(replace(s, schedule=poly.pad_schedule(s.schedule, ndim)))
     return replace(kernel, statements=tuple(out))
 
 
