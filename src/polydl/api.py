@@ -14,6 +14,7 @@ def compile(
     threads: int | None = None,
     target: str | None = None,
     optimize: bool = True,
+    variant: int = 0,
     **sizes: int,
 ) -> CompiledKernel:  # noqa: A001
     """Compile ``kern`` (a ``@pd.kernel`` function) for the given size bindings.
@@ -22,10 +23,14 @@ def compile(
     named LLVM CPU (``"skylake-avx512"``, ``"znver3"``, ...): ``show("asm")`` works for any
     target, running needs a host that supports it (``pd.TargetError`` otherwise).
     ``optimize=False`` keeps the plain schedule of the source: the oracle of the optimiser.
+    ``variant=r`` runs the variant the cost model ranked ``r`` (0 = its pick; see
+    ``show("variants")``) instead of the best one.
     """
     from .pipeline import compile_kernel
 
     ir = getattr(kern, "ir", None)
     if ir is None:
         raise PolyDLError(f"pd.compile expects a @pd.kernel function, got {type(kern).__name__}")
-    return compile_kernel(ir, sizes, threads=threads, target=target, optimize=optimize)
+    return compile_kernel(
+        ir, sizes, threads=threads, target=target, optimize=optimize, variant=variant
+    )

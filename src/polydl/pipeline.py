@@ -60,10 +60,12 @@ def compile_kernel(
     threads: int | None = None,
     target=None,
     optimize: bool = True,
+    variant: int = 0,
 ) -> CompiledKernel:
     """Compile a parsed DSL kernel for the given sizes, thread count and target CPU.
 
-    ``optimize=False`` keeps the plain schedule of the source (the oracle path).
+    ``optimize=False`` keeps the plain schedule of the source (the oracle path); ``variant``
+    takes the variant of that rank instead of the cost model's best (0).
     """
     from .analysis.bounds import check_bounds
     from .analysis.deps import parallel_dims
@@ -87,7 +89,7 @@ def compile_kernel(
         #    them (order, tiles, parallel loops) for the target's caches and cores.
         isa = brgemm_isa(cpu)
         lowered, micro_par, variants = (
-            lower_contractions(bound, isa, target=tgt, threads=threads)
+            lower_contractions(bound, isa, target=tgt, threads=threads, variant=variant)
             if optimize
             else (bound, {}, [])
         )
@@ -113,12 +115,20 @@ def brgemm_isa(cpu: str) -> str:
 
 
 def lower_contractions(
-    kernel: Kernel, isa: str, *, target=None, threads: int = 1, rank: bool = True
+    kernel: Kernel,
+    isa: str,
+    *,
+    target=None,
+    threads: int = 1,
+    rank: bool = True,
+    variant: int = 0,
 ) -> tuple[Kernel, dict[str, frozenset[int]], list[str]]:
     """Every foldable contraction of ``kernel`` computed by BRGEMM calls.
 
     Returns the new kernel, the parallel schedule dimensions of each new statement, and the
     text of the ranked variants of each contraction (what ``show("variants")`` prints).
+    ``variant`` picks the variant of that rank instead of the best one (cost-model studies and
+    tuning); ranks past the last legal variant are refused.
     """
     from .analysis.contraction import find_all
     from .kernels import FAMILIES
@@ -132,14 +142,17 @@ def lower_contractions(
     for c in find_all(kernel):
         if not foldable(kernel, c):
             continue
-        choices = ranked(kernel, c, target=target, threads=threads) if rank else []
+        top = max(10, variant + 1)
+        choices = ranked(kernel, c, target=target, threads=threads, top=top) if rank else []
+        if variant >= max(1, len(choices)):
+            raise ValueError(f"variant={variant}: {c.stmt} has {len(choices)} ranked variants")
         if choices:
-            variant, plan = choices[0]
+            chosen, plan = choices[variant]
             texts.append(
-                f"contraction {c.stmt} ({c.c} += {c.a} x {c.b}):\n"
-                + format_variants([v for v, _ in choices])
+                f"contraction {c.stmt} ({c.c} += {c.a} x {c.b}), running rank {variant + 1}:\n"
+                + format_variants([v for v, _ in choices], top=len(choices))
             )
-            n_par = variant.n_parallel
+            n_par = chosen.n_parallel
         else:
             plan = default_plan(c, lanes)
             n_par = len(plan.loops) if plan else 0

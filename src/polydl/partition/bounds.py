@@ -28,6 +28,13 @@ to one of its two devices), ``load_d = compute_d + comm_d``, bottleneck ``B = ma
    more than ``MAX_WINDOW`` nodes are not used (a cost cap: dropping a window keeps the bound
    valid, only weaker), so very large graphs (random-dag-10000) keep bound 1.
 
+3. :func:`~polydl.partition.milp.milp_bound`: the dual bound of an exact mixed-integer program
+   of the planner's objective (per-device compute + communication, the memory limits), solved by
+   HiGHS under a time limit; proof and formulation in :mod:`polydl.partition.milp`. Skipped
+   (``None``) without scipy or above ``milp.MAX_NODES`` nodes.
+
+The reported bound is the largest of the three, each valid on its own.
+
 The *optimum among contiguous plans* (the pipeline dynamic program's value) is not a bound for
 general partitions; plans report it separately (``Plan.contiguous_optimum_s``).
 """
@@ -213,10 +220,22 @@ def window_cut_bound(p: Problem, upper: float | None = None) -> float:
     return found
 
 
-def lower_bound(p: Problem) -> float:
-    """The best valid lower bound on the bottleneck of any partition (cached on the problem)."""
-    cached = p.cache.get("lower_bound")
+def bounds(p: Problem) -> dict[str, float | None]:
+    """Every bound by name (``milp`` is ``None`` when skipped), computed once per problem."""
+    cached = p.cache.get("bounds")
     if cached is None:
-        cached = max(work_bound(p), window_cut_bound(p))
-        p.cache["lower_bound"] = cached
-    return cached
+        from .milp import milp_bound
+
+        cached = {
+            "work": work_bound(p),
+            "window_cut": window_cut_bound(p),
+            "milp": milp_bound(p),
+        }
+        p.cache["bounds"] = cached
+    return dict(cached)
+
+
+def lower_bound(p: Problem) -> float:
+    """The best valid lower bound on the bottleneck of any partition: the largest of
+    :func:`bounds` (cached on the problem)."""
+    return max(v for v in bounds(p).values() if v is not None)
