@@ -48,7 +48,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pick = random.Random(0)
     print(f"threads={args.threads}, batch 1; GFLOPS of the measured variants (median of 7)")
-    print(f"{'layer':<10} {'n':>3} {'top-1 GF':>9} {'best GF':>8} {'best rank':>9} {'top-1 %':>8} {'spearman':>9}")
+    print(
+        f"{'layer':<10} {'n':>3} {'top-1 GF':>9} {'best GF':>8} {'best rank':>9} {'top-1 %':>8} {'spearman':>9}"
+    )
     pct = []
     for row in resnet50_layers():
         if args.layers and row["name"] not in args.layers:
@@ -63,7 +65,9 @@ def main() -> None:
             table = pd.compile(kern, threads=args.threads, variant=have - 1).show("variants")
         costs = predicted_costs(table)
         n = len(costs)
-        ranks = list(range(min(10, n))) + sorted(pick.sample(range(10, n), min(args.random, max(0, n - 10))))
+        ranks = list(range(min(10, n))) + sorted(
+            pick.sample(range(10, n), min(args.random, max(0, n - 10)))
+        )
         cb, kb = pd.ops.channel_block(C), pd.ops.channel_block(K)
         xp = rng.standard_normal((1, C // cb, H + 2 * pad, W + 2 * pad, cb), dtype=np.float32)
         wp = rng.standard_normal((K // kb, C // cb, R, S, cb, kb), dtype=np.float32)

@@ -151,3 +151,14 @@ def test_nn_errors():
         pd.nn.matmul(rand(2, 3), rand(4, 2))
     with pytest.raises(ValueError, match="activation"):
         pd.ops.matmul(2, 2, 2, activation="gelu")
+
+
+def test_rows_coalesce_for_1x1_stride1_only():
+    one = pd.ops.conv2d(1, 32, 32, 7, 7, 1, 1, layout="nchwc").ir.bind({})
+    (c,) = find_all(one)
+    assert (c.m, c.m_inner, c.rows_per_m) == ("p", "q", 7)
+    strided = pd.ops.conv2d(1, 32, 32, 8, 8, 1, 1, stride=2, layout="nchwc").ir.bind({})
+    (c2,) = find_all(strided)
+    assert c2.m_inner is None and c2.m == "q"
+    padded = pd.ops.conv2d(1, 32, 32, 7, 7, 3, 3, padding=1, layout="nchwc").ir.bind({})
+    assert find_all(padded)[0].m_inner is None

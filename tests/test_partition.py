@@ -18,6 +18,13 @@ from polydl.partition.cost import CostModel, load_devices, parse_quantity
 from polydl.partition.pipeline import balanced_split
 from polydl.partition.plan import build_problem, make_plan
 
+
+@pytest.fixture(autouse=True)
+def _short_milp(monkeypatch):
+    """The MILP bound's time budget per problem: short here (any budget gives a valid bound)."""
+    monkeypatch.setenv("POLYDL_MILP_SECONDS", "0.2")
+
+
 PLAN_KEYS = {
     "model",
     "devices",

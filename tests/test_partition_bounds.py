@@ -10,10 +10,18 @@ import numpy as np
 import pytest
 
 from polydl.partition import Device, from_networkx, partition
-from polydl.partition.bounds import lower_bound, min_cut, window_cut_bound, work_bound
+from polydl.partition import milp as milp_module
+from polydl.partition.bounds import bounds, lower_bound, min_cut, window_cut_bound, work_bound
 from polydl.partition.cost import CostModel
+from polydl.partition.milp import milp_bound
 from polydl.partition.plan import build_problem, make_plan, stage_costs
 from polydl.partition.refine import refine
+
+
+@pytest.fixture(autouse=True)
+def _short_milp(monkeypatch):
+    """The MILP bound's time budget per problem: short here (any budget gives a valid bound)."""
+    monkeypatch.setenv("POLYDL_MILP_SECONDS", "0.2")
 
 
 def chain_graph(rng: random.Random, n: int) -> nx.DiGraph:
@@ -133,3 +141,74 @@ def test_auto_improves_on_the_contiguous_plan_and_metis_on_bert():
     metis = partition("bert-base", devices=2, algorithm="metis")
     assert auto.bottleneck_s <= metis.bottleneck_s * (1 + 1e-12)
     assert auto.bottleneck_s < auto.contiguous_optimum_s
+
+
+def general_optimum_fitting(p) -> float:
+    """Best bottleneck over every assignment that ``make_plan`` accepts (memory limits kept)."""
+    best = np.inf
+    limits = np.array([p.memory_limit(d) for d in range(p.k)])
+    for assign in itertools.product(range(p.k), repeat=p.n):
+        compute, comm, memory = stage_costs(p, np.array(assign, dtype=np.int64))
+        if np.all(memory <= limits * (1 + 1e-12)):
+            best = min(best, float((compute + comm).max()))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_milp_bound_is_valid_and_exact_when_solved(seed):
+    pytest.importorskip("scipy.optimize", reason="the MILP bound needs scipy")
+    p = small_problem(seed)
+    opt = general_optimum(p)
+    value = milp_bound(p, time_limit=60.0)
+    assert value is not None
+    assert value <= opt * (1 + 1e-9)
+    # tiny graphs are solved to optimality, and the program is exactly the planner's objective
+    assert value == pytest.approx(opt, rel=1e-5)
+    assert lower_bound(p) >= value
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_milp_bound_with_memory_limits_is_valid_and_exact(seed):
+    pytest.importorskip("scipy.optimize", reason="the MILP bound needs scipy")
+    rng = random.Random(500 + seed)
+    n, k = rng.randint(4, 6), rng.randint(2, 3)
+    g = from_networkx(chain_graph(rng, n))
+    free = build_problem(g, [Device()] * k, CostModel(mode="training"), micro_batches=2)
+    start = np.array([rng.randrange(k) for _ in range(n)], dtype=np.int64)
+    limit = max(s["peak_memory_bytes"] for s in make_plan(free, start, "x").stages)
+    devs = [Device(name=f"d{i}", memory_bytes=limit, link_bandwidth=5e8) for i in range(k)]
+    p = build_problem(g, devs, CostModel(mode="training"), micro_batches=2)
+    opt = general_optimum_fitting(p)  # finite: ``start`` fits
+    value = milp_bound(p, time_limit=60.0)
+    assert value is not None
+    assert value <= opt * (1 + 1e-9)
+    assert value == pytest.approx(opt, rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_milp_bound_under_a_tight_time_limit_stays_below_the_optimum(seed):
+    pytest.importorskip("scipy.optimize", reason="the MILP bound needs scipy")
+    p = small_problem(900 + seed, n=8)
+    for limit in (0.0, 0.01):
+        value = milp_bound(p, time_limit=limit)
+        assert value is None or value <= general_optimum(p) * (1 + 1e-9)
+
+
+def test_milp_bound_skipped_cleanly(monkeypatch):
+    p = small_problem(3)
+    assert milp_bound(p, max_nodes=p.n - 1) is None  # above the node limit
+    monkeypatch.setattr(milp_module, "milp_available", lambda: False)
+    q = small_problem(3)
+    assert milp_bound(q) is None
+    got = bounds(q)
+    assert got["milp"] is None
+    assert lower_bound(q) == max(work_bound(q), window_cut_bound(q))
+
+
+def test_milp_bound_lifts_the_bound_on_resnet50():
+    pytest.importorskip("scipy.optimize", reason="the MILP bound needs scipy")
+    plan = partition("resnet50", devices=4, algorithm="auto")
+    got = bounds(plan.problem)
+    assert got["milp"] is not None
+    assert got["milp"] <= plan.bottleneck_s
+    assert plan.lower_bound_s == max(v for v in got.values() if v is not None)

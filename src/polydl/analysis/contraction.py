@@ -101,7 +101,7 @@ class Contraction:
     a: str
     b: str
     lin: tuple[tuple[str, Linear], ...]  # "C", "A", "B" (and "bias") -> flat offsets
-    m: str
+    m: str  # the row iterator the loops step through (by whole rows of m_inner if any)
     n: str
     k: str | None  # None: rank-1 products (k = 1), every reduction iterator in the batch
     batch: tuple[str, ...]
@@ -111,6 +111,23 @@ class Contraction:
     bias: str | None
     bias_kind: str | None  # "row" | "col"
     relu: bool
+    # rows coalesced: every iteration of ``m`` covers all of ``m_inner`` (e.g. the output rows p
+    # and columns q of a 1x1 stride-1 convolution are one run of P*Q rows with one stride)
+    m_inner: str | None = None
+
+    @property
+    def row(self) -> str:
+        """The iterator whose coefficients are the row strides (``ldc``, ``lda``)."""
+        return self.m_inner or self.m
+
+    @property
+    def rows_per_m(self) -> int:
+        """Microkernel rows per iteration of ``m``."""
+        return self.extent(self.m_inner) if self.m_inner else 1
+
+    @property
+    def out_iters(self) -> set[str]:
+        return {self.m, self.n, *self.outer, *([self.m_inner] if self.m_inner else [])}
 
     def linear(self, role: str) -> Linear:
         return dict(self.lin)[role]
@@ -218,7 +235,7 @@ def find(kernel: Kernel, red: Statement) -> Contraction | None:
             bias_kind=None,
             relu=False,
         )
-        return _fold(kernel, red, found)
+        return _fold(kernel, red, _coalesce_rows(found))
     return None
 
 
@@ -242,12 +259,32 @@ def _roles(iters, lc: Linear, la: Linear, lb: Linear, box):
     return m_it, n_it, k_it, batch, outer
 
 
+def _coalesce_rows(c: Contraction) -> Contraction:
+    """Fuse an outer row iterator ``u`` above ``m`` when ``(u, m)`` is one run of rows:
+    ``coef(u) == extent(m) * coef(m)`` in both C and A (and ``u`` not in B)."""
+    from dataclasses import replace
+
+    lc, la, lb = c.linear("C"), c.linear("A"), c.linear("B")
+    ext = c.extent(c.m)
+    if c.lo(c.m) != 0:
+        return c
+    for u in c.outer:
+        if (
+            lb.coef(u) == 0
+            and lc.coef(u) == ext * lc.coef(c.m) != 0
+            and la.coef(u) == ext * la.coef(c.m) != 0
+        ):
+            outer = tuple(v for v in c.outer if v != u)
+            return replace(c, m=u, m_inner=c.m, outer=outer)
+    return c
+
+
 def _fold(kernel: Kernel, red: Statement, c: Contraction) -> Contraction:
     from dataclasses import replace
 
     stmts = list(kernel.statements)
     i = stmts.index(red)
-    out_iters = {c.m, c.n, *c.outer}
+    out_iters = c.out_iters
     init = stmts[i - 1] if i > 0 else None
     if (
         init is not None
@@ -268,11 +305,11 @@ def _fold(kernel: Kernel, red: Statement, c: Contraction) -> Contraction:
                 if lbias is not None and kernel.arg(bias.tensor).dtype == "f32":
                     # per column (n) or per row (m); other iterators only move the origin
                     co = dict(lbias.coefs)
-                    if not set(co) <= {c.m, c.n, *c.outer}:
+                    if not set(co) <= c.out_iters:
                         co = {}
-                    if co.get(c.n) == 1 and c.m not in co:
+                    if co.get(c.n) == 1 and c.m not in co and c.row not in co:
                         kind = "col"
-                    elif co.get(c.m) == 1 and c.n not in co:
+                    elif co.get(c.row) == 1 and c.n not in co and c.m_inner is None:
                         kind = "row"
                 if kind is None:
                     return c

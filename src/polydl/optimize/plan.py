@@ -37,6 +37,8 @@ def n_blocks(c: Contraction, lanes: int) -> list[int]:
 
 def m_blocks(c: Contraction) -> list[int]:
     ext = c.extent(c.m)
+    if c.rows_per_m > 1:
+        return [max(1, min(ext, 112 // c.rows_per_m))]
     cands = {min(ext, b) for b in (ext, 64, 28, 16)} if ext > 64 else {ext}
     return sorted(cands, reverse=True)
 
@@ -46,12 +48,12 @@ def config_ok(c: Contraction, plan: BlockPlan) -> bool:
     lc, la, lb = c.linear("C"), c.linear("A"), c.linear("B")
     try:
         BrgemmConfig(
-            m=min(plan.bm, c.extent(c.m)),
+            m=min(plan.bm, c.extent(c.m)) * c.rows_per_m,
             n=min(plan.bn, c.extent(c.n)),
             k=plan.bk,
-            lda=la.coef(c.m),
+            lda=la.coef(c.row),
             ldb=lb.coef(c.k) if c.k else min(plan.bn, c.extent(c.n)),
-            ldc=lc.coef(c.m),
+            ldc=lc.coef(c.row),
         )
     except PolyDLError:
         return False
@@ -91,9 +93,12 @@ def default_plan(c: Contraction, lanes: int) -> BlockPlan | None:
 def micro_blocks(c: Contraction, lanes: int) -> tuple[int, int, int]:
     """(bm, bn, bk) of one call: columns two vectors wide when the extent allows (one register
     tile row of the microkernel), up to 64 rows, the largest reduction block <= MAX_BK."""
-    ext_m, ext_n = c.extent(c.m), c.extent(c.n)
+    ext_m, ext_n, rows = c.extent(c.m), c.extent(c.n), c.rows_per_m
     bn = ext_n if ext_n <= 4 * lanes else 2 * lanes
-    bm = ext_m if ext_m <= 128 else 64
+    if rows > 1:  # coalesced rows: whole runs of m_inner, about 100 rows per call
+        bm = max(1, min(ext_m, 112 // rows))
+    else:
+        bm = ext_m if ext_m <= 128 else 64
     return bm, bn, k_blocks(c)[0]
 
 
@@ -106,7 +111,8 @@ def ranked(kernel, c: Contraction, *, target, threads: int, top: int = 10):
     from .search import rank
 
     bm, bn, bk = micro_blocks(c, target.lanes())
-    micro = {c.m: bm, c.n: bn, **{v: c.extent(v) for v in (*c.batch, *([c.k] if c.k else []))}}
+    covered = (*c.batch, *([c.k] if c.k else []), *([c.m_inner] if c.m_inner else []))
+    micro = {c.m: bm, c.n: bn, **{v: c.extent(v) for v in covered}}
     tileable: dict[str, list[int]] = {}
     for v, b in ((c.m, bm), (c.n, bn), *((v, 1) for v in c.outer)):
         ext = c.extent(v)

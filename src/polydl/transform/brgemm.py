@@ -86,8 +86,9 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
     if ext_k % plan.bk:
         raise ValueError(f"bk={plan.bk} must divide the k extent {ext_k}")
     lc, la, lb = c.linear("C"), c.linear("A"), c.linear("B")
-    reduction = [v for v in red.iterators if v not in plan.order]
-    at_lo = {v: Int(value=c.lo(v)) for v in reduction}
+    reduction = [v for v in red.iterators if v not in plan.order and v != c.m_inner]
+    covered = [*reduction, *([c.m_inner] if c.m_inner else [])]  # inside one call
+    at_lo = {v: Int(value=c.lo(v)) for v in covered}
 
     # batch offsets, relative to the block origin (reduction iterators at their lower bounds)
     ranges = []
@@ -122,12 +123,12 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
             f"[{', '.join(dims)}] }}"
         )
         micro = Micro(
-            m=m_size,
+            m=m_size * c.rows_per_m,
             n=n_size,
             k=plan.bk,
-            lda=la.coef(c.m),
+            lda=la.coef(c.row),
             ldb=lb.coef(c.k) if c.k else n_size,
-            ldc=lc.coef(c.m),
+            ldc=lc.coef(c.row),
             beta=0 if c.init else 1,
             alpha=c.alpha,
             a=c.a,
@@ -135,12 +136,12 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
             c=c.c,
             a_origin=la.expr(at_lo),
             b_origin=lb.expr(at_lo),
-            c_origin=lc.expr(),
+            c_origin=lc.expr(at_lo),
             a_offsets=tuple(a_offs),
             b_offsets=tuple(b_offs),
             bias=c.bias,
             bias_kind=c.bias_kind,
-            bias_origin=c.linear("bias").expr() if c.bias else None,
+            bias_origin=c.linear("bias").expr(at_lo) if c.bias else None,
             relu=c.relu,
         )
         texts = [kernel.statement(s).source for s in (c.init, c.stmt, c.epilogue) if s]
