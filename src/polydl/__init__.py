@@ -7,6 +7,7 @@ from .dsl.intrinsics import exp, sigmoid, sqrt, tanh
 from .dsl.kernel import kernel
 from .dsl.types import f32, f64
 from .errors import BoundsError, DSLError, PolyDLError, TargetError
+from .optimize.target import Target
 from .partition import partition
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "tanh",
     "sigmoid",
     "CompiledKernel",
+    "Target",
     "PolyDLError",
     "DSLError",
     "BoundsError",
