@@ -120,7 +120,7 @@ def test_resnet50_layers_shrunk(layer):
     # shrink: channels at most 64, spatial 9x9 (11x11 for the 7x7 filter), keep everything else
     C, K = min(C, 64), min(K, 48)
     H = W = 11 if R == 7 else 9
-    for batch, threads in ((1, 2), (3, 1)):
+    for batch, threads in ((1, 1), (1, 2), (3, 1), (3, 2)):
         x, w, b = rand(batch, C, H, W), rand(K, C, R, S), rand(K)
         y = pd.nn.conv2d(x, w, bias=b, stride=st, padding=pad, activation="relu", threads=threads)
         np.testing.assert_allclose(y, conv_ref(x, w, b, st, pad, True), rtol=2e-4, atol=2e-4)
