@@ -21,7 +21,7 @@ from polydl.partition.refine import refine
 @pytest.fixture(autouse=True)
 def _short_milp(monkeypatch):
     """The MILP bound's time budget per problem: short here (any budget gives a valid bound)."""
-    monkeypatch.setenv("POLYDL_MILP_SECONDS", "0.2")
+    monkeypatch.setenv("POLYDL_MILP_SECONDS", "0.05")
 
 
 def chain_graph(rng: random.Random, n: int) -> nx.DiGraph:
