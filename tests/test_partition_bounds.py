@@ -164,7 +164,6 @@ def test_milp_bound_is_valid_and_exact_when_solved(seed):
     assert value <= opt * (1 + 1e-9)
     # tiny graphs are solved to optimality, and the program is exactly the planner's objective
     assert value == pytest.approx(opt, rel=1e-5)
-    assert lower_bound(p) >= value
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -205,8 +204,9 @@ def test_milp_bound_skipped_cleanly(monkeypatch):
     assert lower_bound(q) == max(work_bound(q), window_cut_bound(q))
 
 
-def test_milp_bound_lifts_the_bound_on_resnet50():
+def test_milp_bound_lifts_the_bound_on_resnet50(monkeypatch):
     pytest.importorskip("scipy.optimize", reason="the MILP bound needs scipy")
+    monkeypatch.setenv("POLYDL_MILP_SECONDS", "1")
     plan = partition("resnet50", devices=4, algorithm="auto")
     got = bounds(plan.problem)
     assert got["milp"] is not None
