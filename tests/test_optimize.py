@@ -162,3 +162,38 @@ def test_rows_coalesce_for_1x1_stride1_only():
     assert c2.m_inner is None and c2.m == "q"
     padded = pd.ops.conv2d(1, 32, 32, 7, 7, 3, 3, padding=1, layout="nchwc").ir.bind({})
     assert find_all(padded)[0].m_inner is None
+
+
+@pd.kernel
+def gemm_runtime_alpha(
+    C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"], alpha: pd.f32
+):
+    for i in range(M):
+        for j in range(N):
+            for k in range(K):
+                C[i, j] += alpha * A[i, k] * B[k, j]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_runtime_alpha_gemm_becomes_brgemm(threads):
+    M, N, K = 23, 70, 31
+    A, B, C = rand(M, K), rand(K, N), rand(M, N)
+    k = pd.compile(gemm_runtime_alpha, M=M, N=N, K=K, threads=threads)
+    assert [s.micro.alpha_arg for s in micro_statements(k)] == ["alpha"] * len(micro_statements(k))
+    for alpha in (1.5, -0.25):
+        mine = C.copy()
+        k(mine, A, B, alpha)
+        np.testing.assert_allclose(
+            mine, C + alpha * (A.astype(np.float64) @ B), rtol=1e-4, atol=1e-4
+        )
+
+
+def test_brgemm_runtime_alpha_kernel_against_twin():
+    from polydl.kernels import BrgemmConfig, compile_brgemm, reference
+
+    cfg = BrgemmConfig(m=7, n=19, k=5, beta=1, form="stride", alpha_arg=True, bias="col")
+    kern = compile_brgemm(cfg)
+    a, b, c, bias = rand(3 * 7 * 5), rand(3 * 5 * 19), rand(7 * 19), rand(19)
+    want = reference(cfg, a, b, c, batch=3, bias=bias, alpha=-0.5)
+    kern(a, b, c, batch=3, bias=bias, alpha=-0.5)
+    np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..ir import poly
-from ..ir.nodes import BinOp, Expr, IExpr, Int, IntOp, Kernel, Load, Num, Statement, Var
+from ..ir.nodes import Arg, BinOp, Expr, IExpr, Int, IntOp, Kernel, Load, Num, Statement, Var
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +108,7 @@ class Contraction:
     outer: tuple[str, ...]
     extents: tuple[tuple[str, tuple[int, int]], ...]  # iterator -> (lo, hi) inclusive
     alpha: float
+    alpha_arg: str | None  # a scalar argument multiplying the products (run-time alpha)
     bias: str | None
     bias_kind: str | None  # "row" | "col"
     relu: bool
@@ -194,16 +195,18 @@ def find(kernel: Kernel, red: Statement) -> Contraction | None:
     if factors is None:
         return None
     loads = [f for f in factors if isinstance(f, Load)]
-    scal = [f for f in factors if not isinstance(f, Load)]
-    if len(loads) != 2 or not all(isinstance(f, Num) for f in scal):
+    nums = [f for f in factors if isinstance(f, Num)]
+    args = [f for f in factors if isinstance(f, Arg)]
+    if len(loads) != 2 or len(args) > 1 or len(loads) + len(nums) + len(args) != len(factors):
         return None
     if any(ld.tensor == red.target.tensor for ld in loads):
         return None
     if any(kernel.arg(x.tensor).dtype != "f32" for x in (*loads, red.target)):
         return None
     alpha = 1.0
-    for f in scal:
-        alpha *= f.value  # type: ignore[union-attr]
+    for f in nums:
+        alpha *= f.value
+    alpha_arg = args[0].name if args else None
     box = _box(kernel, red)
     if box is None:
         return None
@@ -231,6 +234,7 @@ def find(kernel: Kernel, red: Statement) -> Contraction | None:
             outer=outer,
             extents=tuple(box.items()),
             alpha=alpha,
+            alpha_arg=alpha_arg,
             bias=None,
             bias_kind=None,
             relu=False,

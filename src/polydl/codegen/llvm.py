@@ -368,6 +368,7 @@ class ModuleEmitter:
             bias=mk.bias_kind,
             relu=mk.relu,
             isa=self.isa,
+            alpha_arg=mk.alpha_arg is not None,
         ).normalized()
         sym = self.micro_symbols.get(cfg)
         if sym is None:
@@ -384,6 +385,10 @@ class ModuleEmitter:
         args += [f"ptr {self.offset_table(mk.a_offsets)}", f"ptr {self.offset_table(mk.b_offsets)}"]
         if mk.bias is not None:
             args.append(f"ptr {self.flat_pointer(mk.bias, mk.bias_origin, env, code)}")
+        if mk.alpha_arg is not None:
+            args.append(
+                f"float {self.convert(f'%s.{mk.alpha_arg}', self.k.arg(mk.alpha_arg).dtype, 'f32', code)}"
+            )
         code.append(f"  call void @{sym}({', '.join(args)})")
         return "\n".join(x for x in code if x)
 

@@ -195,6 +195,7 @@ class Micro:
     bias_kind: str | None = None
     bias_origin: IExpr | None = None
     relu: bool = False
+    alpha_arg: str | None = None  # scalar argument multiplying the products, at run time
 
     def __str__(self) -> str:
         epi = "".join(

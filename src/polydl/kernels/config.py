@@ -10,7 +10,8 @@ Layout convention (the optimiser relies on it). Everything is float32 and row-ma
 
     C[i, j] = relu( beta*C[i, j] + alpha * sum_b sum_p A_b[i, p] * B_b[p, j] + bias )
 
-where ``bias`` is ``bias[i]`` (``bias="row"``) or ``bias[j]`` (``bias="col"``), and the ReLU and
+(``alpha`` is a compile-time constant, or with ``alpha_arg=True`` a trailing ``float alpha``
+parameter of the kernel) where ``bias`` is ``bias[i]`` (``bias="row"``) or ``bias[j]`` (``bias="col"``), and the ReLU and
 bias are applied only when configured, once, at the final store. The three batch forms of LIBXSMM
 say where ``A_b`` and ``B_b`` are:
 
@@ -57,6 +58,7 @@ class BrgemmConfig:
     bias: BiasKind = None
     relu: bool = False
     isa: str | None = None
+    alpha_arg: bool = False  # alpha comes at run time, as a trailing float parameter
 
     def __post_init__(self) -> None:
         for name in ("m", "n", "k"):

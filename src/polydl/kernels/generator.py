@@ -84,6 +84,9 @@ def _params(cfg: BrgemmConfig) -> tuple[str, str]:
     if cfg.bias is not None:
         ir.append("ptr %bias")
         c.append("const float *bias")
+    if cfg.alpha_arg:
+        ir.append("float %alpha")
+        c.append("float alpha")
     return ", ".join(ir), ", ".join(c)
 
 
@@ -105,7 +108,7 @@ def _float_lit(x: float) -> str:
 def _stages(cfg: BrgemmConfig) -> list[str]:
     """Store-time stages in order: alpha, beta, bias, ReLU (macros of common/epilogue.ll.j2)."""
     stages = []
-    if cfg.alpha != 1.0:
+    if cfg.alpha != 1.0 or cfg.alpha_arg:
         stages.append("alpha")
     if cfg.beta == 1:
         stages.append("beta")
@@ -202,7 +205,15 @@ def generate(
         "form": cfg.form,
         "stride_a": cfg.stride_a,
         "stride_b": cfg.stride_b,
-        "alpha_splat": _vec_const("float", [_float_lit(cfg.alpha)] * v),
+        "alpha_splat": "%alpha.splat"
+        if cfg.alpha_arg
+        else _vec_const("float", [_float_lit(cfg.alpha)] * v),
+        "prologue": [
+            f"%alpha.ins = insertelement {vty} poison, float %alpha, i64 0",
+            f"%alpha.splat = shufflevector {vty} %alpha.ins, {vty} poison, <{v} x i32> zeroinitializer",
+        ]
+        if cfg.alpha_arg
+        else [],
         "neg_zero": _vec_const("float", ["-0.0"] * v),
         "stages": _stages(cfg),
         "counters": counters,

@@ -51,8 +51,10 @@ def reference(
     a_offsets: np.ndarray | None = None,
     b_offsets: np.ndarray | None = None,
     bias: np.ndarray | None = None,
+    alpha: float | None = None,
 ) -> np.ndarray:
-    """What the kernel leaves in ``c`` (a new array; ``c`` itself is not changed)."""
+    """What the kernel leaves in ``c`` (a new array; ``c`` itself is not changed); ``alpha`` is
+    the run-time alpha of an ``alpha_arg`` kernel."""
     n = cfg.normalized()
     if batch is None:
         batch = len(a_offsets) if n.form == "offset" else len(a)
@@ -62,7 +64,7 @@ def reference(
     out = c.copy()
     flat = out.reshape(-1)
     idx = np.arange(n.m)[:, None] * n.ldc + np.arange(n.n)[None, :]
-    res = n.alpha * acc
+    res = (float(np.float32(alpha)) if n.alpha_arg else n.alpha) * acc
     if n.beta == 1:
         res = res + flat[idx].astype(np.float64)
     if n.bias == "row":

@@ -77,6 +77,8 @@ def _argtypes(cfg: BrgemmConfig) -> list:
         args += [ctypes.c_void_p, ctypes.c_void_p]
     if cfg.bias is not None:
         args.append(ctypes.c_void_p)
+    if cfg.alpha_arg:
+        args.append(ctypes.c_float)
     return args
 
 
@@ -122,6 +124,7 @@ class BrgemmKernel:
         a_offsets: np.ndarray | None = None,
         b_offsets: np.ndarray | None = None,
         bias: np.ndarray | None = None,
+        alpha: float | None = None,
     ) -> np.ndarray:
         """Run the kernel in place on ``c`` and return it. By form: ``stride`` takes flat buffers
         ``a``, ``b`` and ``batch``; ``offset`` takes buffers and int64 ``a_offsets``/``b_offsets``;
@@ -159,6 +162,12 @@ class BrgemmKernel:
             args.append(_f32(bias, "bias", cfg.m if cfg.bias == "row" else cfg.n).ctypes.data)
         elif bias is not None:
             raise PolyDLError("BRGEMM configured without bias got bias=")
+        if cfg.alpha_arg:
+            if alpha is None:
+                raise PolyDLError("BRGEMM configured with alpha_arg=True needs alpha=")
+            args.append(float(alpha))
+        elif alpha is not None:
+            raise PolyDLError("BRGEMM with a compile-time alpha got alpha=")
         self._fn(*args)
         del keep
         return c

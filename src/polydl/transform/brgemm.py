@@ -131,6 +131,7 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
             ldc=lc.coef(c.row),
             beta=0 if c.init else 1,
             alpha=c.alpha,
+            alpha_arg=c.alpha_arg,
             a=c.a,
             b=c.b,
             c=c.c,
