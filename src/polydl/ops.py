@@ -23,6 +23,7 @@ import linecache
 import textwrap
 
 _ids = itertools.count()
+TILE = 16  # the packing kernels transpose tiles of TILE pixels x one channel block
 
 
 def _pair(v, what: str) -> tuple[int, int]:
@@ -95,6 +96,7 @@ def conv_shape(H: int, W: int, R: int, S: int, stride, padding) -> tuple[int, in
     return P, Q
 
 
+@functools.cache
 def default_block() -> int:
     """Channels per block of the blocked layouts on this host: two vector registers of f32
     (16 with AVX2, 32 with AVX-512): one microkernel row is then two vectors wide."""
@@ -193,7 +195,8 @@ def conv2d(
 @functools.cache
 def pack_input(N: int, C: int, H: int, W: int, padding=0, block: int | None = None):
     """NCHW ``X`` -> blocked ``Xp[N, C/cb, H+2ph, W+2pw, cb]``; the border is left as it is
-    (pass a zeroed ``Xp``). Arguments ``(Xp, X)``."""
+    (pass a zeroed ``Xp``). Arguments ``(Xp, X)``. Tiles of TILE pixels x cb channels are
+    transposed one at a time, so reads and writes both stay within a few cache lines."""
     ph, pw = _pair(padding, "padding")
     cb = channel_block(C, block)
     src = f"""
@@ -201,9 +204,10 @@ def pack_input(N: int, C: int, H: int, W: int, padding=0, block: int | None = No
         for n in range({N}):
             for c in range({C // cb}):
                 for h in range({H}):
-                    for w in range({W}):
+                    for w0 in range(0, {W}, {TILE}):
                         for v in range({cb}):
-                            Xp[n, c, h + {ph}, w + {pw}, v] = X[n, {cb} * c + v, h, w]
+                            for w in range(w0, min(w0 + {TILE}, {W})):
+                                Xp[n, c, h + {ph}, w + {pw}, v] = X[n, {cb} * c + v, h, w]
     """
     return _define("pack_input", src)
 
@@ -233,9 +237,10 @@ def unpack_output(N: int, K: int, P: int, Q: int, block: int | None = None):
     def unpack_output(Y: pd.f32[{N}, {K}, {P}, {Q}], Op: pd.f32[{N}, {K // kb}, {P}, {Q}, {kb}]):
         for n in range({N}):
             for k in range({K // kb}):
-                for v in range({kb}):
-                    for p in range({P}):
-                        for q in range({Q}):
-                            Y[n, {kb} * k + v, p, q] = Op[n, k, p, q, v]
+                for p in range({P}):
+                    for q0 in range(0, {Q}, {TILE}):
+                        for v in range({kb}):
+                            for q in range(q0, min(q0 + {TILE}, {Q})):
+                                Y[n, {kb} * k + v, p, q] = Op[n, k, p, q, v]
     """
     return _define("unpack_output", src)
