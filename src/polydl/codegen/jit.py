@@ -153,25 +153,27 @@ class JitModule:
         return self._asm
 
 
+def _prepared(ir: str, cpu: str, features: str, name: str, *, jit: bool):
+    """A verified module optimised at O3 for ``cpu``, with its target machine (hold _lock)."""
+    tm = _target_machine(cpu, features, jit=jit)
+    mod = _parse(ir, name)
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    _optimise(mod, tm)
+    return tm, mod
+
+
 def emit_asm(ir: str, *, cpu: str, features: str = "", name: str = "module") -> str:
     """Optimise and print assembly for any LLVM CPU, without running anything."""
     with _lock:
-        tm = _target_machine(cpu, features, jit=False)
-        mod = _parse(ir, name)
-        mod.triple = tm.triple
-        mod.data_layout = str(tm.target_data)
-        _optimise(mod, tm)
+        tm, mod = _prepared(ir, cpu, features, name, jit=False)
         return tm.emit_assembly(mod)
 
 
 def optimized_ir(ir: str, *, cpu: str, features: str = "", name: str = "module") -> str:
+    """The module after verification and O3 for ``cpu`` (what ``show("llvm-opt")`` prints)."""
     with _lock:
-        tm = _target_machine(cpu, features, jit=False)
-        mod = _parse(ir, name)
-        mod.triple = tm.triple
-        mod.data_layout = str(tm.target_data)
-        _optimise(mod, tm)
-        return str(mod)
+        return str(_prepared(ir, cpu, features, name, jit=False)[1])
 
 
 def build(ir: str, *, target: str | None = None, name: str = "module") -> JitModule:
@@ -181,11 +183,7 @@ def build(ir: str, *, target: str | None = None, name: str = "module") -> JitMod
     if gomp_available():
         load_gomp()
     with _lock:
-        tm = _target_machine(cpu, features, jit=True)
-        mod = _parse(ir, name)
-        mod.triple = tm.triple
-        mod.data_layout = str(tm.target_data)
-        _optimise(mod, tm)
+        tm, mod = _prepared(ir, cpu, features, name, jit=True)
         opt = str(mod)
         engine = llvm.create_mcjit_compiler(mod, tm)
         engine.finalize_object()

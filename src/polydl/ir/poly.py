@@ -597,33 +597,6 @@ def to_text(obj) -> str:
     return obj.to_str()
 
 
-def isl_iexpr(e) -> str:
-    """isl text of an index expression that isl's parser accepts for ``//`` and ``%``.
-
-    (isl rejects a parenthesised divisor such as ``floor((N)/(2))``: the divisor is written bare.)
-    """
-    if isinstance(e, Int):
-        return str(e.value)
-    if isinstance(e, Var):
-        return e.name
-    a, b = isl_iexpr(e.a), isl_iexpr(e.b)
-    match e.op:
-        case "+" | "-" | "*":
-            return f"({a} {e.op} {b})"
-        case "//":
-            return f"floor(({a})/{b})"
-        case "%":
-            return f"(({a}) mod {b})"
-        case "min" | "max":
-            return f"{e.op}({a}, {b})"
-    raise ValueError(f"unknown integer op {e.op!r}")
-
-
-def access_map(kernel: Kernel, stmt: Statement, load: Load) -> Map:
-    """Like :func:`access`, with index texts from :func:`isl_iexpr` (``//`` and ``%`` work)."""
-    idx = ", ".join(isl_iexpr(e) for e in load.index)
-    text = (
-        f"{params_text(kernel.sizes)} -> {{ {stmt.name}[{', '.join(stmt.iterators)}] -> "
-        f"{load.tensor}[{idx}] }}"
-    )
-    return _with_context(Map(text), kernel).intersect_domain(domain(kernel, stmt))
+# Aliases kept for the front end and analyses: ``iexpr`` and ``access`` handle ``//``, ``%``.
+isl_iexpr = iexpr
+access_map = access
