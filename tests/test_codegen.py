@@ -242,3 +242,15 @@ def test_several_nests_and_intrinsics(threads):
     z = np.tanh(y) * 0.5 + 1 / (1 + np.exp(x)) / 2 + np.minimum(x, 0.25)
     z[1::2] *= 3.0
     np.testing.assert_allclose(out["Z"], z, rtol=1e-5, atol=1e-5)
+
+
+def test_poorly_balanced_parallel_loop_is_collapsed():
+    # 3 batches on 2 threads: the batch loop and the row loop run as one loop of 3*5 iterations
+    import re
+
+    k = pd.compile(bmm, Bt=3, M=5, N=7, K=11, threads=2, optimize=False)
+    assert re.search(r"; for c\d+_c\d+", k.show("llvm"))
+    A, B = rand(3, 5, 11), rand(3, 11, 7)
+    C = np.zeros((3, 5, 7), np.float32)
+    k(C, A, B)
+    np.testing.assert_allclose(C, A @ B, rtol=1e-4, atol=1e-4)

@@ -204,14 +204,20 @@ class ModuleEmitter:
 
     def node(self, n: L.Node, fn: _Fn, path: list[str], in_parallel: bool) -> str:
         if isinstance(n, L.For):
-            if self.parallel and n.parallel and not in_parallel and self.worth_threads(n):
-                return self.parallel_for(n, fn, path)
+            if self.parallel and n.parallel and not in_parallel:
+                n = self.collapsed(n)
+                if self.worth_threads(n):
+                    return self.parallel_for(n, fn, path)
             fn.allocas.add(n.var)
             init = self.int_code(n.init, {})
             body = self.nodes(n.body, fn, [*path, n.var], in_parallel)
             cond = self.cond_code(n.cond)
             lid = self.label("L")
             return _control().for_loop(lid, n.var, init, cond, n.step, body)
+        if isinstance(n, L.Assign):
+            fn.allocas.add(n.var)
+            val = self.int_code(n.value, {})
+            return f"{val.code}\n  store i64 {val.value}, ptr %{n.var}.addr"
         if isinstance(n, L.If):
             cond = self.cond_code(n.cond)
             then = self.nodes(n.then, fn, path, in_parallel)
@@ -227,6 +233,17 @@ class ModuleEmitter:
         if lo_c is None or hi_c is None:
             return None
         return max(0, -(-(hi_c - lo_c) // n.step))
+
+    def collapsed(self, n: L.For) -> L.For:
+        """``n`` and the parallel loop right inside it as one loop, when both have constant
+        trip counts and the outer one alone would balance poorly over the threads."""
+        if len(n.body) != 1 or not isinstance(n.body[0], L.For) or not n.body[0].parallel:
+            return n
+        inner = n.body[0]
+        t1, t2 = self.trips(n), self.trips(inner)
+        if t1 is None or t2 is None or (t1 % self.threads == 0 and t1 >= self.threads):
+            return n
+        return L.collapse(n, inner, t1, t2)
 
     def worth_threads(self, n: L.For) -> bool:
         """Thread this loop, or leave it to a parallel loop inside with better balance?"""

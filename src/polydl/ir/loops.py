@@ -74,7 +74,37 @@ class If:
     orelse: tuple[Node, ...] = ()
 
 
-Node = For | If | Call
+@dataclass(frozen=True, kw_only=True)
+class Assign:
+    """``var = value`` for the nodes that follow (made by collapsing loops)."""
+
+    var: str
+    value: IExpr
+
+
+Node = For | If | Call | Assign
+
+
+def collapse(outer: For, inner: For, trips_outer: int, trips_inner: int) -> For:
+    """One loop over ``outer x inner`` (a perfect nest of constant trip counts): its iterator
+    ``t`` runs over ``trips_outer * trips_inner`` and the two iterators are recomputed from it.
+
+    Before: ``for i in [lo1, ...) step s1: for j in [lo2, ...) step s2: body``
+    After:  ``for t in [0, T1*T2): i = lo1 + (t // T2)*s1; j = lo2 + (t % T2)*s2; body``
+    """
+    t = Var(name=f"{outer.var}_{inner.var}")
+    mul = lambda e, k: e if k == 1 else IntOp(op="*", a=e, b=Int(value=k))  # noqa: E731
+    i = IntOp(op="+", a=outer.init, b=mul(IntOp(op="//", a=t, b=Int(value=trips_inner)), outer.step))
+    j = IntOp(op="+", a=inner.init, b=mul(IntOp(op="%", a=t, b=Int(value=trips_inner)), inner.step))
+    return For(
+        var=t.name,
+        dim=outer.dim,
+        init=Int(value=0),
+        cond=Cmp(op="<", a=t, b=Int(value=trips_outer * trips_inner)),
+        step=1,
+        body=(Assign(var=outer.var, value=i), Assign(var=inner.var, value=j), *inner.body),
+        parallel=True,
+    )
 
 
 def walk(nodes: tuple[Node, ...]) -> Iterator[Node]:
@@ -107,6 +137,8 @@ def to_c(nodes: tuple[Node, ...], stmt_text: dict[str, str] | None = None, inden
                 out.append(f"{pad}}} else {{")
                 out.append(to_c(n.orelse, stmt_text, indent + 1))
             out.append(f"{pad}}}")
+        elif isinstance(n, Assign):
+            out.append(f"{pad}int {n.var} = {n.value};")
         else:
             call = f"{n.stmt}({', '.join(map(str, n.args))});"
             if stmt_text and n.stmt in stmt_text:
