@@ -53,6 +53,9 @@ class Target:
     cores: int
     byte_costs: tuple[float, ...]  # relative cost of a byte from each cache, then from memory
     peak_gflops: float | None = None  # per core, fp32, when known
+    # share of a cache a working set may fill and still be counted as staying there (LRU with
+    # streaming neighbours, conflict misses and the other tensors keep the rest busy)
+    utilization: float = 1.0
 
     def __post_init__(self) -> None:
         if self.isa not in ISAS:
@@ -87,7 +90,7 @@ class Target:
     def fit(self, nbytes: int, threads: int = 1) -> Cache | None:
         """The smallest cache that holds ``nbytes`` (None: only memory does)."""
         for c in self.caches:
-            if nbytes <= self.capacity(c, threads):
+            if nbytes <= self.capacity(c, threads) * self.utilization:
                 return c
         return None
 
