@@ -16,6 +16,15 @@ from ..kernels import BrgemmConfig
 from ..transform.brgemm import BlockPlan
 
 MAX_BK = 64
+# reduction extents of one call offered when k is split (the multiples of bk that divide the k
+# extent nearest to these, at least half of one): the A block (bm x kc) and the B block
+# (kc x bn) of one call then stay in L2 while the loops around reuse them
+KC_TARGETS = (256,)
+# the whole k extent in one call only up to this (a longer one is always split): longer panels of strided rows (lda, ldb a
+# multiple of 4 KiB is common) miss in L1 and the TLB in ways the cost model does not see;
+# measured on Ice Lake (single core): 1024^3 and 2048^3 run 1.3-1.8x faster with kc = 256
+# than whole, 512^3 about 5-10% faster, K = 576 the same
+KC_WHOLE_MAX = 256
 
 
 def k_blocks(c: Contraction) -> list[int]:
@@ -90,29 +99,58 @@ def default_plan(c: Contraction, lanes: int) -> BlockPlan | None:
     return first
 
 
+# Register tiles of the microkernels (``kernels/isa.py`` ``plan``), by vector width:
+# (rows of a tile, widest efficient tile in columns). AVX-512: 6x64 (12x32 when n = 32);
+# AVX2: 6x16; generic: 6x8.
+TILES = {16: (6, 64), 8: (6, 16), 4: (6, 8)}
+MAX_BM = 96  # rows of one call: 16 tiles of 6 rows (8 of 12)
+
+
 def micro_blocks(c: Contraction, lanes: int) -> tuple[int, int, int]:
-    """(bm, bn, bk) of one call: columns two vectors wide when the extent allows (one register
-    tile row of the microkernel), up to 64 rows, the largest reduction block <= MAX_BK."""
+    """(bm, bn, bk) of one call: columns a multiple of the widest efficient register tile of the
+    ISA (the whole extent when it is at most that wide), rows a multiple of the tile rows (the
+    whole extent up to 128), the largest reduction block <= MAX_BK."""
     ext_m, ext_n, rows = c.extent(c.m), c.extent(c.n), c.rows_per_m
-    bn = ext_n if ext_n <= 4 * lanes else 2 * lanes
+    mr, nr = TILES.get(lanes, (6, 2 * lanes))
+    bn = ext_n if ext_n <= max(nr, 4 * lanes) else nr
     if rows > 1:  # coalesced rows: whole runs of m_inner, about 100 rows per call
         bm = max(1, min(ext_m, 112 // rows))
     else:
-        bm = ext_m if ext_m <= 128 else 64
+        bm = ext_m if ext_m <= 128 else MAX_BM - MAX_BM % mr
     return bm, bn, k_blocks(c)[0]
+
+
+def k_tiles(c: Contraction, bk: int) -> list[int]:
+    """Reduction extents of one call (``kc``), largest first: the whole k extent when it is at
+    most :data:`KC_WHOLE_MAX` (or when nothing else divides it), else the multiples of ``bk``
+    dividing it nearest to :data:`KC_TARGETS` (at least half a target); a loop over k then
+    steps the call's origin."""
+    if c.k is None:
+        return []
+    ext = c.extent(c.k)
+    if ext <= KC_WHOLE_MAX:
+        return [ext]
+    divs = [d for d in range(bk, ext, bk) if ext % d == 0 and 2 * d >= min(KC_TARGETS)]
+    picked = {min(divs, key=lambda d: (abs(d - t), d)) for t in KC_TARGETS} if divs else set()
+    return sorted(picked or {ext}, reverse=True)
 
 
 def ranked(kernel, c: Contraction, *, target, threads: int, top: int = 10):
     """The contraction's variants ranked by the cost model: ``[(Variant, BlockPlan), ...]``.
 
-    One microkernel call covers ``bm`` rows, ``bn`` columns and the whole reduction; the
-    search orders and tiles the loops around it (``optimize/search.py``) and keeps legal ones.
+    One microkernel call covers ``bm`` rows, ``bn`` columns and ``kc`` of the reduction (every
+    batch iterator whole); the search orders and tiles the loops around it
+    (``optimize/search.py``) and keeps legal ones. Each ``kc`` of :func:`k_tiles` is ranked
+    (the whole extent: no loop over k; a smaller one: a point loop over k that the search
+    orders like the others, e.g. ``j/64 k/256 i/64 | micro``) and the variants are merged by
+    cost. A loop over k is legal in any position for the reduction (the search relaxes its
+    self-dependences) and for the folded init and epilogue too, because the lowering sets
+    ``beta`` and the epilogue per k tile; it is never parallel (k is not a free iterator).
     """
-    from .search import rank
+    from .search import _key, rank
 
     bm, bn, bk = micro_blocks(c, target.lanes())
-    covered = (*c.batch, *([c.k] if c.k else []), *([c.m_inner] if c.m_inner else []))
-    micro = {c.m: bm, c.n: bn, **{v: c.extent(v) for v in covered}}
+    covered = (*c.batch, *([c.m_inner] if c.m_inner else []))
     tileable: dict[str, list[int]] = {}
     for v, b in ((c.m, bm), (c.n, bn), *((v, 1) for v in c.outer)):
         ext = c.extent(v)
@@ -120,10 +158,19 @@ def ranked(kernel, c: Contraction, *, target, threads: int, top: int = 10):
             {b * f for f in (2, 4, 8, 16) if b * f < ext}
             | ({ext // 2} if b == 1 and ext >= 4 else set())
         )
+    found = []
+    for kc in k_tiles(c, bk) or [None]:
+        micro = {c.m: bm, c.n: bn, **{v: c.extent(v) for v in covered}}
+        if c.k is not None:
+            micro[c.k] = kc
+        for var in rank(
+            kernel, c.stmt, tileable=tileable, micro=micro, target=target, threads=threads, top=top
+        ):
+            found.append(var)
     out = []
-    for var in rank(
-        kernel, c.stmt, tileable=tileable, micro=micro, target=target, threads=threads, top=top
-    ):
+    for var in sorted(found, key=_key):
+        if len(out) >= top:
+            break
         loops = list(var.loops)
         present = {v for v, _ in loops}
         loops += [

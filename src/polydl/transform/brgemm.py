@@ -13,6 +13,12 @@ After, with blocks bm x bn and the whole reduction in one batch-reduce call per 
 Full and partial blocks become separate statements (``_mk0`` .. ``_mk3``), each calling a kernel
 compiled for its exact block, so no scalar remainder loop is left on the hot path. The folded
 statements (init, reduction, epilogue) must form one whole top-level nest.
+
+Reduction tiling: when the plan has a loop over ``k`` (its last one stepping by ``kc``, a multiple
+of ``bk`` dividing the k extent), one call covers ``kc`` of the reduction and the k loop steps the
+origin. The k domain is split like the blocks of m and n: the first tile (``beta=0`` when the zero
+init is folded), the middle tiles (``beta=1``, no epilogue), the last tile (the folded bias/ReLU
+epilogue); fewer pieces when they coincide. The k loop carries the reduction: never parallel.
 """
 
 from __future__ import annotations
@@ -42,6 +48,14 @@ class BlockPlan:
     def __post_init__(self) -> None:
         if min(self.bm, self.bn, self.bk) < 1:
             raise ValueError(f"block sizes must be positive: {self}")
+
+    def block(self, v: str) -> int | None:
+        """The step of the innermost loop over ``v`` (None: no loop scans ``v``)."""
+        out = None
+        for u, b in self.loops:
+            if u == v:
+                out = b
+        return out
 
     @property
     def order(self) -> tuple[str, ...]:
@@ -80,11 +94,20 @@ def foldable(kernel: Kernel, c: Contraction) -> bool:
 def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
     """The kernel with ``c`` (and its folded init/epilogue) computed by BRGEMM calls."""
     red = kernel.statement(c.stmt)
-    if set(plan.order) != {*c.outer, c.m, c.n}:
-        raise ValueError(f"loops {plan.loops} must scan exactly {sorted({*c.outer, c.m, c.n})}")
+    scanned = {*c.outer, c.m, c.n}
+    split = c.k is not None and c.k in plan.order  # a loop over k: reduction tiling
+    if split:
+        scanned.add(c.k)
+    if set(plan.order) != scanned:
+        raise ValueError(f"loops {plan.loops} must scan exactly {sorted(scanned)}")
     ext_k = c.extent(c.k) if c.k else 1
     if ext_k % plan.bk:
         raise ValueError(f"bk={plan.bk} must divide the k extent {ext_k}")
+    kc = plan.block(c.k) if split else ext_k
+    if kc % plan.bk or ext_k % kc:
+        raise ValueError(
+            f"kc={kc} must be a multiple of bk={plan.bk} dividing the k extent {ext_k}"
+        )
     lc, la, lb = c.linear("C"), c.linear("A"), c.linear("B")
     reduction = [v for v in red.iterators if v not in plan.order and v != c.m_inner]
     covered = [*reduction, *([c.m_inner] if c.m_inner else [])]  # inside one call
@@ -92,9 +115,9 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
 
     # batch offsets, relative to the block origin (reduction iterators at their lower bounds)
     ranges = []
-    for v in reduction:
+    for v in [*reduction, *([c.k] if split else [])]:
         step = plan.bk if v == c.k else 1
-        ranges.append([(v, x) for x in range(0, c.extent(v), step)])
+        ranges.append([(v, x) for x in range(0, kc if v == c.k else c.extent(v), step)])
     a_offs, b_offs = [], []
     for combo in itertools.product(*ranges):
         a_offs.append(sum(la.coef(v) * x for v, x in combo))
@@ -107,11 +130,12 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
     loop_dims = [v if last[v] == i else f"floor({v}/{b})" for i, (v, b) in enumerate(plan.loops)]
     ordered = list(plan.order)
     new: list[Statement] = []
-    for mi, ni in itertools.product(_pieces(c, c.m, plan.bm), _pieces(c, c.n, plan.bn)):
-        (m_size, m_cons), (n_size, n_cons) = mi, ni
+    k_pieces = _k_pieces(c, kc) if split else [(True, True, "")]
+    pieces = itertools.product(_pieces(c, c.m, plan.bm), _pieces(c, c.n, plan.bn), k_pieces)
+    for (m_size, m_cons), (n_size, n_cons), (first, last, k_cons) in pieces:
         name = f"{red.name}_mk{len(new)}"
         cons = [f"{c.lo(v)} <= {v} <= {c.lo(v) + c.extent(v) - 1}" for v in c.outer]
-        cons += [m_cons, n_cons]
+        cons += [x for x in (m_cons, n_cons, k_cons) if x]
         domain = (
             f"{poly.params_text(kernel.sizes)} -> {{ {name}[{', '.join(ordered)}] : "
             f"{' and '.join(cons)} }}"
@@ -129,7 +153,7 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
             lda=la.coef(c.row),
             ldb=lb.coef(c.k) if c.k else n_size,
             ldc=lc.coef(c.row),
-            beta=0 if c.init else 1,
+            beta=0 if c.init and first else 1,
             alpha=c.alpha,
             alpha_arg=c.alpha_arg,
             a=c.a,
@@ -140,10 +164,10 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
             c_origin=lc.expr(at_lo),
             a_offsets=tuple(a_offs),
             b_offsets=tuple(b_offs),
-            bias=c.bias,
-            bias_kind=c.bias_kind,
-            bias_origin=c.linear("bias").expr(at_lo) if c.bias else None,
-            relu=c.relu,
+            bias=c.bias if last else None,
+            bias_kind=c.bias_kind if last else None,
+            bias_origin=c.linear("bias").expr(at_lo) if c.bias and last else None,
+            relu=c.relu and last,
         )
         texts = [kernel.statement(s).source for s in (c.init, c.stmt, c.epilogue) if s]
         new.append(
@@ -178,4 +202,21 @@ def _pieces(c: Contraction, v: str, block: int) -> list[tuple[int, str]]:
         out.append((block, f"{lo} <= {v} <= {hi - block + 1} and {stride}"))
     if ext % block:
         out.append((ext % block, f"{v} = {lo + (ext // block) * block}"))
+    return out
+
+
+def _k_pieces(c: Contraction, kc: int) -> list[tuple[bool, bool, str]]:
+    """(first tile?, last tile?, domain constraint) of the k tiles of ``kc`` (dividing the extent):
+    the first, the middle and the last tiles, fewer when they coincide."""
+    k = c.k
+    assert k is not None
+    lo, n = c.lo(k), c.extent(k) // kc
+    last = lo + (n - 1) * kc
+    if n == 1:
+        return [(True, True, f"{k} = {lo}")]
+    out = [(True, False, f"{k} = {lo}")]
+    if n > 2:
+        stride = f"exists (e_{k}: {k} = {lo} + {kc}*e_{k})"
+        out.append((False, False, f"{lo + kc} <= {k} <= {last - kc} and {stride}"))
+    out.append((False, True, f"{k} = {last}"))
     return out

@@ -1,0 +1,216 @@
+"""Reduction tiling: one BRGEMM call covers ``kc`` of k and a loop over k steps the origin.
+
+Every ranked variant (some split k, some do not) is compiled and run against the kernel's
+reference on GEMMs with odd and prime extents, with and without a folded zero init, with a
+bias+ReLU epilogue, a batched matmul, a batch-reduce iterator and a k range not starting at 0.
+Explicit plans check the first/middle/last k pieces: ``beta=0`` only on the first tile when the
+init is folded, the epilogue only on the last.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import polydl as pd
+from polydl.analysis.contraction import find_all
+from polydl.optimize import plan as plans
+from polydl.transform.brgemm import BlockPlan, lower
+
+rng = np.random.default_rng(5)
+
+
+def rand(*shape):
+    return rng.uniform(-1, 1, size=shape).astype(np.float32)
+
+
+def all_variants(kern, threads: int, **sizes):
+    first = pd.compile(kern, threads=threads, **sizes)
+    ranks = [ln for ln in first.show("variants").splitlines() if re.match(r"^\d+\s", ln)]
+    assert ranks, first.show("variants")
+    return [first] + [
+        pd.compile(kern, threads=threads, variant=r, **sizes) for r in range(1, len(ranks))
+    ]
+
+
+def splits_k(compiled, k: str = "k") -> bool:
+    """Whether the lowered kernel has micro statements that iterate over ``k``."""
+    return any(s.micro is not None and k in s.iterators for s in compiled.kernel.statements)
+
+
+@pd.kernel
+def gemm_bias_relu(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"], b: pd.f32["N"]):
+    for i in range(M):
+        for j in range(N):
+            C[i, j] = 0.0
+            for k in range(K):
+                C[i, j] += A[i, k] * B[k, j]
+            C[i, j] = max(C[i, j] + b[j], 0.0)
+
+
+@pd.kernel
+def gemm_init(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"]):
+    for i in range(M):
+        for j in range(N):
+            C[i, j] = 0.0
+            for k in range(K):
+                C[i, j] += A[i, k] * B[k, j]
+
+
+@pd.kernel
+def gemm_acc(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"]):
+    for i in range(M):
+        for k in range(K):
+            for j in range(N):
+                C[i, j] += A[i, k] * B[k, j]
+
+
+@pd.kernel
+def gemm_from(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"]):
+    for i in range(M):
+        for j in range(N):
+            C[i, j] = 0.0
+            for k in range(3, K):
+                C[i, j] += A[i, k] * B[k, j]
+
+
+@pd.kernel
+def bmm(C: pd.f32["Bt", "M", "N"], A: pd.f32["Bt", "M", "K"], B: pd.f32["Bt", "K", "N"]):
+    for t in range(Bt):
+        for i in range(M):
+            for j in range(N):
+                C[t, i, j] = 0.0
+                for k in range(K):
+                    C[t, i, j] += A[t, i, k] * B[t, k, j]
+
+
+@pd.kernel
+def batch_reduce(C: pd.f32["M", "N"], A: pd.f32["R", "M", "K"], B: pd.f32["R", "K", "N"]):
+    for i in range(M):
+        for j in range(N):
+            C[i, j] = 0.0
+            for r in range(R):
+                for k in range(K):
+                    C[i, j] += A[r, i, k] * B[r, k, j]
+
+
+def check_all(kern, args, threads, *, preset: float = 3.0, **sizes):
+    """Run every ranked variant; return how many split k."""
+    out = args[0]
+    out[...] = preset
+    want = out.copy()
+    kern.reference(want, *args[1:])
+    n_split = 0
+    for k in all_variants(kern, threads, **sizes):
+        assert any(s.micro for s in k.kernel.statements)
+        got = np.full_like(want, preset)
+        k(got, *args[1:])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-4, err_msg=k.show("loops"))
+        n_split += splits_k(k)
+    return n_split
+
+
+@pytest.mark.parametrize(
+    "M,N,K,threads", [(13, 129, 1024, 1), (13, 129, 1024, 2), (37, 70, 600, 1), (37, 70, 300, 2)]
+)
+def test_gemm_bias_relu_every_variant(M, N, K, threads):
+    args = (np.empty((M, N), np.float32), rand(M, K), rand(K, N), rand(N))
+    n_split = check_all(gemm_bias_relu, args, threads, M=M, N=N, K=K)
+    if K >= 512:
+        assert n_split >= 1
+
+
+@pytest.mark.parametrize("kern", [gemm_init, gemm_acc], ids=["init", "accumulate"])
+@pytest.mark.parametrize("M,N,K,threads", [(13, 129, 1024, 2), (37, 70, 600, 1)])
+def test_gemm_every_variant(kern, M, N, K, threads):
+    args = (np.empty((M, N), np.float32), rand(M, K), rand(K, N))
+    assert check_all(kern, args, threads, M=M, N=N, K=K) >= 1
+
+
+def test_k_range_not_from_zero():
+    M, N, K = 11, 45, 771  # k in [3, 771): 768 = 12 blocks of 64
+    args = (np.empty((M, N), np.float32), rand(M, K), rand(K, N))
+    assert check_all(gemm_from, args, 1, M=M, N=N, K=K) >= 1
+
+
+def test_batched_matmul_every_variant():
+    Bt, M, N, K = 3, 13, 40, 512
+    args = (np.empty((Bt, M, N), np.float32), rand(Bt, M, K), rand(Bt, K, N))
+    assert check_all(bmm, args, 2, Bt=Bt, M=M, N=N, K=K) >= 1
+
+
+def test_batch_reduce_every_variant():
+    R, M, N, K = 3, 9, 33, 512
+    args = (np.empty((M, N), np.float32), rand(R, M, K), rand(R, K, N))
+    assert check_all(batch_reduce, args, 1, R=R, M=M, N=N, K=K) >= 1
+
+
+# ------------------------------------------------------------ explicit plans: the k pieces
+
+
+def _lowered(kern, loops, bm, bn, bk, **sizes):
+    bound = kern.ir.bind(sizes)
+    (c,) = find_all(bound)
+    plan = BlockPlan(bm=bm, bn=bn, bk=bk, loops=loops)
+    return c, lower(bound, c, plan)
+
+
+@pytest.mark.parametrize("n_tiles", [1, 2, 4])
+def test_k_pieces_beta_and_epilogue(n_tiles):
+    K = 512
+    kc = K // n_tiles
+    loops = (("j", 32), ("k", kc), ("i", 16))
+    c, low = _lowered(gemm_bias_relu, loops, 16, 32, 64, M=40, N=70, K=K)
+    micros = [s for s in low.statements if s.micro is not None]
+    assert micros and all("k" in s.iterators for s in micros)
+    assert all(s.micro.k * len(s.micro.a_offsets) == kc for s in micros)
+    firsts = [s for s in micros if s.micro.beta == 0]
+    lasts = [s for s in micros if s.micro.relu]
+    # full and edge blocks: m 40 = 2 x 16 + 8 rows, n 70 = 2 x 32 + 6 columns; per k piece
+    per_k = 4
+    assert len(micros) == per_k * min(n_tiles, 3)
+    assert len(firsts) == per_k and len(lasts) == per_k
+    for s in lasts:
+        assert s.micro.bias == "b" and s.micro.bias_kind == "col"
+    for s in micros:
+        if s not in lasts:
+            assert s.micro.bias is None and not s.micro.relu
+    if n_tiles > 1:
+        assert not set(map(id, firsts)) & set(map(id, lasts))
+
+
+def test_k_tiled_plan_runs_and_k_loop_is_not_parallel():
+    M, N, K = 40, 70, 512
+    A, B, b = rand(M, K), rand(K, N), rand(N)
+    want = np.zeros((M, N), np.float32)
+    gemm_bias_relu.reference(want, A, B, b)
+    for threads in (1, 2):
+        k = pd.compile(gemm_bias_relu, M=M, N=N, K=K, threads=threads)
+        got = np.full((M, N), 7.0, np.float32)
+        k(got, A, B, b)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-4)
+    # no ranked variant runs a loop over k in parallel (lower_contractions marks the first
+    # n_parallel loops of the plan)
+    from polydl.optimize.target import resolve
+
+    bound = gemm_bias_relu.ir.bind({"M": 64, "N": 256, "K": 1024})
+    (c,) = find_all(bound)
+    choices = plans.ranked(bound, c, target=resolve(None), threads=2, top=30)
+    assert any(c.k in p.order for _, p in choices)
+    assert any(v.n_parallel for v, _ in choices)
+    for var, plan in choices:
+        assert c.k not in var.parallel
+        assert all(v != c.k for v, _ in plan.loops[: var.n_parallel])
+
+
+def test_k_tiles_candidates():
+    bound = gemm_init.ir.bind({"M": 8, "N": 8, "K": 1024})
+    (c,) = find_all(bound)
+    kcs = plans.k_tiles(c, 64)
+    assert kcs and all(1024 % x == 0 and x % 64 == 0 and x < 1024 for x in kcs)
+    small = find_all(gemm_init.ir.bind({"M": 8, "N": 8, "K": 256}))[0]
+    assert plans.k_tiles(small, 64) == [256]
+    prime = find_all(gemm_init.ir.bind({"M": 8, "N": 8, "K": 1031}))[0]
+    assert plans.k_tiles(prime, 1) == [1031]  # nothing to split on: the whole extent
