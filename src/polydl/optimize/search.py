@@ -70,6 +70,7 @@ class Variant:
     working_sets: tuple[Level, ...]
     cost: Cost
     schedule: str  # isl map text of the statement's schedule
+    disorder: int = 0  # inversions of the loop order against the source's loop order
 
     @property
     def order(self) -> str:
@@ -331,7 +332,10 @@ def rank(
 
     # stage 3: legality in order of cost (ties: fewer loops, then the order's text)
     out: list[Variant] = []
-    ordered = sorted(seen.items(), key=lambda kv: (kv[1][0], len(kv[0]), _order(kv[0])))
+    its = a.iterators
+    ordered = sorted(
+        seen.items(), key=lambda kv: (kv[1][0], len(kv[0]), disorder(kv[0], its), _order(kv[0]))
+    )
     for loops, (_, _, c, p, levels, tiles) in ordered:
         if top is not None and len(out) >= top:
             break
@@ -350,6 +354,7 @@ def rank(
                 working_sets=levels,
                 cost=c,
                 schedule=schedule_text(kernel, name, loops),
+                disorder=disorder(loops, its),
             )
         )
     return tuple(sorted(out, key=_key))
@@ -360,8 +365,16 @@ def _order(loops: Loops) -> str:
 
 
 def _key(v: Variant) -> tuple:
-    """Cheapest first; ties: fewer loops, then the loop order's text (deterministic)."""
-    return (v.cost.total, len(v.loops), v.order, v.n_parallel)
+    """Cheapest first; ties: fewer loops, then the order closest to the source's (the cost
+    model sees no difference, so keep the programmer's locality), then the text."""
+    return (v.cost.total, len(v.loops), v.disorder, v.order, v.n_parallel)
+
+
+def disorder(loops: Loops, iterators: Sequence[str]) -> int:
+    """Pairs of loops that run in the opposite order to the source's iterators."""
+    pos = {v: i for i, v in enumerate(iterators)}
+    seq = [pos.get(v, len(pos)) for v, _ in loops]
+    return sum(1 for i in range(len(seq)) for j in range(i + 1, len(seq)) if seq[i] > seq[j])
 
 
 # ---------------------------------------------------------------- the table
