@@ -53,12 +53,13 @@ def main() -> None:
                     batch, C, K, H, W, R, S, stride=st, padding=pad, layout="nchwc"
                 )
                 conv = pd.compile(kern, threads=threads)
-                cb, kb = pd.ops.channel_block(C), pd.ops.channel_block(K)
+                blk = pd.ops.conv_block(Q)
+                cb, kb = pd.ops.channel_block(C, blk), pd.ops.channel_block(K, blk)
                 xp = np.zeros((batch, C // cb, H + 2 * pad, W + 2 * pad, cb), np.float32)
                 xp[:, :, pad : pad + H, pad : pad + W, :] = x.reshape(
                     batch, C // cb, cb, H, W
                 ).transpose(0, 1, 3, 4, 2)
-                wp = pd.nn.pack_weights(w, threads=threads)
+                wp = pd.nn.pack_weights(w, block=blk, threads=threads)
                 op = np.empty((batch, K // kb, P, Q, kb), np.float32)
                 t_blk = median_seconds(lambda: conv(op, xp, wp), repeat=args.repeat)
                 t_e2e = median_seconds(

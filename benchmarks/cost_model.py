@@ -68,7 +68,8 @@ def main() -> None:
         ranks = list(range(min(10, n))) + sorted(
             pick.sample(range(10, n), min(args.random, max(0, n - 10)))
         )
-        cb, kb = pd.ops.channel_block(C), pd.ops.channel_block(K)
+        blk = pd.ops.conv_block(Q)
+        cb, kb = pd.ops.channel_block(C, blk), pd.ops.channel_block(K, blk)
         xp = rng.standard_normal((1, C // cb, H + 2 * pad, W + 2 * pad, cb), dtype=np.float32)
         wp = rng.standard_normal((K // kb, C // cb, R, S, cb, kb), dtype=np.float32)
         op = np.empty((1, K // kb, P, Q, kb), np.float32)

@@ -95,7 +95,7 @@ def test_every_conv_variant_matches_reference(shape):
 
 
 def test_show_variants_shape():
-    k = pd.compile(pd.ops.conv2d(1, 64, 64, 14, 14, 3, 3, padding=1, layout="nchwc"), threads=2)
+    k = pd.compile(pd.ops.conv2d(1, 64, 256, 14, 14, 3, 3, padding=1, layout="nchwc"), threads=2)
     text = k.show("variants")
     lines = text.splitlines()
     assert lines[0].startswith("contraction S1 (O += I x Wt), running rank 1")

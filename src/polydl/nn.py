@@ -85,10 +85,11 @@ def conv2d(
         )
     (ph, pw) = ops._pair(padding, "padding")
     P, Q = ops.conv_shape(H, W, R, S, stride, padding)
-    cb, kb = ops.channel_block(C), ops.channel_block(K)
+    block = ops.conv_block(Q)
+    cb, kb = ops.channel_block(C, block), ops.channel_block(K, block)
     xp = np.zeros((N, C // cb, H + 2 * ph, W + 2 * pw, cb), np.float32)
-    compiled(ops.pack_input, N, C, H, W, padding=(ph, pw), threads=threads)(xp, x)
-    wp = pack_weights(w, threads=threads)
+    compiled(ops.pack_input, N, C, H, W, padding=(ph, pw), block=block, threads=threads)(xp, x)
+    wp = pack_weights(w, block=block, threads=threads)
     args = [xp, wp]
     if bias is not None:
         bias = _f32(bias, "bias", 1)
@@ -109,20 +110,24 @@ def conv2d(
         bias=bias is not None,
         activation=activation,
         layout="nchwc",
+        block=block,
         threads=threads,
     )
     op = np.empty((N, K // kb, P, Q, kb), np.float32)
     conv(op, *args)
     y = np.empty((N, K, P, Q), np.float32)
-    compiled(ops.unpack_output, N, K, P, Q, threads=threads)(y, op)
+    compiled(ops.unpack_output, N, K, P, Q, block=block, threads=threads)(y, op)
     return y
 
 
-def pack_weights(w: np.ndarray, *, threads: int | None = None) -> np.ndarray:
-    """KCRS weights in the blocked layout ``[K/kb, C/cb, R, S, cb, kb]`` of ``ops.conv2d``."""
+def pack_weights(
+    w: np.ndarray, *, block: int | None = None, threads: int | None = None
+) -> np.ndarray:
+    """KCRS weights in the blocked layout ``[K/kb, C/cb, R, S, cb, kb]`` of ``ops.conv2d``
+    (``block`` as given to it; default :func:`ops.default_block`)."""
     w = _f32(w, "w", 4)
     K, C, R, S = w.shape
-    cb, kb = ops.channel_block(C), ops.channel_block(K)
+    cb, kb = ops.channel_block(C, block), ops.channel_block(K, block)
     wp = np.empty((K // kb, C // cb, R, S, cb, kb), np.float32)
-    compiled(ops.pack_weights, K, C, R, S, threads=threads)(wp, w)
+    compiled(ops.pack_weights, K, C, R, S, block=block, threads=threads)(wp, w)
     return wp

@@ -94,7 +94,9 @@ def collapse(outer: For, inner: For, trips_outer: int, trips_inner: int) -> For:
     """
     t = Var(name=f"{outer.var}_{inner.var}")
     mul = lambda e, k: e if k == 1 else IntOp(op="*", a=e, b=Int(value=k))  # noqa: E731
-    i = IntOp(op="+", a=outer.init, b=mul(IntOp(op="//", a=t, b=Int(value=trips_inner)), outer.step))
+    i = IntOp(
+        op="+", a=outer.init, b=mul(IntOp(op="//", a=t, b=Int(value=trips_inner)), outer.step)
+    )
     j = IntOp(op="+", a=inner.init, b=mul(IntOp(op="%", a=t, b=Int(value=trips_inner)), inner.step))
     return For(
         var=t.name,
