@@ -197,3 +197,17 @@ def test_brgemm_runtime_alpha_kernel_against_twin():
     want = reference(cfg, a, b, c, batch=3, bias=bias, alpha=-0.5)
     kern(a, b, c, batch=3, bias=bias, alpha=-0.5)
     np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
+
+
+def test_verifier_checks_brgemm_statements():
+    from dataclasses import replace
+
+    from polydl.ir.verify import IRError, verify
+
+    k = pd.compile(pd.ops.matmul(13, 40, 24, bias=True, activation="relu"), threads=1)
+    verify(k.kernel)
+    s = micro_statements(k)[0]
+    bad = replace(s, micro=replace(s.micro, c="nope"))
+    broken = replace(k.kernel, statements=tuple(bad if x is s else x for x in k.kernel.statements))
+    with pytest.raises(IRError, match="BRGEMM operand 'nope'"):
+        verify(broken)

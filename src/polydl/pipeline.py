@@ -21,6 +21,17 @@ from .ir.nodes import Kernel
 # isl contexts are not thread-safe: one compilation at a time walks isl.
 _isl_lock = threading.RLock()
 
+# Check the IR with ir/verify.py between passes (the test suite turns this on; conftest.py).
+VERIFY = os.environ.get("POLYDL_VERIFY", "") not in ("", "0")
+
+
+def _checked(kernel: Kernel) -> Kernel:
+    if VERIFY:
+        from .ir.verify import verify
+
+        verify(kernel)
+    return kernel
+
 
 def default_threads() -> int:
     """Every core this process may use."""
@@ -79,7 +90,7 @@ def compile_kernel(
     cpu = tgt.llvm_cpu
     with _isl_lock:
         # 1. Every size parameter bound to a positive int.
-        bound = bind_sizes(kernel, sizes)
+        bound = _checked(bind_sizes(kernel, sizes))
         # 2. Every access provably inside its tensor (BoundsError with a witness otherwise).
         check_bounds(bound)
         # 3. Loops that carry no dependence (reductions included) may run in parallel.
@@ -93,6 +104,7 @@ def compile_kernel(
             if optimize
             else (bound, {}, [])
         )
+        _checked(lowered)
         parallel = (
             {s.name: micro_par.get(s.name, dims) for s in lowered.statements} if threaded else {}
         )
@@ -159,7 +171,7 @@ def lower_contractions(
         if plan is None:
             continue
         before = {s.name for s in kernel.statements}
-        kernel = lower(kernel, c, plan)
+        kernel = _checked(lower(kernel, c, plan))
         for s in kernel.statements:
             if s.name not in before:
                 parallel[s.name] = frozenset(range(1, 1 + n_par))

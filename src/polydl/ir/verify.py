@@ -33,6 +33,7 @@ from .nodes import (
     TensorArg,
     UnOp,
     Var,
+    int_vars,
 )
 
 
@@ -119,9 +120,37 @@ def _statement(kernel: Kernel, s: Statement) -> int:
     if not isinstance(s.target, Load):
         _fail(kernel, s, f"target {s.target!r} is not a Load")
     scope = set(iters) | set(kernel.sizes)
+    if s.micro is not None:  # a BRGEMM call: its fields, not the folded source statement
+        _micro(kernel, s, scope)
+        return nout
     _load(kernel, s, s.target, scope)
     _expr(kernel, s, s.expr, scope)
     return nout
+
+
+def _micro(kernel: Kernel, s: Statement, scope: set[str]) -> None:
+    mk = s.micro
+    assert mk is not None
+    if min(mk.m, mk.n, mk.k) < 1 or mk.beta not in (0, 1) or mk.ldc < mk.n:
+        _fail(kernel, s, f"BRGEMM block m={mk.m} n={mk.n} k={mk.k} beta={mk.beta} ldc={mk.ldc}")
+    if len(mk.a_offsets) != len(mk.b_offsets) or min((*mk.a_offsets, *mk.b_offsets, 0)) < 0:
+        _fail(kernel, s, "BRGEMM offset tables differ in length or hold negative offsets")
+    roles = [(mk.a, mk.a_origin), (mk.b, mk.b_origin), (mk.c, mk.c_origin)]
+    if mk.bias is not None:
+        if mk.bias_kind not in ("row", "col") or mk.bias_origin is None:
+            _fail(kernel, s, f"BRGEMM bias {mk.bias!r} needs a kind and an origin")
+        roles.append((mk.bias, mk.bias_origin))
+    for tensor, origin in roles:
+        t = kernel.arg(tensor) if tensor in {a.name for a in kernel.args} else None
+        if not isinstance(t, TensorArg) or t.dtype != "f32":
+            _fail(kernel, s, f"BRGEMM operand {tensor!r} is not an f32 tensor argument")
+        unknown = set(int_vars(origin)) - scope
+        if unknown:
+            _fail(kernel, s, f"BRGEMM origin of {tensor} uses {sorted(unknown)}")
+    if mk.alpha_arg is not None and not isinstance(
+        next((a for a in kernel.args if a.name == mk.alpha_arg), None), ScalarArg
+    ):
+        _fail(kernel, s, f"BRGEMM alpha {mk.alpha_arg!r} is not a scalar argument")
 
 
 def _load(kernel: Kernel, s: Statement, ld: Load, scope: set[str]) -> None:

@@ -1,0 +1,5 @@
+"""Test-wide settings: the IR verifier runs between the compiler's passes."""
+
+import polydl.pipeline
+
+polydl.pipeline.VERIFY = True
