@@ -183,7 +183,7 @@ def test_call_checks_buffers():
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(m=0, n=1, k=1), dict(m=1, n=1, k=2, lda=1), dict(m=1, n=4, k=1, ldc=3),
+    [dict(m=0, n=1, k=1), dict(m=1, n=1, k=2, lda=0), dict(m=1, n=4, k=1, ldc=3),
      dict(m=1, n=1, k=1, beta=2), dict(m=1, n=1, k=1, form="csr"), dict(m=1, n=1, k=1, bias="x")],
 )  # fmt: skip
 def test_bad_configs_rejected(bad):

@@ -211,3 +211,45 @@ def test_verifier_checks_brgemm_statements():
     broken = replace(k.kernel, statements=tuple(bad if x is s else x for x in k.kernel.statements))
     with pytest.raises(IRError, match="BRGEMM operand 'nope'"):
         verify(broken)
+
+
+@pd.kernel
+def conv_nchw_valid(
+    O: pd.f32["N", "K", "P", "Q"], I: pd.f32["N", "C", "H", "W"], Wt: pd.f32["K", "C", "R", "S"]
+):
+    for n in range(N):
+        for k in range(K):
+            for p in range(P):
+                for q in range(Q):
+                    O[n, k, p, q] = 0.0
+                    for c in range(C):
+                        for r in range(R):
+                            for s in range(S):
+                                O[n, k, p, q] += I[n, c, p + r, q + s] * Wt[k, c, r, s]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_hand_written_nchw_conv_becomes_brgemm(threads):
+    # B rows (the input) overlap: the microkernel's reduction walks along q + s
+    N, C, K, H, W, R, S = 2, 5, 11, 9, 13, 3, 2
+    P, Q = H - R + 1, W - S + 1
+    x, w = rand(N, C, H, W), rand(K, C, R, S)
+    k = pd.compile(conv_nchw_valid, N=N, C=C, K=K, H=H, W=W, R=R, S=S, P=P, Q=Q, threads=threads)
+    (mk,) = {s.micro.ldb for s in micro_statements(k)}
+    assert mk == 1
+    o = np.full((N, K, P, Q), 7.0, np.float32)
+    k(o, x, w)
+    np.testing.assert_allclose(o, conv_ref(x, w, None, 1, 0, False), rtol=1e-4, atol=1e-4)
+
+
+def test_brgemm_overlapping_input_rows_against_twin():
+    # lda < k and ldb < n: rows of A and B overlap (only C rows must not)
+    from polydl.kernels import BrgemmConfig, compile_brgemm, reference
+
+    cfg = BrgemmConfig(m=5, n=19, k=3, lda=2, ldb=1, ldc=21, beta=0, form="offset")
+    kern = compile_brgemm(cfg)
+    a, b, c = rand(64), rand(64), rand(5 * 21)
+    ao, bo = np.array([0, 7, 20], np.int64), np.array([0, 11, 30], np.int64)
+    want = reference(cfg, a, b, c, a_offsets=ao, b_offsets=bo)
+    kern(a, b, c, a_offsets=ao, b_offsets=bo)
+    np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)

@@ -6,13 +6,16 @@ Layout convention (the optimiser relies on it). Everything is float32 and row-ma
 * a B block is ``k x n`` with leading dimension ``ldb``: ``B[p, j]`` is ``B + p*ldb + j``;
 * the C block is ``m x n`` with leading dimension ``ldc``: ``C[i, j]`` is ``C + i*ldc + j``.
 
+Rows of A and B may overlap (``lda < k``, ``ldb < n``: a direct convolution on NCHW data reads
+input rows one element apart); rows of C may not (``ldc >= n``).
+
 ``n`` is the contiguous (vector) dimension. The kernel computes, for a batch of ``batch`` pairs::
 
     C[i, j] = relu( beta*C[i, j] + alpha * sum_b sum_p A_b[i, p] * B_b[p, j] + bias )
 
-(``alpha`` is a compile-time constant, or with ``alpha_arg=True`` a trailing ``float alpha``
-parameter of the kernel) where ``bias`` is ``bias[i]`` (``bias="row"``) or ``bias[j]`` (``bias="col"``), and the ReLU and
-bias are applied only when configured, once, at the final store. The three batch forms of LIBXSMM
+where ``alpha`` is a compile-time constant, or with ``alpha_arg=True`` a trailing ``float
+alpha`` parameter of the kernel, and ``bias`` is ``bias[i]`` (``bias="row"``) or ``bias[j]``
+(``bias="col"``); the ReLU and bias are applied only when configured, once, at the final store. The three batch forms of LIBXSMM
 say where ``A_b`` and ``B_b`` are:
 
 * ``"stride"``:  ``A_b = A + b*stride_a``, ``B_b = B + b*stride_b`` (strides in elements, fixed);
@@ -65,7 +68,9 @@ class BrgemmConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise PolyDLError(f"BRGEMM {name} must be a positive int, got {v!r}")
-        for name, least in (("lda", self.k), ("ldb", self.n), ("ldc", self.n)):
+        # A and B are only read: their rows may overlap (a direct NCHW convolution reads B rows
+        # one element apart). C rows are written and must not.
+        for name, least in (("lda", 1), ("ldb", 1), ("ldc", self.n)):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < least):
                 raise PolyDLError(f"BRGEMM {name}={v!r} must be an int >= {least}")
