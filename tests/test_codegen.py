@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from kernels import bmm, numpy_conv
 
 import polydl as pd
 
@@ -54,16 +55,6 @@ def test_gemm_called_directly_caches():
     np.testing.assert_allclose(C, 0 * C, atol=1e-5)
 
 
-@pd.kernel
-def bmm(C: pd.f32["Bt", "M", "N"], A: pd.f32["Bt", "M", "K"], B: pd.f32["Bt", "K", "N"]):
-    for b in range(Bt):
-        for i in range(M):
-            for j in range(N):
-                C[b, i, j] = 0.0
-                for k in range(K):
-                    C[b, i, j] += A[b, i, k] * B[b, k, j]
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 def test_batched_matmul(threads):
     Bt, M, N, K = 3, 5, 7, 11
@@ -95,20 +86,6 @@ def conv_pad(
                                         I[n, c, STRIDE * p + r - PAD, STRIDE * q + s - PAD]
                                         * Wt[k, c, r, s]
                                     )
-
-
-def numpy_conv(x, w, stride, pad):
-    n, c, h, wd = x.shape
-    k, _, r, s = w.shape
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    p = (h + 2 * pad - r) // stride + 1
-    q = (wd + 2 * pad - s) // stride + 1
-    out = np.zeros((n, k, p, q))
-    for i in range(r):
-        for j in range(s):
-            patch = xp[:, :, i : i + stride * p : stride, j : j + stride * q : stride]
-            out += np.einsum("nchw,kc->nkhw", patch, w[:, :, i, j].astype(np.float64))
-    return out
 
 
 @pytest.mark.parametrize("threads", [1, 2])

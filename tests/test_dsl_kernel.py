@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from kernels import numpy_conv
 
 import polydl as pd
 
@@ -52,20 +53,6 @@ def conv_relu(
                                     I[c, SH * p + r - PD, SH * q + s - PD] * Wt[k, c, r, s]
                                 )
                 O[k, p, q] = pd.sigmoid(max(O[k, p, q], 0.0))
-
-
-def numpy_conv(x, w, stride, pad):
-    c, h, wd = x.shape
-    k, _, r, s = w.shape
-    xp = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad)))
-    p = (h + 2 * pad - r) // stride + 1
-    q = (wd + 2 * pad - s) // stride + 1
-    out = np.zeros((k, p, q))
-    for i in range(r):
-        for j in range(s):
-            patch = xp[:, i : i + stride * p : stride, j : j + stride * q : stride]
-            out += np.einsum("chw,kc->khw", patch, w[:, :, i, j].astype(np.float64))
-    return out
 
 
 def test_reference_conv_with_padding_stride_and_epilogue():

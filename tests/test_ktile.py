@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 import pytest
+from kernels import bmm, gemm_bias_relu
 
 import polydl as pd
 from polydl.analysis.contraction import find_all
@@ -41,16 +42,6 @@ def splits_k(compiled, k: str = "k") -> bool:
 
 
 @pd.kernel
-def gemm_bias_relu(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"], b: pd.f32["N"]):
-    for i in range(M):
-        for j in range(N):
-            C[i, j] = 0.0
-            for k in range(K):
-                C[i, j] += A[i, k] * B[k, j]
-            C[i, j] = max(C[i, j] + b[j], 0.0)
-
-
-@pd.kernel
 def gemm_init(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"]):
     for i in range(M):
         for j in range(N):
@@ -74,16 +65,6 @@ def gemm_from(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"]):
             C[i, j] = 0.0
             for k in range(3, K):
                 C[i, j] += A[i, k] * B[k, j]
-
-
-@pd.kernel
-def bmm(C: pd.f32["Bt", "M", "N"], A: pd.f32["Bt", "M", "K"], B: pd.f32["Bt", "K", "N"]):
-    for t in range(Bt):
-        for i in range(M):
-            for j in range(N):
-                C[t, i, j] = 0.0
-                for k in range(K):
-                    C[t, i, j] += A[t, i, k] * B[t, k, j]
 
 
 @pd.kernel

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kernels import bmm, numpy_conv
 
 import polydl as pd
 from polydl.analysis.contraction import find_all
@@ -26,16 +27,7 @@ def rand(*shape):
 
 
 def conv_ref(x, w, b, stride, pad, relu):
-    n, c, h, wd = x.shape
-    k, _, r, s = w.shape
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    p = (h + 2 * pad - r) // stride + 1
-    q = (wd + 2 * pad - s) // stride + 1
-    out = np.zeros((n, k, p, q))
-    for i in range(r):
-        for j in range(s):
-            patch = xp[:, :, i : i + stride * p : stride, j : j + stride * q : stride]
-            out += np.einsum("nchw,kc->nkhw", patch, w[:, :, i, j].astype(np.float64))
+    out = numpy_conv(x, w, stride, pad)
     if b is not None:
         out += b[None, :, None, None]
     return np.maximum(out, 0) if relu else out
@@ -51,16 +43,6 @@ def gemm_alpha(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"]):
         for j in range(N):
             for k in range(K):
                 C[i, j] += 1.5 * A[i, k] * B[k, j]
-
-
-@pd.kernel
-def bmm(C: pd.f32["Bt", "M", "N"], A: pd.f32["Bt", "M", "K"], B: pd.f32["Bt", "K", "N"]):
-    for b in range(Bt):
-        for i in range(M):
-            for j in range(N):
-                C[b, i, j] = 0.0
-                for k in range(K):
-                    C[b, i, j] += A[b, i, k] * B[b, k, j]
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 import pytest
+from kernels import gemm_bias_relu
 
 import polydl as pd
 
@@ -30,16 +31,6 @@ def all_variants(kern, threads: int, **sizes):
     return [first] + [
         pd.compile(kern, threads=threads, variant=r, **sizes) for r in range(1, len(ranks))
     ]
-
-
-@pd.kernel
-def gemm_bias_relu(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"], b: pd.f32["N"]):
-    for i in range(M):
-        for j in range(N):
-            C[i, j] = 0.0
-            for k in range(K):
-                C[i, j] += A[i, k] * B[k, j]
-            C[i, j] = max(C[i, j] + b[j], 0.0)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -36,6 +36,7 @@ from ..ir.nodes import (
     UnOp,
     Var,
     eval_int,
+    int_vars,
 )
 
 ENTRY = "polydl_entry"
@@ -549,7 +550,7 @@ class ModuleEmitter:
 
     def const(self, e: IExpr, env: dict[str, str]) -> int | None:
         """Fold ``e`` if it only involves literals and bound sizes."""
-        names = {v for v in _int_vars(e)}
+        names = set(int_vars(e))
         if all(n in self.sizes for n in names):
             return eval_int(e, self.sizes)
         return None
@@ -583,14 +584,6 @@ _DECLS = {
 
 def _sfx(dt: str) -> str:
     return "f32" if dt == "f32" else "f64"
-
-
-def _int_vars(e: IExpr):
-    if isinstance(e, Var):
-        yield e.name
-    elif isinstance(e, IntOp):
-        yield from _int_vars(e.a)
-        yield from _int_vars(e.b)
 
 
 def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
