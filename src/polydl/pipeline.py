@@ -17,6 +17,7 @@ from .codegen.llvm import emit_module
 from .errors import DSLError, where
 from .ir import poly
 from .ir.nodes import Kernel
+from .transform.pack import pack_operands
 
 # isl contexts are not thread-safe: one compilation at a time walks isl.
 _isl_lock = threading.RLock()
@@ -111,11 +112,21 @@ def compile_kernel(
         # 5. The schedule as a loop tree, from isl's AST generator.
         sched = poly.union(poly.schedule(lowered, s) for s in lowered.statements)
         tree = poly.ast(sched, poly.context(lowered), parallel)
-    # 6. LLVM IR through the templates; JIT happens on first call (or asm on demand).
+        # 6. Widely strided B blocks that later calls read again are copied into dense scratch
+        #    buffers once (transform/pack.py), at most an L2's worth.
+        if optimize:
+            tree = pack_operands(lowered, tree, max_bytes=_scratch_bytes(tgt))
+    # 7. LLVM IR through the templates; JIT happens on first call (or asm on demand).
     ir = emit_module(lowered, tree, parallel=threaded, cpu=cpu, isa=isa, threads=threads)
     return CompiledKernel(
         kernel=lowered, tree=tree, llvm_ir=ir, cpu=cpu, threads=threads, variants=variants
     )
+
+
+def _scratch_bytes(tgt) -> int:
+    """Scratch that packing may use per buffer: the target's L2 (its largest private cache)."""
+    private = [c.size_bytes for c in tgt.caches if not c.shared]
+    return max(private, default=256 * 1024)
 
 
 def brgemm_isa(cpu: str) -> str:

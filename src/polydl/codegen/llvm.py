@@ -92,6 +92,8 @@ class _Fn:
 
     allocas: set[str] = field(default_factory=set)
     ctx_allocas: list[str] = field(default_factory=list)
+    buffers: dict[str, int] = field(default_factory=dict)  # scratch name -> bytes (malloc'd here)
+    inherited: tuple[str, ...] = ()  # scratch buffers of the caller, passed in as parameters
 
 
 class ModuleEmitter:
@@ -122,6 +124,7 @@ class ModuleEmitter:
         self.threads = threads
         self.isa = isa  # BRGEMM ISA family for micro statements (None: the host's best)
         self.micro_symbols: dict[object, str] = {}
+        self.buffer_types: dict[str, str] = {}  # scratch buffer -> LLVM element type
         self.offset_tables: dict[tuple[int, ...], str] = {}
 
     # ------------------------------------------------------------ names and signatures
@@ -183,13 +186,21 @@ class ModuleEmitter:
         nodes: tuple[L.Node, ...],
         outer: Sequence[str] = (),
         in_parallel: bool = False,
+        inherited: tuple[str, ...] = (),
     ) -> str:
-        fn = _Fn()
+        fn = _Fn(inherited=inherited)
         for v in outer:
             fn.allocas.add(v)
             prologue = [*prologue, f"store i64 %o.{v}, ptr %{v}.addr"]
         body = self.nodes(nodes, fn, list(outer), in_parallel=in_parallel)
         allocas = [f"%{v}.addr = alloca i64, align 8" for v in sorted(fn.allocas)] + fn.ctx_allocas
+        epilogue: list[str] = []
+        for buf, nbytes in fn.buffers.items():
+            # scratch of this function (one per thread in a parallel region's body)
+            self.decls.add("declare noalias ptr @aligned_alloc(i64, i64)")
+            self.decls.add("declare void @free(ptr)")
+            prologue = [*prologue, f"%buf.{buf} = call ptr @aligned_alloc(i64 64, i64 {nbytes})"]
+            epilogue.append(f"call void @free(ptr %buf.{buf})")
         return render(
             "function.ll.j2",
             fn=name,
@@ -197,6 +208,7 @@ class ModuleEmitter:
             allocas=allocas,
             prologue=prologue,
             body=body,
+            epilogue=epilogue,
         )
 
     # ------------------------------------------------------------ loop tree
@@ -224,7 +236,30 @@ class ModuleEmitter:
             then = self.nodes(n.then, fn, path, in_parallel)
             orelse = self.nodes(n.orelse, fn, path, in_parallel)
             return _control().if_block(self.label("I"), cond, then, orelse)
+        if isinstance(n, L.Buffer):
+            size = n.elems * {"f32": 4, "f64": 8}[n.dtype]
+            fn.buffers[n.name] = -(-size // 64) * 64
+            self.buffer_types[n.name] = LLTYPE[n.dtype]
+            return ""
+        if isinstance(n, L.Copy):
+            return self.copy(n)
         return self.call(n)
+
+    def copy(self, n: L.Copy) -> str:
+        """``count`` consecutive elements from a tensor into a scratch buffer, as one vector."""
+        code: list[str] = []
+        ty = self.buffer_types[n.buf]
+        src = self.flat_pointer(n.tensor, n.src, {}, code)
+        off = self.int_code(n.dst, {})
+        code.append(off.code)
+        dst = self.fresh("a")
+        code.append(f"  {dst} = getelementptr inbounds {ty}, ptr %buf.{n.buf}, i64 {off.value}")
+        v = self.fresh()
+        code += [
+            f"  {v} = load <{n.count} x {ty}>, ptr {src}, align 4",
+            f"  store <{n.count} x {ty}> {v}, ptr {dst}, align 4",
+        ]
+        return "\n".join(x for x in code if x)
 
     def trips(self, n: L.For) -> int | None:
         """The loop's trip count when its bounds are constants."""
@@ -292,6 +327,11 @@ class ModuleEmitter:
             else:
                 stores.append(f"  {v} = bitcast double %s.{s.name} to i64")
                 slot(v, [f"%s.{s.name} = bitcast i64 %slot{len(slots)} to double"])
+        bufs = (*fn.inherited, *fn.buffers)
+        for b in bufs:
+            v = self.fresh("p")
+            stores.append(f"  {v} = ptrtoint ptr %buf.{b} to i64")
+            slot(v, [f"%buf.{b} = inttoptr i64 %slot{len(slots)} to ptr"])
         for var in path:
             v = self.fresh("p")
             stores.append(f"  {v} = load i64, ptr %{var}.addr")
@@ -316,8 +356,15 @@ class ModuleEmitter:
         unpack.append("%nthreads = add i32 0, 0")
         body_fn = f"{region}.body"
         outer_params = [f"i64 %o.{v}" for v in path]
-        body_params = [*self.kernel_params(), *outer_params, "i64 %start", "i64 %stop"]
-        body_args = [*self.kernel_args(), *[f"i64 %o.{v}" for v in path], "i64 %start", "i64 %stop"]
+        buf_params = [f"ptr %buf.{b}" for b in bufs]
+        body_params = [*self.kernel_params(), *buf_params, *outer_params, "i64 %start", "i64 %stop"]
+        body_args = [
+            *self.kernel_args(),
+            *buf_params,
+            *[f"i64 %o.{v}" for v in path],
+            "i64 %start",
+            "i64 %stop",
+        ]
         inner = L.For(
             var=n.var,
             dim=n.dim,
@@ -338,7 +385,9 @@ class ModuleEmitter:
                 body_args=", ".join(body_args),
             )
         )
-        self.functions.append(self.function(body_fn, body_params, [], (inner,), path, True))
+        self.functions.append(
+            self.function(body_fn, body_params, [], (inner,), path, True, inherited=bufs)
+        )
         return _control().parallel_launch(
             self.label("P"), ctx, len(slots), "\n".join(x for x in stores if x), region
         )
@@ -353,7 +402,7 @@ class ModuleEmitter:
             code.append(r.code)
             env[it] = r.value
         if s.micro is not None:
-            return self.micro_call(s.micro, env, code)
+            return self.micro_call(s.micro, env, code, c.packed_b)
         dt = self.k.arg(s.target.tensor).dtype  # type: ignore[union-attr]
         ty = LLTYPE[dt]
         addr = self.address(s.target, env, code)
@@ -369,16 +418,27 @@ class ModuleEmitter:
         code.append(f"  store {ty} {new}, ptr {addr}")
         return "\n".join(x for x in code if x)
 
-    def micro_call(self, mk: Micro, env: dict[str, str], code: list[str]) -> str:
-        """One BRGEMM call (offset form) on the blocks at this instance's origins."""
+    def micro_call(
+        self,
+        mk: Micro,
+        env: dict[str, str],
+        code: list[str],
+        packed_b: tuple[str, IExpr] | None = None,
+    ) -> str:
+        """One BRGEMM call (offset form) on the blocks at this instance's origins; B from a
+        dense scratch block when ``packed_b`` gives one (``transform/pack.py``)."""
         from ..kernels import BrgemmConfig, generate, symbol_for
+
+        b_offsets = mk.b_offsets
+        if packed_b is not None:
+            b_offsets = tuple(i * mk.k * mk.n for i in range(len(mk.b_offsets)))
 
         cfg = BrgemmConfig(
             m=mk.m,
             n=mk.n,
             k=mk.k,
             lda=mk.lda,
-            ldb=mk.ldb,
+            ldb=mk.ldb if packed_b is None else mk.n,
             ldc=mk.ldc,
             beta=mk.beta,
             alpha=mk.alpha,
@@ -399,8 +459,17 @@ class ModuleEmitter:
             self.flat_pointer(t, e, env, code)
             for t, e in ((mk.a, mk.a_origin), (mk.b, mk.b_origin), (mk.c, mk.c_origin))
         ]
+        if packed_b is not None:
+            buf, at = packed_b
+            off = self.int_code(at, {})
+            code.append(off.code)
+            ptrs[1] = self.fresh("a")
+            ty = self.buffer_types[buf]
+            code.append(
+                f"  {ptrs[1]} = getelementptr inbounds {ty}, ptr %buf.{buf}, i64 {off.value}"
+            )
         args = [f"ptr {p}" for p in ptrs] + [f"i64 {len(mk.a_offsets)}"]
-        args += [f"ptr {self.offset_table(mk.a_offsets)}", f"ptr {self.offset_table(mk.b_offsets)}"]
+        args += [f"ptr {self.offset_table(mk.a_offsets)}", f"ptr {self.offset_table(b_offsets)}"]
         if mk.bias is not None:
             args.append(f"ptr {self.flat_pointer(mk.bias, mk.bias_origin, env, code)}")
         if mk.alpha_arg is not None:

@@ -40,10 +40,37 @@ Cond = Cmp | BoolOp
 
 @dataclass(frozen=True, kw_only=True)
 class Call:
-    """Run statement ``stmt`` at iteration ``args`` (its iterators, in order)."""
+    """Run statement ``stmt`` at iteration ``args`` (its iterators, in order).
+
+    ``packed_b``: for a BRGEMM statement whose B blocks were copied by a :class:`Copy` nest
+    (``transform/pack.py``), the buffer and the element offset of this call's block in it; the
+    block is then dense (``ldb = n``, batch element ``b`` at ``b * k * n``).
+    """
 
     stmt: str
     args: tuple[IExpr, ...]
+    packed_b: tuple[str, IExpr] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Buffer:
+    """A scratch array of ``elems`` elements owned by the function that runs this node (one per
+    thread inside a parallel loop); it lives until that function returns."""
+
+    name: str
+    elems: int
+    dtype: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Copy:
+    """``buf[dst : dst + count] = tensor[src : src + count]`` (element offsets)."""
+
+    buf: str
+    dst: IExpr
+    tensor: str
+    src: IExpr
+    count: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +109,7 @@ class Assign:
     value: IExpr
 
 
-Node = For | If | Call | Assign
+Node = For | If | Call | Assign | Buffer | Copy
 
 
 def collapse(outer: For, inner: For, trips_outer: int, trips_inner: int) -> For:
@@ -141,9 +168,17 @@ def to_c(nodes: tuple[Node, ...], stmt_text: dict[str, str] | None = None, inden
             out.append(f"{pad}}}")
         elif isinstance(n, Assign):
             out.append(f"{pad}int {n.var} = {n.value};")
+        elif isinstance(n, Buffer):
+            out.append(f"{pad}{n.dtype} {n.name}[{n.elems}];  // scratch")
+        elif isinstance(n, Copy):
+            out.append(
+                f"{pad}copy({n.buf} + {n.dst}, {n.tensor} + {n.src}, {n.count});  // packs operand rows"
+            )
         else:
             call = f"{n.stmt}({', '.join(map(str, n.args))});"
             if stmt_text and n.stmt in stmt_text:
                 call += f"  // {stmt_text[n.stmt]}"
+            if n.packed_b is not None:
+                call += f"  [B from {n.packed_b[0]} + {n.packed_b[1]}]"
             out.append(pad + call)
     return "\n".join(line for line in out if line)

@@ -295,3 +295,36 @@ def eval_int(e: IExpr, env: Mapping[str, int]) -> int:
         case "max":
             return max(a, b)
     raise ValueError(f"unknown integer op {e.op!r}")
+
+
+def substitute(e: IExpr, env: Mapping[str, IExpr]) -> IExpr:
+    """``e`` with the variables named in ``env`` replaced by their expressions."""
+    if isinstance(e, Var):
+        return env.get(e.name, e)
+    if isinstance(e, IntOp):
+        return replace(e, a=substitute(e.a, env), b=substitute(e.b, env))
+    return e
+
+
+def affine(e: IExpr, sizes: Mapping[str, int]) -> tuple[dict[str, int], int] | None:
+    """``e`` as ``sum(coefs[v] * v) + const`` with the sizes folded (None: ``//``, ``%``,
+    ``min``, ``max`` or a product of two variables)."""
+    if isinstance(e, Int):
+        return {}, e.value
+    if isinstance(e, Var):
+        return ({}, sizes[e.name]) if e.name in sizes else ({e.name: 1}, 0)
+    if e.op not in ("+", "-", "*"):
+        return None
+    a, b = affine(e.a, sizes), affine(e.b, sizes)
+    if a is None or b is None:
+        return None
+    if e.op == "*":
+        if a[0] and b[0]:
+            return None
+        (coefs, c), k = (a, b[1]) if not b[0] else (b, a[1])
+        return {v: x * k for v, x in coefs.items() if x * k}, c * k
+    sign = 1 if e.op == "+" else -1
+    coefs = dict(a[0])
+    for v, x in b[0].items():
+        coefs[v] = coefs.get(v, 0) + sign * x
+    return {v: x for v, x in coefs.items() if x}, a[1] + sign * b[1]
