@@ -124,9 +124,11 @@ def compile_kernel(
 
 
 def _scratch_bytes(tgt) -> int:
-    """Scratch that packing may use per buffer: the target's L2 (its largest private cache)."""
+    """Scratch that packing may use per buffer: the target's L2 (its largest private cache), or
+    one core's share of a shared cache up to 8 MiB (the copy then streams from there, densely)."""
     private = [c.size_bytes for c in tgt.caches if not c.shared]
-    return max(private, default=256 * 1024)
+    shared = [c.size_bytes // tgt.cores for c in tgt.caches if c.shared]
+    return max([*private, min(max(shared, default=0), 8 << 20)], default=256 * 1024)
 
 
 def brgemm_isa(cpu: str) -> str:
