@@ -80,8 +80,10 @@ class _Plan:
     key: tuple
 
 
-def _loop_sig(f: L.For) -> tuple:
-    return (f.var, f.init, f.cond, f.step)
+def _key(level: L.For | None, mk: Micro, src, panels: tuple[L.For, ...]) -> tuple:
+    """Calls with equal keys read the same blocks through the same panel loops: one copy."""
+    sig = tuple((f.var, f.init, f.cond, f.step) for f in panels)
+    return (id(level), mk.b, src, mk.k, mk.n, mk.ldb, mk.b_offsets, sig)
 
 
 def _b_source(mk: Micro, call: L.Call, iterators: tuple[str, ...]):
@@ -152,16 +154,7 @@ def pack_operands(
             if total * DTYPE_BYTES[kernel.arg(mk.b).dtype] > max_bytes:  # type: ignore[union-attr]
                 break
             level = stack[h] if h >= 0 else None
-            key = (
-                id(level),
-                mk.b,
-                src,
-                mk.k,
-                mk.n,
-                mk.ldb,
-                mk.b_offsets,
-                tuple(_loop_sig(f) for f in panels),
-            )
+            key = _key(level, mk, src, panels)
             plans[id(call)] = _Plan(level=level, panels=panels, trips=trips, key=key)  # type: ignore[arg-type]
             break
     # calls with no reuse of their own may read a buffer that a sibling's copy fills
@@ -174,16 +167,7 @@ def pack_operands(
         for h in range(len(stack) - 1, -2, -1):
             level = stack[h] if h >= 0 else None
             panels = tuple(f for f in stack[h + 1 :] if f.var in deps)
-            key = (
-                id(level),
-                mk.b,
-                src,
-                mk.k,
-                mk.n,
-                mk.ldb,
-                mk.b_offsets,
-                tuple(_loop_sig(f) for f in panels),
-            )
+            key = _key(level, mk, src, panels)
             if key in keys:
                 trips = tuple(max_trips(f, sizes) for f in panels)
                 plans[id(call)] = _Plan(level=level, panels=panels, trips=trips, key=key)  # type: ignore[arg-type]
