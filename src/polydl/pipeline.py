@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 
 from .codegen import jit
 from .codegen.compiled import CompiledKernel
@@ -160,7 +161,11 @@ def lower_contractions(
     from .optimize.plan import default_plan, ranked
     from .optimize.search import format_variants
     from .transform.brgemm import foldable, lower
+    from .transform.split import split_guards
 
+    # Guarded contractions (a padded conv written by hand): index-set splitting gives their
+    # guard-free cells nests of their own, which find_all then takes (transform/split.py).
+    kernel = _checked(split_guards(kernel))
     lanes = FAMILIES[isa].vector_width
     parallel: dict[str, frozenset[int]] = {}
     texts: list[str] = []
@@ -168,7 +173,10 @@ def lower_contractions(
         if not foldable(kernel, c):
             continue
         top = max(10, variant + 1)
-        choices = ranked(kernel, c, target=target, threads=threads, top=top) if rank else []
+        # ranked on its own nest (foldable: the folded statements, in place between the others)
+        nest = [s for s in kernel.statements if s.name in (c.init, c.stmt, c.epilogue)]
+        nest_k = replace(kernel, statements=tuple(nest))
+        choices = ranked(nest_k, c, target=target, threads=threads, top=top) if rank else []
         if variant >= max(1, len(choices)):
             raise ValueError(f"variant={variant}: {c.stmt} has {len(choices)} ranked variants")
         if choices:

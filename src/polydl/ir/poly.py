@@ -600,3 +600,73 @@ def to_text(obj) -> str:
 # Aliases kept for the front end and analyses: ``iexpr`` and ``access`` handle ``//``, ``%``.
 isl_iexpr = iexpr
 access_map = access
+
+
+# ---- index-set splitting (transform/split.py)
+
+
+def box_set(like: Set, box: Mapping[str, tuple[int, int]]) -> Set:
+    """The box of inclusive extents ``box`` (every dimension of ``like``) in ``like``'s space."""
+    cons = " and ".join(f"{lo} <= {v} <= {hi}" for v, (lo, hi) in box.items()) or "0 = 0"
+    text = f"{{ {tuple_name(like) or ''}[{', '.join(names(like))}] : {cons} }}"
+    return Set(text).align_params(like.get_space()).intersect_params(like.params())
+
+
+def project_onto(s: Set, keep: Iterable[str]) -> Set:
+    """``s`` projected onto the dimensions named in ``keep`` (their order kept, tuple name too)."""
+    keep = set(keep)
+    out = s
+    for i, d in reversed(list(enumerate(names(s)))):
+        if d not in keep:
+            out = out.project_out(_SET, i, 1)
+    return out.set_tuple_name(tuple_name(s)) if tuple_name(s) else out
+
+
+def full_slices(dom: Set, box: Mapping[str, tuple[int, int]], keep: Iterable[str]) -> Set:
+    """The points of the ``keep`` dimensions whose whole slice of the bounding ``box`` of ``dom``
+    lies in ``dom`` (no guard cuts it): proj(box) minus proj(box minus dom)."""
+    whole = box_set(dom, box)
+    return project_onto(whole, keep).subtract(project_onto(whole.subtract(dom), keep))
+
+
+def subtract(a: Set, b: Set) -> Set:
+    return a.subtract(b)
+
+
+def unite(a: Set, b: Set) -> Set:
+    return a.union(b)
+
+
+def is_disjoint(a: Set, b: Set) -> bool:
+    return a.is_disjoint(b)
+
+
+def writers(kernel: Kernel, stmt: Statement, elements: Set) -> Set:
+    """The instances of ``stmt`` whose target element lies in ``elements``."""
+    return access(kernel, stmt, stmt.target).intersect_range(elements).domain()
+
+
+def named_text(s: Set, name: str) -> str:
+    """The isl text of ``s`` (coalesced) with its tuple named ``name``."""
+    return s.set_tuple_name(name).coalesce().to_str()
+
+
+def placed_schedule(text: str, name: str, first: int) -> str:
+    """Schedule map ``text`` with its input tuple named ``name`` and output dimension 0 (the
+    top-level position of the statement's nest) replaced by the constant ``first``."""
+    m = Map(text).set_tuple_name(_IN, name)
+    outs = [f"o{i}" for i in range(m.dim(_OUT))]
+    move = Map(f"{{ [{', '.join(outs)}] -> [{', '.join([str(first), *outs[1:]])}] }}")
+    return m.apply_range(move.align_params(m.get_space())).to_str()
+
+
+def piecewise_schedule(pieces: Iterable[tuple[Set, str]]) -> str:
+    """One schedule map text from the (domain piece, schedule text) pairs of one statement."""
+    out = None
+    for dom, text in pieces:
+        m = Map(text).align_params(dom.get_space())
+        m = m.intersect_domain(dom.align_params(m.get_space()))
+        out = m if out is None else out.union(m)
+    if out is None:
+        raise ValueError("a piecewise schedule needs at least one piece")
+    return out.coalesce().to_str()
