@@ -144,6 +144,53 @@ def test_parallel_split_and_balance():
         C.cost(k, "S0", loops, target=ZEN, threads=2, n_parallel=5)
 
 
+def test_call_model_register_tiles():
+    """The call's in-core cycles and panel passes follow the microkernel's register tiles."""
+    one = C.call_model(7, 32, 32, 144, ICE)  # a 7x7-output conv row: one 7x32 tile
+    assert (one.tile, one.row_passes, one.col_passes) == ("7x32", 1, 1)
+    assert one.flops == 2 * 7 * 32 * 32 * 144
+    assert one.b_panel == 32 * 144 * 32 * 4 and one.a_panel == 7 * 32 * 144 * 4
+    # never faster than the FMA ports allow: 2 FMAs of 16 lanes per cycle
+    fma_cycles = one.flops / (2 * 2 * 16)
+    assert fma_cycles < one.cycles < 1.2 * fma_cycles
+    wide = C.call_model(14, 64, 64, 8, ICE)  # 6x64 tiles, rows balanced 5 + 5 + 4
+    assert (wide.tile, wide.row_passes, wide.col_passes) == ("6x64", 3, 1)
+    # one row per tile: one broadcast and one B vector load per FMA, load bound
+    thin = C.call_model(1, 32, 64, 4, ICE)
+    assert thin.cycles / thin.flops > 1.5 * one.cycles / one.flops
+    # fewer, longer calls amortise the call overhead
+    short, long = C.call_model(6, 64, 64, 1, ICE), C.call_model(6, 64, 64, 16, ICE)
+    assert long.cycles / long.flops < short.cycles / short.flops
+
+
+def test_cost_with_call_adds_core_and_restreamed_panels():
+    k = gemm(256, 256, 256)
+    loops = [("j", 64), ("i", 64), ("k", 256)]  # calls of 64x64, whole k: B panel 64K > L1/2
+    call = C.call_model(64, 64, 256, 1, ICE)
+    base = C.cost(k, "S0", loops, target=ICE, threads=1)
+    a = reuse.analyzer(k, "S0")
+    levels = a.levels(loops, ICE, 1)
+    c = C.evaluate(levels, a.whole(), ICE, call=call)
+    calls = 16
+    assert c.core == pytest.approx(calls * call.cycles * 2 * 64)  # 2 loads of 64 bytes a cycle
+    assert c.total == pytest.approx(c.core + c.data)
+    assert sum(lv.cost for lv in c.levels) == pytest.approx(c.data)
+    assert c.levels[-1].cache == "L2"  # the call's block (A 64K + B 64K + C 16K)
+    restream = calls * (call.row_passes - 1) * call.b_panel * ICE.byte_costs[1]
+    assert call.row_passes > 1
+    assert c.data == pytest.approx(base.total + restream)
+    # parallel over j on 2 cores: 4 blocks of j, 2 each: half the calls per core
+    p = C.evaluate(a.levels(loops, ICE, 2), a.whole(), ICE, n_parallel=1, threads=2, call=call)
+    assert p.core == pytest.approx(c.core / 2)
+    # 3 blocks over 2 cores: the slowest core runs 2 of them
+    k3 = gemm(192, 256, 256)
+    a3 = reuse.analyzer(k3, "S0")
+    lv3 = a3.levels([("i", 64), ("j", 64)], ICE, 2)
+    seq = C.evaluate(lv3, a3.whole(), ICE, call=call)
+    par = C.evaluate(lv3, a3.whole(), ICE, n_parallel=1, threads=2, call=call)
+    assert par.core == pytest.approx(seq.core * 2 / 3)
+
+
 # ---------------------------------------------------------------- search
 
 
@@ -464,6 +511,13 @@ def test_format_levels_lists_every_level():
     assert [r.split()[0] for r in rows] == [lv.label for lv in v.working_sets]
     assert rows[-1].split()[0] == "micro"
     assert sum(float(r.split()[-1]) for r in rows) == pytest.approx(v.cost.total, rel=1e-3)
+    # with the microkernel call modelled, the levels add up to the data part
+    call = C.call_model(8, 16, 32, 3, ZEN)
+    (w,) = search.rank(k, "S0", **GEMM_SPACE, target=ZEN, threads=1, top=1, check=CHECK, call=call)
+    text = search.format_levels(w).splitlines()
+    assert f"in-core {w.cost.core:.4g} + data {w.cost.data:.4g}" in text[0]
+    assert sum(float(r.split()[-1]) for r in text[2:]) == pytest.approx(w.cost.data, rel=1e-3)
+    assert w.cost.total == pytest.approx(w.cost.core + w.cost.data)
 
 
 def test_rank_order_is_the_table_order():

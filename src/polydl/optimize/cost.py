@@ -28,9 +28,29 @@ tensor ``t``:
   ``c(l)``: ``min(E_{l-1} * f_{l-1}(t), E_l * f_l(t))``.
 
 ``cost_l = bytes_l * w(c(l-1))``. The microkernel level also reads its working set from where
-it lives once per call: ``E_L * WS_L * w(c(L))`` (cheap from L1, dear from L2). The total is the
-sum over levels; lower is better. Compute is the same for every variant of a statement, so it is
-not counted; the load imbalance of parallel loops is, through ``share``.
+it lives once per call: ``E_L * WS_L * w(c(L))`` (cheap from L1, dear from L2). The data cost
+``D`` is the sum over levels; the load imbalance of parallel loops counts through ``share``.
+
+The call itself (:class:`Call`, from the register tiles the microkernel generator uses for the
+call's shape, see :func:`call_model`): a register tile of ``mr`` rows by ``nv`` vectors does, per
+step of the reduction, ``mr * nv`` FMAs and ``nv + mr`` loads (B vectors, A broadcasts), so it
+takes ``max(mr * nv / fma_ports, (nv + mr) / load_ports)`` cycles; each tile also loads/stores
+its accumulators, each batch element and each call cost a few cycles of address arithmetic.
+The tiles of one call run one after the other, each over the whole reduction: B's panel
+(``batch * k`` rows of the tile's columns) is streamed once per row tile, A's once per column
+tile. A panel that fits in L1 is re-read from L1 (in-core loads, part of the cycles); one that
+does not comes again from where the call's working set lives, ``(passes - 1) * panel *
+w(c(L))`` more per call, added to ``D``. The in-core cost is ``K = E_L * cycles * u``, with
+``u = load_ports * vector bytes``, the L1 bytes a core loads per cycle (the unit of the byte
+weights).
+
+The cost of a variant is ``K + D`` (lower is better; ``D`` alone without a :class:`Call`):
+the non-overlapping form of the execution-cache-memory (ECM) model. On the Ice Lake host the
+overlapping form ``max(K, D)`` mispredicted: in ResNet-50's layer 1, variants whose ``D`` stays
+below ``K`` still ran 1.35x slower when their loops bring the activations from L3 rather than
+L2 (``p/2 kb | micro`` 116 GFLOPS, ``kb/2 p/2 kb | micro`` 86), which the sum predicts in the
+right direction (1.10x) and the maximum not at all. ``K`` matters between variants through the
+load balance of parallel loops (the slowest core's share of the calls) and between call shapes.
 """
 
 from __future__ import annotations
@@ -42,6 +62,15 @@ from dataclasses import dataclass
 from ..analysis.reuse import Footprint, Level, analyzer
 from ..ir import nodes
 from .target import Target, resolve
+
+# in-core constants of the call model (cycles): issue ports of loads, and the bookkeeping around
+# the FMAs that does not overlap with them. The overheads are estimates (a call's entry and
+# offset tables, a tile's setup, a batch element's pointer loads), not calibrated: they only
+# separate call shapes, and conv variants of one layer share their call shape.
+LOAD_PORTS = 2
+CALL_CYCLES = 20.0
+TILE_CYCLES = 6.0
+BATCH_CYCLES = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,11 +88,59 @@ class LevelCost:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Call:
+    """One microkernel call as its register tiles run it (see :func:`call_model`)."""
+
+    cycles: float  # in-core cycles of one call
+    flops: int  # 2 * m * n * k * batch
+    row_passes: int  # register-tile rows: how often B's panel is streamed per call
+    col_passes: int  # register-tile columns: how often A's panel is streamed per call
+    a_panel: int  # bytes of A one column of tiles reads (all rows, whole reduction)
+    b_panel: int  # bytes of B one row of tiles reads (one tile's columns, whole reduction)
+    tile: str  # "7x32": the main register tile
+
+
+@dataclass(frozen=True, kw_only=True)
 class Cost:
-    total: float
+    total: float  # core + data
     levels: tuple[LevelCost, ...]
     threads: int  # cores the parallel loops use
     balance: float  # P / (threads * ceil(P / threads)); 1.0 is perfect balance
+    data: float = 0.0  # D: data movement, in units of an L1 byte
+    core: float = 0.0  # K: in-core execution of the calls, same units (0: no call model)
+
+
+def call_model(
+    m: int, n: int, k: int, batch: int, target: Target, *, beta: int = 1, dtype_bytes: int = 4
+) -> Call:
+    """The in-core cycles and panel traffic of one BRGEMM call of ``m x n``, reduction ``k``
+    and ``batch`` blocks, with the register blocking the microkernel generator picks on
+    ``target``'s ISA (:func:`polydl.kernels.isa.plan`)."""
+    from ..kernels import isa as kisa
+    from ..kernels.config import BrgemmConfig
+
+    fam = kisa.family(target.isa)
+    blocking = kisa.plan(BrgemmConfig(m=m, n=n, k=k, ldb=n, ldc=n, beta=beta), fam)
+    fma_ports = 2 if target.fma else 1
+    cycles = CALL_CYCLES
+    for g in blocking.groups:
+        per_k = max(g.mr * g.nv / fma_ports, (g.mr + g.nv) / LOAD_PORTS)
+        acc_io = g.mr * g.nv * (1 + beta) / LOAD_PORTS  # store (and load, beta = 1) of C
+        tile = k * batch * per_k + batch * BATCH_CYCLES + TILE_CYCLES + acc_io
+        cycles += g.i_count * g.j_count * tile
+    first_cols = blocking.groups[0].j_start
+    row_tiles = sum(g.i_count for g in blocking.groups if g.j_start == first_cols)
+    col_tiles = sum(g.j_count for g in blocking.groups if g.i_start == 0)
+    width = blocking.nv * blocking.vector_width
+    return Call(
+        cycles=cycles,
+        flops=2 * m * n * k * batch,
+        row_passes=max(1, row_tiles),
+        col_passes=max(1, col_tiles),
+        a_panel=m * k * batch * dtype_bytes,
+        b_panel=k * batch * min(n, width) * dtype_bytes,
+        tile=blocking.tile,
+    )
 
 
 def evaluate(
@@ -74,13 +151,15 @@ def evaluate(
     n_parallel: int = 0,
     threads: int = 1,
     detail: bool = True,
+    call: Call | None = None,
 ) -> Cost:
     """The cost of a nest from its working sets (see the module docstring).
 
     ``levels`` are :func:`polydl.analysis.reuse.working_sets` (loops, then the microkernel
     block), ``whole`` the footprints of the whole nest, ``n_parallel`` how many outermost loops
-    run in parallel on at most ``threads`` cores. ``detail=False`` leaves ``levels`` empty
-    (faster, for ranking).
+    run in parallel on at most ``threads`` cores, ``call`` the microkernel call of the innermost
+    block (None: data movement only). ``detail=False`` leaves ``levels`` empty (faster, for
+    ranking).
     """
     n_loops = len(levels) - 1
     if not 0 <= n_parallel <= n_loops:
@@ -135,6 +214,14 @@ def evaluate(
         cost = moved * weight
         if lv.loop is None:  # the microkernel reads its block from where it lives, per call
             cost += e(d) * ws[d] * weights[here]
+            if call is not None and here > 0:  # panels re-streamed by later register tiles
+                l1 = caps[0] if caps else 0
+                for passes, panel in (
+                    (call.row_passes, call.b_panel),
+                    (call.col_passes, call.a_panel),
+                ):
+                    if passes > 1 and panel > l1 // 2:  # L1 also holds the other operands
+                        cost += e(d) * (passes - 1) * panel * weights[here]
         total += cost
         if detail:
             out.append(
@@ -149,7 +236,17 @@ def evaluate(
                     cost=cost,
                 )
             )
-    return Cost(total=total, levels=tuple(out), threads=used, balance=balance)
+    core = 0.0
+    if call is not None and levels:
+        core = e(len(levels) - 1) * call.cycles * LOAD_PORTS * target.vector_bits / 8
+    return Cost(
+        total=core + total,
+        levels=tuple(out),
+        threads=used,
+        balance=balance,
+        data=total,
+        core=core,
+    )
 
 
 def cost(

@@ -8,12 +8,14 @@ call); :func:`default_plan` is the fallback rule when no ranking is asked for.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 
 from ..analysis.contraction import Contraction
 from ..errors import PolyDLError
 from ..kernels import BrgemmConfig
 from ..transform.brgemm import BlockPlan
+from .cost import call_model
 
 MAX_BK = 64
 # reduction extents of one call offered when k is split (the multiples of bk that divide the k
@@ -159,12 +161,24 @@ def ranked(kernel, c: Contraction, *, target, threads: int, top: int = 10):
             | ({ext // 2} if b == 1 and ext >= 4 else set())
         )
     found = []
+    batch = math.prod(c.extent(v) for v in c.batch)
+    rows = min(bm, c.extent(c.m)) * c.rows_per_m
     for kc in k_tiles(c, bk) or [None]:
         micro = {c.m: bm, c.n: bn, **{v: c.extent(v) for v in covered}}
         if c.k is not None:
             micro[c.k] = kc
+        call = call_model(
+            rows, min(bn, c.extent(c.n)), bk, batch * ((kc or bk) // bk), target, beta=1
+        )
         for var in rank(
-            kernel, c.stmt, tileable=tileable, micro=micro, target=target, threads=threads, top=top
+            kernel,
+            c.stmt,
+            tileable=tileable,
+            micro=micro,
+            target=target,
+            threads=threads,
+            top=top,
+            call=call,
         ):
             found.append(var)
     out = []

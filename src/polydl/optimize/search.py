@@ -46,7 +46,7 @@ from ..analysis.reuse import Level, analyzer, fmt_bytes
 from ..errors import DependenceError
 from ..ir import nodes, poly
 from ..ir.poly import params_text
-from .cost import Cost, evaluate
+from .cost import Call, Cost, evaluate
 from .target import Target, resolve
 
 Loops = tuple[tuple[str, int], ...]
@@ -211,9 +211,11 @@ def _inner_orders(points: list[tuple[str, int]]) -> list[Loops]:
 
 
 class _Ranker:
-    def __init__(self, kernel, stmt: str, target: Target, threads: int, check: Checker):
+    def __init__(
+        self, kernel, stmt: str, target: Target, threads: int, check: Checker, call: Call | None
+    ):
         self.kernel, self.stmt, self.target, self.threads = kernel, stmt, target, threads
-        self.check = check
+        self.check, self.call = check, call
         self.a = analyzer(kernel, stmt)
         self.whole = self.a.whole()
         self._free: frozenset[str] | None = None
@@ -229,18 +231,19 @@ class _Ranker:
     def best(self, loops: Loops) -> tuple[Cost, int, tuple[Level, ...]]:
         """The cost of ``loops`` with its best number of parallel outermost loops."""
         levels = self.a.levels(loops, self.target, self.threads)
-        tgt, whole, n = self.target, self.whole, self.threads
-        best_total, best_p = evaluate(levels, whole, tgt, detail=False).total, 0
+        tgt, whole, n, call = self.target, self.whole, self.threads, self.call
+        c = evaluate(levels, whole, tgt, detail=False, call=call)
+        best, best_p = (c.total, c.data), 0
         if n > 1:
             for p in range(1, len(loops) + 1):
                 if not self.free(loops[p - 1][0]):
                     break
-                c = evaluate(levels, whole, tgt, n_parallel=p, threads=n, detail=False)
-                if c.total < best_total * (1 - 1e-9):
-                    best_total, best_p = c.total, p
+                c = evaluate(levels, whole, tgt, n_parallel=p, threads=n, detail=False, call=call)
+                if _cheaper(c, best):
+                    best, best_p = (c.total, c.data), p
                 if c.threads == n and c.balance == 1.0:
                     break  # collapsing more loops cannot balance better
-        cost = evaluate(levels, whole, tgt, n_parallel=best_p, threads=n)
+        cost = evaluate(levels, whole, tgt, n_parallel=best_p, threads=n, call=call)
         return cost, best_p, levels
 
     def legal(self, loops: Loops) -> bool:
@@ -266,17 +269,20 @@ def rank(
     top: int | None = 20,
     max_tiles: int = 4,
     check: Checker | None = None,
+    call: Call | None = None,
 ) -> tuple[Variant, ...]:
     """The ``top`` best legal variants of ``stmt`` (all legal ones if ``top`` is None),
     cheapest first. See the module docstring for the space and the search.
 
     ``threads`` defaults to the target's cores; ``max_tiles`` bounds the tile candidates kept
-    per iterator; ``check`` replaces ``analysis.deps.check_schedule`` (same signature).
+    per iterator; ``check`` replaces ``analysis.deps.check_schedule`` (same signature);
+    ``call`` is the microkernel call of the innermost block (:func:`~polydl.optimize.cost.
+    call_model`), which adds its in-core time to the cost.
     """
     name = stmt if isinstance(stmt, str) else stmt.name
     tgt = resolve(target)
     nthreads = tgt.cores if threads is None else max(1, int(threads))
-    r = _Ranker(kernel, name, tgt, nthreads, check or _default_check())
+    r = _Ranker(kernel, name, tgt, nthreads, check or _default_check(), call)
     a = r.a
     micro = dict(micro or {})
     for v in [*micro, *tileable]:
@@ -297,7 +303,7 @@ def rank(
 
     # stage 1: inner-band orders without tiles; keep the cheapest legal ones
     scored = sorted(
-        ((r.best(o)[0].total, i, o) for i, o in enumerate(_inner_orders(points))),
+        ((_cost_key(r.best(o)[0]), i, o) for i, o in enumerate(_inner_orders(points))),
         key=lambda x: (x[0], x[1]),
     )
     inner: list[Loops] = []
@@ -328,7 +334,7 @@ def rank(
                     continue
                 c, p, levels = r.best(loops)
                 tiles = tuple(sorted((v, b) for v, b in tile_loops if (v, b) in loops))
-                seen[loops] = (c.total, len(seen), c, p, levels, tiles)
+                seen[loops] = (_cost_key(c), len(seen), c, p, levels, tiles)
 
     # stage 3: legality in order of cost (ties: fewer loops, then the order's text)
     out: list[Variant] = []
@@ -364,10 +370,24 @@ def _order(loops: Loops) -> str:
     return " ".join(_label(v, b) for v, b in loops) + " | micro"
 
 
+def _cheaper(c: Cost, than: tuple[float, float]) -> bool:
+    """Whether ``c`` is cheaper than ``(total, data)`` by more than rounding."""
+    total, data = than
+    if c.total < total * (1 - 1e-9):
+        return True
+    return c.total <= total * (1 + 1e-9) and c.data < data * (1 - 1e-9)
+
+
+def _cost_key(c: Cost) -> tuple[float, float]:
+    """Cheapest first; at equal cost, less data movement."""
+    return (c.total, c.data)
+
+
 def _key(v: Variant) -> tuple:
-    """Cheapest first; ties: fewer loops, then the order closest to the source's (the cost
-    model sees no difference, so keep the programmer's locality), then the text."""
-    return (v.cost.total, len(v.loops), v.disorder, v.order, v.n_parallel)
+    """Cheapest first (:func:`_cost_key`); ties: fewer loops, then the order closest to the
+    source's (the cost model sees no difference, so keep the programmer's locality), then the
+    text."""
+    return (*_cost_key(v.cost), len(v.loops), v.disorder, v.order, v.n_parallel)
 
 
 def disorder(loops: Loops, iterators: Sequence[str]) -> int:
@@ -419,7 +439,8 @@ def format_variants(variants: Sequence[Variant], top: int = 10) -> str:
 
 def format_levels(variant: Variant) -> str:
     """One variant's cost level by level: what each loop's iteration touches, where it fits,
-    what it brings in from where, and what that costs."""
+    what it brings in from where, and what that costs (the data part; the first line adds the
+    in-core time of the calls when the call is modelled)."""
     head = ("level", "trip", "working set", "fits", "brings", "from", "weight", "cost")
     body = [
         (
@@ -439,4 +460,7 @@ def format_levels(variant: Variant) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in [head, *body]
     ]
-    return "\n".join([f"{variant.order}  (total {variant.cost.total:.4g})", *lines])
+    c = variant.cost
+    head_line = f"{variant.order}  (total {c.total:.4g}"
+    head_line += f" = in-core {c.core:.4g} + data {c.data:.4g})" if c.core else ")"
+    return "\n".join([head_line, *lines])
