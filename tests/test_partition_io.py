@@ -18,9 +18,11 @@ from polydl.partition.schedule import simulate
 
 
 @pytest.fixture(autouse=True)
-def _short_milp(monkeypatch):
-    """The MILP bound's time budget per problem: short here (any budget gives a valid bound)."""
+def _short_bounds(monkeypatch):
+    """The MILP and configuration bounds' time budgets per problem: short here (any budget gives
+    a valid bound)."""
     monkeypatch.setenv("POLYDL_MILP_SECONDS", "0.05")
+    monkeypatch.setenv("POLYDL_LP_SECONDS", "0.2")
 
 
 def small_onnx(path, *, unknown: bool = False, cyclic: bool = False) -> str:

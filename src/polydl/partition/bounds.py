@@ -28,12 +28,21 @@ to one of its two devices), ``load_d = compute_d + comm_d``, bottleneck ``B = ma
    more than ``MAX_WINDOW`` nodes are not used (a cost cap: dropping a window keeps the bound
    valid, only weaker), so very large graphs (random-dag-10000) keep bound 1.
 
-3. :func:`~polydl.partition.milp.milp_bound`: the dual bound of an exact mixed-integer program
+3. :func:`~polydl.partition.lagrange.configuration_bound`: the per-device bound
+   ``min { load(S) : pi(S) >= pi(V) / K }`` for node weights ``pi`` found by cutting planes on
+   the configuration LP, evaluated exactly by a dynamic program over the topological order; it
+   sees that a middle stage pays two boundaries and that nodes come in lumps. Proof and search in
+   :mod:`polydl.partition.lagrange`. Skipped (``None``) above ``lagrange.MAX_NODES`` nodes or when
+   the order's frontier is wider than ``lagrange.MAX_FRONTIER``.
+
+4. :func:`~polydl.partition.milp.milp_bound`: the dual bound of an exact mixed-integer program
    of the planner's objective (per-device compute + communication, the memory limits), solved by
    HiGHS under a time limit; proof and formulation in :mod:`polydl.partition.milp`. Skipped
-   (``None``) without scipy or above ``milp.MAX_NODES`` nodes.
+   (``None``) without scipy or above ``milp.MAX_NODES`` nodes, and when no memory limit is
+   finite and bound 3 already reaches a plan's bottleneck (the contiguous optimum): the MILP
+   optimum is then at most that plan's value, so it cannot be larger.
 
-The reported bound is the largest of the three, each valid on its own.
+The reported bound is the largest of the four, each valid on its own.
 
 The *optimum among contiguous plans* (the pipeline dynamic program's value) is not a bound for
 general partitions; plans report it separately (``Plan.contiguous_optimum_s``).
@@ -221,16 +230,24 @@ def window_cut_bound(p: Problem, upper: float | None = None) -> float:
 
 
 def bounds(p: Problem) -> dict[str, float | None]:
-    """Every bound by name (``milp`` is ``None`` when skipped), computed once per problem."""
+    """Every bound by name (``configuration`` and ``milp`` are ``None`` when skipped), computed
+    once per problem."""
     cached = p.cache.get("bounds")
     if cached is None:
+        from . import lagrange
         from .milp import milp_bound
+        from .pipeline import contiguous_optimum
 
-        cached = {
-            "work": work_bound(p),
-            "window_cut": window_cut_bound(p),
-            "milp": milp_bound(p),
-        }
+        cached = {"work": work_bound(p), "window_cut": window_cut_bound(p)}
+        known = max(cached.values())
+        # a plan's bottleneck when no memory limit is finite (an O(K n^2) program: not computed
+        # for graphs bound 3 skips anyway)
+        plan = contiguous_optimum(p) if p.n <= lagrange.MAX_NODES else math.inf
+        cached["configuration"] = lagrange.configuration_bound(p, known, plan)
+        known = max(known, cached["configuration"] or 0.0)
+        limited = any(math.isfinite(p.memory_limit(d)) for d in range(p.k))
+        proven = not limited and known >= plan * (1 - 1e-9)
+        cached["milp"] = None if proven else milp_bound(p)
         p.cache["bounds"] = cached
     return dict(cached)
 

@@ -10,7 +10,9 @@ Also the DeepSpeed-style ``uniform`` and ``parameters`` splits used as baselines
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -104,6 +106,13 @@ def pipeline_partition(p: Problem, progress: Progress | None = None) -> np.ndarr
     if np.isfinite(value):
         return assign
     raise PartitionError(memory_diagnosis(p))
+
+
+def contiguous_optimum(p: Problem) -> float:
+    """The best bottleneck among contiguous plans with memory limits ignored (a plan's value, so
+    at least the optimum over all partitions when no limit is finite)."""
+    devices = tuple(replace(d, memory_bytes=math.inf) for d in p.devices)
+    return _solve(replace(p, devices=devices, cache={}), "time")[0]
 
 
 def memory_diagnosis(p: Problem) -> str:
