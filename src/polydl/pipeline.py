@@ -161,11 +161,15 @@ def lower_contractions(
     from .optimize.plan import default_plan, ranked
     from .optimize.search import format_variants
     from .transform.brgemm import foldable, lower
+    from .transform.coalesce import coalesce_columns
     from .transform.split import split_guards
 
     # Guarded contractions (a padded conv written by hand): index-set splitting gives their
     # guard-free cells nests of their own, which find_all then takes (transform/split.py).
     kernel = _checked(split_guards(kernel))
+    # Columns that continue in the next row (a 1x1 stride-1 NCHW conv: p and q are one run of
+    # P*Q pixels) become one iterator, so that a call covers more than one row (coalesce.py).
+    kernel = _checked(coalesce_columns(kernel))
     lanes = FAMILIES[isa].vector_width
     parallel: dict[str, frozenset[int]] = {}
     texts: list[str] = []

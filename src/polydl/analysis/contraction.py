@@ -15,6 +15,10 @@ batch       0           any         any         batch-reduce offsets
 outer       != 0        any         any         loops around the call
 ==========  ==========  ==========  ==========  =====================================
 
+Columns that run on into the next row (a 1x1 stride-1 NCHW convolution's ``p, q``) are one
+iterator by the time this runs (``transform/coalesce.py`` writes them ``pq // Q``, ``pq % Q``,
+which :func:`linearize` reads as ``pq``); rows that do so are fused here (``m_inner``).
+
 A zero initialisation just before the reduction (``C[fc] = 0``) folds into ``beta = 0``; an
 epilogue just after it (``C[fc] = max(C[fc] + b[..], 0)`` and its parts) folds into the
 microkernel's final store. Nothing here changes the IR: it only reads it.
@@ -23,10 +27,23 @@ microkernel's final store. Nothing here changes the IR: it only reads it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..ir import poly
-from ..ir.nodes import Arg, BinOp, Expr, IExpr, Int, IntOp, Kernel, Load, Num, Statement, Var
+from ..ir.nodes import (
+    Arg,
+    BinOp,
+    Expr,
+    IExpr,
+    Int,
+    IntOp,
+    Kernel,
+    Load,
+    Num,
+    Statement,
+    Var,
+    affine,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,43 +67,48 @@ class Linear:
         return out
 
 
-def _affine(e: IExpr, sizes: Mapping[str, int]) -> tuple[dict[str, int], int] | None:
-    if isinstance(e, Int):
-        return {}, e.value
-    if isinstance(e, Var):
-        return ({}, sizes[e.name]) if e.name in sizes else ({e.name: 1}, 0)
-    if e.op not in ("+", "-", "*"):
-        return None
-    a, b = _affine(e.a, sizes), _affine(e.b, sizes)
-    if a is None or b is None:
-        return None
-    if e.op == "*":
-        if a[0] and b[0]:
-            return None
-        (coefs, c), k = (a, b[1]) if not b[0] else (b, a[1])
-        return {v: x * k for v, x in coefs.items()}, c * k
-    sign = 1 if e.op == "+" else -1
-    coefs = dict(a[0])
-    for v, x in b[0].items():
-        coefs[v] = coefs.get(v, 0) + sign * x
-    return {v: x for v, x in coefs.items() if x}, a[1] + sign * b[1]
+def _pseudo(e: IExpr, sizes: Mapping[str, int]) -> IExpr:
+    """``e`` with every ``i // E`` and ``i % E`` (``i`` an iterator) named as a variable of its
+    own, ``"i//E"`` and ``"i%E"``, so that :func:`affine` takes the rest."""
+    if not isinstance(e, IntOp):
+        return e
+    if (
+        e.op in ("//", "%")
+        and isinstance(e.a, Var)
+        and e.a.name not in sizes
+        and isinstance(e.b, Int)
+        and e.b.value > 0
+    ):
+        return Var(name=f"{e.a.name}{e.op}{e.b.value}")
+    return replace(e, a=_pseudo(e.a, sizes), b=_pseudo(e.b, sizes))
 
 
 def linearize(kernel: Kernel, load: Load) -> Linear | None:
-    """The flat offset of ``load`` (None if an index is not affine: ``//``, ``%``, min/max)."""
+    """The flat offset of ``load`` (None if it is not affine in the iterators: min/max, or
+    ``//`` and ``%`` other than the two halves ``i // E``, ``i % E`` of an iterator indexing
+    two dimensions of strides ``E*s`` and ``s``, which add up to ``s*i``)."""
     shape = kernel.shape_of(load.tensor)
     sizes = kernel.size_values
     coefs: dict[str, int] = {}
     const = 0
     stride = 1
     for e, extent in reversed(list(zip(load.index, shape, strict=True))):
-        aff = _affine(e, sizes)
+        aff = affine(_pseudo(e, sizes), sizes)
         if aff is None:
             return None
         for v, x in aff[0].items():
             coefs[v] = coefs.get(v, 0) + x * stride
         const += aff[1] * stride
         stride *= extent
+    # a coalesced iterator (transform/coalesce.py): ``E*(i // E) + i % E`` is ``i``
+    for v in [v for v in coefs if "//" in v]:
+        i, e = v.split("//")
+        div, mod = coefs.pop(v), coefs.pop(f"{i}%{e}", 0)
+        if div != int(e) * mod:
+            return None
+        coefs[i] = coefs.get(i, 0) + mod
+    if any("%" in v for v in coefs):
+        return None
     return Linear(coefs=tuple(sorted((v, x) for v, x in coefs.items() if x)), const=const)
 
 
@@ -266,8 +288,6 @@ def _roles(iters, lc: Linear, la: Linear, lb: Linear, box):
 def _coalesce_rows(c: Contraction) -> Contraction:
     """Fuse an outer row iterator ``u`` above ``m`` when ``(u, m)`` is one run of rows:
     ``coef(u) == extent(m) * coef(m)`` in both C and A (and ``u`` not in B)."""
-    from dataclasses import replace
-
     lc, la, lb = c.linear("C"), c.linear("A"), c.linear("B")
     ext = c.extent(c.m)
     if c.lo(c.m) != 0:
@@ -284,8 +304,6 @@ def _coalesce_rows(c: Contraction) -> Contraction:
 
 
 def _fold(kernel: Kernel, red: Statement, c: Contraction) -> Contraction:
-    from dataclasses import replace
-
     stmts = list(kernel.statements)
     i = stmts.index(red)
     out_iters = c.out_iters
