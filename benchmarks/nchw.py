@@ -7,8 +7,8 @@ torch's faster of NCHW and channels_last (``torch.nn.functional.conv2d``, thread
 ``torch.set_num_threads``), their ratio (torch time / polydl time, > 1: polydl faster) and the
 largest error against torch relative to its largest output. ``--routes`` also times both routes
 of ``pd.nn.conv2d`` on every layer (``nn.ROUTES``): "direct" (``ops.conv2d`` on NCHW, padding
-guards split away), "rows" (``nn.conv2d_rows``: zero-padded rows, one run of pixels), both
-stride 1 only and without packing, and "blocked" (pack input and weights, NCHWc kernel, unpack). Medians of ``--repeat``
+guards split away), "rows" (``nn.conv2d_rows``: zero-padded rows, one run of pixels; a strided
+1x1 layer subsampled first), both without packing, "direct" stride 1 only, and "blocked" (pack input and weights, NCHWc kernel, unpack). Medians of ``--repeat``
 samples; run under ``flock /tmp/polydl-bench.lock`` on a shared machine.
 """
 
@@ -92,7 +92,8 @@ def main() -> None:
                 if args.routes:
                     times = {}
                     for r in routes:
-                        if r != "blocked" and st != 1:
+                        pointwise = (R, S, pad) == (1, 1, 0)  # "rows" subsamples it
+                        if st != 1 and not (r == "blocked" or r == "rows" and pointwise):
                             times[r] = float("nan")
                             continue
                         times[r] = median_seconds(lambda r=r: run(r), repeat=args.repeat)

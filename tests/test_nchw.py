@@ -150,7 +150,8 @@ def test_ops_1x1_nchw_coalesced(shape, bias, relu, threads):
 def test_route_rule():
     assert pd.nn.conv_route((1, 64, 56, 56), (64, 64, 3, 3), 1, 1) == "rows"
     assert pd.nn.conv_route((1, 64, 56, 56), (256, 64, 1, 1), (1, 1), 0) == "rows"
-    assert pd.nn.conv_route((1, 256, 56, 56), (512, 256, 1, 1), 2, 0) == "blocked"
+    assert pd.nn.conv_route((1, 256, 56, 56), (512, 256, 1, 1), 2, 0) == "rows"  # subsampled
+    assert pd.nn.conv_route((1, 256, 56, 56), (512, 256, 1, 1), 2, 1) == "blocked"
     assert pd.nn.conv_route((1, 3, 224, 224), (64, 3, 7, 7), (2, 2), 3) == "blocked"
 
 
@@ -162,6 +163,8 @@ CASES = [
     (1, 6, 5, 13, 11, 5, 5, 1, 2),
     (3, 7, 3, 11, 13, 3, 3, 2, 1),
     (1, 3, 5, 11, 13, 7, 7, 2, 3),
+    (2, 7, 5, 13, 11, 1, 1, 2, 0),  # strided 1x1: "rows" subsamples the input first
+    (1, 5, 3, 11, 8, 1, 1, 3, 0),
 ]
 
 
@@ -171,7 +174,8 @@ CASES = [
 def test_nn_conv2d_routes(case, route, threads):
     N, C, K, H, W, R, S, st, pad = case
     x, w, b = rand(N, C, H, W), rand(K, C, R, S), rand(K)
-    if route in ("rows", "direct") and st != 1:
+    pointwise = (R, S, pad) == (1, 1, 0)
+    if st != 1 and (route == "direct" or route == "rows" and not pointwise):
         with pytest.raises(ValueError, match="stride 1"):
             pd.nn.conv2d(x, w, stride=st, padding=pad, route=route)
         return

@@ -121,16 +121,24 @@ def conv_route(x_shape, w_shape, stride=1, padding=0, threads: int | None = None
       run ``ops.conv2d(..., layout="nchwc")``, unpack the output. The transposes cost memory
       traffic at every call (the packing kernels run at a few GB/s).
 
-    Rule: ``"rows"`` when the stride is 1, else ``"blocked"``. Measured with
+    A strided 1x1 convolution without padding reads only the pixels ``(sh*p, sw*q)``: the
+    ``"rows"`` route first copies them densely (:func:`polydl.ops.subsample`, a polydl kernel;
+    oneDNN calls this "reduce to unit stride") and runs the stride-1 convolution on them.
+
+    Rule: ``"rows"`` when the stride is 1 or the convolution is 1x1 without padding, else
+    ``"blocked"``. ResNet-50's six stride-2 1x1 layers (``benchmarks/nchw.py --routes``, Ice
+    Lake): "rows" with the subsample 0.93-1.18x torch (geomean per configuration of 1/2 threads
+    and N = 1/8), "blocked" 0.38-0.41x. For the stride-1 layers, measured with
     ``benchmarks/nchw.py --routes`` over the 20 ResNet-50 layers (Ice Lake, 1 and 2 threads,
     N = 1 and 8; figures in the commit): on the 1x1 stride-1 layers "rows" (= "direct", the same
     coalesced GEMM) runs 2-3x faster than "blocked", whose packing costs as much as the
     convolution; on the 3x3 layers "rows" beats "direct" by 1.5-3x (one nest instead of the
     split cells) and "blocked" in most cases. The shapes and thread count do not change the
-    choice, so the rule reads only the stride; nothing is timed at run time.
+    choice, so the rule reads only the filter, stride and padding; nothing is timed at run time.
     """
-    del x_shape, w_shape, padding, threads  # the rule needs only the stride (see above)
-    return "rows" if ops._pair(stride, "stride") == (1, 1) else "blocked"
+    del x_shape, threads  # the rule needs only the filter, stride and padding (see above)
+    pointwise = tuple(w_shape[2:]) == (1, 1) and ops._pair(padding, "padding") == (0, 0)
+    return "rows" if ops._pair(stride, "stride") == (1, 1) or pointwise else "blocked"
 
 
 def conv2d(
@@ -165,12 +173,18 @@ def conv2d(
     route = conv_route(x.shape, w.shape, st, (ph, pw), threads) if route is None else route
     if route not in ROUTES:
         raise ValueError(f"conv2d: route must be one of {ROUTES} or None, got {route!r}")
-    if route != "blocked" and st != (1, 1):
+    pointwise = (R, S, ph, pw) == (1, 1, 0, 0)  # a strided one reads a subsample of x
+    if st != (1, 1) and not (route == "blocked" or route == "rows" and pointwise):
         raise ValueError(
-            f"conv2d: route={route!r} needs stride 1, got stride {stride} "
-            f"(x shape {x.shape}, w shape {w.shape}); use route='blocked'"
+            f"conv2d: route={route!r} needs stride 1 (route='rows' also takes a 1x1 "
+            f"convolution without padding), got stride {stride} (x shape {x.shape}, w shape "
+            f"{w.shape}); use route='blocked'"
         )
     if route == "rows":
+        if st != (1, 1):
+            xs = np.empty((N, C, P, Q), np.float32)
+            compiled(ops.subsample, N, C, H, W, st, threads=threads)(xs, x)
+            x = xs
         return _conv2d_rows(x, w, bias, (ph, pw), activation, threads, (P, Q))
     opts = dict(stride=st, padding=(ph, pw), bias=bias is not None, activation=activation)
     if route == "direct":

@@ -255,3 +255,21 @@ def unpack_output(N: int, K: int, P: int, Q: int, block: int | None = None):
                                 Y[n, {kb} * k + v, p, q] = Op[n, k, p, q, v]
     """
     return _define("unpack_output", src)
+
+
+@functools.cache
+def subsample(N: int, C: int, H: int, W: int, stride):
+    """``Xs[n, c, p, q] = X[n, c, sh * p, sw * q]``: the pixels a 1x1 convolution of stride
+    ``(sh, sw)`` without padding reads, packed densely (it then runs as a stride-1 convolution,
+    one run of ``P * Q`` pixels per channel). Arguments ``(Xs, X)``."""
+    sh, sw = _pair(stride, "stride")
+    P, Q = (H - 1) // sh + 1, (W - 1) // sw + 1
+    src = f"""
+    def subsample(Xs: pd.f32[{N}, {C}, {P}, {Q}], X: pd.f32[{N}, {C}, {H}, {W}]):
+        for n in range({N}):
+            for c in range({C}):
+                for p in range({P}):
+                    for q in range({Q}):
+                        Xs[n, c, p, q] = X[n, c, {sh} * p, {sw} * q]
+    """
+    return _define("subsample", src)
