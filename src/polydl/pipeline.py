@@ -7,6 +7,7 @@ DSL kernel (``ir.Kernel``, parsed by ``dsl/parse.py``)
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Mapping
@@ -22,6 +23,9 @@ from .transform.pack import pack_operands
 
 # isl contexts are not thread-safe: one compilation at a time walks isl.
 _isl_lock = threading.RLock()
+
+# A contraction doing less than 1/SMALL_CONTRACTION of the largest one's work is not ranked.
+SMALL_CONTRACTION = 16
 
 # Check the IR with ir/verify.py between passes (the test suite turns this on; conftest.py).
 VERIFY = os.environ.get("POLYDL_VERIFY", "") not in ("", "0")
@@ -173,18 +177,23 @@ def lower_contractions(
     lanes = FAMILIES[isa].vector_width
     parallel: dict[str, frozenset[int]] = {}
     texts: list[str] = []
-    for c in find_all(kernel):
-        if not foldable(kernel, c):
-            continue
+    found = [c for c in find_all(kernel) if foldable(kernel, c)]
+    work = {c.stmt: math.prod(hi - lo + 1 for _, (lo, hi) in c.extents) for c in found}
+    for c in found:
         top = max(10, variant + 1)
+        # the small cells of a split nest (a border row of a padded conv) take the default plan:
+        # ranking them costs more compile time than their run time could give back
+        small = work[c.stmt] * SMALL_CONTRACTION < max(work.values())
         # ranked on its own nest (foldable: the folded statements, in place between the others)
         nest = [s for s in kernel.statements if s.name in (c.init, c.stmt, c.epilogue)]
         nest_k = replace(kernel, statements=tuple(nest))
-        choices = ranked(nest_k, c, target=target, threads=threads, top=top) if rank else []
-        if variant >= max(1, len(choices)):
+        choices = (
+            ranked(nest_k, c, target=target, threads=threads, top=top) if rank and not small else []
+        )
+        if variant >= max(1, len(choices)) and not small:
             raise ValueError(f"variant={variant}: {c.stmt} has {len(choices)} ranked variants")
         if choices:
-            chosen, plan = choices[variant]
+            chosen, plan = choices[min(variant, len(choices) - 1)]
             texts.append(
                 f"contraction {c.stmt} ({c.c} += {c.a} x {c.b}), running rank {variant + 1}:\n"
                 + format_variants([v for v, _ in choices], top=len(choices))

@@ -10,6 +10,7 @@ isl contexts are not thread-safe: callers compile under one lock (``pd.compile``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 import islpy as isl
@@ -59,11 +60,16 @@ def params_text(sizes: Iterable[str]) -> str:
 
 def context(kernel: Kernel) -> Set:
     """The parameter context: sizes fixed to their bindings, or only positive if unbound."""
-    ps = params_text(kernel.sizes)
-    if kernel.bindings:
-        cons = " and ".join(f"{n} = {v}" for n, v in kernel.bindings)
+    return _context(kernel.sizes, kernel.bindings)
+
+
+@functools.lru_cache(maxsize=256)
+def _context(sizes: tuple[str, ...], bindings: tuple[tuple[str, int], ...]) -> Set:
+    ps = params_text(sizes)
+    if bindings:
+        cons = " and ".join(f"{n} = {v}" for n, v in bindings)
     else:
-        cons = " and ".join(f"{n} > 0" for n in kernel.sizes)
+        cons = " and ".join(f"{n} > 0" for n in sizes)
     return Set(f"{ps} -> {{ : {cons} }}" if cons else "{ : }")
 
 
@@ -78,7 +84,13 @@ def _with_context(obj, kernel: Kernel):
 
 def domain(kernel: Kernel, stmt: Statement) -> Set:
     """The statement's iteration domain, sizes fixed as the kernel binds them."""
-    return _with_context(Set(stmt.domain), kernel)
+    return _domain(kernel.sizes, kernel.bindings, stmt.domain)
+
+
+@functools.lru_cache(maxsize=4096)
+def _domain(sizes, bindings, text: str) -> Set:
+    ctx = _context(sizes, bindings)
+    return Set(text).align_params(ctx.get_space()).intersect_params(ctx)
 
 
 def schedule(kernel: Kernel, stmt: Statement) -> Map:
@@ -399,7 +411,15 @@ def schedule_ndim(kernel: Kernel, s: Statement) -> int:
 
 def schedule_dim_extent(kernel: Kernel, s: Statement, i: int) -> tuple[int, int] | None:
     """Smallest and largest value of schedule output dimension ``i`` over the domain."""
-    rng = schedule(kernel, s).range()
+    return _schedule_dim_extent(kernel.sizes, kernel.bindings, s.schedule, s.domain, i)
+
+
+@functools.lru_cache(maxsize=4096)
+def _schedule_dim_extent(sizes, bindings, sched: str, dom: str, i: int):
+    ctx = _context(sizes, bindings)
+    dset = _domain(sizes, bindings, dom)
+    m = Map(sched).align_params(ctx.get_space()).intersect_params(ctx)
+    rng = m.intersect_domain(dset).range()
     rng = rng.set_dim_name(_SET, i, "_t")
     return extent(rng, "_t")
 
