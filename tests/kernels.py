@@ -24,6 +24,14 @@ def numpy_conv(x, w, stride, pad):
     return out
 
 
+def conv_ref(x, w, b, stride, pad, relu):
+    """:func:`numpy_conv` with an optional bias (per output channel) and ReLU."""
+    out = numpy_conv(x, w, stride, pad)
+    if b is not None:
+        out += b[None, :, None, None]
+    return np.maximum(out, 0) if relu else out
+
+
 @pd.kernel
 def bmm(C: pd.f32["Bt", "M", "N"], A: pd.f32["Bt", "M", "K"], B: pd.f32["Bt", "K", "N"]):
     for b in range(Bt):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernels import numpy_conv
+from kernels import conv_ref
 
 import polydl as pd
 from polydl.analysis.contraction import find_all, linearize
@@ -19,13 +19,6 @@ rng = np.random.default_rng(5)
 
 def rand(*shape):
     return rng.uniform(-1, 1, size=shape).astype(np.float32)
-
-
-def conv_ref(x, w, b, stride, pad, relu):
-    out = numpy_conv(x, w, stride, pad)
-    if b is not None:
-        out += b[None, :, None, None]
-    return np.maximum(out, 0) if relu else out
 
 
 def micro_statements(k):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kernels import bmm, numpy_conv
+from kernels import bmm, conv_ref
 
 import polydl as pd
 from polydl.analysis.contraction import find_all
@@ -24,13 +24,6 @@ rng = np.random.default_rng(3)
 
 def rand(*shape):
     return rng.uniform(-1, 1, size=shape).astype(np.float32)
-
-
-def conv_ref(x, w, b, stride, pad, relu):
-    out = numpy_conv(x, w, stride, pad)
-    if b is not None:
-        out += b[None, :, None, None]
-    return np.maximum(out, 0) if relu else out
 
 
 def micro_statements(k: pd.CompiledKernel) -> list:

@@ -8,6 +8,7 @@ import random
 import networkx as nx
 import numpy as np
 import pytest
+from partition_util import general_optimum
 
 from polydl.partition import Device, from_networkx, partition
 from polydl.partition import milp as milp_module
@@ -55,15 +56,6 @@ def small_problem(seed: int, n: int | None = None):
     ]
     mode = rng.choice(["inference", "training"])
     return build_problem(from_networkx(chain_graph(rng, n)), devs, CostModel(mode=mode))
-
-
-def general_optimum(p) -> float:
-    """Best bottleneck over every assignment of nodes to devices (any shape, empty devices too)."""
-    best = np.inf
-    for assign in itertools.product(range(p.k), repeat=p.n):
-        compute, comm, _ = stage_costs(p, np.array(assign, dtype=np.int64))
-        best = min(best, float((compute + comm).max()))
-    return best
 
 
 @pytest.mark.parametrize("seed", range(40))

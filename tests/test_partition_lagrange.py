@@ -9,12 +9,13 @@ import random
 import networkx as nx
 import numpy as np
 import pytest
+from partition_util import general_optimum
 
 from polydl.partition import Device, from_networkx, lagrange, partition
 from polydl.partition.bounds import bounds, window_cut_bound, work_bound
 from polydl.partition.cost import CostModel
 from polydl.partition.pipeline import contiguous_optimum
-from polydl.partition.plan import build_problem, stage_costs
+from polydl.partition.plan import build_problem
 
 
 @pytest.fixture(autouse=True)
@@ -56,15 +57,6 @@ def random_problem(seed: int, n: int | None = None):
     ]
     mode = rng.choice(["inference", "training"])
     return build_problem(from_networkx(random_dag(rng, n)), devs, CostModel(mode=mode))
-
-
-def general_optimum(p) -> float:
-    """Best bottleneck over every assignment of nodes to devices (any shape, empty devices too)."""
-    best = math.inf
-    for assign in itertools.product(range(p.k), repeat=p.n):
-        compute, comm, _ = stage_costs(p, np.array(assign, dtype=np.int64))
-        best = min(best, float((compute + comm).max()))
-    return best
 
 
 def weights(g, rng: np.random.Generator) -> list[np.ndarray]:
