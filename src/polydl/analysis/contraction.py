@@ -26,6 +26,7 @@ microkernel's final store. Nothing here changes the IR: it only reads it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -209,6 +210,7 @@ def _epilogue(e: Expr, c: Load) -> tuple[Load | None, bool] | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def find(kernel: Kernel, red: Statement) -> Contraction | None:
     """The contraction ``red`` computes, or None if it is not one (see module docstring)."""
     if red.op != "+=":
