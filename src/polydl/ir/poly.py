@@ -392,6 +392,7 @@ def fix_names(sizes: Mapping[str, int]) -> str:
 # ---- lead: shapes of domains (contraction recognition)
 
 
+@functools.lru_cache(maxsize=4096)
 def pad_schedule(text: str, ndim: int) -> str:
     """A schedule map text with zero output dimensions appended up to ``ndim``."""
     m = Map(text)
@@ -406,7 +407,7 @@ def pad_schedule(text: str, ndim: int) -> str:
 
 def schedule_ndim(kernel: Kernel, s: Statement) -> int:
     """Number of output dimensions of the statement's schedule."""
-    return Map(s.schedule).dim(_OUT)
+    return map_ndim(s.schedule)
 
 
 def schedule_dim_extent(kernel: Kernel, s: Statement, i: int) -> tuple[int, int] | None:
@@ -555,6 +556,7 @@ def embed_schedule(text: str, prefix: Iterable[int], ndim: int) -> str:
     return str(m.apply_range(emb))
 
 
+@functools.lru_cache(maxsize=4096)
 def map_ndim(text: str) -> int:
     """Number of output dimensions of the map ``text``."""
     return Map(text).dim(_OUT)
