@@ -172,14 +172,21 @@ def _factors(e: Expr) -> list[Expr] | None:
 
 
 def _box(kernel: Kernel, s: Statement) -> dict[str, tuple[int, int]] | None:
-    dom = poly.domain(kernel, s)
+    """The extent of every iterator of ``s`` when its domain is a box (else None)."""
+    box = _box_of(kernel.sizes, kernel.bindings, s.domain, s.iterators)
+    return None if box is None else dict(box)
+
+
+@functools.lru_cache(maxsize=4096)
+def _box_of(sizes, bindings, text: str, iterators: tuple[str, ...]):
+    dom = poly.domain_text(sizes, bindings, text)
     ext = {}
-    for v in s.iterators:
+    for v in iterators:
         e = poly.extent(dom, v)
         if e is None:
             return None
         ext[v] = e
-    return ext if poly.is_box(dom, ext) else None
+    return tuple(ext.items()) if poly.is_box(dom, ext) else None
 
 
 def _same_element(kernel: Kernel, s: Statement, red: Statement, out_iters: set[str]) -> bool:

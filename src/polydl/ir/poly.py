@@ -87,6 +87,11 @@ def domain(kernel: Kernel, stmt: Statement) -> Set:
     return _domain(kernel.sizes, kernel.bindings, stmt.domain)
 
 
+def domain_text(sizes: tuple[str, ...], bindings: tuple[tuple[str, int], ...], text: str) -> Set:
+    """The domain ``text`` with sizes fixed as ``bindings`` (cached by text)."""
+    return _domain(sizes, bindings, text)
+
+
 @functools.lru_cache(maxsize=4096)
 def _domain(sizes, bindings, text: str) -> Set:
     ctx = _context(sizes, bindings)
