@@ -4,6 +4,7 @@ unpacked code (differential), with the conditions that refuse a copy."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -103,7 +104,7 @@ def _unpacked(nodes):
                 isinstance(x, L.Call) for x in L.walk((n,))
             ):
                 continue  # a copy nest
-            out.append(type(n)(**{**n.__dict__, "body": _unpacked(n.body)}))
+            out.append(replace(n, body=_unpacked(n.body)))
         elif isinstance(n, L.If):
             out.append(L.If(cond=n.cond, then=_unpacked(n.then), orelse=_unpacked(n.orelse)))
         elif isinstance(n, L.Call):

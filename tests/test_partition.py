@@ -18,15 +18,6 @@ from polydl.partition.cost import CostModel, load_devices, parse_quantity
 from polydl.partition.pipeline import balanced_split
 from polydl.partition.plan import build_problem, make_plan
 
-
-@pytest.fixture(autouse=True)
-def _short_bounds(monkeypatch):
-    """The MILP and configuration bounds' time budgets per problem: short here (any budget gives
-    a valid bound)."""
-    monkeypatch.setenv("POLYDL_MILP_SECONDS", "0.05")
-    monkeypatch.setenv("POLYDL_LP_SECONDS", "0.2")
-
-
 PLAN_KEYS = {
     "model",
     "devices",

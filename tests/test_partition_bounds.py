@@ -19,14 +19,6 @@ from polydl.partition.plan import build_problem, make_plan, stage_costs
 from polydl.partition.refine import refine
 
 
-@pytest.fixture(autouse=True)
-def _short_bounds(monkeypatch):
-    """The MILP and configuration bounds' time budgets per problem: short here (any budget gives
-    a valid bound)."""
-    monkeypatch.setenv("POLYDL_MILP_SECONDS", "0.05")
-    monkeypatch.setenv("POLYDL_LP_SECONDS", "0.2")
-
-
 def chain_graph(rng: random.Random, n: int) -> nx.DiGraph:
     """A chain with a few skip edges, like a network's dataflow graph."""
     g = nx.DiGraph()

@@ -17,14 +17,6 @@ from polydl.partition.onnx_import import UnknownOpWarning, load_onnx
 from polydl.partition.schedule import simulate
 
 
-@pytest.fixture(autouse=True)
-def _short_bounds(monkeypatch):
-    """The MILP and configuration bounds' time budgets per problem: short here (any budget gives
-    a valid bound)."""
-    monkeypatch.setenv("POLYDL_MILP_SECONDS", "0.05")
-    monkeypatch.setenv("POLYDL_LP_SECONDS", "0.2")
-
-
 def small_onnx(path, *, unknown: bool = False, cyclic: bool = False) -> str:
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1")

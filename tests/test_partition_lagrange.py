@@ -18,14 +18,6 @@ from polydl.partition.pipeline import contiguous_optimum
 from polydl.partition.plan import build_problem
 
 
-@pytest.fixture(autouse=True)
-def _short_bounds(monkeypatch):
-    """The MILP and configuration bounds' time budgets per problem: short here (any budget gives
-    a valid bound)."""
-    monkeypatch.setenv("POLYDL_MILP_SECONDS", "0.05")
-    monkeypatch.setenv("POLYDL_LP_SECONDS", "0.2")
-
-
 def random_dag(rng: random.Random, n: int) -> nx.DiGraph:
     """A DAG with a chain backbone, branches and skip edges; some nodes take no time."""
     g = nx.DiGraph()

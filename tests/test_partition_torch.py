@@ -12,14 +12,6 @@ from polydl.partition import builtin, load_model  # noqa: E402
 from polydl.partition.distributed import run_plan, torch_mlp3  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _short_bounds(monkeypatch):
-    """The MILP and configuration bounds' time budgets per problem: short here (any budget gives
-    a valid bound)."""
-    monkeypatch.setenv("POLYDL_MILP_SECONDS", "0.05")
-    monkeypatch.setenv("POLYDL_LP_SECONDS", "0.2")
-
-
 class Branchy(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -457,19 +457,17 @@ class ModuleEmitter:
             self.decls.update(kir.declarations)
             self.functions.append(kir.definition)
             self.micro_symbols[cfg] = sym
-        ptrs = [
-            self.flat_pointer(t, e, env, code)
-            for t, e in ((mk.a, mk.a_origin), (mk.b, mk.b_origin), (mk.c, mk.c_origin))
-        ]
-        if packed_b is not None:
+        a_ptr = self.flat_pointer(mk.a, mk.a_origin, env, code)
+        if packed_b is None:
+            b_ptr = self.flat_pointer(mk.b, mk.b_origin, env, code)
+        else:
             buf, at = packed_b
             off = self.int_code(at, {})
             code.append(off.code)
-            ptrs[1] = self.fresh("a")
+            b_ptr = self.fresh("a")
             ty = self.buffer_types[buf]
-            code.append(
-                f"  {ptrs[1]} = getelementptr inbounds {ty}, ptr %buf.{buf}, i64 {off.value}"
-            )
+            code.append(f"  {b_ptr} = getelementptr inbounds {ty}, ptr %buf.{buf}, i64 {off.value}")
+        ptrs = [a_ptr, b_ptr, self.flat_pointer(mk.c, mk.c_origin, env, code)]
         args = [f"ptr {p}" for p in ptrs] + [f"i64 {len(mk.a_offsets)}"]
         args += [f"ptr {self.offset_table(mk.a_offsets)}", f"ptr {self.offset_table(b_offsets)}"]
         if mk.bias is not None:

@@ -30,6 +30,7 @@ batch offsets are evenly spaced, and the buffer fits in ``max_bytes``.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
 
 from ..ir import loops as L
@@ -150,7 +151,7 @@ def pack_operands(
             if not bounds_vars <= outer_vars:
                 break
             elems = len(mk.b_offsets) * mk.k * mk.n
-            total = elems * max(1, _prod(trips))  # type: ignore[arg-type]
+            total = elems * max(1, math.prod(trips))  # type: ignore[arg-type]
             if total * DTYPE_BYTES[kernel.arg(mk.b).dtype] > max_bytes:  # type: ignore[union-attr]
                 break
             level = stack[h] if h >= 0 else None
@@ -175,13 +176,6 @@ def pack_operands(
     if not plans:
         return tree
     return _rewrite(kernel, tree, plans, found)
-
-
-def _prod(xs) -> int:
-    out = 1
-    for x in xs:
-        out *= x
-    return out
 
 
 def _panel_index(p: _Plan):
@@ -243,7 +237,7 @@ def _rewrite(kernel, tree, plans: dict[int, _Plan], found) -> tuple[L.Node, ...]
             h = next((i for i, f in enumerate(stack) if f is p.level), -1)
             anchor = stack[h + 1] if h + 1 < len(stack) else call
             inserts.setdefault(id(anchor), []).extend(
-                [L.Buffer(name=buf, elems=elems * max(1, _prod(p.trips)), dtype=dtype), copy]
+                [L.Buffer(name=buf, elems=elems * max(1, math.prod(p.trips)), dtype=dtype), copy]
             )
         calls[id(call)] = replace(call, packed_b=(buf, dst))
 
