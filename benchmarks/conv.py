@@ -55,12 +55,12 @@ def main() -> None:
                 conv = pd.compile(kern, threads=threads)
                 blk = pd.ops.conv_block(Q)
                 cb, kb = pd.ops.channel_block(C, blk), pd.ops.channel_block(K, blk)
-                xp = np.zeros((batch, C // cb, H + 2 * pad, W + 2 * pad, cb), np.float32)
+                xp = pd.zeros((batch, C // cb, H + 2 * pad, W + 2 * pad, cb), np.float32)
                 xp[:, :, pad : pad + H, pad : pad + W, :] = x.reshape(
                     batch, C // cb, cb, H, W
                 ).transpose(0, 1, 3, 4, 2)
                 wp = pd.nn.pack_weights(w, block=blk, threads=threads)
-                op = np.empty((batch, K // kb, P, Q, kb), np.float32)
+                op = pd.empty((batch, K // kb, P, Q, kb), np.float32)
                 t_blk = median_seconds(lambda: conv(op, xp, wp), repeat=args.repeat)
                 t_e2e = median_seconds(
                     lambda: pd.nn.conv2d(x, w, stride=st, padding=pad, threads=threads),

@@ -84,9 +84,11 @@ def main() -> None:
         )
         blk = pd.ops.conv_block(Q)
         cb, kb = pd.ops.channel_block(C, blk), pd.ops.channel_block(K, blk)
-        xp = rng.standard_normal((1, C // cb, H + 2 * pad, W + 2 * pad, cb), dtype=np.float32)
-        wp = rng.standard_normal((K // kb, C // cb, R, S, cb, kb), dtype=np.float32)
-        op = np.empty((1, K // kb, P, Q, kb), np.float32)
+        xp = pd.aligned(
+            rng.standard_normal((1, C // cb, H + 2 * pad, W + 2 * pad, cb), dtype=np.float32)
+        )
+        wp = pd.aligned(rng.standard_normal((K // kb, C // cb, R, S, cb, kb), dtype=np.float32))
+        op = pd.empty((1, K // kb, P, Q, kb), np.float32)
         flops = 2.0 * K * C * R * S * P * Q
         kernels = [pd.compile(kern, threads=args.threads, variant=r) for r in ranks]
 

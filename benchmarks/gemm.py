@@ -48,12 +48,12 @@ def main() -> None:
         ratios = []
         with threadpool_limits(limits=threads):
             for M, N, K in shapes:
-                a = rng.standard_normal((M, K), dtype=np.float32)
-                b = rng.standard_normal((K, N), dtype=np.float32)
-                c = np.empty((M, N), np.float32)
+                a = pd.aligned(rng.standard_normal((M, K), dtype=np.float32))
+                b = pd.aligned(rng.standard_normal((K, N), dtype=np.float32))
+                c = pd.empty((M, N), np.float32)
                 k = pd.compile(pd.ops.matmul(M, N, K), threads=threads)
                 t_ours = median_seconds(lambda: k(c, a, b))
-                want = np.empty_like(c)
+                want = pd.empty((M, N), np.float32)
                 t_np = median_seconds(lambda: np.matmul(a, b, out=want))
                 err = float(np.abs(c - want).max() / np.abs(want).max())
                 flops = 2.0 * M * N * K

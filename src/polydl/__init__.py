@@ -7,6 +7,7 @@ from .dsl.intrinsics import exp, sigmoid, sqrt, tanh
 from .dsl.kernel import kernel
 from .dsl.types import f32, f64
 from .errors import BoundsError, DSLError, PolyDLError, TargetError
+from .memory import aligned, empty, zeros
 from .optimize.target import Target
 from .partition import partition
 
@@ -16,6 +17,9 @@ __all__ = [
     "partition",
     "compile",
     "kernel",
+    "empty",
+    "zeros",
+    "aligned",
     "f32",
     "f64",
     "exp",

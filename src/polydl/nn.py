@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from . import ops
+from . import memory, ops
 from .api import compile as _compile
 
 _lock = threading.Lock()
@@ -61,7 +61,7 @@ def matmul(
             raise ValueError(f"matmul: bias must have shape ({N},), got {bias.shape}")
         args.append(bias)
     k = compiled(ops.matmul, M, N, K, bias=bias is not None, activation=activation, threads=threads)
-    out = np.empty((M, N), np.float32)
+    out = memory.empty((M, N), np.float32)
     k(out, *args)
     return out
 
@@ -182,19 +182,19 @@ def conv2d(
         )
     if route == "rows":
         if st != (1, 1):
-            xs = np.empty((N, C, P, Q), np.float32)
+            xs = memory.empty((N, C, P, Q), np.float32)
             compiled(ops.subsample, N, C, H, W, st, threads=threads)(xs, x)
             x = xs
         return _conv2d_rows(x, w, bias, (ph, pw), activation, threads, (P, Q))
     opts = dict(stride=st, padding=(ph, pw), bias=bias is not None, activation=activation)
     if route == "direct":
-        y = np.empty((N, K, P, Q), np.float32)
+        y = memory.empty((N, K, P, Q), np.float32)
         conv = compiled(ops.conv2d, N, C, K, H, W, R, S, layout="nchw", threads=threads, **opts)
         conv(y, x, w, *([] if bias is None else [bias]))
         return y
     block = ops.conv_block(Q)
     cb, kb = ops.channel_block(C, block), ops.channel_block(K, block)
-    xp = np.zeros((N, C // cb, H + 2 * ph, W + 2 * pw, cb), np.float32)
+    xp = memory.zeros((N, C // cb, H + 2 * ph, W + 2 * pw, cb), np.float32)
     compiled(ops.pack_input, N, C, H, W, padding=(ph, pw), block=block, threads=threads)(xp, x)
     wp = pack_weights(w, block=block, threads=threads)
     args = [xp, wp]
@@ -203,9 +203,9 @@ def conv2d(
     conv = compiled(
         ops.conv2d, N, C, K, H, W, R, S, layout="nchwc", block=block, threads=threads, **opts
     )
-    op = np.empty((N, K // kb, P, Q, kb), np.float32)
+    op = memory.empty((N, K // kb, P, Q, kb), np.float32)
     conv(op, *args)
-    y = np.empty((N, K, P, Q), np.float32)
+    y = memory.empty((N, K, P, Q), np.float32)
     compiled(ops.unpack_output, N, K, P, Q, block=block, threads=threads)(y, op)
     return y
 
@@ -218,15 +218,17 @@ def _conv2d_rows(x, w, bias, pad, activation, threads, out) -> np.ndarray:
     if (ph, pw, S) == (0, 0, 1):
         xp = x.reshape(N, C, H * W)  # the input itself
     else:
-        xp = np.zeros((N, C, Hp * Wp + S - 1), np.float32)
+        xp = memory.zeros((N, C, Hp * Wp + S - 1), np.float32)
         xp[:, :, : Hp * Wp].reshape(N, C, Hp, Wp)[:, :, ph : ph + H, pw : pw + W] = x
     opts = dict(bias=bias is not None, activation=activation, threads=threads)
     conv = compiled(conv2d_rows, N, C, K, Hp, Wp, R, S, **opts)
-    o = np.empty((N, K, P * Wp), np.float32)
+    o = memory.empty((N, K, P * Wp), np.float32)
     conv(o, xp, w, *([] if bias is None else [bias]))
     if Wp == Q:
         return o.reshape(N, K, P, Q)
-    return np.ascontiguousarray(o.reshape(N, K, P, Wp)[:, :, :, :Q])
+    y = memory.empty((N, K, P, Q), np.float32)
+    y[...] = o.reshape(N, K, P, Wp)[:, :, :, :Q]
+    return y
 
 
 def pack_weights(
@@ -237,6 +239,6 @@ def pack_weights(
     w = _f32(w, "w", 4)
     K, C, R, S = w.shape
     cb, kb = ops.channel_block(C, block), ops.channel_block(K, block)
-    wp = np.empty((K // kb, C // cb, R, S, cb, kb), np.float32)
+    wp = memory.empty((K // kb, C // cb, R, S, cb, kb), np.float32)
     compiled(ops.pack_weights, K, C, R, S, block=block, threads=threads)(wp, w)
     return wp

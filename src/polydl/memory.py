@@ -1,0 +1,54 @@
+"""Cache-line aligned NumPy arrays (``pd.empty``, ``pd.zeros``, ``pd.aligned``).
+
+NumPy only guarantees 16-byte alignment, and large arrays come from ``mmap`` at 16 bytes past a
+page. A BRGEMM microkernel loads and stores whole vectors of the contiguous dimension; on
+AVX-512 a 64-byte vector that starts 16 bytes into a cache line touches two lines, so every load
+of B and every store of C costs two L1 accesses. Measured on the Ice Lake host, ResNet-50's
+resnet_10 at batch 8 on the blocked layout: 84-91 GFLOPS on NumPy's arrays, 95-134 on 64-byte
+aligned ones (same kernel, alternating runs). oneDNN and torch allocate 64-byte aligned buffers;
+polydl's own buffers (``pd.nn``, packing scratch) are aligned the same way, and callers that keep
+blocked activations between layers should allocate them with these functions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+ALIGN = 64  # bytes: one cache line, one AVX-512 vector
+
+
+def is_aligned(a: np.ndarray, align: int = ALIGN) -> bool:
+    """Whether ``a``'s data starts on an ``align``-byte boundary."""
+    return a.ctypes.data % align == 0
+
+
+def empty(shape, dtype=np.float32, *, align: int = ALIGN) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an ``align``-byte boundary (a
+    view into a slightly larger buffer, which it keeps alive)."""
+    if align < 1 or align & (align - 1):
+        raise ValueError(f"align must be a power of two, got {align}")
+    dt = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    nbytes = math.prod(shape) * dt.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start : start + nbytes].view(dt).reshape(shape)
+
+
+def zeros(shape, dtype=np.float32, *, align: int = ALIGN) -> np.ndarray:
+    """Like :func:`empty`, filled with zeros."""
+    out = empty(shape, dtype, align=align)
+    out[...] = 0
+    return out
+
+
+def aligned(a: np.ndarray, *, align: int = ALIGN) -> np.ndarray:
+    """``a`` itself when it is C-contiguous and aligned, else an aligned C-contiguous copy."""
+    a = np.asarray(a)
+    if a.flags.c_contiguous and is_aligned(a, align):
+        return a
+    out = empty(a.shape, a.dtype, align=align)
+    out[...] = a
+    return out
