@@ -53,7 +53,7 @@ def main() -> None:
                     batch, C, K, H, W, R, S, stride=st, padding=pad, layout="nchwc"
                 )
                 conv = pd.compile(kern, threads=threads)
-                blk = pd.ops.conv_block(Q)
+                blk = pd.ops.conv_block(Q, P)
                 cb, kb = pd.ops.channel_block(C, blk), pd.ops.channel_block(K, blk)
                 xp = pd.zeros((batch, C // cb, H + 2 * pad, W + 2 * pad, cb), np.float32)
                 xp[:, :, pad : pad + H, pad : pad + W, :] = x.reshape(

@@ -82,7 +82,7 @@ def main() -> None:
         ranks = list(range(min(10, n))) + sorted(
             pick.sample(range(10, n), min(args.random, max(0, n - 10)))
         )
-        blk = pd.ops.conv_block(Q)
+        blk = pd.ops.conv_block(Q, P)
         cb, kb = pd.ops.channel_block(C, blk), pd.ops.channel_block(K, blk)
         xp = pd.aligned(
             rng.standard_normal((1, C // cb, H + 2 * pad, W + 2 * pad, cb), dtype=np.float32)

@@ -22,30 +22,33 @@ def make_call(cfg: BrgemmConfig, batch: int, rng: np.random.Generator, *, poison
     n = cfg.normalized()
     fill = np.nan if poison else 0.0
 
-    def blocks(count, rows, cols, ld, stride):
-        size = max((count - 1) * stride + (rows - 1) * ld + cols, 1)
+    a_rows = np.array([n.a_row(i) for i in range(n.m)])  # grouped rows too
+
+    def blocks(count, rows, cols, stride):
+        size = max((count - 1) * stride + int(rows.max()) + cols, 1)
         flat = np.full(size + 5, fill, np.float32)
         for i in range(count):
-            idx = i * stride + np.arange(rows)[:, None] * ld + np.arange(cols)[None, :]
-            flat[idx] = rng.standard_normal((rows, cols))
+            idx = i * stride + rows[:, None] + np.arange(cols)[None, :]
+            flat[idx] = rng.standard_normal((len(rows), cols))
         return flat
 
+    b_rows = np.arange(n.k) * n.ldb
     kw: dict = {}
     if n.form == "stride":
-        a = blocks(batch, n.m, n.k, n.lda, n.stride_a)
-        b = blocks(batch, n.k, n.n, n.ldb, n.stride_b)
+        a = blocks(batch, a_rows, n.k, n.stride_a)
+        b = blocks(batch, b_rows, n.n, n.stride_b)
         kw["batch"] = batch
     elif n.form == "offset":
-        sa, sb = n.m * n.lda + 3, n.k * n.ldb + 5
-        a = blocks(batch, n.m, n.k, n.lda, sa)
-        b = blocks(batch, n.k, n.n, n.ldb, sb)
+        sa, sb = n.a_extent() + 3, n.k * n.ldb + 5
+        a = blocks(batch, a_rows, n.k, sa)
+        b = blocks(batch, b_rows, n.n, sb)
         perm = rng.permutation(batch)  # blocks visited out of order
         kw["a_offsets"] = (perm * sa).astype(np.int64)
         kw["b_offsets"] = (rng.permutation(batch) * sb).astype(np.int64)
     else:
-        a = [blocks(1, n.m, n.k, n.lda, 0) for _ in range(batch)]
-        b = [blocks(1, n.k, n.n, n.ldb, 0) for _ in range(batch)]
-    c = rng.standard_normal((n.m - 1) * n.ldc + n.n + 7).astype(np.float32)
+        a = [blocks(1, a_rows, n.k, 0) for _ in range(batch)]
+        b = [blocks(1, b_rows, n.n, 0) for _ in range(batch)]
+    c = rng.standard_normal(n.c_extent() + 7).astype(np.float32)
     if n.bias is not None:
         kw["bias"] = rng.standard_normal(n.m if n.bias == "row" else n.n).astype(np.float32)
     return a, b, c, kw
@@ -181,10 +184,55 @@ def test_call_checks_buffers():
         kernel(a, b, c[:31], batch=1, bias=bias)
 
 
+# grouped rows (a conv's output rows of Q pixels, input rows strided or padded): m, group,
+# lda, lda_group, and the gap between C's groups (None: C's rows one run); groups that do not
+# divide m, one-row groups, register tiles across groups
+GROUPED = [
+    (49, 7, 64, 2 * 14 * 64, None),  # 7x7 output of a stride-2 1x1 conv (C groups continue)
+    (21, 7, 16, 9 * 16, 11),  # padded rows, C groups with gaps
+    (13, 4, 7, 40, None),  # groups do not divide m: the last group has one row
+    (10, 1, 8, 19, 1),  # one-row groups
+    (30, 14, 3, 100, None),
+]
+
+
+@pytest.mark.parametrize("isa", RUNNABLE)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("m, group, lda, lda_group, gap", GROUPED)
+@pytest.mark.parametrize("n", [16, 37, 64])
+def test_grouped_rows(isa, form, m, group, lda, lda_group, gap, n):
+    ldc = n + 3 if gap else n
+    ldc_group = None if gap is None else (group - 1) * ldc + n + gap
+    cfg = BrgemmConfig(
+        m=m, n=n, k=min(lda, 9), lda=lda, ldc=ldc, row_group=group, lda_group=lda_group,
+        ldc_group=ldc_group, form=form, beta=m % 2, bias="row" if n == 37 else None,
+        relu=n == 64, isa=isa,
+    )  # fmt: skip
+    assert cfg.grouped
+    check(cfg, batch=3, seed=m + n)
+    # C between the groups (and between rows) keeps its values: the check's reference copies C
+    # whole and writes only the block's elements, so any stray store shows there
+
+
+def test_grouped_rows_normalize_to_a_run():
+    """Groups that continue each other are the plain form (one kernel, one cache key)."""
+    plain = BrgemmConfig(m=12, n=16, k=4, lda=5, ldc=16)
+    run = BrgemmConfig(m=12, n=16, k=4, lda=5, ldc=16, row_group=4, lda_group=20, ldc_group=64)
+    assert run.normalized() == plain.normalized() and not run.grouped
+    whole = BrgemmConfig(m=12, n=16, k=4, row_group=12, lda_group=999)
+    assert whole.normalized() == BrgemmConfig(m=12, n=16, k=4).normalized()
+    g = BrgemmConfig(m=12, n=16, k=4, lda=5, row_group=4, lda_group=30)
+    assert [g.a_row(i) for i in (0, 3, 4, 11)] == [0, 15, 30, 75]
+    assert [g.c_row(i) for i in (0, 4, 11)] == [0, 64, 176]  # C a run: ldc_group = 4 * 16
+    assert g.a_extent() == 75 + 4 and g.c_extent() == 176 + 16
+
+
 @pytest.mark.parametrize(
     "bad",
     [dict(m=0, n=1, k=1), dict(m=1, n=1, k=2, lda=0), dict(m=1, n=4, k=1, ldc=3),
-     dict(m=1, n=1, k=1, beta=2), dict(m=1, n=1, k=1, form="csr"), dict(m=1, n=1, k=1, bias="x")],
+     dict(m=1, n=1, k=1, beta=2), dict(m=1, n=1, k=1, form="csr"), dict(m=1, n=1, k=1, bias="x"),
+     dict(m=8, n=4, k=1, row_group=0), dict(m=8, n=4, k=1, lda_group=8),
+     dict(m=8, n=4, k=1, row_group=4, ldc_group=15)],  # C groups overlap
 )  # fmt: skip
 def test_bad_configs_rejected(bad):
     with pytest.raises(PolyDLError):

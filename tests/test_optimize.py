@@ -69,8 +69,14 @@ def test_contraction_roles_of_blocked_conv():
     )
     bound = kern.ir.bind({})
     (c,) = find_all(bound)
-    assert (c.m, c.n, c.k) == ("q", "kv", "cv")
-    assert set(c.batch) == {"cb", "r", "s"} and set(c.outer) == {"n", "kb", "p"}
+    # output rows p coalesce over the pixels q of a row: the input rows (stride 2) do not
+    # continue each other, so a call's rows come in groups of Q = 5 (kernels/config.py)
+    assert (c.m, c.m_inner, c.n, c.k) == ("p", "q", "kv", "cv")
+    assert set(c.batch) == {"cb", "r", "s"} and set(c.outer) == {"n", "kb"}
+    # padded input rows of 11 pixels of cb channels, output rows of 5 pixels of kb channels
+    blk = pd.ops.conv_block(5, 5)
+    cb, kb = pd.ops.channel_block(32, blk), pd.ops.channel_block(48, blk)
+    assert c.row_groups() == {"row_group": 5, "lda_group": 2 * 11 * cb, "ldc_group": 5 * kb}
     assert c.init is not None and c.epilogue is not None
     assert c.relu and c.bias_kind == "col"
 
@@ -128,15 +134,22 @@ def test_nn_errors():
         pd.ops.matmul(2, 2, 2, activation="gelu")
 
 
-def test_rows_coalesce_for_1x1_stride1_only():
+def test_rows_coalesce_into_one_run_or_groups():
     one = pd.ops.conv2d(1, 32, 32, 7, 7, 1, 1, layout="nchwc").ir.bind({})
     (c,) = find_all(one)
     assert (c.m, c.m_inner, c.rows_per_m) == ("p", "q", 7)
+    assert c.row_groups() == {}  # a 1x1 stride-1 conv: the P*Q pixels are one run
     strided = pd.ops.conv2d(1, 32, 32, 8, 8, 1, 1, stride=2, layout="nchwc").ir.bind({})
     (c2,) = find_all(strided)
-    assert c2.m_inner is None and c2.m == "q"
+    assert (c2.m, c2.m_inner) == ("p", "q")  # rows of 4 pixels, input rows 2 * 8 pixels apart
+    assert c2.row_groups() == {"row_group": 4, "lda_group": 2 * 8 * 32, "ldc_group": 4 * 32}
     padded = pd.ops.conv2d(1, 32, 32, 7, 7, 3, 3, padding=1, layout="nchwc").ir.bind({})
-    assert find_all(padded)[0].m_inner is None
+    (c3,) = find_all(padded)
+    assert c3.row_groups() == {"row_group": 7, "lda_group": 9 * 32, "ldc_group": 7 * 32}
+    # two images: the image n could group rows too, the run over the next row p wins
+    two = pd.ops.conv2d(2, 32, 32, 7, 7, 1, 1, layout="nchwc").ir.bind({})
+    (c4,) = find_all(two)
+    assert (c4.m, c4.m_inner, c4.row_groups()) == ("p", "q", {}) and "n" in c4.outer
 
 
 @pd.kernel

@@ -192,7 +192,7 @@ def conv2d(
         conv = compiled(ops.conv2d, N, C, K, H, W, R, S, layout="nchw", threads=threads, **opts)
         conv(y, x, w, *([] if bias is None else [bias]))
         return y
-    block = ops.conv_block(Q)
+    block = ops.conv_block(Q, P)
     cb, kb = ops.channel_block(C, block), ops.channel_block(K, block)
     xp = memory.zeros((N, C // cb, H + 2 * ph, W + 2 * pw, cb), np.float32)
     compiled(ops.pack_input, N, C, H, W, padding=(ph, pw), block=block, threads=threads)(xp, x)

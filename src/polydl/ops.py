@@ -12,7 +12,7 @@ Convolution layouts:
 * ``layout="nchwc"``: blocked, the layout BRGEMM runs on. ``O[N, K/kb, P, Q, kb]``,
   ``I[N, C/cb, H + 2*ph, W + 2*pw, cb]`` (the zero border is part of the input),
   ``Wt[K/kb, C/cb, R, S, cb, kb]``; bias ``b[K/kb, kb]``. The blocks are ``channel_block(C,
-  block)`` and ``channel_block(K, block)``, ``block`` defaulting to :func:`conv_block` ``(Q)``
+  block)`` and ``channel_block(K, block)``, ``block`` defaulting to :func:`conv_block` ``(Q, P)``
   for ``conv2d`` and to :func:`default_block` for the packing kernels: pass the same ``block``. :func:`pack_input`,
   :func:`pack_weights` and :func:`unpack_output` give the DSL kernels converting to and from NCHW.
 """
@@ -109,12 +109,14 @@ def default_block() -> int:
     return 2 * FAMILIES[brgemm_isa(jit.host_cpu())].vector_width
 
 
-def conv_block(Q: int) -> int:
-    """Channels per block for a convolution with output width ``Q``: with AVX-512, four vectors
-    (64, the 6x64 register tile of the microkernel) when a call has rows enough to fill it,
-    else two; otherwise :func:`default_block`."""
+def conv_block(Q: int, P: int | None = None) -> int:
+    """Channels per block for a convolution with output ``P x Q`` (``P`` defaults to ``Q``):
+    with AVX-512, four vectors (64, the 6x64 register tile of the microkernel) when a call has
+    rows enough to fill it, else two; otherwise :func:`default_block`. A call covers whole
+    output rows (grouped rows, ``kernels/config.py``): about 112 pixels, at least one row."""
     base = default_block()
-    return 2 * base if base >= 32 and Q >= 14 else base
+    rows = Q * min(P or Q, max(1, 112 // Q))
+    return 2 * base if base >= 32 and rows >= 12 else base
 
 
 def channel_block(channels: int, limit: int | None = None) -> int:
@@ -145,7 +147,7 @@ def conv2d(
     relu = _activation(activation)
     (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
     P, Q = conv_shape(H, W, R, S, stride, padding)
-    block = conv_block(Q) if block is None else block
+    block = conv_block(Q, P) if block is None else block
     if layout == "nchw":
         args = f"O: pd.f32[{N}, {K}, {P}, {Q}], I: pd.f32[{N}, {C}, {H}, {W}], Wt: pd.f32[{K}, {C}, {R}, {S}]"
         args += f", b: pd.f32[{K}]" if bias else ""

@@ -144,6 +144,19 @@ class Contraction:
         """The iterator whose coefficients are the row strides (``ldc``, ``lda``)."""
         return self.m_inner or self.m
 
+    def row_groups(self) -> dict:
+        """``row_group``/``lda_group``/``ldc_group`` of the calls (kernels/config.py): the
+        coalesced rows' group structure, empty for one run of rows."""
+        if not self.m_inner:
+            return {}
+        lc, la = self.linear("C"), self.linear("A")
+        rows = self.extent(self.m_inner)
+        if lc.coef(self.m) == rows * lc.coef(self.m_inner) and la.coef(self.m) == rows * la.coef(
+            self.m_inner
+        ):
+            return {}
+        return {"row_group": rows, "lda_group": la.coef(self.m), "ldc_group": lc.coef(self.m)}
+
     @property
     def rows_per_m(self) -> int:
         """Microkernel rows per iteration of ``m``."""
@@ -295,18 +308,27 @@ def _roles(iters, lc: Linear, la: Linear, lb: Linear, box):
 
 
 def _coalesce_rows(c: Contraction) -> Contraction:
-    """Fuse an outer row iterator ``u`` above ``m`` when ``(u, m)`` is one run of rows:
-    ``coef(u) == extent(m) * coef(m)`` in both C and A (and ``u`` not in B)."""
+    """Fuse an outer row iterator ``u`` above ``m`` (``u`` not in B): into one run of rows when
+    ``coef(u) == extent(m) * coef(m)`` in both C and A, else into grouped rows (one group of
+    ``extent(m)`` rows per value of ``u``, kernels/config.py) when the strides are positive and
+    C's groups do not overlap; among several candidates the one nearest in C (the next row)."""
     lc, la, lb = c.linear("C"), c.linear("A"), c.linear("B")
     ext = c.extent(c.m)
     if c.lo(c.m) != 0:
         return c
+    run, grouped = [], []
     for u in c.outer:
-        if (
-            lb.coef(u) == 0
-            and lc.coef(u) == ext * lc.coef(c.m) != 0
-            and la.coef(u) == ext * la.coef(c.m) != 0
-        ):
+        if lb.coef(u) != 0 or lc.coef(u) == 0 or la.coef(u) == 0:
+            continue
+        if lc.coef(u) == ext * lc.coef(c.m) and la.coef(u) == ext * la.coef(c.m):
+            run.append(u)
+        elif min(lc.coef(u), la.coef(u), lc.coef(c.m), la.coef(c.m)) > 0 and lc.coef(u) >= (
+            ext - 1
+        ) * lc.coef(c.m) + c.extent(c.n):
+            grouped.append(u)
+    for found in (run, grouped):
+        if found:
+            u = min(found, key=lambda v: lc.coef(v))
             outer = tuple(v for v in c.outer if v != u)
             return replace(c, m=u, m_inner=c.m, outer=outer)
     return c

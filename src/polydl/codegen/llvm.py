@@ -447,6 +447,9 @@ class ModuleEmitter:
             relu=mk.relu,
             isa=self.isa,
             alpha_arg=mk.alpha_arg is not None,
+            row_group=mk.row_group,
+            lda_group=mk.lda_group,
+            ldc_group=mk.ldc_group,
         ).normalized()
         sym = self.micro_symbols.get(cfg)
         if sym is None:

@@ -196,13 +196,19 @@ class Micro:
     bias_origin: IExpr | None = None
     relu: bool = False
     alpha_arg: str | None = None  # scalar argument multiplying the products, at run time
+    # grouped rows (kernels/config.py): groups of ``row_group`` rows, ``lda_group``/``ldc_group``
+    # from one group's first row to the next one's (None: one run of rows)
+    row_group: int | None = None
+    lda_group: int | None = None
+    ldc_group: int | None = None
 
     def __str__(self) -> str:
         epi = "".join(
             [f" + {self.bias}[{self.bias_kind}]" if self.bias else "", " relu" if self.relu else ""]
         )
+        rows = f" in groups of {self.row_group}" if self.row_group else ""
         return (
-            f"brgemm(m={self.m}, n={self.n}, k={self.k}, batch={len(self.a_offsets)}, "
+            f"brgemm(m={self.m}{rows}, n={self.n}, k={self.k}, batch={len(self.a_offsets)}, "
             f"beta={self.beta}{epi}; {self.c}@{self.c_origin} "
             f"+= {self.a}@{self.a_origin} x {self.b}@{self.b_origin})"
         )

@@ -133,6 +133,13 @@ def _micro(kernel: Kernel, s: Statement, scope: set[str]) -> None:
     assert mk is not None
     if min(mk.m, mk.n, mk.k) < 1 or mk.beta not in (0, 1) or mk.ldc < mk.n:
         _fail(kernel, s, f"BRGEMM block m={mk.m} n={mk.n} k={mk.k} beta={mk.beta} ldc={mk.ldc}")
+    if mk.row_group is not None and (
+        mk.row_group < 1
+        or mk.lda_group is None
+        or mk.ldc_group is None
+        or (mk.m > mk.row_group and mk.ldc_group < (mk.row_group - 1) * mk.ldc + mk.n)
+    ):
+        _fail(kernel, s, f"BRGEMM row groups {mk.row_group}/{mk.lda_group}/{mk.ldc_group} overlap")
     if len(mk.a_offsets) != len(mk.b_offsets) or min((*mk.a_offsets, *mk.b_offsets, 0)) < 0:
         _fail(kernel, s, "BRGEMM offset tables differ in length or hold negative offsets")
     roles = [(mk.a, mk.a_origin), (mk.b, mk.b_origin), (mk.c, mk.c_origin)]

@@ -6,6 +6,14 @@ Layout convention (the optimiser relies on it). Everything is float32 and row-ma
 * a B block is ``k x n`` with leading dimension ``ldb``: ``B[p, j]`` is ``B + p*ldb + j``;
 * the C block is ``m x n`` with leading dimension ``ldc``: ``C[i, j]`` is ``C + i*ldc + j``.
 
+Grouped rows (``row_group``): rows come in groups of ``row_group`` consecutive rows, ``lda`` /
+``ldc`` apart inside a group and ``lda_group`` / ``ldc_group`` from one group's first row to the
+next one's: row ``i`` of A is at ``(i // row_group)*lda_group + (i % row_group)*lda`` (C
+likewise). A convolution's output rows ``p`` of ``Q`` pixels are such groups when the input rows
+do not continue each other (stride 2, or a padded row of ``W + 2*pad`` pixels), so one call can
+still cover several output rows. Without ``row_group`` (or with ``lda_group = row_group*lda``
+and ``ldc_group = row_group*ldc``) the rows are one run, the form above.
+
 Rows of A and B may overlap (``lda < k``, ``ldb < n``: a direct convolution on NCHW data reads
 input rows one element apart); rows of C may not (``ldc >= n``).
 
@@ -62,6 +70,9 @@ class BrgemmConfig:
     relu: bool = False
     isa: str | None = None
     alpha_arg: bool = False  # alpha comes at run time, as a trailing float parameter
+    row_group: int | None = None  # rows per group (None: one run of m rows)
+    lda_group: int | None = None  # A offset between the first rows of consecutive groups
+    ldc_group: int | None = None  # C offset between the first rows of consecutive groups
 
     def __post_init__(self) -> None:
         for name in ("m", "n", "k"):
@@ -86,6 +97,29 @@ class BrgemmConfig:
                 raise PolyDLError(f"BRGEMM {name} must be a non-negative int, got {v!r}")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real):
             raise PolyDLError(f"BRGEMM alpha must be a number, got {self.alpha!r}")
+        if self.row_group is not None:
+            if not isinstance(self.row_group, int) or self.row_group < 1:
+                raise PolyDLError(
+                    f"BRGEMM row_group must be a positive int, got {self.row_group!r}"
+                )
+            for name in ("lda_group", "ldc_group"):
+                v = getattr(self, name)
+                if v is not None and (not isinstance(v, int) or v < 0):
+                    raise PolyDLError(f"BRGEMM {name} must be a non-negative int, got {v!r}")
+            g = min(self.row_group, self.m)
+            ldc = self.ldc if self.ldc is not None else self.n
+            # C rows are written: a group must end before the next one starts
+            if (
+                self.ldc_group is not None
+                and self.m > g
+                and self.ldc_group < (g - 1) * ldc + self.n
+            ):
+                raise PolyDLError(
+                    f"BRGEMM ldc_group={self.ldc_group} overlaps the previous group of {g} rows "
+                    f"(ldc={ldc}, n={self.n})"
+                )
+        elif self.lda_group is not None or self.ldc_group is not None:
+            raise PolyDLError("BRGEMM lda_group/ldc_group need row_group")
 
     def normalized(self) -> BrgemmConfig:
         """The same kernel with every default filled in (the cache key)."""
@@ -97,6 +131,13 @@ class BrgemmConfig:
             sb = self.stride_b if self.stride_b is not None else self.k * ldb
         else:
             sa = sb = 0
+        group, lda_g, ldc_g = self.row_group, self.lda_group, self.ldc_group
+        if group is not None:
+            group = min(group, self.m)
+            lda_g = lda_g if lda_g is not None else group * lda
+            ldc_g = ldc_g if ldc_g is not None else group * ldc
+            if group == self.m or (lda_g == group * lda and ldc_g == group * ldc):
+                group = lda_g = ldc_g = None  # one run of rows: the plain form
         return replace(
             self,
             lda=lda,
@@ -106,7 +147,29 @@ class BrgemmConfig:
             stride_b=sb,
             alpha=float(self.alpha),
             relu=bool(self.relu),
+            row_group=group,
+            lda_group=lda_g,
+            ldc_group=ldc_g,
         )
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the rows are groups that do not continue each other (normalized config)."""
+        return self.normalized().row_group is not None
+
+    def a_row(self, i: int) -> int:
+        """Element offset of row ``i`` of an A block from its first element."""
+        c = self.normalized()
+        if c.row_group is None:
+            return i * c.lda
+        return (i // c.row_group) * c.lda_group + (i % c.row_group) * c.lda
+
+    def c_row(self, i: int) -> int:
+        """Element offset of row ``i`` of the C block from its first element."""
+        c = self.normalized()
+        if c.row_group is None:
+            return i * c.ldc
+        return (i // c.row_group) * c.ldc_group + (i % c.row_group) * c.ldc
 
     @property
     def flops_per_pair(self) -> int:
@@ -115,13 +178,16 @@ class BrgemmConfig:
 
     def a_extent(self) -> int:
         """Elements one A block spans from its first element."""
-        lda = self.lda if self.lda is not None else self.k
-        return (self.m - 1) * lda + self.k
+        return max(self.a_row(i) for i in (0, self.m - 1, *self._group_ends())) + self.k
 
     def b_extent(self) -> int:
         ldb = self.ldb if self.ldb is not None else self.n
         return (self.k - 1) * ldb + self.n
 
     def c_extent(self) -> int:
-        ldc = self.ldc if self.ldc is not None else self.n
-        return (self.m - 1) * ldc + self.n
+        return max(self.c_row(i) for i in (0, self.m - 1, *self._group_ends())) + self.n
+
+    def _group_ends(self) -> tuple[int, ...]:
+        """The last row of every group (the rows farthest from the origin are among them)."""
+        g = self.normalized().row_group
+        return tuple(range(g - 1, self.m, g)) if g else ()

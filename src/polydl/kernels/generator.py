@@ -20,7 +20,7 @@ import functools
 import importlib.resources
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jinja2
 
@@ -125,7 +125,16 @@ def _group_ctx(gi: int, g: TileGroup, cfg: BrgemmConfig, fam: IsaFamily) -> dict
     p = f"g{gi}"
     v = fam.vector_width
     cols = [{"c": c, "off": c * v, "mask": _mask(v, lanes)} for c, lanes in enumerate(g.lanes)]
-    rows = [{"r": r, "a_off": r * cfg.lda, "c_off": r * cfg.ldc} for r in range(g.mr)]
+    if cfg.row_group is None:  # one run of rows: offsets from the tile's first row
+        rows = [{"r": r, "a_off": r * cfg.lda, "c_off": r * cfg.ldc} for r in range(g.mr)]
+        lda_step, ldc_step = cfg.lda, cfg.ldc
+    else:  # grouped rows: one tile per group (i_count = 1), offsets from the block's origin
+        assert g.i_count == 1
+        rows = [
+            {"r": r, "a_off": cfg.a_row(g.i_start + r), "c_off": cfg.c_row(g.i_start + r)}
+            for r in range(g.mr)
+        ]
+        lda_step = ldc_step = 0
     acc = [
         [[f"%{p}.acc.s{s}.r{r}.c{c}" for c in range(g.nv)] for r in range(g.mr)]
         for s in range(g.ksets)
@@ -144,6 +153,8 @@ def _group_ctx(gi: int, g: TileGroup, cfg: BrgemmConfig, fam: IsaFamily) -> dict
         "j_step": g.j_step,
         "cols": cols,
         "rows": rows,
+        "lda_step": lda_step,
+        "ldc_step": ldc_step,
         "acc": acc,
         "acc_list": [a for s in acc for r in s for a in r],
         "sets": list(range(g.ksets)),
@@ -185,7 +196,16 @@ def generate(
         f"declare void @{mstore}({vty}, ptr, i32 immarg, {mty})",
     )
     params, c_params = _params(cfg)
-    groups = [_group_ctx(gi, g, cfg, fam) for gi, g in enumerate(blocking.groups)]
+    tiles = blocking.groups
+    if cfg.row_group is not None:
+        # grouped rows: a tile's row offsets depend on where it starts, so every row tile is
+        # emitted on its own with its offsets as constants (no loop over row tiles)
+        tiles = tuple(
+            replace(g, i_start=g.i_start + t * g.mr, i_count=1)
+            for g in blocking.groups
+            for t in range(g.i_count)
+        )
+    groups = [_group_ctx(gi, g, cfg, fam) for gi, g in enumerate(tiles)]
     counters = [f"{g['p']}.{lvl}" for g in groups for lvl in ("j", "i", "b", "k", "q")]
     ctx = {
         "name": name,

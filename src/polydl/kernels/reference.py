@@ -13,9 +13,11 @@ import numpy as np
 from .config import BrgemmConfig
 
 
-def block(flat: np.ndarray, offset: int, rows: int, cols: int, ld: int) -> np.ndarray:
-    """The ``rows x cols`` row-major block at element ``offset`` of ``flat`` (a copy)."""
-    idx = offset + np.arange(rows)[:, None] * ld + np.arange(cols)[None, :]
+def block(flat: np.ndarray, offset: int, rows, cols: int, ld: int = 0) -> np.ndarray:
+    """The ``rows x cols`` block at element ``offset`` of ``flat`` (a copy): row ``i`` at
+    ``i*ld``, or at ``rows[i]`` when ``rows`` is a sequence of row offsets."""
+    starts = np.arange(rows) * ld if isinstance(rows, int) else np.asarray(rows)
+    idx = offset + starts[:, None] + np.arange(cols)[None, :]
     return flat.reshape(-1)[idx]
 
 
@@ -29,6 +31,7 @@ def pairs(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The (A_b, B_b) blocks of a call, following the batch form of ``cfg``."""
     c = cfg.normalized()
+    a_rows = [c.a_row(i) for i in range(c.m)]
     out = []
     for i in range(batch):
         if c.form == "stride":
@@ -37,7 +40,7 @@ def pairs(
             fa, oa, fb, ob = a, int(a_offsets[i]), b, int(b_offsets[i])
         else:
             fa, oa, fb, ob = a[i], 0, b[i], 0
-        out.append((block(fa, oa, c.m, c.k, c.lda), block(fb, ob, c.k, c.n, c.ldb)))
+        out.append((block(fa, oa, a_rows, c.k), block(fb, ob, c.k, c.n, c.ldb)))
     return out
 
 
@@ -63,7 +66,7 @@ def reference(
         acc += ab.astype(np.float64) @ bb.astype(np.float64)
     out = c.copy()
     flat = out.reshape(-1)
-    idx = np.arange(n.m)[:, None] * n.ldc + np.arange(n.n)[None, :]
+    idx = np.array([n.c_row(i) for i in range(n.m)])[:, None] + np.arange(n.n)[None, :]
     res = (float(np.float32(alpha)) if n.alpha_arg else n.alpha) * acc
     if n.beta == 1:
         res = res + flat[idx].astype(np.float64)

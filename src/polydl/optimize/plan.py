@@ -65,6 +65,7 @@ def config_ok(c: Contraction, plan: BlockPlan) -> bool:
             lda=la.coef(c.row),
             ldb=lb.coef(c.k) if c.k else min(plan.bn, c.extent(c.n)),
             ldc=lc.coef(c.row),
+            **c.row_groups(),
         )
     except PolyDLError:
         return False

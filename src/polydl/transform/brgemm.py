@@ -168,6 +168,7 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
             bias_kind=c.bias_kind if last else None,
             bias_origin=c.linear("bias").expr(at_lo) if c.bias and last else None,
             relu=c.relu and last,
+            **c.row_groups(),
         )
         texts = [kernel.statement(s).source for s in (c.init, c.stmt, c.epilogue) if s]
         new.append(
