@@ -123,6 +123,30 @@ def test_blocked_conv_uses_brgemm_and_matches_plain():
     np.testing.assert_allclose(o1, o2, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "H, R, stride, pad", [(29, 1, 2, 0), (13, 3, 1, 1), (17, 3, 2, 1), (11, 7, 2, 3)]
+)
+def test_blocked_conv_grouped_rows_match_plain(H, R, stride, pad):
+    """Output rows whose input rows do not continue each other (stride 2, padding) become
+    grouped rows of one call; row blocks that do not divide P (15 rows in calls of 7 rows, 13
+    in calls of 8) leave an edge call."""
+    N, C, K, blk = 2, 24, 40, 8
+    kern = pd.ops.conv2d(
+        N, C, K, H, H, R, R, stride=stride, padding=pad, bias=True, activation="relu",
+        layout="nchwc", block=blk,
+    )  # fmt: skip
+    P, Q = pd.ops.conv_shape(H, H, R, R, stride, pad)
+    fast = pd.compile(kern, threads=2)
+    plain = pd.compile(kern, threads=1, optimize=False)
+    assert f"in groups of {Q}" in fast.show("loops")
+    xp = rand(N, C // blk, H + 2 * pad, H + 2 * pad, blk)
+    wp, b = rand(K // blk, C // blk, R, R, blk, blk), rand(K // blk, blk)
+    o1, o2 = (np.empty((N, K // blk, P, Q, blk), np.float32) for _ in range(2))
+    fast(o1, xp, wp, b)
+    plain(o2, xp, wp, b)
+    np.testing.assert_allclose(o1, o2, rtol=1e-4, atol=1e-4)
+
+
 def test_nn_errors():
     with pytest.raises(ValueError, match="channels"):
         pd.nn.conv2d(rand(1, 3, 5, 5), rand(4, 2, 3, 3))
