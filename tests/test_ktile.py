@@ -195,3 +195,70 @@ def test_k_tiles_candidates():
     assert plans.k_tiles(small, 64) == [256]
     prime = find_all(gemm_init.ir.bind({"M": 8, "N": 8, "K": 1031}))[0]
     assert plans.k_tiles(prime, 1) == [1031]  # nothing to split on: the whole extent
+
+
+# ------------------------------------------------ a loop over a batch iterator (conv's cb)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_batch_iterator_loop_matches_reference(chunk, monkeypatch):
+    """A blocked conv whose calls cover ``chunk`` of the 6 input-channel blocks (a loop over cb
+    steps the origin): the first chunk has beta = 0 (folded init), the last the bias + ReLU."""
+    N, C, K, H, blk = 2, 48, 16, 7, 8
+    kern = pd.ops.conv2d(
+        N, C, K, H, H, 3, 3, padding=1, bias=True, activation="relu", layout="nchwc", block=blk
+    )
+    bound = kern.ir.bind({})
+    (c,) = find_all(bound)
+    assert "cb" in c.batch and c.extent("cb") == 6
+    loops = (("kb", 1), ("cb", chunk), ("n", 1), (c.m, c.extent(c.m)), (c.n, blk))
+    plan = BlockPlan(bm=c.extent(c.m), bn=blk, bk=blk, loops=loops)
+    low = lower(bound, c, plan)
+    micros = [s.micro for s in low.statements if s.micro is not None]
+    assert {len(m.a_offsets) for m in micros} == {chunk * 9}
+    assert sum(m.beta == 0 for m in micros) == 1 and sum(m.relu for m in micros) == 1
+    # compile exactly this plan: no ranking, the plan as the default (one thread: a default
+    # plan's loops are all taken as parallel, which the loop over cb is not)
+    monkeypatch.setattr(plans, "ranked", lambda *a, **k: [])
+    monkeypatch.setattr(plans, "default_plan", lambda *a, **k: plan)
+    run = pd.compile(kern, threads=1)
+    assert splits_k(run, "cb")
+    xp = rand(N, C // blk, H + 2, H + 2, blk)
+    wp, b = rand(K // blk, C // blk, 3, 3, blk, blk), rand(K // blk, blk)
+    want = np.zeros((N, K // blk, H, H, blk), np.float32)
+    kern.reference(want, xp, wp, b)
+    got = np.full_like(want, 5.0)
+    run(got, xp, wp, b)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_every_variant_with_batch_loops(threads):
+    """256 input channels in blocks of 64: the whole B panel (4 x 9 blocks of 64 x 64) is over
+    the budget, so some ranked variants loop over cb; all of them match the reference."""
+    N, C, K, H, blk = 1, 256, 64, 5, 64
+    kern = pd.ops.conv2d(
+        N, C, K, H, H, 3, 3, padding=1, bias=True, activation="relu", layout="nchwc", block=blk
+    )
+    xp = rand(N, C // blk, H + 2, H + 2, blk)
+    wp, b = rand(K // blk, C // blk, 3, 3, blk, blk), rand(K // blk, blk)
+    args = (np.empty((N, K // blk, H, H, blk), np.float32), xp, wp, b)
+    assert check_all(kern, args, threads) == 0  # no variant splits k (cv) itself
+    loops_over_cb = [k for k in all_variants(kern, threads) if splits_k(k, "cb")]
+    assert loops_over_cb
+
+
+def test_batch_tiles_candidates():
+    """Only a B panel over the budget is split, into the largest divisor that fits and keeps
+    enough reduction per call; the rows of a padded NCHW conv (k = S = 3) are never split."""
+    big = pd.ops.conv2d(1, 512, 512, 7, 7, 3, 3, padding=1, layout="nchwc", block=64)
+    (c,) = find_all(big.ir.bind({}))
+    ((kc, v, d),) = plans.batch_tiles(c, 64, 64)
+    assert (kc, v) == (64, "cb") and 8 % d == 0 and d < 8
+    assert 64 * 9 * d * 64 * 4 <= plans.BATCH_PANEL_BYTES
+    small = pd.ops.conv2d(1, 64, 64, 7, 7, 3, 3, padding=1, layout="nchwc", block=64)
+    assert plans.batch_tiles(find_all(small.ir.bind({}))[0], 64, 64) == []
+    rows = pd.nn.conv2d_rows(1, 512, 64, 9, 9, 3, 3)
+    (r,) = find_all(rows.ir.bind({}))
+    for kc, v, d in plans.batch_tiles(r, 1, 64):
+        assert kc * d * 3 >= plans.MIN_CALL_REDUCTION

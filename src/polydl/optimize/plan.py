@@ -138,6 +138,38 @@ def k_tiles(c: Contraction, bk: int) -> list[int]:
     return sorted(picked or {ext}, reverse=True)
 
 
+# a loop over a batch iterator (batch_tiles) keeps at least this much reduction in one call
+# (k x batch), and one call's B panel at most this many bytes: a panel re-streamed by every
+# register-tile row of a tall call from L2 rather than from L3
+MIN_CALL_REDUCTION = 256
+BATCH_PANEL_BYTES = 320 * 1024
+
+
+def batch_tiles(c: Contraction, bk: int, bn: int) -> list[tuple[int | None, str, int]]:
+    """(kc, batch iterator, its extent in one call) of calls that cover the whole k but only
+    part of the batch iterator outermost in B (a conv's input-channel blocks): the largest
+    divisor of its extent whose B panel fits :data:`BATCH_PANEL_BYTES`, when it keeps
+    :data:`MIN_CALL_REDUCTION` and the whole panel does not fit."""
+    lb = c.linear("B")
+    split = max(c.batch, key=lambda v: abs(lb.coef(v)), default=None)
+    if split is None or c.extent(split) < 2:
+        return []
+    if c.k is not None and c.extent(c.k) not in k_tiles(c, bk):
+        return []  # k is tiled: one reduction loop at a time
+    kc = c.extent(c.k) if c.k else 1
+    per_value = kc * math.prod(c.extent(v) for v in c.batch if v != split)  # reduction rows
+    panel = lambda d: per_value * d * bn * 4  # noqa: E731
+    ext = c.extent(split)
+    if panel(ext) <= BATCH_PANEL_BYTES:
+        return []
+    fits = [
+        d
+        for d in range(1, ext)
+        if ext % d == 0 and panel(d) <= BATCH_PANEL_BYTES and per_value * d >= MIN_CALL_REDUCTION
+    ]
+    return [(c.extent(c.k) if c.k else None, split, max(fits))] if fits else []
+
+
 def ranked(kernel, c: Contraction, *, target, threads: int, top: int = 10):
     """The contraction's variants ranked by the cost model: ``[(Variant, BlockPlan), ...]``.
 
@@ -164,13 +196,18 @@ def ranked(kernel, c: Contraction, *, target, threads: int, top: int = 10):
     found = []
     batch = math.prod(c.extent(v) for v in c.batch)
     rows = min(bm, c.extent(c.m)) * c.rows_per_m
-    for kc in k_tiles(c, bk) or [None]:
+    options: list[tuple[int | None, str | None, int]] = [(kc, None, 0) for kc in k_tiles(c, bk)]
+    options = options or [(None, None, 0)]
+    options += batch_tiles(c, bk, min(bn, c.extent(c.n)))
+    for kc, looped, chunk in options:
         micro = {c.m: bm, c.n: bn, **{v: c.extent(v) for v in covered}}
         if c.k is not None:
             micro[c.k] = kc
-        call = call_model(
-            rows, min(bn, c.extent(c.n)), bk, batch * ((kc or bk) // bk), target, beta=1
-        )
+        pairs = batch * ((kc or bk) // bk)
+        if looped is not None:
+            micro[looped] = chunk
+            pairs = pairs // c.extent(looped) * chunk
+        call = call_model(rows, min(bn, c.extent(c.n)), bk, pairs, target, beta=1)
         for var in rank(
             kernel,
             c.stmt,

@@ -16,7 +16,9 @@ statements (init, reduction, epilogue) must form one whole top-level nest.
 
 Reduction tiling: when the plan has a loop over ``k`` (its last one stepping by ``kc``, a multiple
 of ``bk`` dividing the k extent), one call covers ``kc`` of the reduction and the k loop steps the
-origin. The k domain is split like the blocks of m and n: the first tile (``beta=0`` when the zero
+origin. A loop over one batch iterator instead (stepping by a divisor of its extent: a conv's
+input-channel blocks) leaves the rest of that iterator out of the call: a shorter B panel per
+call. The k domain is split like the blocks of m and n: the first tile (``beta=0`` when the zero
 init is folded), the middle tiles (``beta=1``, no epilogue), the last tile (the folded bias/ReLU
 epilogue); fewer pieces when they coincide. The k loop carries the reduction: never parallel.
 """
@@ -95,19 +97,27 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
     """The kernel with ``c`` (and its folded init/epilogue) computed by BRGEMM calls."""
     red = kernel.statement(c.stmt)
     scanned = {*c.outer, c.m, c.n}
-    split = c.k is not None and c.k in plan.order  # a loop over k: reduction tiling
-    if split:
-        scanned.add(c.k)
+    # a loop over k (reduction tiling) or over one batch iterator (one value per call)
+    red_loops = [v for v in plan.order if v == c.k or v in c.batch]
+    if len(red_loops) > 1:
+        raise ValueError(f"loops {plan.loops}: at most one reduction loop, got {red_loops}")
+    split = red_loops[0] if red_loops else None
+    scanned.update(red_loops)
     if set(plan.order) != scanned:
         raise ValueError(f"loops {plan.loops} must scan exactly {sorted(scanned)}")
     ext_k = c.extent(c.k) if c.k else 1
     if ext_k % plan.bk:
         raise ValueError(f"bk={plan.bk} must divide the k extent {ext_k}")
-    kc = plan.block(c.k) if split else ext_k
+    kc = plan.block(c.k) if split == c.k and split is not None else ext_k
     if kc % plan.bk or ext_k % kc:
         raise ValueError(
             f"kc={kc} must be a multiple of bk={plan.bk} dividing the k extent {ext_k}"
         )
+    chunk: dict[str, int] = {}  # the reduction loop's iterator -> its extent in one call
+    if split is not None:
+        chunk[split] = kc if split == c.k else plan.block(split) or 1
+        if c.extent(split) % chunk[split]:
+            raise ValueError(f"a loop over {split} must step by a divisor of its extent")
     lc, la, lb = c.linear("C"), c.linear("A"), c.linear("B")
     reduction = [v for v in red.iterators if v not in plan.order and v != c.m_inner]
     covered = [*reduction, *([c.m_inner] if c.m_inner else [])]  # inside one call
@@ -115,9 +125,10 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
 
     # batch offsets, relative to the block origin (reduction iterators at their lower bounds)
     ranges = []
-    for v in [*reduction, *([c.k] if split else [])]:
+    for v in [*reduction, *chunk]:
         step = plan.bk if v == c.k else 1
-        ranges.append([(v, x) for x in range(0, kc if v == c.k else c.extent(v), step)])
+        span = chunk.get(v, kc if v == c.k else c.extent(v))
+        ranges.append([(v, x) for x in range(0, span, step)])
     a_offs, b_offs = [], []
     for combo in itertools.product(*ranges):
         a_offs.append(sum(la.coef(v) * x for v, x in combo))
@@ -130,7 +141,7 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
     loop_dims = [v if last[v] == i else f"floor({v}/{b})" for i, (v, b) in enumerate(plan.loops)]
     ordered = list(plan.order)
     new: list[Statement] = []
-    k_pieces = _k_pieces(c, kc) if split else [(True, True, "")]
+    k_pieces = _k_pieces(c, split, chunk[split]) if split else [(True, True, "")]
     pieces = itertools.product(_pieces(c, c.m, plan.bm), _pieces(c, c.n, plan.bn), k_pieces)
     for (m_size, m_cons), (n_size, n_cons), (first, last, k_cons) in pieces:
         name = f"{red.name}_mk{len(new)}"
@@ -206,11 +217,10 @@ def _pieces(c: Contraction, v: str, block: int) -> list[tuple[int, str]]:
     return out
 
 
-def _k_pieces(c: Contraction, kc: int) -> list[tuple[bool, bool, str]]:
-    """(first tile?, last tile?, domain constraint) of the k tiles of ``kc`` (dividing the extent):
-    the first, the middle and the last tiles, fewer when they coincide."""
-    k = c.k
-    assert k is not None
+def _k_pieces(c: Contraction, k: str, kc: int) -> list[tuple[bool, bool, str]]:
+    """(first tile?, last tile?, domain constraint) of the tiles of ``kc`` (dividing the extent)
+    of the reduction iterator ``k``: the first, the middle and the last tiles, fewer when they
+    coincide."""
     lo, n = c.lo(k), c.extent(k) // kc
     last = lo + (n - 1) * kc
     if n == 1:
