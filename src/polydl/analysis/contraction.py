@@ -17,7 +17,9 @@ outer       != 0        any         any         loops around the call
 
 Columns that run on into the next row (a 1x1 stride-1 NCHW convolution's ``p, q``) are one
 iterator by the time this runs (``transform/coalesce.py`` writes them ``pq // Q``, ``pq % Q``,
-which :func:`linearize` reads as ``pq``); rows that do so are fused here (``m_inner``).
+which :func:`linearize` reads as ``pq``); rows that do so are fused here (``m_inner``), and so
+are rows that do not (a blocked conv's output rows over strided or padded input rows): they
+become the grouped rows of the microkernel (:meth:`Contraction.row_groups`).
 
 A zero initialisation just before the reduction (``C[fc] = 0``) folds into ``beta = 0``; an
 epilogue just after it (``C[fc] = max(C[fc] + b[..], 0)`` and its parts) folds into the

@@ -133,10 +133,20 @@ class JitModule:
     name: str
     cpu: str
     llvm_ir: str
-    optimized_ir: str
     _engine: object = field(repr=False)
+    features: str = field(default="", repr=False)
     _asm: str | None = field(default=None, repr=False)
+    _opt: str | None = field(default=None, repr=False)
     _tm_args: tuple = field(default=(), repr=False)
+
+    @property
+    def optimized_ir(self) -> str:
+        """The module after O3 (recomputed on first use: printing it costs JIT time)."""
+        if self._opt is None:
+            self._opt = optimized_ir(
+                self.llvm_ir, cpu=self.cpu, features=self.features, name=self.name
+            )
+        return self._opt
 
     def address(self, fn: str) -> int:
         addr = self._engine.get_function_address(fn)
@@ -184,11 +194,10 @@ def build(ir: str, *, target: str | None = None, name: str = "module") -> JitMod
         load_gomp()
     with _lock:
         tm, mod = _prepared(ir, cpu, features, name, jit=True)
-        opt = str(mod)
         engine = llvm.create_mcjit_compiler(mod, tm)
         engine.finalize_object()
         engine.run_static_constructors()
-    return JitModule(name=name, cpu=cpu, llvm_ir=ir, optimized_ir=opt, _engine=engine)
+    return JitModule(name=name, cpu=cpu, llvm_ir=ir, features=features, _engine=engine)
 
 
 @functools.cache

@@ -71,6 +71,19 @@ def _control():
     return environment().get_template("control.ll.j2").module
 
 
+@functools.lru_cache(maxsize=256)
+def _micro_ir(cfg) -> tuple[str, tuple[str, ...], str]:
+    """(symbol, declarations, definition) of the microkernel of ``cfg``: rendered once per
+    process, as the registry compiles once (the text is a function of the configuration)."""
+    from ..kernels import generate, symbol_for
+
+    sym = symbol_for(cfg)
+    # noinline: one body per shape however many call sites (O3 time: the JIT of a split conv
+    # with 7 shapes went from ~0.6 s to ~0.35-0.5 s; run time unchanged)
+    kir = generate(cfg, name=sym, linkage="internal", attributes="nounwind noinline")
+    return sym, tuple(kir.declarations), kir.definition
+
+
 def float_literal(value: float, dtype: str) -> str:
     """LLVM's hexadecimal literal for ``value`` rounded to ``dtype``."""
     if dtype == "f32":
@@ -427,7 +440,7 @@ class ModuleEmitter:
     ) -> str:
         """One BRGEMM call (offset form) on the blocks at this instance's origins; B from a
         dense scratch block when ``packed_b`` gives one (``transform/pack.py``)."""
-        from ..kernels import BrgemmConfig, generate, symbol_for
+        from ..kernels import BrgemmConfig
 
         b_offsets = mk.b_offsets
         if packed_b is not None:
@@ -453,12 +466,9 @@ class ModuleEmitter:
         ).normalized()
         sym = self.micro_symbols.get(cfg)
         if sym is None:
-            sym = symbol_for(cfg)
-            # noinline: one body per shape however many call sites (O3 time: the JIT of a
-            # split conv with 7 shapes went from ~0.6 s to ~0.35-0.5 s; run time unchanged)
-            kir = generate(cfg, name=sym, linkage="internal", attributes="nounwind noinline")
-            self.decls.update(kir.declarations)
-            self.functions.append(kir.definition)
+            sym, declarations, definition = _micro_ir(cfg)
+            self.decls.update(declarations)
+            self.functions.append(definition)
             self.micro_symbols[cfg] = sym
         a_ptr = self.flat_pointer(mk.a, mk.a_origin, env, code)
         if packed_b is None:

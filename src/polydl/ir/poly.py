@@ -100,7 +100,7 @@ def _domain(sizes, bindings, text: str) -> Set:
 
 def schedule(kernel: Kernel, stmt: Statement) -> Map:
     """The statement's schedule restricted to its domain."""
-    return _with_context(Map(stmt.schedule), kernel).intersect_domain(domain(kernel, stmt))
+    return _schedule_on(kernel.sizes, kernel.bindings, stmt.schedule, stmt.domain)
 
 
 def access(kernel: Kernel, stmt: Statement, load: Load) -> Map:
@@ -110,7 +110,7 @@ def access(kernel: Kernel, stmt: Statement, load: Load) -> Map:
         f"{params_text(kernel.sizes)} -> {{ {stmt.name}[{', '.join(stmt.iterators)}] -> "
         f"{load.tensor}[{idx}] }}"
     )
-    return _with_context(Map(text), kernel).intersect_domain(domain(kernel, stmt))
+    return _schedule_on(kernel.sizes, kernel.bindings, text, stmt.domain)
 
 
 def tensor_box(kernel: Kernel, tensor: str) -> Set:
@@ -181,12 +181,22 @@ def extent(s: Set, dim: str) -> tuple[int, int] | None:
 
     None if ``s`` is empty; exact for dense (convex, gap-free) footprints.
     """
+    return _dim_bounds(s, names(s, "set").index(dim), dim)
+
+
+def _dim_bounds(s: Set, i: int, dim: str) -> tuple[int, int] | None:
+    if _params_fixed(s):  # two integer optima, much cheaper than the piecewise bounds
+        lo, hi = s.dim_min_val(i), s.dim_max_val(i)
+        if lo.is_int() and hi.is_int():
+            return lo.to_python(), hi.to_python()
     if s.is_empty():
         return None
-    i = names(s, "set").index(dim)
-    lo = s.dim_min(i)
-    hi = s.dim_max(i)
-    return _pw_aff_const(lo, "min", dim), _pw_aff_const(hi, "max", dim)
+    return _pw_aff_const(s.dim_min(i), "min", dim), _pw_aff_const(s.dim_max(i), "max", dim)
+
+
+def _params_fixed(s: Set) -> bool:
+    """Whether every parameter of ``s`` is fixed to a value by an equality (sizes bound)."""
+    return all(not s.plain_get_val_if_fixed(_PARAM, i).is_nan() for i in range(s.dim(_PARAM)))
 
 
 def _pw_aff_const(pa, which: str, dim: str) -> int:
@@ -227,12 +237,49 @@ def count(s: Set) -> int:
 def flow(
     sink: UnionMap, must_source: UnionMap, may_source: UnionMap, sched: UnionMap
 ) -> tuple[UnionMap, UnionMap]:
-    """isl ``compute_flow``: (must dependences, may dependences) ``{ source -> sink }``."""
+    """isl ``compute_flow``: (must dependences, may dependences) ``{ source -> sink }``.
+
+    Schedule dimensions that every statement fixes to one and the same constant (the padding
+    and the constant separators of 2d+1 schedules) order nothing and are dropped first: isl's
+    cost grows with the number of schedule dimensions."""
     info = isl.UnionAccessInfo.from_sink(sink)
     info = info.set_must_source(must_source).set_may_source(may_source)
-    info = info.set_schedule_map(sched)
+    info = info.set_schedule_map(union(squeeze(_maps(sched))[0]))
     res = info.compute_flow()
     return res.get_must_dependence(), res.get_may_dependence()
+
+
+def _fixed_out(m: Map, i: int) -> int | None:
+    v = m.plain_get_val_if_fixed(_OUT, i)
+    return None if v.is_nan() else v.to_python()
+
+
+def squeeze(ms: list[Map], *, tail: bool = False) -> tuple[list[Map], list[int]]:
+    """The schedule maps ``ms`` without the output dimensions that all of them fix to one and
+    the same constant (such a dimension orders no pair of points), and the original positions
+    of the dimensions kept. ``tail``: only those at the end, after the first of them (isl's AST
+    generator may separate a domain's pieces at that one). Maps of different output dimension
+    counts are returned as given."""
+    counts = {m.dim(_OUT) for m in ms}
+    if len(counts) != 1:
+        return ms, list(range(max(counts, default=0)))
+    n = counts.pop()
+    common = []
+    for i in reversed(range(n)) if tail else range(n):
+        vals = {_fixed_out(m, i) for m in ms}
+        if len(vals) == 1 and None not in vals:
+            common.append(i)
+        elif tail:
+            break
+    drop = sorted(common)[1:] if tail else common
+    if not drop:
+        return ms, list(range(n))
+    out = []
+    for m in ms:
+        for i in sorted(drop, reverse=True):
+            m = m.project_out(_OUT, i, 1)
+        out.append(m)
+    return out, [i for i in range(n) if i not in drop]
 
 
 def in_schedule_space(deps: UnionMap, sched: UnionMap) -> UnionMap:
@@ -294,8 +341,12 @@ def ast(sched: UnionMap, ctx: Set, parallel=frozenset()) -> tuple:
         allowed = lambda stmt, d: d in parallel.get(stmt, ())  # noqa: E731
     else:
         allowed = lambda stmt, d: d in parallel  # noqa: E731
+    # the zero padding of lowered schedules makes no loop but costs isl time: dimensions past
+    # the first of those every statement fixes to the same constant are dropped (loops keep
+    # their names ``c<d>``, which ``parallel`` refers to)
+    ms, _ = squeeze(_maps(sched), tail=True)
     build = isl.AstBuild.from_context(ctx)
-    node = build.node_from_schedule_map(sched)
+    node = build.node_from_schedule_map(union(ms) if ms else sched)
     return _nodes(node, allowed)
 
 
@@ -541,10 +592,7 @@ def output_dims(m: Map) -> list[Map]:
 
 def range_extent(m: Map, points: Set) -> tuple[int, int] | None:
     """Smallest and largest value of ``m``'s single output dimension over ``points``."""
-    img = m.intersect_domain(points).range()
-    if img.is_empty():
-        return None
-    return _pw_aff_const(img.dim_min(0), "min", "_0"), _pw_aff_const(img.dim_max(0), "max", "_0")
+    return _dim_bounds(m.intersect_domain(points).range(), 0, "_0")
 
 
 def embed_schedule(text: str, prefix: Iterable[int], ndim: int) -> str:
@@ -606,11 +654,28 @@ def outside(kernel: Kernel, stmt: Statement, load: Load) -> tuple[dict, dict] | 
 
 def schedule_from_text(kernel: Kernel, stmt: Statement, text: str) -> Map:
     """A proposed schedule text for ``stmt``, restricted to its domain (sizes as bound)."""
-    return _with_context(Map(text), kernel).intersect_domain(domain(kernel, stmt))
+    m = _PIECEWISE.get(text)
+    if m is not None:  # printed by piecewise_schedule a moment ago
+        return _with_context(m, kernel).intersect_domain(domain(kernel, stmt))
+    return _schedule_on(kernel.sizes, kernel.bindings, text, stmt.domain)
+
+
+@functools.lru_cache(maxsize=4096)
+def _schedule_on(sizes, bindings, text: str, dom: str) -> Map:
+    """The map ``text`` (a schedule or an access) with sizes fixed, on the domain ``dom``."""
+    ctx = _context(sizes, bindings)
+    m = Map(text).align_params(ctx.get_space()).intersect_params(ctx)
+    return m.intersect_domain(_domain(sizes, bindings, dom))
 
 
 def order_violations(dep: Map, src_sched: Map, sink_sched: Map) -> Map:
     """The pairs of ``dep`` (``{ S[i] -> T[j] }``) whose sink is not scheduled after the source."""
+    # usually there are none: find that out in schedule space, where the dimensions both
+    # schedules fix to the same constant are dropped (cheaper than the pairs' own space)
+    (src, snk), _ = squeeze([src_sched, sink_sched])
+    pairs = dep.apply_domain(src).apply_range(snk)
+    if pairs.intersect(Map.lex_ge(pairs.get_space().domain())).is_empty():
+        return Map.empty(dep.get_space())
     ge = Map.lex_ge(src_sched.get_space().range()).align_params(src_sched.get_space())
     order = src_sched.apply_range(ge).apply_range(sink_sched.reverse())
     return dep.intersect(order)
@@ -678,27 +743,43 @@ def named_text(s: Set, name: str) -> str:
     return s.set_tuple_name(name).coalesce().to_str()
 
 
+@functools.lru_cache(maxsize=4096)
 def placed_schedule(text: str, name: str, first: int) -> str:
     """Schedule map ``text`` with its input tuple named ``name`` and output dimension 0 (the
     top-level position of the statement's nest) replaced by the constant ``first``."""
-    m = Map(text).set_tuple_name(_IN, name)
-    outs = [f"o{i}" for i in range(m.dim(_OUT))]
-    move = Map(f"{{ [{', '.join(outs)}] -> [{', '.join([str(first), *outs[1:]])}] }}")
-    return m.apply_range(move.align_params(m.get_space())).to_str()
+    m = Map(text).set_tuple_name(_IN, name).project_out(_OUT, 0, 1)
+    return _printed(_PLACED, m.insert_dims(_OUT, 0, 1).fix_val(_OUT, 0, first))
+
+
+# Maps whose text was just printed here and that the checks read back (parsing costs isl time):
+# placed schedules (read by piecewise_schedule) and piecewise ones (read by check_schedule).
+# Only the dependence checks read them, never the AST generator.
+_PLACED: dict[str, Map] = {}
+_PIECEWISE: dict[str, Map] = {}
+
+
+def _printed(kept: dict[str, Map], m: Map) -> str:
+    text = m.to_str()
+    if len(kept) >= 4096:
+        kept.clear()
+    kept[text] = m
+    return text
 
 
 def piecewise_schedule(pieces: Iterable[tuple[Set, str]]) -> str:
     """One schedule map text from the (domain piece, schedule text) pairs of one statement."""
     out = None
     for dom, text in pieces:
-        m = Map(text).align_params(dom.get_space())
+        m = _PLACED.get(text)
+        m = (Map(text) if m is None else m).align_params(dom.get_space())
         m = m.intersect_domain(dom.align_params(m.get_space()))
         out = m if out is None else out.union(m)
     if out is None:
         raise ValueError("a piecewise schedule needs at least one piece")
-    return out.coalesce().to_str()
+    return _printed(_PIECEWISE, out.coalesce())
 
 
+@functools.lru_cache(maxsize=4096)
 def fuse_dims(text: str, outer: str, inner: str, extent: int, fused: str) -> str:
     """A set text, or a map text's domain, re-indexed: the dimensions ``outer`` and ``inner``
     (``0 <= inner < extent`` on every point) become one dimension ``fused = extent*outer +

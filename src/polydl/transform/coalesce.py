@@ -56,12 +56,9 @@ def _group(kernel: Kernel, c: Contraction) -> list[Statement]:
 
 
 def _span(kernel: Kernel, s: Statement, v: str) -> tuple[int, int] | None:
-    """The extent of ``v`` in ``s``'s domain if the domain is a box (else None)."""
-    dom = poly.domain(kernel, s)
-    ext = {u: poly.extent(dom, u) for u in s.iterators}
-    if any(e is None for e in ext.values()) or not poly.is_box(dom, ext):  # type: ignore[arg-type]
-        return None
-    return ext[v]
+    """The extent of ``v`` in ``s``'s domain (a folded statement's domain is the reduction's box
+    or its projection, so that it is a box: ``find`` checked it)."""
+    return poly.extent(poly.domain(kernel, s), v)
 
 
 def _expr(e: Expr, env: dict) -> Expr:
@@ -89,11 +86,13 @@ def _coalesce(kernel: Kernel, c: Contraction) -> Kernel | None:
     access, or None when there is none (or the result is not the contraction wanted)."""
     v = c.n
     ext = c.extent(v)
+    if c.lo(v) != 0:  # the reduction's own columns (its box) do not start a row
+        return None
     group = _group(kernel, c)
     la = c.linear("A")
     lins = []
     for s in group:
-        if v not in s.iterators or _span(kernel, s, v) != (0, ext - 1):
+        if v not in s.iterators:
             return None
         for load in (s.target, *s.reads):
             lin = linearize(kernel, load)
@@ -107,7 +106,8 @@ def _coalesce(kernel: Kernel, c: Contraction) -> Kernel | None:
         and all(u in s.iterators for s in group)
         and all(lin.coef(u) == ext * lin.coef(v) for lin in lins)
     ]
-    if not cands:
+    # the folded statements' domains are checked last (isl, where the test above is not)
+    if not cands or any(_span(kernel, s, v) != (0, ext - 1) for s in group):
         return None
     # the outer iterator with the smallest stride in C: the one right above the columns
     u = min(cands, key=lambda x: abs(c.linear("C").coef(x)))
