@@ -20,7 +20,7 @@ import functools
 import importlib.resources
 import re
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import jinja2
 
@@ -125,15 +125,29 @@ def _group_ctx(gi: int, g: TileGroup, cfg: BrgemmConfig, fam: IsaFamily) -> dict
     p = f"g{gi}"
     v = fam.vector_width
     cols = [{"c": c, "off": c * v, "mask": _mask(v, lanes)} for c, lanes in enumerate(g.lanes)]
+    row_setup: list[str] = []
     if cfg.row_group is None:  # one run of rows: offsets from the tile's first row
-        rows = [{"r": r, "a_off": r * cfg.lda, "c_off": r * cfg.ldc} for r in range(g.mr)]
+        rows = [{"r": r, "a_off": r * cfg.lda, "c_off": f"{r * cfg.ldc}"} for r in range(g.mr)]
         lda_step, ldc_step = cfg.lda, cfg.ldc
-    else:  # grouped rows: one tile per group (i_count = 1), offsets from the block's origin
-        assert g.i_count == 1
-        rows = [
-            {"r": r, "a_off": cfg.a_row(g.i_start + r), "c_off": cfg.c_row(g.i_start + r)}
-            for r in range(g.mr)
-        ]
+    else:
+        # grouped rows: the offset of each row of a tile depends on where the tile starts, so
+        # it is computed once per tile (before the batch loop) from the row index; the k loop
+        # then addresses each row from its own base, like constant offsets
+        rows = []
+        for r in range(g.mr):
+            x = f"%{p}.row{r}"
+            row_setup += [
+                f"{x}.i = add i64 %{p}.i0, {r}",
+                f"{x}.g = udiv i64 {x}.i, {cfg.row_group}",
+                f"{x}.w = urem i64 {x}.i, {cfg.row_group}",
+                f"{x}.ag = mul i64 {x}.g, {cfg.lda_group}",
+                f"{x}.aw = mul i64 {x}.w, {cfg.lda}",
+                f"{x}.a = add i64 {x}.ag, {x}.aw",
+                f"{x}.cg = mul i64 {x}.g, {cfg.ldc_group}",
+                f"{x}.cw = mul i64 {x}.w, {cfg.ldc}",
+                f"{x}.c = add i64 {x}.cg, {x}.cw",
+            ]
+            rows.append({"r": r, "a_off": f"{x}.a", "c_off": f"{x}.c"})
         lda_step = ldc_step = 0
     acc = [
         [[f"%{p}.acc.s{s}.r{r}.c{c}" for c in range(g.nv)] for r in range(g.mr)]
@@ -155,6 +169,7 @@ def _group_ctx(gi: int, g: TileGroup, cfg: BrgemmConfig, fam: IsaFamily) -> dict
         "rows": rows,
         "lda_step": lda_step,
         "ldc_step": ldc_step,
+        "row_setup": row_setup,
         "acc": acc,
         "acc_list": [a for s in acc for r in s for a in r],
         "sets": list(range(g.ksets)),
@@ -196,16 +211,7 @@ def generate(
         f"declare void @{mstore}({vty}, ptr, i32 immarg, {mty})",
     )
     params, c_params = _params(cfg)
-    tiles = blocking.groups
-    if cfg.row_group is not None:
-        # grouped rows: a tile's row offsets depend on where it starts, so every row tile is
-        # emitted on its own with its offsets as constants (no loop over row tiles)
-        tiles = tuple(
-            replace(g, i_start=g.i_start + t * g.mr, i_count=1)
-            for g in blocking.groups
-            for t in range(g.i_count)
-        )
-    groups = [_group_ctx(gi, g, cfg, fam) for gi, g in enumerate(tiles)]
+    groups = [_group_ctx(gi, g, cfg, fam) for gi, g in enumerate(blocking.groups)]
     counters = [f"{g['p']}.{lvl}" for g in groups for lvl in ("j", "i", "b", "k", "q")]
     ctx = {
         "name": name,
