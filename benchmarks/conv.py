@@ -5,6 +5,11 @@
 Columns: polydl on the blocked layout with weights packed once ("blocked", what oneDNN's own
 timings measure), polydl NCHW end to end including every packing ("nchw e2e"), and torch's
 faster of NCHW and channels_last. Ratios are torch time / polydl time (> 1: polydl faster).
+
+The machine is shared: the four contenders are timed in interleaved rounds (each a median of
+``--repeat`` samples, the order rotating every round), GFLOPS are medians over the rounds, and a
+ratio is the median of the per-round ratios, so that a disturbance of a few hundred
+milliseconds falls on one round of every contender rather than on all samples of one.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--layers", nargs="*", default=None)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3, help="samples per contender per round")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per layer")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     layers = [r for r in resnet50_layers() if not args.layers or r["name"] in args.layers]
@@ -61,33 +67,44 @@ def main() -> None:
                 ).transpose(0, 1, 3, 4, 2)
                 wp = pd.nn.pack_weights(w, block=blk, threads=threads)
                 op = pd.empty((batch, K // kb, P, Q, kb), np.float32)
-                t_blk = median_seconds(lambda: conv(op, xp, wp), repeat=args.repeat)
-                t_e2e = median_seconds(
-                    lambda: pd.nn.conv2d(x, w, stride=st, padding=pad, threads=threads),
-                    repeat=args.repeat,
-                )
-                y = pd.nn.conv2d(x, w, stride=st, padding=pad, threads=threads)
-                # torch: the faster of NCHW and channels_last
+                e2e = lambda: pd.nn.conv2d(x, w, stride=st, padding=pad, threads=threads)  # noqa: E731
                 tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+                cx, cw = (
+                    tx.to(memory_format=torch.channels_last),
+                    tw.to(memory_format=torch.channels_last),
+                )
+                contenders = {
+                    "blk": lambda: conv(op, xp, wp),
+                    "e2e": e2e,
+                    "nchw": lambda: F.conv2d(tx, tw, stride=st, padding=pad),
+                    "cl": lambda: F.conv2d(cx, cw, stride=st, padding=pad),
+                }
+                # interleaved rounds: every contender once per round, in a rotating order, so
+                # a disturbance of the shared machine falls on all of them alike; each ratio is
+                # the median of the per-round ratios (torch's faster layout of that round)
+                times: dict[str, list[float]] = {k: [] for k in contenders}
                 with torch.no_grad():
-                    t_nchw = median_seconds(
-                        lambda: F.conv2d(tx, tw, stride=st, padding=pad), repeat=args.repeat
-                    )
-                    cx, cw = (
-                        tx.to(memory_format=torch.channels_last),
-                        tw.to(memory_format=torch.channels_last),
-                    )
-                    t_cl = median_seconds(
-                        lambda: F.conv2d(cx, cw, stride=st, padding=pad), repeat=args.repeat
-                    )
+                    for rnd in range(args.rounds):
+                        order = list(contenders)
+                        order = order[rnd % len(order) :] + order[: rnd % len(order)]
+                        for key in order:
+                            times[key].append(
+                                median_seconds(contenders[key], repeat=args.repeat, min_time=0.02)
+                            )
                     ref = F.conv2d(tx, tw, stride=st, padding=pad).numpy()
-                t_torch = min(t_nchw, t_cl)
+                y = e2e()
+                t_rounds = np.minimum(times["nchw"], times["cl"])
+                med = {k: float(np.median(v)) for k, v in times.items()}
+                t_torch = float(np.median(t_rounds))
+                t_blk, t_e2e = med["blk"], med["e2e"]
                 err = float(np.abs(y - ref).max() / np.abs(ref).max())
-                r_blk.append(t_torch / t_blk)
-                r_e2e.append(t_torch / t_e2e)
+                ratio_blk = float(np.median(t_rounds / np.array(times["blk"])))
+                ratio_e2e = float(np.median(t_rounds / np.array(times["e2e"])))
+                r_blk.append(ratio_blk)
+                r_e2e.append(ratio_e2e)
                 print(
                     f"{row['name']:<10} {flops / t_blk / 1e9:8.1f} {flops / t_e2e / 1e9:9.1f} {flops / t_torch / 1e9:7.1f}"
-                    f" {t_torch / t_blk:10.2f} {t_torch / t_e2e:10.2f} {err:8.1e}",
+                    f" {ratio_blk:10.2f} {ratio_e2e:10.2f} {err:8.1e}",
                     flush=True,
                 )
             g = lambda r: math.exp(float(np.mean(np.log(r))))  # noqa: E731
