@@ -146,6 +146,12 @@ def test_route_rule():
     assert pd.nn.conv_route((1, 256, 56, 56), (512, 256, 1, 1), 2, 0) == "rows"  # subsampled
     assert pd.nn.conv_route((1, 256, 56, 56), (512, 256, 1, 1), 2, 1) == "blocked"
     assert pd.nn.conv_route((1, 3, 224, 224), (64, 3, 7, 7), (2, 2), 3) == "blocked"
+    # 3x3 stride 1 with >= 128 channels: blocked once the packed weights serve >= 256 pixels
+    assert pd.nn.conv_route((1, 128, 28, 28), (128, 128, 3, 3), 1, 1) == "blocked"
+    assert pd.nn.conv_route((8, 512, 7, 7), (512, 512, 3, 3), 1, 1) == "blocked"
+    assert pd.nn.conv_route((1, 512, 7, 7), (512, 512, 3, 3), 1, 1) == "rows"
+    assert pd.nn.conv_route((1, 256, 14, 14), (256, 256, 3, 3), 1, 1) == "rows"
+    assert pd.nn.conv_route((8, 64, 56, 56), (64, 64, 3, 3), 1, 1) == "rows"
 
 
 CASES = [
@@ -179,6 +185,16 @@ def test_nn_conv2d_routes(case, route, threads):
         ref = conv_ref(x, w, bias, st, pad, act == "relu")
         assert y.shape == ref.shape and y.dtype == np.float32
         np.testing.assert_allclose(y, ref, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_default_route_blocked_for_wide_3x3(threads):
+    """128 channels, 3x3, 17 x 16 output pixels: the rule takes the blocked route (packing
+    included), which matches the reference like the others."""
+    x, w, b = rand(1, 128, 16, 17), rand(24, 128, 3, 3), rand(24)
+    assert pd.nn.conv_route(x.shape, w.shape, 1, 1) == "blocked"
+    y = pd.nn.conv2d(x, w, bias=b, padding=1, activation="relu", threads=threads)
+    np.testing.assert_allclose(y, conv_ref(x, w, b, 1, 1, True), rtol=3e-4, atol=3e-4)
 
 
 def test_nn_conv2d_routes_agree():

@@ -125,20 +125,33 @@ def conv_route(x_shape, w_shape, stride=1, padding=0, threads: int | None = None
     ``"rows"`` route first copies them densely (:func:`polydl.ops.subsample`, a polydl kernel;
     oneDNN calls this "reduce to unit stride") and runs the stride-1 convolution on them.
 
-    Rule: ``"rows"`` when the stride is 1 or the convolution is 1x1 without padding, else
-    ``"blocked"``. ResNet-50's six stride-2 1x1 layers (``benchmarks/nchw.py --routes``, Ice
-    Lake): "rows" with the subsample 0.93-1.18x torch (geomean per configuration of 1/2 threads
-    and N = 1/8), "blocked" 0.38-0.41x. For the stride-1 layers, measured with
-    ``benchmarks/nchw.py --routes`` over the 20 ResNet-50 layers (Ice Lake, 1 and 2 threads,
-    N = 1 and 8; figures in the commit): on the 1x1 stride-1 layers "rows" (= "direct", the same
-    coalesced GEMM) runs 2-3x faster than "blocked", whose packing costs as much as the
-    convolution; on the 3x3 layers "rows" beats "direct" by 1.5-3x (one nest instead of the
-    split cells) and "blocked" in most cases. The shapes and thread count do not change the
-    choice, so the rule reads only the filter, stride and padding; nothing is timed at run time.
+    Rule: ``"blocked"`` for a stride-1 filter larger than 1x1 with at least 128 input channels
+    whose packed weights serve at least 256 output pixels (``N*P*Q``); else ``"rows"`` when the
+    stride is 1 or the convolution is 1x1 without padding; else ``"blocked"``. Since the
+    blocked kernel's calls cover whole output rows (grouped rows, ``kernels/config.py``), it
+    beats "rows" on ResNet-50's 3x3 layers with 128 to 512 channels at batch 8 by 1.1-1.5x
+    including all packing (``benchmarks/nchw.py --routes``, Ice Lake, 1 and 2 threads:
+    resnet_07 108 vs 87 / 221 vs 191 GFLOPS, resnet_12 139 vs 113 / 207 vs 169, resnet_17 117
+    vs 88 / 227 vs 151), and at batch 1 on resnet_07 (99 vs 88 at 1 thread); "rows" keeps the
+    64-channel resnet_03 (blocked 0.8-1.25x of it, by threads) and the small-spatial layers at
+    batch 1 (resnet_12 112 vs 85, resnet_17 93 vs 42: packing 9.4 MB of weights for 49 pixels).
+    Earlier measurements (before grouped rows, same benchmark): on ResNet-50's six stride-2 1x1
+    layers "rows" with the subsample ran 0.93-1.18x torch, "blocked" 0.38-0.41x; on the 1x1
+    stride-1 layers "rows" (= "direct", the same coalesced GEMM) 2-3x faster than "blocked",
+    whose packing costs as much as the convolution; on the 3x3 layers "rows" 1.5-3x faster than
+    "direct" (one nest instead of the split cells). The thread count does not change the
+    choice; nothing is timed at run time.
     """
-    del x_shape, threads  # the rule needs only the filter, stride and padding (see above)
-    pointwise = tuple(w_shape[2:]) == (1, 1) and ops._pair(padding, "padding") == (0, 0)
-    return "rows" if ops._pair(stride, "stride") == (1, 1) or pointwise else "blocked"
+    del threads  # the rule reads only the shapes (see above)
+    N, C, H, W = x_shape
+    R, S = w_shape[2:]
+    unit = ops._pair(stride, "stride") == (1, 1)
+    pointwise = (R, S) == (1, 1) and ops._pair(padding, "padding") == (0, 0)
+    if unit and (R, S) != (1, 1) and C >= 128:
+        P, Q = ops.conv_shape(H, W, R, S, stride, padding)
+        if N * P * Q >= 256:
+            return "blocked"
+    return "rows" if unit or pointwise else "blocked"
 
 
 def conv2d(
