@@ -253,9 +253,19 @@ def test_batch_tiles_candidates():
     enough reduction per call; the rows of a padded NCHW conv (k = S = 3) are never split."""
     big = pd.ops.conv2d(1, 512, 512, 7, 7, 3, 3, padding=1, layout="nchwc", block=64)
     (c,) = find_all(big.ir.bind({}))
-    ((kc, v, d),) = plans.batch_tiles(c, 64, 64)
-    assert (kc, v) == (64, "cb") and 8 % d == 0 and d < 8
-    assert 64 * 9 * d * 64 * 4 <= plans.BATCH_PANEL_BYTES
+    ((kc, v, d),) = plans.batch_tiles(c, 64, 64, 320 * 1024)
+    assert (kc, v, d) == (64, "cb", 2)  # 2 blocks x 9 x 64 x 64 floats = 288 KiB
+    ((_, _, d1),) = plans.batch_tiles(c, 64, 64, 160 * 1024)
+    assert d1 == 1
+    assert plans.batch_tiles(c, 64, 64, 128 * 1024) == []  # not even one block of 144 KiB fits
+    # Zen 3 (AVX2, 16-channel blocks, 512 KiB L2): 8 of the 32 blocks, 72 KiB, per call
+    avx2 = pd.ops.conv2d(1, 512, 512, 7, 7, 3, 3, padding=1, layout="nchwc", block=16)
+    (c2,) = find_all(avx2.ir.bind({}))
+    assert plans.batch_tiles(c2, 16, 16, 128 * 1024) == [(16, "cb", 8)]
+    from polydl.optimize.target import PRESETS
+
+    assert plans.panel_budget(PRESETS["icelake-server"]) == 320 * 1024
+    assert plans.panel_budget(PRESETS["znver3"]) == 128 * 1024
     small = pd.ops.conv2d(1, 64, 64, 7, 7, 3, 3, padding=1, layout="nchwc", block=64)
     assert plans.batch_tiles(find_all(small.ir.bind({}))[0], 64, 64) == []
     rows = pd.nn.conv2d_rows(1, 512, 64, 9, 9, 3, 3)

@@ -139,17 +139,26 @@ def k_tiles(c: Contraction, bk: int) -> list[int]:
 
 
 # a loop over a batch iterator (batch_tiles) keeps at least this much reduction in one call
-# (k x batch), and one call's B panel at most this many bytes: a panel re-streamed by every
-# register-tile row of a tall call from L2 rather than from L3
+# (k x batch), and one call's B panel at most a BATCH_PANEL_SHARE-th of the target's largest
+# private cache (L2): every register-tile row of a tall call re-reads the panel, from L2 rather
+# than from L3; the rest of L2 holds A, C and the next panel. Ice Lake (1.25 MiB L2): 320 KiB.
 MIN_CALL_REDUCTION = 256
-BATCH_PANEL_BYTES = 320 * 1024
+BATCH_PANEL_SHARE = 4
 
 
-def batch_tiles(c: Contraction, bk: int, bn: int) -> list[tuple[int | None, str, int]]:
+def panel_budget(target) -> int:
+    """Bytes one call's B panel may take on ``target`` (see :data:`BATCH_PANEL_SHARE`)."""
+    private = [c.size_bytes for c in target.caches if not c.shared]
+    return max(private, default=1280 * 1024) // BATCH_PANEL_SHARE
+
+
+def batch_tiles(
+    c: Contraction, bk: int, bn: int, budget: int = 320 * 1024
+) -> list[tuple[int | None, str, int]]:
     """(kc, batch iterator, its extent in one call) of calls that cover the whole k but only
     part of the batch iterator outermost in B (a conv's input-channel blocks): the largest
-    divisor of its extent whose B panel fits :data:`BATCH_PANEL_BYTES`, when it keeps
-    :data:`MIN_CALL_REDUCTION` and the whole panel does not fit."""
+    divisor of its extent whose B panel fits ``budget`` bytes (:func:`panel_budget`), when it
+    keeps :data:`MIN_CALL_REDUCTION` and the whole panel does not fit."""
     lb = c.linear("B")
     split = max(c.batch, key=lambda v: abs(lb.coef(v)), default=None)
     if split is None or c.extent(split) < 2:
@@ -160,12 +169,12 @@ def batch_tiles(c: Contraction, bk: int, bn: int) -> list[tuple[int | None, str,
     per_value = kc * math.prod(c.extent(v) for v in c.batch if v != split)  # reduction rows
     panel = lambda d: per_value * d * bn * 4  # noqa: E731
     ext = c.extent(split)
-    if panel(ext) <= BATCH_PANEL_BYTES:
+    if panel(ext) <= budget:
         return []
     fits = [
         d
         for d in range(1, ext)
-        if ext % d == 0 and panel(d) <= BATCH_PANEL_BYTES and per_value * d >= MIN_CALL_REDUCTION
+        if ext % d == 0 and panel(d) <= budget and per_value * d >= MIN_CALL_REDUCTION
     ]
     return [(c.extent(c.k) if c.k else None, split, max(fits))] if fits else []
 
@@ -198,7 +207,7 @@ def ranked(kernel, c: Contraction, *, target, threads: int, top: int = 10):
     rows = min(bm, c.extent(c.m)) * c.rows_per_m
     options: list[tuple[int | None, str | None, int]] = [(kc, None, 0) for kc in k_tiles(c, bk)]
     options = options or [(None, None, 0)]
-    options += batch_tiles(c, bk, min(bn, c.extent(c.n)))
+    options += batch_tiles(c, bk, min(bn, c.extent(c.n)), panel_budget(target))
     for kc, looped, chunk in options:
         micro = {c.m: bm, c.n: bn, **{v: c.extent(v) for v in covered}}
         if c.k is not None:
