@@ -113,9 +113,12 @@ def conv_block(Q: int, P: int | None = None) -> int:
     """Channels per block for a convolution with output ``P x Q`` (``P`` defaults to ``Q``):
     with AVX-512, four vectors (64, the 6x64 register tile of the microkernel) when a call has
     rows enough to fill it, else two; otherwise :func:`default_block`. A call covers whole
-    output rows (grouped rows, ``kernels/config.py``): about 112 pixels, at least one row."""
+    output rows (grouped rows, ``kernels/config.py``): about ``plan.CALL_ROWS`` pixels, at
+    least one row."""
+    from .optimize.plan import whole_rows
+
     base = default_block()
-    rows = Q * min(P or Q, max(1, 112 // Q))
+    rows = Q * whole_rows(P or Q, Q)
     return 2 * base if base >= 32 and rows >= 12 else base
 
 

@@ -46,10 +46,19 @@ def n_blocks(c: Contraction, lanes: int) -> list[int]:
     return sorted({min(ext, b) for b in (2 * lanes, 4 * lanes)}, reverse=True)
 
 
+# coalesced rows (a conv's output rows of Q pixels): one call covers whole rows, about this many
+CALL_ROWS = 112
+
+
+def whole_rows(ext: int, per_row: int) -> int:
+    """How many of ``ext`` runs of ``per_row`` rows one call covers (at least one)."""
+    return max(1, min(ext, CALL_ROWS // per_row))
+
+
 def m_blocks(c: Contraction) -> list[int]:
     ext = c.extent(c.m)
     if c.rows_per_m > 1:
-        return [max(1, min(ext, 112 // c.rows_per_m))]
+        return [whole_rows(ext, c.rows_per_m)]
     cands = {min(ext, b) for b in (ext, 64, 28, 16)} if ext > 64 else {ext}
     return sorted(cands, reverse=True)
 
@@ -117,7 +126,7 @@ def micro_blocks(c: Contraction, lanes: int) -> tuple[int, int, int]:
     mr, nr = TILES.get(lanes, (6, 2 * lanes))
     bn = ext_n if ext_n <= max(nr, 4 * lanes) else nr
     if rows > 1:  # coalesced rows: whole runs of m_inner, about 100 rows per call
-        bm = max(1, min(ext_m, 112 // rows))
+        bm = whole_rows(ext_m, rows)
     else:
         bm = ext_m if ext_m <= 128 else MAX_BM - MAX_BM % mr
     return bm, bn, k_blocks(c)[0]
@@ -176,7 +185,7 @@ def batch_tiles(
         for d in range(1, ext)
         if ext % d == 0 and panel(d) <= budget and per_value * d >= MIN_CALL_REDUCTION
     ]
-    return [(c.extent(c.k) if c.k else None, split, max(fits))] if fits else []
+    return [(kc if c.k else None, split, max(fits))] if fits else []
 
 
 def ranked(kernel, c: Contraction, *, target, threads: int, top: int = 10):

@@ -115,7 +115,7 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
         )
     chunk: dict[str, int] = {}  # the reduction loop's iterator -> its extent in one call
     if split is not None:
-        chunk[split] = kc if split == c.k else plan.block(split) or 1
+        chunk[split] = kc if split == c.k else plan.block(split)
         if c.extent(split) % chunk[split]:
             raise ValueError(f"a loop over {split} must step by a divisor of its extent")
     lc, la, lb = c.linear("C"), c.linear("A"), c.linear("B")
