@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+LAYERS_CSV = Path(__file__).resolve().parent / "resnet50_conv.csv"
 
 
 def median_seconds(fn: Callable[[], object], *, repeat: int = 7, min_time: float = 0.05) -> float:
@@ -30,9 +29,10 @@ def median_seconds(fn: Callable[[], object], *, repeat: int = 7, min_time: float
 
 
 def resnet50_layers() -> list[dict[str, int | str]]:
-    """The rows of shared/bench/resnet50_conv.csv, ints converted."""
-    path = Path(os.environ.get("POLYDL_SHARED", SHARED)) / "bench" / "resnet50_conv.csv"
-    with open(path) as f:
+    """The rows of ``benchmarks/resnet50_conv.csv`` (the 20 distinct conv layers of ResNet-50,
+    batch 1: channels, filters, input size, filter size, stride, padding, output size), ints
+    converted."""
+    with open(LAYERS_CSV) as f:
         return [
             {k: (v if k == "name" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)
         ]

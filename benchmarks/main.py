@@ -1,7 +1,10 @@
 """polydl's main job: compile GEMM and a ResNet-50 3x3 conv layer from the DSL, check them
 against NumPy, and print GFLOPS side by side with NumPy (OpenBLAS), threads pinned on both sides.
 
-    python benchmarks/main.py [--threads 1] [--size 512]
+    python benchmarks/main.py [--threads 1] [--size 512] [--quick]
+
+``--quick`` (what CI runs from a clean clone): a 128^3 GEMM and 3 short samples per timing, to
+check that the job runs end to end on a fresh machine; its figures are not benchmarks.
 """
 
 from __future__ import annotations
@@ -72,9 +75,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--quick", action="store_true", help="small sizes, few samples (a smoke run)")
     args = ap.parse_args()
+    if args.quick:
+        args.size = min(args.size, 128)
+    reps = dict(repeat=3, min_time=0.005) if args.quick else {}
+
+    def timed(fn) -> float:
+        return median_seconds(fn, **reps)
+
     rng = np.random.default_rng(0)
-    print(f"threads={args.threads} (polydl and NumPy/OpenBLAS pinned alike); medians of 7 runs")
+    runs = 3 if args.quick else 7
+    print(
+        f"threads={args.threads} (polydl and NumPy/OpenBLAS pinned alike); medians of {runs} runs"
+    )
     print(
         f"{'kernel':<28} {'polydl':>9} {'numpy':>9} {'ratio':>8} {'max err':>10} {'compile ms':>10}"
     )
@@ -93,8 +107,8 @@ def main() -> None:
         report(
             f"gemm {n}^3",
             2.0 * n**3,
-            median_seconds(lambda: k(c, a, b)),
-            median_seconds(lambda: a @ b),
+            timed(lambda: k(c, a, b)),
+            timed(lambda: a @ b),
             err,
             compile_s,
         )
@@ -114,17 +128,15 @@ def main() -> None:
         want = numpy_conv2d(x, w, st, pad)
         err = float(np.abs(o - want).max() / np.abs(want).max())
         flops = 2.0 * K * C * R * S * P * Q
-        t_np = median_seconds(lambda: numpy_conv2d(x, w, st, pad))
+        t_np = timed(lambda: numpy_conv2d(x, w, st, pad))
         y = pd.nn.conv2d(x, w, stride=st, padding=pad, threads=args.threads)
         err2 = float(np.abs(y - want).max() / np.abs(want).max())
-        t_nn = median_seconds(
-            lambda: pd.nn.conv2d(x, w, stride=st, padding=pad, threads=args.threads)
-        )
+        t_nn = timed(lambda: pd.nn.conv2d(x, w, stride=st, padding=pad, threads=args.threads))
         report("resnet_03 pd.nn.conv2d (BRGEMM)", flops, t_nn, t_np, err2, 0.0)
         report(
             "resnet_03 DSL conv with guards",
             flops,
-            median_seconds(lambda: kc(o, x, w)),
+            timed(lambda: kc(o, x, w)),
             t_np,
             err,
             compile_s,

@@ -1,8 +1,9 @@
 """Hypothesis writes random affine loop nests; compiled code must match the reference.
 
-Random bounds (affine, max/min, steps), offsets, quasi-affine indices (``//``, ``%``),
-statement order and nest structure; extents 1, primes and odd sizes. Tensors are L x L with L = N + 8,
-so so every generated access is in bounds by construction.
+Random bounds (affine, max/min, steps, a size ``T`` that shapes no tensor), offsets, strided
+and quasi-affine indices (``2 * i``, ``//``, ``%``), every statement op (``=``, ``+=``, ``-=``,
+``*=``, ``/=``), statement order and nest structure; extents 1, primes and odd sizes. Tensors are
+L x L with L = 2 * N + 8 and T <= N + 2, so every generated access is in bounds by construction.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ VARS = "ijk"
 def loop(draw, depth: int, outer: list[str]):
     v = VARS[depth]
     lo_choices = ["0", "1"] + [f"{o}" for o in outer] + [f"max(0, {o} - 2)" for o in outer]
-    hi_choices = ["N", "N + 2"] + [f"{o} + 1" for o in outer] + [f"min(N, {o} + 3)" for o in outer]
+    hi_choices = (
+        ["N", "N + 2", "T"] + [f"{o} + 1" for o in outer] + [f"min(N, {o} + 3)" for o in outer]
+    )
     lo = draw(st.sampled_from(lo_choices))
     hi = draw(st.sampled_from(hi_choices))
     step = draw(st.sampled_from([1, 1, 1, 2, 3]))
@@ -35,11 +38,12 @@ def loop(draw, depth: int, outer: list[str]):
 @st.composite
 def index(draw, live: list[str]):
     v = draw(st.sampled_from(live))
-    kind = draw(st.sampled_from(["plain", "plain", "offset", "div", "mod", "const"]))
+    kind = draw(st.sampled_from(["plain", "plain", "offset", "stride", "div", "mod", "const"]))
     c = draw(st.integers(0, 4))
     return {
         "plain": v,
         "offset": f"{v} + {c}",
+        "stride": f"2 * {v} + {c}",
         "div": f"({v} + {c}) // 2",
         "mod": f"({v} + {c}) % 3",
         "const": str(c),
@@ -50,7 +54,7 @@ def index(draw, live: list[str]):
 def statement(draw, live: list[str]):
     tensors = ["X", "Y", "Z"]
     tgt = draw(st.sampled_from(tensors))
-    op = draw(st.sampled_from(["=", "+=", "-=", "*="]))
+    op = draw(st.sampled_from(["=", "+=", "-=", "*=", "/="]))
     n_reads = draw(st.integers(0, 2))
     terms = []
     for _ in range(n_reads):
@@ -59,6 +63,8 @@ def statement(draw, live: list[str]):
     const = draw(st.sampled_from(["0.5", "0.25", "1.0", "s"]))
     if op == "*=":
         expr = "0.75"  # keep products bounded
+    elif op == "/=":  # a divisor in [1.25, 2.75): quotients stay bounded
+        expr = f"1.25 + 0.5 * {terms[0]}" if terms else "1.25"
     elif terms:
         joiner = draw(st.sampled_from([" + ", " - ", " * "]))
         expr = (
@@ -112,17 +118,24 @@ def load(tmp_path, name: str, src: str):
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(kernel_source(), st.sampled_from([1, 2, 3, 5, 7, 9]), st.sampled_from([1, 2]))
-def test_random_nest_matches_reference(tmp_path, source, n, threads):
+@given(
+    kernel_source(),
+    st.sampled_from([1, 2, 3, 5, 7, 9]),
+    st.sampled_from([1, 2]),
+    st.integers(1, 11),
+)
+def test_random_nest_matches_reference(tmp_path, source, n, threads, t):
     name, src = source
     kern = load(tmp_path, name, src)
     rng = np.random.default_rng(n)
-    shape = (n + 8, n + 8)
+    t = min(t, n + 2)
+    shape = (2 * n + 8, 2 * n + 8)
     args = {t: rng.uniform(0.5, 1.5, shape).astype(np.float32) for t in "XYZ"}
     mine = {k: v.copy() for k, v in args.items()}
     ref = {k: v.copy() for k, v in args.items()}
     d = np.zeros(n, np.float32)  # only binds N
-    pd.compile(kern, N=n, L=n + 8, threads=threads)(**mine, D=d, s=0.5)
-    kern.reference(**ref, D=d, s=0.5)
+    sizes = {"T": t} if "T" in kern.ir.sizes else {}
+    pd.compile(kern, N=n, L=2 * n + 8, threads=threads, **sizes)(**mine, D=d, s=0.5)
+    kern.reference(**ref, D=d, s=0.5, **sizes)
     for t in "XYZ":
         np.testing.assert_allclose(mine[t], ref[t], rtol=2e-4, atol=2e-4, err_msg=f"{t}\n{src}")

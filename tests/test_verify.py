@@ -43,7 +43,7 @@ def test_parsed_and_bound_kernels_verify():
         (broken(0, schedule="[M, N] -> { S0[i, j] -> [0, i, 0, j] }"), "output dimensions"),
         (broken(0, schedule="[M, N] -> { S7[i, j] -> [0, i, 0, j, 0] }"), "schedule input"),
         (broken(0, domain="[M, Q] -> { S0[i, j] : 0 <= i < Q }"), "parameters"),
-        (broken(1, op="/="), "statement op '/='"),
+        (broken(1, op="%="), "statement op '%='"),
         (broken(1, target=Load(tensor="C", index=(Var(name="i"),))), "rank 2"),
         (broken(1, target=Load(tensor="D", index=(Var(name="i"),))), "no argument 'D'"),
         (broken(1, target=Load(tensor="s", index=(Var(name="i"),))), "scalar argument 's'"),

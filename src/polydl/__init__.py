@@ -1,4 +1,4 @@
-"""polydl: a polyhedral compiler for deep-learning primitives (public names of shared/spec/API.md)."""
+"""polydl: a polyhedral compiler for deep-learning primitives (public names of docs/API.md)."""
 
 from . import nn, ops
 from .api import compile

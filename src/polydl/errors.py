@@ -1,4 +1,4 @@
-"""The exceptions of polydl's public contract (shared/spec/API.md, section 5)."""
+"""The exceptions of polydl's public contract (docs/API.md, section 6)."""
 
 from __future__ import annotations
 

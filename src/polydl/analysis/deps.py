@@ -57,7 +57,7 @@ class Dependences:
 def reduction_tensor(stmt: Statement) -> str | None:
     """The tensor ``stmt`` reduces into, or None if it is not a reduction statement."""
     t = stmt.target
-    if stmt.op in ("+=", "-=", "*="):
+    if stmt.op in ("+=", "-=", "*=", "/="):  # x / a / b = x / b / a, up to rounding
         return None if _reads(stmt.expr, t.tensor) else t.tensor
     e = stmt.expr
     if stmt.op == "=" and isinstance(e, BinOp) and e.op in ("+", "*", "max", "min", "-"):

@@ -102,6 +102,13 @@ class CompiledKernel:
             )
         bound = dict(zip(self._names, args, strict=False))
         for k, v in kwargs.items():
+            if k in self.kernel.free_sizes and k not in self._names:
+                if v != self.kernel.size_values[k]:
+                    raise ValueError(
+                        f"{name}() was compiled for {k}={self.kernel.size_values[k]}, got "
+                        f"{k}={v!r}; compile again for another {k}"
+                    )
+                continue
             if k not in self._names:
                 raise TypeError(
                     f"{name}() got an unexpected argument {k!r}; parameters: {', '.join(self._names)}"

@@ -426,7 +426,7 @@ class ModuleEmitter:
             old = self.fresh()
             code.append(f"  {old} = load {ty}, ptr {addr}")
             new = self.fresh()
-            inst = {"+=": "fadd", "-=": "fsub", "*=": "fmul"}[s.op]
+            inst = {"+=": "fadd", "-=": "fsub", "*=": "fmul", "/=": "fdiv"}[s.op]
             code.append(f"  {new} = {inst} {FM} {ty} {old}, {rhs}")
         code.append(f"  store {ty} {new}, ptr {addr}")
         return "\n".join(x for x in code if x)

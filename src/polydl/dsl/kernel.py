@@ -9,6 +9,9 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
+from ..errors import where
 from ..ir.nodes import Int, Kernel, TensorArg, Var
 from .parse import parse
 
@@ -41,8 +44,24 @@ class KernelFunction:
         args = ", ".join(a.name for a in self.ir.args)
         return f"<pd.kernel {self.name}({args}) sizes={list(self.ir.sizes)}>"
 
+    def split_sizes(self, kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+        """``kwargs`` less the sizes no array's shape gives (``T=10`` for ``range(T)``), and
+        those sizes as ints."""
+        rest, sizes = {}, {}
+        for k, v in kwargs.items():
+            if k in self.ir.free_sizes:
+                if isinstance(v, bool) or not isinstance(v, int | np.integer) or v <= 0:
+                    raise TypeError(
+                        f"kernel {self.name!r}: size {k} must be a positive int, got {v!r}"
+                    )
+                sizes[k] = int(v)
+            else:
+                rest[k] = v
+        return rest, sizes
+
     def bind(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Arguments by parameter name (positional and keyword, like a Python call)."""
+        kwargs, _ = self.split_sizes(kwargs)
         try:
             ba = self.signature.bind(*args, **kwargs)
         except TypeError as e:
@@ -50,9 +69,18 @@ class KernelFunction:
         return dict(ba.arguments)
 
     def sizes_for(self, *args: Any, **kwargs: Any) -> dict[str, int]:
-        """Size bindings unified from every tensor argument's shape (ValueError on conflict)."""
+        """Size bindings unified from every tensor argument's shape (ValueError on conflict),
+        plus the sizes no shape gives, passed by keyword (TypeError when one is missing)."""
         given = self.bind(*args, **kwargs)
-        sizes: dict[str, int] = {}
+        _, sizes = self.split_sizes(kwargs)
+        missing = [s for s in self.ir.free_sizes if s not in sizes]
+        if missing:
+            raise TypeError(
+                f"{where(self.ir.filename, self.ir.line)} kernel {self.name!r}: size "
+                f"{', '.join(map(repr, missing))} shapes no array (it is used only in loop "
+                f"bounds, conditions or indices); pass it by keyword, e.g. "
+                f"{self.name}(..., {missing[0]}=10)"
+            )
         origin: dict[str, str] = {}
         for a in self.ir.tensors:
             x = given[a.name]
@@ -111,7 +139,8 @@ class KernelFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Compile for the arguments' shapes (cached) and run; outputs are updated in place."""
-        return self.compiled(self.sizes_for(*args, **kwargs))(*args, **kwargs)
+        sizes = self.sizes_for(*args, **kwargs)
+        return self.compiled(sizes)(*args, **self.split_sizes(kwargs)[0])
 
 
 def _expected(a: TensorArg, sizes: Mapping[str, int]) -> str:

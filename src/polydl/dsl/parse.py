@@ -3,7 +3,7 @@
 Nothing is executed or traced: the source is read with :mod:`inspect`, parsed with :mod:`ast` and
 walked once. Loop bounds, ``if`` conditions and indices become isl texts over the kernel's size
 parameters (``ir/poly.py`` turns them into isl objects); statements keep their float expression
-as IR trees. Every construct outside the DSL (shared/spec/API.md, section 1) raises
+as IR trees. Every construct outside the DSL (docs/API.md, section 1) raises
 :class:`~polydl.errors.DSLError` with the ``file:line:`` prefix of the construct's real line.
 
 Original schedule: the classic 2d+1 schedule (statement position at each depth interleaved with
@@ -44,7 +44,7 @@ from ..ir.poly import params_text, simplify_set_text
 from . import intrinsics
 from .types import DType, TensorType
 
-_AUG = {ast.Add: "+=", ast.Sub: "-=", ast.Mult: "*="}
+_AUG = {ast.Add: "+=", ast.Sub: "-=", ast.Mult: "*=", ast.Div: "/="}
 _FLOAT_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _CMP = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "="}
 _PY_OP = {
@@ -136,6 +136,7 @@ class _Parser:
         self.tensors: dict[str, TensorArg] = {}
         self.scalars: dict[str, ScalarArg] = {}
         self.sizes: list[str] = []
+        self.free_sizes: list[str] = []  # sizes that shape no tensor (bound_only_sizes)
         self.constants: dict[str, int] = {}
         self.loop_names = {
             t.target.id
@@ -264,6 +265,8 @@ class _Parser:
                     and t.target.id == v
                 )
                 raise self.err(node, f"loop variable `{v}` shadows the {kind} `{v}`")
+        self.free_sizes = self.bound_only_sizes()
+        self.sizes += self.free_sizes
         body = self.node.body
         if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
             if isinstance(body[0].value.value, str):
@@ -300,6 +303,42 @@ class _Parser:
             constants=tuple(self.constants.items()),
         )
 
+    def bound_only_sizes(self) -> list[str]:
+        """Size parameters that shape no tensor: bare names of loop bounds, ``if`` conditions and
+        indices that are no argument, loop variable or name of the enclosing scope (a stencil's
+        time steps ``T`` in ``for t in range(T)``), in order of first use."""
+        found: list[str] = []
+
+        def visit(e: ast.AST) -> None:
+            if isinstance(e, ast.Call):
+                for a in [*e.args, *(k.value for k in e.keywords)]:
+                    visit(a)  # not e.func: `max`, `min` are calls, not sizes
+                return
+            if isinstance(e, ast.Name):
+                n = e.id
+                if not (
+                    self.is_local(n)
+                    or n in self.loop_names
+                    or n in found
+                    or n in _ISL_RESERVED
+                    or self.lookup(n)[0]
+                ):
+                    found.append(n)
+                return
+            for c in ast.iter_child_nodes(e):
+                visit(c)
+
+        for node in ast.walk(self.node):
+            if isinstance(node, ast.For) and isinstance(node.iter, ast.Call):
+                for a in node.iter.args:
+                    visit(a)
+            elif isinstance(node, ast.If):
+                visit(node.test)
+            elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+                if node.value.id in self.tensors:
+                    visit(node.slice)
+        return found
+
     # ------------------------------------------------------------ statements
 
     def block(
@@ -331,7 +370,7 @@ class _Parser:
                 raise self.err(
                     node,
                     f"expression statement `{self.text(node)}` is not in the DSL (statements are "
-                    "`T[idx] = e`, `+=`, `-=`, `*=`)",
+                    "`T[idx] = e`, `+=`, `-=`, `*=`, `/=`)",
                 )
             else:
                 what = _CONSTRUCTS.get(type(node), f"`{type(node).__name__}` statement")
@@ -388,7 +427,7 @@ class _Parser:
                 raise self.err(
                     node,
                     f"`{sym}=` in `{self.text(node)}` is not a DSL statement "
-                    "(use `=`, `+=`, `-=` or `*=`)",
+                    "(use `=`, `+=`, `-=`, `*=` or `/=`)",
                 )
         if not (isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name)) or (
             target.value.id not in self.tensors

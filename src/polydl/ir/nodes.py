@@ -148,7 +148,7 @@ def int_vars(e: IExpr) -> Iterator[str]:
 
 # ---------------------------------------------------------------- kernel structure
 
-STATEMENT_OPS = ("=", "+=", "-=", "*=")
+STATEMENT_OPS = ("=", "+=", "-=", "*=", "/=")
 DTYPES = ("f32", "f64")
 
 
@@ -252,6 +252,13 @@ class Kernel:
     @property
     def scalars(self) -> tuple[ScalarArg, ...]:
         return tuple(a for a in self.args if isinstance(a, ScalarArg))
+
+    @property
+    def free_sizes(self) -> tuple[str, ...]:
+        """Sizes that shape no tensor (used only in loop bounds, conditions or indices): no
+        array's shape implies them, so a call must name them (``kern(A, B, T=10)``)."""
+        shaped = {d.name for t in self.tensors for d in t.shape if isinstance(d, Var)}
+        return tuple(s for s in self.sizes if s not in shaped)
 
     def arg(self, name: str) -> TensorArg | ScalarArg:
         for a in self.args:
