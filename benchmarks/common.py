@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,26 @@ def median_seconds(fn: Callable[[], object], *, repeat: int = 7, min_time: float
             fn()
         samples.append((time.perf_counter() - t0) / inner)
     return float(np.median(samples))
+
+
+def interleaved(
+    contenders: dict[str, Callable[[], object]], *, rounds: int, repeat: int, min_time: float = 0.02
+) -> dict[str, np.ndarray]:
+    """Per-round median times of every contender, timed in interleaved rounds: each contender
+    once per round, the order rotating, so that a disturbance of the shared machine falls on
+    one round of all of them rather than on all samples of one. Compare contenders by the
+    median of their per-round ratios."""
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for rnd in range(rounds):
+        order = list(contenders)
+        order = order[rnd % len(order) :] + order[: rnd % len(order)]
+        for key in order:
+            times[key].append(median_seconds(contenders[key], repeat=repeat, min_time=min_time))
+    return {k: np.array(v) for k, v in times.items()}
+
+
+def geomean(r) -> float:
+    return math.exp(float(np.mean(np.log(r)))) if len(r) else float("nan")
 
 
 def resnet50_layers() -> list[dict[str, int | str]]:

@@ -15,14 +15,13 @@ milliseconds falls on one round of every contender rather than on all samples of
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median_seconds, resnet50_layers  # noqa: E402
+from common import geomean, interleaved, resnet50_layers  # noqa: E402
 
 import polydl as pd  # noqa: E402
 
@@ -79,18 +78,9 @@ def main() -> None:
                     "nchw": lambda: F.conv2d(tx, tw, stride=st, padding=pad),
                     "cl": lambda: F.conv2d(cx, cw, stride=st, padding=pad),
                 }
-                # interleaved rounds: every contender once per round, in a rotating order, so
-                # a disturbance of the shared machine falls on all of them alike; each ratio is
-                # the median of the per-round ratios (torch's faster layout of that round)
-                times: dict[str, list[float]] = {k: [] for k in contenders}
+                # interleaved rounds, torch's faster layout per round (common.interleaved)
                 with torch.no_grad():
-                    for rnd in range(args.rounds):
-                        order = list(contenders)
-                        order = order[rnd % len(order) :] + order[: rnd % len(order)]
-                        for key in order:
-                            times[key].append(
-                                median_seconds(contenders[key], repeat=args.repeat, min_time=0.02)
-                            )
+                    times = interleaved(contenders, rounds=args.rounds, repeat=args.repeat)
                     ref = F.conv2d(tx, tw, stride=st, padding=pad).numpy()
                 y = e2e()
                 t_rounds = np.minimum(times["nchw"], times["cl"])
@@ -107,7 +97,7 @@ def main() -> None:
                     f" {ratio_blk:10.2f} {ratio_e2e:10.2f} {err:8.1e}",
                     flush=True,
                 )
-            g = lambda r: math.exp(float(np.mean(np.log(r))))  # noqa: E731
+            g = geomean
             print(
                 f"geomean ratio blocked {g(r_blk):.3f}  (min {min(r_blk):.2f}), nchw e2e {g(r_e2e):.3f}"
             )
