@@ -1,8 +1,9 @@
 """Index-set splitting of guarded contractions (transform/split.py): a convolution written by hand
 with padding guards runs on BRGEMM calls, against a float64 NumPy convolution.
 
-Shapes are odd or prime on purpose; stride 2 (which BRGEMM cannot take in NCHW: its columns
-would be strided) and filters too wide for the cell limit check the fallbacks.
+Shapes are odd or prime on purpose; stride 2 (whose strided columns splitting cannot fix: the
+pipeline gathers that operand first, tests/test_gather.py) and filters too wide for the cell
+limit check the fallbacks.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from .codegen.llvm import emit_module
 from .errors import DSLError, where
 from .ir import poly
 from .ir.nodes import Kernel
+from .transform.gather import gather_operands
 from .transform.pack import pack_operands
 
 # isl contexts are not thread-safe: one compilation at a time walks isl.
@@ -99,6 +100,10 @@ def compile_kernel(
         bound = _checked(bind_sizes(kernel, sizes))
         # 2. Every access provably inside its tensor (BoundsError with a witness otherwise).
         check_bounds(bound)
+        # 2b. Contraction operands strided along the output's contiguous dimension (a strided
+        #     NCHW conv's input) are gathered once into dense scratch (transform/gather.py).
+        if optimize:
+            bound = _checked(gather_operands(bound))
         # 3. Loops that carry no dependence (reductions included) may run in parallel.
         threaded = threads > 1 and jit.gomp_available()
         dims = parallel_dims(bound) if threaded else frozenset()

@@ -93,7 +93,7 @@ class Analyzer:
                 used.setdefault(load.tensor, set()).update(
                     v for v in nodes.int_vars(e) if v in self.group
                 )
-        order = [t.name for t in kernel.tensors if t.name in accesses]
+        order = [t.name for t in kernel.all_tensors if t.name in accesses]
         self.tensors = tuple(order)
         self.maps = {t: accesses[t] for t in order}
         # per tensor dimension (single-access tensors): the 1-d access and the iterators

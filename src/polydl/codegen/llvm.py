@@ -12,6 +12,7 @@ only lay out blocks.
 from __future__ import annotations
 
 import functools
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -128,7 +129,8 @@ class ModuleEmitter:
         self.cpu = cpu
         self.sizes = kernel.size_values
         self.stmts = {s.name: s for s in kernel.statements}
-        self.tensors = kernel.tensors
+        self.args = kernel.tensors  # passed by the caller
+        self.tensors = kernel.all_tensors  # and the scratch tensors the nest allocates
         self.scalars = kernel.scalars
         self.strides = {t.name: _strides(kernel.shape_of(t.name)) for t in self.tensors}
         self.n = 0
@@ -149,20 +151,24 @@ class ModuleEmitter:
         self.n += 1
         return f"{prefix}{self.n}"
 
-    def kernel_params(self) -> list[str]:
-        ts = [f"ptr noalias nocapture %t.{t.name}" for t in self.tensors]
+    def kernel_params(self, scratch: bool = False) -> list[str]:
+        """The nest's parameters (``scratch``: with the scratch tensors, for the functions the
+        nest calls)."""
+        ts = [
+            f"ptr noalias nocapture %t.{t.name}" for t in (self.tensors if scratch else self.args)
+        ]
         ss = [f"{LLTYPE[s.dtype]} %s.{s.name}" for s in self.scalars]
         return [*ts, *ss, "i32 %nthreads"]
 
-    def kernel_args(self) -> list[str]:
-        ts = [f"ptr %t.{t.name}" for t in self.tensors]
+    def kernel_args(self, scratch: bool = False) -> list[str]:
+        ts = [f"ptr %t.{t.name}" for t in (self.tensors if scratch else self.args)]
         ss = [f"{LLTYPE[s.dtype]} %s.{s.name}" for s in self.scalars]
         return [*ts, *ss, "i32 %nthreads"]
 
     # ------------------------------------------------------------ module
     def emit(self) -> str:
         unpack: list[str] = []
-        for i, t in enumerate(self.tensors):
+        for i, t in enumerate(self.args):
             unpack += [
                 f"%t.{t.name}.slot = getelementptr inbounds ptr, ptr %tensors, i64 {i}",
                 f"%t.{t.name} = load ptr, ptr %t.{t.name}.slot, align 8",
@@ -175,14 +181,24 @@ class ModuleEmitter:
             ]
             if s.dtype == "f32":
                 unpack.append(f"%s.{s.name} = fptrunc double {as_f64} to float")
-        nest = self.function("nest", self.kernel_params(), [], self.tree)
+        # scratch tensors: one allocation per call, shared by the threads (transform/gather.py)
+        alloc, free = [], []
+        for t in self.k.temps:
+            self.decls.add("declare noalias ptr @aligned_alloc(i64, i64)")
+            self.decls.add("declare void @free(ptr)")
+            nbytes = math.prod(self.k.shape_of(t.name)) * {"f32": 4, "f64": 8}[t.dtype]
+            alloc.append(
+                f"%t.{t.name} = call ptr @aligned_alloc(i64 64, i64 {-(-nbytes // 64) * 64})"
+            )
+            free.append(f"call void @free(ptr %t.{t.name})")
+        nest = self.function("nest", self.kernel_params(), alloc, self.tree, epilogue=free)
         self.functions.insert(0, nest)
         return render(
             "module.ll.j2",
             name=self.k.name,
             cpu=self.cpu,
             entry=ENTRY,
-            n_tensors=len(self.tensors),
+            n_tensors=len(self.args),
             n_scalars=len(self.scalars),
             declarations=sorted(self.decls),
             unpack=unpack,
@@ -200,6 +216,7 @@ class ModuleEmitter:
         outer: Sequence[str] = (),
         in_parallel: bool = False,
         inherited: tuple[str, ...] = (),
+        epilogue: Sequence[str] = (),
     ) -> str:
         fn = _Fn(inherited=inherited)
         for v in outer:
@@ -207,7 +224,7 @@ class ModuleEmitter:
             prologue = [*prologue, f"store i64 %o.{v}, ptr %{v}.addr"]
         body = self.nodes(nodes, fn, list(outer), in_parallel=in_parallel)
         allocas = [f"%{v}.addr = alloca i64, align 8" for v in sorted(fn.allocas)] + fn.ctx_allocas
-        epilogue: list[str] = []
+        epilogue = list(epilogue)
         for buf, nbytes in fn.buffers.items():
             # scratch of this function (one per thread in a parallel region's body)
             self.decls.add("declare noalias ptr @aligned_alloc(i64, i64)")
@@ -370,9 +387,15 @@ class ModuleEmitter:
         body_fn = f"{region}.body"
         outer_params = [f"i64 %o.{v}" for v in path]
         buf_params = [f"ptr %buf.{b}" for b in bufs]
-        body_params = [*self.kernel_params(), *buf_params, *outer_params, "i64 %start", "i64 %stop"]
+        body_params = [
+            *self.kernel_params(scratch=True),
+            *buf_params,
+            *outer_params,
+            "i64 %start",
+            "i64 %stop",
+        ]
         body_args = [
-            *self.kernel_args(),
+            *self.kernel_args(scratch=True),
             *buf_params,
             *[f"i64 %o.{v}" for v in path],
             "i64 %start",

@@ -244,6 +244,9 @@ class Kernel:
     line: int  # the line of ``def``
     bindings: tuple[tuple[str, int], ...] = ()  # sizes bound to ints (empty: symbolic)
     constants: tuple[tuple[str, int], ...] = field(default=())  # module ints used, for show()
+    # scratch tensors of the compiled function (a gathered operand, transform/gather.py): not
+    # arguments; allocated 64-byte aligned, uninitialised, for the duration of one call
+    temps: tuple[TensorArg, ...] = ()
 
     @property
     def tensors(self) -> tuple[TensorArg, ...]:
@@ -260,8 +263,14 @@ class Kernel:
         shaped = {d.name for t in self.tensors for d in t.shape if isinstance(d, Var)}
         return tuple(s for s in self.sizes if s not in shaped)
 
+    @property
+    def all_tensors(self) -> tuple[TensorArg, ...]:
+        """The tensor arguments, then the scratch tensors (``temps``)."""
+        return (*self.tensors, *self.temps)
+
     def arg(self, name: str) -> TensorArg | ScalarArg:
-        for a in self.args:
+        """The argument or scratch tensor called ``name``."""
+        for a in (*self.args, *self.temps):
             if a.name == name:
                 return a
         raise KeyError(name)

@@ -113,6 +113,32 @@ def access(kernel: Kernel, stmt: Statement, load: Load) -> Map:
     return _schedule_on(kernel.sizes, kernel.bindings, text, stmt.domain)
 
 
+def _access_on(kernel: Kernel, stmt: Statement, load: Load, points: Set) -> Map:
+    """``{ S[iters] -> T[index] }`` on ``points`` (a set of ``stmt``'s instances)."""
+    idx = ", ".join(iexpr(e) for e in load.index)
+    text = (
+        f"{params_text(kernel.sizes)} -> {{ {stmt.name}[{', '.join(stmt.iterators)}] -> "
+        f"{load.tensor}[{idx}] }}"
+    )
+    m = _with_context(Map(text), kernel)
+    return m.intersect_domain(points.align_params(m.get_space()))
+
+
+def in_bounds(kernel: Kernel, stmt: Statement, load: Load, points: Set) -> Set:
+    """The instances among ``points`` whose ``load`` lies inside its tensor."""
+    m = _access_on(kernel, stmt, load, points)
+    return m.intersect_range(tensor_box(kernel, load.tensor)).domain()
+
+
+def in_bounds_on(kernel: Kernel, stmt: Statement, load: Load, points: Set) -> bool:
+    """Whether ``load`` stays inside its tensor on every instance of ``points``."""
+    return in_bounds(kernel, stmt, load, points).is_equal(points)
+
+
+def is_equal(a: Set, b: Set) -> bool:
+    return a.is_equal(b.align_params(a.get_space()))
+
+
 def tensor_box(kernel: Kernel, tensor: str) -> Set:
     """``{ T[d0, ...] : 0 <= d0 < shape0 and ... }``: the tensor's valid indices."""
     shape = kernel.arg(tensor).shape  # type: ignore[union-attr]

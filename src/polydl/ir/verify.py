@@ -71,7 +71,9 @@ def _signature(kernel: Kernel) -> None:
     if len(set(kernel.sizes)) != len(kernel.sizes):
         _fail(kernel, None, f"duplicate size names {list(kernel.sizes)}")
     seen: set[str] = set()
-    for a in kernel.args:
+    for a in (*kernel.args, *kernel.temps):
+        if a in kernel.temps and not isinstance(a, TensorArg):
+            _fail(kernel, None, f"scratch {a!r} is not a TensorArg")
         if a.name in seen or a.name in kernel.sizes:
             _fail(kernel, None, f"argument name {a.name!r} is used twice (or is a size)")
         seen.add(a.name)
@@ -148,7 +150,7 @@ def _micro(kernel: Kernel, s: Statement, scope: set[str]) -> None:
             _fail(kernel, s, f"BRGEMM bias {mk.bias!r} needs a kind and an origin")
         roles.append((mk.bias, mk.bias_origin))
     for tensor, origin in roles:
-        t = kernel.arg(tensor) if tensor in {a.name for a in kernel.args} else None
+        t = kernel.arg(tensor) if tensor in {a.name for a in kernel.all_tensors} else None
         if not isinstance(t, TensorArg) or t.dtype != "f32":
             _fail(kernel, s, f"BRGEMM operand {tensor!r} is not an f32 tensor argument")
         unknown = set(int_vars(origin)) - scope
