@@ -134,3 +134,50 @@ def test_left_alone():
     want = c.astype(np.float64) + np.tril(a, -1) @ b[:, ::2]
     pd.compile(strided_other_guard, **sizes)(c, a, b)
     np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "case",
+    [
+        (1, 64, 48, 7, 7, 3, 3, 1),  # a small image: im2col calls cover all 49 pixels
+        (2, 13, 17, 9, 11, 3, 3, 1),
+        (1, 24, 40, 14, 14, 5, 3, (2, 1)),
+    ],
+)
+def test_guarded_convs_take_the_cheaper_lowering(case, threads):
+    """A padded stride-1 conv has two lowerings: its guards split away, or its input gathered
+    (im2col); the pipeline keeps the one the cost model predicts cheaper, and says so."""
+    from polydl.optimize.target import resolve
+    from polydl.pipeline import _cheapest, brgemm_isa
+
+    N, C, K, H, W, R, S, pad = case
+    kern = pd.ops.conv2d(N, C, K, H, W, R, S, padding=pad, bias=True)
+    k = pd.compile(kern, threads=threads)
+    x, w, b = rand(N, C, H, W), rand(K, C, R, S), rand(K)
+    P, Q = pd.ops.conv_shape(H, W, R, S, 1, pad)
+    o = np.full((N, K, P, Q), 7.0, np.float32)
+    k(o, x, w, b)
+    ph, pw = pad if isinstance(pad, tuple) else (pad, pad)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    np.testing.assert_allclose(o, conv_ref(xp, w, b, 1, 0, False), rtol=1e-4, atol=1e-4)
+    assert k.show("variants").startswith("lowering: ")
+    # the choice is the cheaper prediction of the two
+    bound = bind_sizes(kern.ir, {})
+    wide = gather_operands(bound, guarded=True)
+    assert wide is not bound and gather_operands(bound) is bound
+    tgt = resolve(None)
+    chosen, _ = _cheapest(
+        [bound, wide], brgemm_isa(tgt.llvm_cpu), target=tgt, threads=threads, variant=0
+    )
+    assert (chosen is wide) == bool(k.kernel.temps)
+
+
+def test_small_images_gather_large_ones_split():
+    """On the 3x3 ResNet layers the cost model gathers where the split's border calls are
+    short (a 7x7 image: 6-7 pixels a call) and splits a 56x56 image (its im2col is 9x the
+    input and the split's calls are long)."""
+    small = pd.compile(pd.ops.conv2d(1, 256, 256, 7, 7, 3, 3, padding=1), threads=1)
+    large = pd.compile(pd.ops.conv2d(1, 64, 64, 56, 56, 3, 3, padding=1), threads=1)
+    assert [t.name for t in small.kernel.temps] == ["I_g0"]
+    assert large.kernel.temps == ()

@@ -156,10 +156,27 @@ def test_gemm_levels_by_hand():
     assert elems(lv[2]) == {"C": 16 * 32, "A": 16 * 8, "B": 8 * 32}
     assert elems(lv[3]) == elems(lv[2])
     assert lv[0].total_bytes == 4 * (1024 + 1024 + 4096) == 24576
-    assert [f.bytes for f in lv[2].footprints] == [4 * 512, 4 * 128, 4 * 256]
+    # bytes come in whole lines: A's rows of 8 floats (32 bytes) occupy 16-float lines
+    assert [f.bytes for f in lv[2].footprints] == [4 * 512, 4 * 16 * 16, 4 * 256]
     assert lv[1].ranges == (("i", 0, 16), ("j", 0, 32))
     # cache placement: 24K fits a 48K L1
     assert lv[0].cache.name == "L1"
+
+
+def test_short_runs_bring_whole_lines():
+    """One tap of a 3x3 filter (``s`` fixed) touches 1 of every 3 floats of the weights: its
+    bytes are those of the rows it spans (3 floats each, less than a line), not its elements."""
+    k = conv_nchw(1, 8, 8, 9, 9, 3, 3)
+    lv = reuse.working_sets(k, "S0", [("k", 1), ("c", 1), ("r", 1)], target=ICE)
+    fp = {f.tensor: f for f in lv[-1].footprints}
+    assert fp["Wt"].elements == 3 and fp["Wt"].bytes == 4 * 3  # a whole row s = 0..2
+    lv = reuse.working_sets(k, "S0", [("k", 1), ("c", 1), ("r", 1), ("s", 1)], target=ICE)
+    fp = {f.tensor: f for f in lv[-1].footprints}
+    assert fp["Wt"].elements == 1 and fp["Wt"].bytes == 4 * 3  # one tap: still its row
+    assert fp["O"].elements == fp["O"].bytes // 4 == 7 * 7  # dense: unchanged
+    lv = reuse.working_sets(k, "S0", [("k", 1), ("c", 1), ("p", 1), ("q", 4)], target=ICE)
+    fp = {f.tensor: f for f in lv[-1].footprints}
+    assert fp["O"].elements == 4 and fp["O"].bytes == 4 * 7  # 4 of a 7-float row
 
 
 def test_gemm_non_dividing_tiles_first_tile_full():

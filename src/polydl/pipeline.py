@@ -19,7 +19,7 @@ from .codegen.llvm import emit_module
 from .errors import DSLError, where
 from .ir import poly
 from .ir.nodes import Kernel
-from .transform.gather import gather_operands
+from .transform.gather import copy_cost, gather_operands
 from .transform.pack import pack_operands
 
 # isl contexts are not thread-safe: one compilation at a time walks isl.
@@ -100,36 +100,95 @@ def compile_kernel(
         bound = _checked(bind_sizes(kernel, sizes))
         # 2. Every access provably inside its tensor (BoundsError with a witness otherwise).
         check_bounds(bound)
-        # 2b. Contraction operands strided along the output's contiguous dimension (a strided
-        #     NCHW conv's input) are gathered once into dense scratch (transform/gather.py).
+        # 3. Contraction operands strided along the output's contiguous dimension (a strided
+        #    NCHW conv's input) are gathered once into dense scratch (transform/gather.py).
+        candidates = [bound]
         if optimize:
-            bound = _checked(gather_operands(bound))
-        # 3. Loops that carry no dependence (reductions included) may run in parallel.
-        threaded = threads > 1 and jit.gomp_available()
-        dims = parallel_dims(bound) if threaded else frozenset()
+            bound = candidates[0] = _checked(gather_operands(bound))
+            # a guarded contraction's operand may be gathered too (its im2col), instead of
+            # splitting its guards away: both are lowered, the cost model keeps one
+            wide = _checked(gather_operands(bound, guarded=True))
+            if wide is not bound:
+                candidates.append(wide)
         # 4. Contractions become BRGEMM calls on blocks; the cost model ranks the loops around
         #    them (order, tiles, parallel loops) for the target's caches and cores.
         isa = brgemm_isa(cpu)
-        lowered, micro_par, variants = (
-            lower_contractions(bound, isa, target=tgt, threads=threads, variant=variant)
-            if optimize
-            else (bound, {}, [])
-        )
+        if optimize:
+            bound, (lowered, micro_par, variants) = _cheapest(
+                candidates, isa, target=tgt, threads=threads, variant=variant
+            )
+        else:
+            lowered, micro_par, variants = bound, {}, []
         _checked(lowered)
+        # 5. Loops that carry no dependence (reductions included) may run in parallel.
+        threaded = threads > 1 and jit.gomp_available()
+        dims = parallel_dims(bound) if threaded else frozenset()
         parallel = (
             {s.name: micro_par.get(s.name, dims) for s in lowered.statements} if threaded else {}
         )
-        # 5. The schedule as a loop tree, from isl's AST generator.
+        # 6. The schedule as a loop tree, from isl's AST generator.
         sched = poly.union(poly.schedule(lowered, s) for s in lowered.statements)
         tree = poly.ast(sched, poly.context(lowered), parallel)
-        # 6. Widely strided B blocks that later calls read again are copied into dense scratch
+        # 7. Widely strided B blocks that later calls read again are copied into dense scratch
         #    buffers once (transform/pack.py), at most an L2's worth.
         if optimize:
             tree = pack_operands(lowered, tree, max_bytes=_scratch_bytes(tgt))
-    # 7. LLVM IR through the templates; JIT happens on first call (or asm on demand).
+    # 8. LLVM IR through the templates; JIT happens on first call (or asm on demand).
     ir = emit_module(lowered, tree, parallel=threaded, cpu=cpu, isa=isa, threads=threads)
     return CompiledKernel(
         kernel=lowered, tree=tree, llvm_ir=ir, cpu=cpu, threads=threads, variants=variants
+    )
+
+
+def _cheapest(candidates: list[Kernel], isa: str, *, target, threads: int, variant: int):
+    """(kernel, lowering) of the candidate whose lowered contractions plus gather copies the
+    cost model predicts cheapest; with one candidate, its lowering (small cells unranked)."""
+    if len(candidates) == 1:
+        out = lower_contractions(
+            candidates[0], isa, target=target, threads=threads, variant=variant
+        )
+        return candidates[0], out[:3]
+    best = None
+    for k in candidates:
+        try:
+            *out, cost = lower_contractions(
+                k, isa, target=target, threads=threads, variant=variant, rank_all=True
+            )
+        except ValueError:  # fewer ranked variants than ``variant`` on this candidate
+            continue
+        cost += copy_cost(k, candidates[0], target) + _plain_cost(out[0], target)
+        if best is None or cost < best[0]:
+            best = (cost, k, out)
+    if best is None:
+        raise ValueError(f"variant={variant}: no candidate lowering has that many variants")
+    cost, k, (lowered, par, texts) = best
+    gathered = [t.name for t in k.temps if t not in candidates[0].temps]
+    note = (
+        f"gathers {', '.join(gathered)} (instead of splitting guards)" if gathered else "no gather"
+    )
+    texts = [
+        f"lowering: {note}, predicted cost {cost:.4g} (the cheapest of {len(candidates)})",
+        *texts,
+    ]
+    return k, (lowered, par, texts)
+
+
+# cycles of one instance of a statement left on the plain (scalar) path
+PLAIN_CYCLES = 2.0
+
+
+def _plain_cost(lowered: Kernel, target) -> float:
+    """Cost-model units of the statements no BRGEMM call took (a guarded remainder nest),
+    copies of gathered operands aside: their bounding boxes' instances at PLAIN_CYCLES each, in
+    the L1 bytes a core loads per cycle (the unit of optimize/cost.py)."""
+    from .optimize.cost import LOAD_PORTS
+
+    temps = {t.name for t in lowered.temps}
+    per_cycle = LOAD_PORTS * target.vector_bits // 8
+    return sum(
+        poly.box_size(poly.domain(lowered, s)) * PLAIN_CYCLES * per_cycle
+        for s in lowered.statements
+        if s.micro is None and s.target.tensor not in temps
     )
 
 
@@ -157,11 +216,14 @@ def lower_contractions(
     threads: int = 1,
     rank: bool = True,
     variant: int = 0,
-) -> tuple[Kernel, dict[str, frozenset[int]], list[str]]:
+    rank_all: bool = False,
+) -> tuple[Kernel, dict[str, frozenset[int]], list[str], float]:
     """Every foldable contraction of ``kernel`` computed by BRGEMM calls.
 
-    Returns the new kernel, the parallel schedule dimensions of each new statement, and the
-    text of the ranked variants of each contraction (what ``show("variants")`` prints).
+    Returns the new kernel, the parallel schedule dimensions of each new statement, the text
+    of the ranked variants of each contraction (what ``show("variants")`` prints) and the sum of
+    the chosen variants' predicted costs (``rank_all``: small contractions ranked too, so that
+    the sum covers every call).
     ``variant`` picks the variant of that rank instead of the best one (cost-model studies and
     tuning); ranks past the last legal variant are refused.
     """
@@ -182,13 +244,14 @@ def lower_contractions(
     lanes = FAMILIES[isa].vector_width
     parallel: dict[str, frozenset[int]] = {}
     texts: list[str] = []
+    total = 0.0
     found = [c for c in find_all(kernel) if foldable(kernel, c)]
     work = {c.stmt: math.prod(hi - lo + 1 for _, (lo, hi) in c.extents) for c in found}
     for c in found:
         top = max(10, variant + 1)
         # the small cells of a split nest (a border row of a padded conv) take the default plan:
         # ranking them costs more compile time than their run time could give back
-        small = work[c.stmt] * SMALL_CONTRACTION < max(work.values())
+        small = not rank_all and work[c.stmt] * SMALL_CONTRACTION < max(work.values())
         # ranked on its own nest (foldable: the folded statements, in place between the others)
         nest = [s for s in kernel.statements if s.name in (c.init, c.stmt, c.epilogue)]
         nest_k = replace(kernel, statements=tuple(nest))
@@ -204,6 +267,7 @@ def lower_contractions(
                 + format_variants([v for v, _ in choices], top=len(choices))
             )
             n_par = chosen.n_parallel
+            total += chosen.cost.total
         else:
             plan = default_plan(c, lanes)
             n_par = len(plan.loops) if plan else 0
@@ -214,4 +278,4 @@ def lower_contractions(
         for s in kernel.statements:
             if s.name not in before:
                 parallel[s.name] = frozenset(range(1, 1 + n_par))
-    return kernel, parallel, texts
+    return kernel, parallel, texts, total

@@ -23,6 +23,7 @@ only a few hundred isl operations.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from ..ir import nodes, poly
 from ..optimize.target import Cache, Target, resolve
 
 DTYPE_BYTES = {"f32": 4, "f64": 8}
+LINE_BYTES = 64  # a cache line: the unit in which a short run of a footprint is brought in
 
 Loops = Sequence[tuple[str, int]]
 Box = dict[str, tuple[int, int]]  # iterator -> half-open range [lo, hi)
@@ -141,20 +143,36 @@ class Analyzer:
         extents of its dimensions, each cached on the blocks of the iterators it depends on.
         """
         if tensor in self.dims:
-            total = 1
-            for d, (md, deps) in enumerate(self.dims[tensor]):
-                key = (tensor, d, tuple(sorted((u, box[u]) for u in deps if u in box)))
-                if key not in self._sizes:
-                    sub = poly.restrict(self.domain, dict(key[2]))
-                    ext = poly.range_extent(md, sub)  # type: ignore[arg-type]
-                    self._sizes[key] = 0 if ext is None else ext[1] - ext[0] + 1
-                total *= self._sizes[key]
-            return total
+            return math.prod(self._dim_extents(tensor, box))
         key = (tensor, tuple(sorted((u, box[u]) for u in self.relevant[tensor] if u in box)))
         if key not in self._sizes:
             sub = poly.restrict(self.domain, dict(key[1]))
             self._sizes[key] = poly.footprint_size(poly.image(m, sub) for m in self.maps[tensor])
         return self._sizes[key]
+
+    def _dim_extents(self, tensor: str, box: Box) -> list[int]:
+        out = []
+        for d, (md, deps) in enumerate(self.dims[tensor]):
+            key = (tensor, d, tuple(sorted((u, box[u]) for u in deps if u in box)))
+            if key not in self._sizes:
+                sub = poly.restrict(self.domain, dict(key[2]))
+                ext = poly.range_extent(md, sub)  # type: ignore[arg-type]
+                self._sizes[key] = 0 if ext is None else ext[1] - ext[0] + 1
+            out.append(self._sizes[key])
+        return out
+
+    def line_bytes(self, tensor: str, box: Box, elements: int) -> int:
+        """Bytes of the cache lines the footprint occupies: a short run along the contiguous
+        dimension (one tap of a filter, ``W[k, c, r, s]`` with ``s`` fixed) still brings the
+        line around it, up to the whole dimension (a bounding-box estimate: the elements of
+        the last dimension between the touched ones come along, at most a line's worth)."""
+        eb = self.elem_bytes[tensor]
+        if tensor not in self.dims or not elements:
+            return elements * eb
+        last = self._dim_extents(tensor, box)[-1]
+        full = self.kernel.shape_of(tensor)[-1]
+        run = min(full, max(last, LINE_BYTES // eb))
+        return elements // last * run * eb
 
     # ------------------------------------------------------------ levels
 
@@ -165,7 +183,7 @@ class Analyzer:
             out = []
             for t in self.tensors:
                 n = self.elements(t, box)
-                out.append(Footprint(tensor=t, elements=n, bytes=n * self.elem_bytes[t]))
+                out.append(Footprint(tensor=t, elements=n, bytes=self.line_bytes(t, box, n)))
             fps = self._fps[key] = tuple(out)
         return fps
 

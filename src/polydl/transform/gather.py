@@ -30,6 +30,12 @@ When a gather pays (:func:`worth_gathering`): each gathered element must be read
 ``MIN_REUSE`` times by the contraction (a 1x1 stride-2 conv reads each one K times), so that
 copying it once costs little against the BRGEMM calls it enables. The operand must be read-only
 in the kernel, so the copy made before the nest sees what the nest would have read.
+
+``guarded=True`` also gathers the unit-stride operand of a guarded contraction (a padded stride-1
+conv: the copy is its im2col, the calls then cover every pixel of the image at once). That is
+an alternative to index-set splitting (``split.py``), whose border cells make short calls on
+small images; the pipeline lowers both and keeps the one the cost model prefers, counting the
+copies with :func:`copy_cost`.
 """
 
 from __future__ import annotations
@@ -45,14 +51,29 @@ from ..ir.nodes import BinOp, Expr, Int, IntOp, Kernel, Load, Num, Statement, Te
 MIN_REUSE = 8
 
 
-def gather_operands(kernel: Kernel) -> Kernel:
+def gather_operands(kernel: Kernel, *, guarded: bool = False) -> Kernel:
     """``kernel`` with every contraction operand strided along the output's contiguous
-    dimension read from a dense gathered copy (see the module docstring)."""
+    dimension read from a dense gathered copy (see the module docstring); ``guarded``: the
+    operand of a guarded contraction too."""
     for name in [s.name for s in kernel.statements]:
         red = next(s for s in kernel.statements if s.name == name)
         if red.op == "+=" and red.micro is None:
-            kernel = _gather(kernel, red) or kernel
+            kernel = _gather(kernel, red, guarded) or kernel
     return kernel
+
+
+def copy_cost(kernel: Kernel, before: Kernel, target) -> float:
+    """The cost-model units (L1 bytes, ``optimize/cost.py``) of the copies that ``kernel`` has
+    and ``before`` has not: every element of a copy read once from memory (an upper bound: an
+    im2col reads each source element several times, from cache after the first) and written
+    once to the cache that holds the copy."""
+    old = {t.name for t in before.temps}
+    cost = 0.0
+    for t in kernel.temps:
+        if t.name not in old:
+            nbytes = math.prod(kernel.shape_of(t.name)) * 4
+            cost += nbytes * (target.byte_cost(target.fit(nbytes)) + target.byte_cost(None))
+    return cost
 
 
 def worth_gathering(work: int, gathered: int) -> bool:
@@ -88,7 +109,7 @@ def _box(kernel: Kernel, red: Statement) -> dict[str, tuple[int, int]] | None:
     return box
 
 
-def _gather(kernel: Kernel, red: Statement) -> Kernel | None:
+def _gather(kernel: Kernel, red: Statement, guarded: bool) -> Kernel | None:
     loads = [f for f in _factors(red.expr) if isinstance(f, Load)]
     if len(loads) != 2 or any(ld.tensor == red.target.tensor for ld in loads):
         return None
@@ -103,9 +124,12 @@ def _gather(kernel: Kernel, red: Statement) -> Kernel | None:
     box = _box(kernel, red)
     if box is None:
         return None
+    is_box = poly.is_box(poly.domain(kernel, red), box)
     for x, y in ((loads[0], loads[1]), (loads[1], loads[0])):
         lx = linearize(kernel, x)
-        if lx is None or lx.coef(q) <= 1 or x.tensor in written:
+        if lx is None or x.tensor in written:
+            continue
+        if lx.coef(q) <= 1 and not (guarded and not is_box and lx.coef(q) == 1):
             continue
         if kernel.arg(x.tensor).dtype != "f32" or kernel.arg(y.tensor).dtype != "f32":
             continue
