@@ -187,11 +187,11 @@ def conv2d(
     if route not in ROUTES:
         raise ValueError(f"conv2d: route must be one of {ROUTES} or None, got {route!r}")
     pointwise = (R, S, ph, pw) == (1, 1, 0, 0)  # a strided one reads a subsample of x
-    if st != (1, 1) and not (route == "blocked" or route == "rows" and pointwise):
+    if st != (1, 1) and route == "rows" and not pointwise:
         raise ValueError(
-            f"conv2d: route={route!r} needs stride 1 (route='rows' also takes a 1x1 "
-            f"convolution without padding), got stride {stride} (x shape {x.shape}, w shape "
-            f"{w.shape}); use route='blocked'"
+            f"conv2d: route='rows' needs stride 1 or a 1x1 convolution without padding, got "
+            f"stride {stride} (x shape {x.shape}, w shape {w.shape}); use route='direct' or "
+            "'blocked'"
         )
     if route == "rows":
         if st != (1, 1):
