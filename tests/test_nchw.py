@@ -143,11 +143,12 @@ def test_ops_1x1_nchw_coalesced(shape, bias, relu, threads):
 def test_route_rule():
     assert pd.nn.conv_route((1, 64, 56, 56), (64, 64, 3, 3), 1, 1) == "rows"
     assert pd.nn.conv_route((1, 64, 56, 56), (256, 64, 1, 1), (1, 1), 0) == "rows"
-    assert pd.nn.conv_route((1, 256, 56, 56), (512, 256, 1, 1), 2, 0) == "rows"  # subsampled
-    assert pd.nn.conv_route((1, 256, 56, 56), (512, 256, 1, 1), 2, 1) == "blocked"
-    assert pd.nn.conv_route((1, 3, 224, 224), (64, 3, 7, 7), (2, 2), 3) == "blocked"
-    # 3x3 stride 1 with >= 128 channels: blocked once the packed weights serve >= 256 pixels
-    assert pd.nn.conv_route((1, 128, 28, 28), (128, 128, 3, 3), 1, 1) == "blocked"
+    # strided: the compiler gathers the input
+    assert pd.nn.conv_route((1, 256, 56, 56), (512, 256, 1, 1), 2, 0) == "direct"
+    assert pd.nn.conv_route((1, 256, 56, 56), (512, 256, 1, 1), 2, 1) == "direct"
+    assert pd.nn.conv_route((1, 3, 224, 224), (64, 3, 7, 7), (2, 2), 3) == "direct"
+    # 3x3 stride 1 with >= 512 channels: blocked once the packed weights serve >= 256 pixels
+    assert pd.nn.conv_route((1, 128, 28, 28), (128, 128, 3, 3), 1, 1) == "rows"
     assert pd.nn.conv_route((8, 512, 7, 7), (512, 512, 3, 3), 1, 1) == "blocked"
     assert pd.nn.conv_route((1, 512, 7, 7), (512, 512, 3, 3), 1, 1) == "rows"
     assert pd.nn.conv_route((1, 256, 14, 14), (256, 256, 3, 3), 1, 1) == "rows"
@@ -189,9 +190,9 @@ def test_nn_conv2d_routes(case, route, threads):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_default_route_blocked_for_wide_3x3(threads):
-    """128 channels, 3x3, 17 x 16 output pixels: the rule takes the blocked route (packing
+    """512 channels, 3x3, 17 x 16 output pixels: the rule takes the blocked route (packing
     included), which matches the reference like the others."""
-    x, w, b = rand(1, 128, 16, 17), rand(24, 128, 3, 3), rand(24)
+    x, w, b = rand(1, 512, 16, 17), rand(24, 512, 3, 3), rand(24)
     assert pd.nn.conv_route(x.shape, w.shape, 1, 1) == "blocked"
     y = pd.nn.conv2d(x, w, bias=b, padding=1, activation="relu", threads=threads)
     np.testing.assert_allclose(y, conv_ref(x, w, b, 1, 1, True), rtol=3e-4, atol=3e-4)
@@ -218,6 +219,32 @@ def test_rows_kernel_is_one_coalesced_nest(shape):
     x, w, b = rand(N, C, H, W), rand(K, C, R, S), rand(K)
     y = pd.nn.conv2d(x, w, bias=b, padding=pad, route="rows", threads=1)
     np.testing.assert_allclose(y, conv_ref(x, w, b, 1, pad, False), rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_direct_route_batches_large_gathers_per_image(threads):
+    """A strided 5x5 conv over a batch: the compiled kernel gathers its im2col; when the
+    batch's copy exceeds the private cache, nn.conv2d runs it one image at a time."""
+    x, w, b = rand(3, 4, 67, 71), rand(8, 4, 5, 5), rand(8)
+    one = pd.nn.compiled(
+        pd.ops.conv2d,
+        1,
+        4,
+        8,
+        67,
+        71,
+        5,
+        5,
+        layout="nchw",
+        threads=threads,
+        stride=(2, 2),
+        padding=(2, 2),
+        bias=True,
+        activation="relu",
+    )
+    assert one.kernel.temps  # the input is gathered
+    y = pd.nn.conv2d(x, w, bias=b, stride=2, padding=2, activation="relu", threads=threads)
+    np.testing.assert_allclose(y, conv_ref(x, w, b, 2, 2, True), rtol=2e-4, atol=2e-4)
 
 
 def test_nn_conv2d_route_errors():

@@ -10,6 +10,7 @@ DSL, runs the blocked convolution, and unpacks the result to NCHW (:func:`conv_r
 from __future__ import annotations
 
 import functools
+import math
 import threading
 
 import numpy as np
@@ -104,7 +105,8 @@ def conv2d_rows(
 
 
 def conv_route(x_shape, w_shape, stride=1, padding=0, threads: int | None = None) -> str:
-    """The kernel :func:`conv2d` runs for these shapes: ``"rows"`` or ``"blocked"``.
+    """The kernel :func:`conv2d` runs for these shapes: ``"rows"``, ``"direct"`` or
+    ``"blocked"``.
 
     Routes (``route=`` of :func:`conv2d`; all give the same result within float rounding):
 
@@ -114,44 +116,44 @@ def conv_route(x_shape, w_shape, stride=1, padding=0, threads: int | None = None
       pixels across rows (no guard, no row boundary), batch ``c, r, s``: BRGEMM with no
       transpose. Stride 1 only (with stride 2 the columns are strided).
     - ``"direct"``: ``ops.conv2d(..., layout="nchw")``, the textbook loops with padding guards;
-      the optimiser splits the guards away (``transform/split.py``) and coalesces the pixel rows
-      of a 1x1 convolution into one column run (``transform/coalesce.py``), but a padded
-      convolution runs as several nests (the border cells), each sweeping the tensors. Stride 1.
+      the optimiser gathers a strided input (``transform/gather.py``), splits the guards away
+      or gathers the im2col, whichever its cost model prefers (``transform/split.py``), and
+      coalesces the pixel rows of a 1x1 convolution into one column run
+      (``transform/coalesce.py``). Any stride.
     - ``"blocked"``: pack the input (with its zero border) and the weights to NCHWc / KCRSck,
       run ``ops.conv2d(..., layout="nchwc")``, unpack the output. The transposes cost memory
-      traffic at every call (the packing kernels run at a few GB/s).
+      traffic at every call (22-35 GB/s on one Zen 5 core, 8 GB/s for the 8 MB weights of
+      resnet_15).
 
     A strided 1x1 convolution without padding reads only the pixels ``(sh*p, sw*q)``: the
     ``"rows"`` route first copies them densely (:func:`polydl.ops.subsample`, a polydl kernel;
     oneDNN calls this "reduce to unit stride") and runs the stride-1 convolution on them.
 
-    Rule: ``"blocked"`` for a stride-1 filter larger than 1x1 with at least 128 input channels
-    whose packed weights serve at least 256 output pixels (``N*P*Q``); else ``"rows"`` when the
-    stride is 1 or the convolution is 1x1 without padding; else ``"blocked"``. Since the
-    blocked kernel's calls cover whole output rows (grouped rows, ``kernels/config.py``), it
-    beats "rows" on ResNet-50's 3x3 layers with 128 to 512 channels at batch 8 by 1.1-1.5x
-    including all packing (``benchmarks/nchw.py --routes``, Ice Lake, 1 and 2 threads:
-    resnet_07 108 vs 87 / 221 vs 191 GFLOPS, resnet_12 139 vs 113 / 207 vs 169, resnet_17 117
-    vs 88 / 227 vs 151), and at batch 1 on resnet_07 (99 vs 88 at 1 thread); "rows" keeps the
-    64-channel resnet_03 (blocked 0.8-1.25x of it, by threads) and the small-spatial layers at
-    batch 1 (resnet_12 112 vs 85, resnet_17 93 vs 42: packing 9.4 MB of weights for 49 pixels).
-    Earlier measurements (before grouped rows, same benchmark): on ResNet-50's six stride-2 1x1
-    layers "rows" with the subsample ran 0.93-1.18x torch, "blocked" 0.38-0.41x; on the 1x1
-    stride-1 layers "rows" (= "direct", the same coalesced GEMM) 2-3x faster than "blocked",
-    whose packing costs as much as the convolution; on the 3x3 layers "rows" 1.5-3x faster than
-    "direct" (one nest instead of the split cells). The thread count does not change the
+    Rule: ``"direct"`` for a strided convolution (the compiler gathers its input once per call,
+    one image at a time when the batch's copy would not fit the private cache: a 1x1's subsample,
+    a larger filter's im2col, ``transform/gather.py``); ``"blocked"`` for a stride-1 filter larger
+    than 1x1 with at least 512 input channels whose packed weights serve at least 256 output
+    pixels (``N*P*Q``); else ``"rows"``. Measured on a Zen 5 host with ``benchmarks/nchw.py
+    --routes`` (ratios to torch, 1 thread batch 1 / batch 8 / 2 threads batch 1 / batch 8):
+    on the six stride-2 1x1 layers "direct" 1.00-1.20 / 0.85-1.03 / 0.95-1.08 / 0.84-1.05 against
+    "rows" with a subsample 0.94-1.19 / 0.79-0.98 / 0.90-1.05 / 0.81-1.05 and "blocked" 0.35-0.62;
+    on resnet_00 (7x7 stride 2, 3 channels) "direct" 0.84 at batch 1, "blocked" 0.44-0.69. On the
+    3x3 layers "rows" and "blocked" are within a few percent of each other except resnet_17 at
+    batch 8 (512 channels, 7x7: blocked 0.76 / 0.73, rows 0.75 / 0.61) and resnet_07 at batch 8
+    (128 channels: rows 0.86 / 0.80, blocked 0.75 / 0.73). The thread count does not change the
     choice; nothing is timed at run time.
     """
     del threads  # the rule reads only the shapes (see above)
     N, C, H, W = x_shape
     R, S = w_shape[2:]
     unit = ops._pair(stride, "stride") == (1, 1)
-    pointwise = (R, S) == (1, 1) and ops._pair(padding, "padding") == (0, 0)
-    if unit and (R, S) != (1, 1) and C >= 128:
+    if not unit:
+        return "direct"
+    if (R, S) != (1, 1) and C >= 512:
         P, Q = ops.conv_shape(H, W, R, S, stride, padding)
         if N * P * Q >= 256:
             return "blocked"
-    return "rows" if unit or pointwise else "blocked"
+    return "rows"
 
 
 def conv2d(
@@ -202,8 +204,16 @@ def conv2d(
     opts = dict(stride=st, padding=(ph, pw), bias=bias is not None, activation=activation)
     if route == "direct":
         y = memory.empty((N, K, P, Q), np.float32)
+        extra = [] if bias is None else [bias]
+        one = compiled(ops.conv2d, 1, C, K, H, W, R, S, layout="nchw", threads=threads, **opts)
+        if N > 1 and N * _gathered_bytes(one) > _private_cache_bytes():
+            # the compiler gathers the input (stride, im2col): one image at a time keeps the
+            # copy in cache instead of streaming the whole batch's copy through memory
+            for i in range(N):
+                one(y[i : i + 1], x[i : i + 1], w, *extra)
+            return y
         conv = compiled(ops.conv2d, N, C, K, H, W, R, S, layout="nchw", threads=threads, **opts)
-        conv(y, x, w, *([] if bias is None else [bias]))
+        conv(y, x, w, *extra)
         return y
     block = ops.conv_block(Q, P)
     cb, kb = ops.channel_block(C, block), ops.channel_block(K, block)
@@ -221,6 +231,19 @@ def conv2d(
     y = memory.empty((N, K, P, Q), np.float32)
     compiled(ops.unpack_output, N, K, P, Q, block=block, threads=threads)(y, op)
     return y
+
+
+def _gathered_bytes(kernel) -> int:
+    """Bytes of the scratch copies a compiled kernel makes per call (transform/gather.py)."""
+    k = kernel.kernel
+    return sum(math.prod(k.shape_of(t.name)) * 4 for t in k.temps)
+
+
+@functools.cache
+def _private_cache_bytes() -> int:
+    from .optimize.target import resolve
+
+    return max((c.size_bytes for c in resolve(None).caches if not c.shared), default=1 << 20)
 
 
 def _conv2d_rows(x, w, bias, pad, activation, threads, out) -> np.ndarray:

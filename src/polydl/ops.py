@@ -230,17 +230,23 @@ def pack_input(N: int, C: int, H: int, W: int, padding=0, block: int | None = No
 
 @functools.cache
 def pack_weights(K: int, C: int, R: int, S: int, block: int | None = None):
-    """KCRS ``Wt`` -> blocked ``Wp[K/kb, C/cb, R, S, cb, kb]``. Arguments ``(Wp, Wt)``."""
+    """KCRS ``Wt`` -> blocked ``Wp[K/kb, C/cb, R, S, cb, kb]``. Arguments ``(Wp, Wt)``.
+
+    A transpose of each ``kb x (cb*R*S)`` block, done TILE output channels at a time: a tile
+    reads TILE rows of ``cb*R*S`` consecutive floats (a few KiB, L1-resident) and writes runs
+    of TILE consecutive floats; the whole block it writes is touched once per tile, line by
+    line."""
     cb, kb = channel_block(C, block), channel_block(K, block)
     src = f"""
     def pack_weights(Wp: pd.f32[{K // kb}, {C // cb}, {R}, {S}, {cb}, {kb}], Wt: pd.f32[{K}, {C}, {R}, {S}]):
         for k in range({K // kb}):
             for c in range({C // cb}):
-                for r in range({R}):
-                    for s in range({S}):
-                        for u in range({cb}):
-                            for v in range({kb}):
-                                Wp[k, c, r, s, u, v] = Wt[{kb} * k + v, {cb} * c + u, r, s]
+                for v0 in range(0, {kb}, {TILE}):
+                    for u in range({cb}):
+                        for r in range({R}):
+                            for s in range({S}):
+                                for v in range(v0, min(v0 + {TILE}, {kb})):
+                                    Wp[k, c, r, s, u, v] = Wt[{kb} * k + v, {cb} * c + u, r, s]
     """
     return _define("pack_weights", src)
 
