@@ -265,3 +265,26 @@ def test_brgemm_overlapping_input_rows_against_twin():
     want = reference(cfg, a, b, c, a_offsets=ao, b_offsets=bo)
     kern(a, b, c, a_offsets=ao, b_offsets=bo)
     np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_even_row_blocks_ranked(threads):
+    """256 rows: 96-row calls leave a 64-row edge (a nest of its own); 128-row calls split the
+    rows evenly over 2 threads. Both are ranked; whichever wins computes the same product."""
+    from polydl.optimize.plan import micro_blocks, ranked, row_blocks
+    from polydl.optimize.target import resolve
+    from polydl.pipeline import bind_sizes
+
+    kern = pd.ops.matmul(256, 196, 64)
+    bound = bind_sizes(kern.ir, {})
+    (c,) = find_all(bound)
+    bm0 = micro_blocks(c, 16)[0]
+    assert bm0 == 96 and row_blocks(c, bm0, 2) == [96, 128] and row_blocks(c, bm0, 1) == [96, 128]
+    assert row_blocks(c, 128, 2) == [128]  # no edge: nothing to add
+    plans = ranked(bound, c, target=resolve("icelake-server"), threads=threads, top=20)
+    assert {p.bm for _, p in plans} == {96, 128}
+    a, b = np.random.rand(256, 64).astype(np.float32), np.random.rand(64, 196).astype(np.float32)
+    for rank in range(min(len(plans), 4)):
+        out = np.zeros((256, 196), np.float32)
+        pd.compile(kern, threads=threads, variant=rank)(out, a, b)
+        np.testing.assert_allclose(out, a @ b, rtol=1e-4)

@@ -22,6 +22,23 @@ def rand(*shape):
     return rng.uniform(-1, 1, size=shape).astype(np.float32)
 
 
+@pytest.fixture(autouse=True)
+def _pack_any_stride(monkeypatch, request):
+    """The tests here check the copies on small odd shapes, whose B rows are closer than
+    pack.WIDE_ROW_BYTES: pack every strided B (except where a test checks the threshold)."""
+    if "threshold" not in request.node.name:
+        monkeypatch.setattr("polydl.transform.pack.WIDE_ROW_BYTES", 0)
+
+
+def test_threshold_packs_only_widely_strided_rows():
+    from polydl.transform.pack import WIDE_ROW_BYTES
+
+    assert WIDE_ROW_BYTES == 2048
+    narrow = pd.compile(gemm_bias_relu, threads=1, M=200, N=500, K=300)  # rows 2000 B apart
+    wide = pd.compile(gemm_bias_relu, threads=1, M=200, N=520, K=300)  # rows 2080 B apart
+    assert copies(narrow) == 0 and copies(wide) > 0
+
+
 def copies(k) -> int:
     return sum(isinstance(n, L.Copy) for n in L.walk(k.tree))
 

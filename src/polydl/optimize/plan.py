@@ -116,6 +116,7 @@ def default_plan(c: Contraction, lanes: int) -> BlockPlan | None:
 # AVX2: 6x16; generic: 6x8.
 TILES = {16: (6, 64), 8: (6, 16), 4: (6, 8)}
 MAX_BM = 96  # rows of one call: 16 tiles of 6 rows (8 of 12)
+MAX_BM_EVEN = 128  # rows of one call when that divides the rows evenly (row_blocks)
 
 
 def micro_blocks(c: Contraction, lanes: int) -> tuple[int, int, int]:
@@ -202,7 +203,44 @@ def ranked(kernel, c: Contraction, *, target, threads: int, top: int = 10):
     """
     from .search import _key, rank
 
-    bm, bn, bk = micro_blocks(c, target.lanes())
+    bm0, bn, bk = micro_blocks(c, target.lanes())
+    found = []
+    for bm in row_blocks(c, bm0, threads):
+        ranks = _ranked_rows(kernel, c, bm, bn, bk, target, threads, top, rank)
+        found += [(var, bm) for var in ranks]
+    out = []
+    for var, bm in sorted(found, key=lambda x: _key(x[0])):
+        if len(out) >= top:
+            break
+        loops = list(var.loops)
+        present = {v for v, _ in loops}
+        loops += [
+            (v, {c.m: bm, c.n: bn}.get(v, 1)) for v in (*c.outer, c.m, c.n) if v not in present
+        ]
+        plan = BlockPlan(bm=bm, bn=bn, bk=bk, loops=tuple(loops))
+        if config_ok(c, plan):
+            out.append((var, plan))
+    return out
+
+
+def row_blocks(c: Contraction, bm: int, threads: int) -> list[int]:
+    """Rows of one call to rank: :func:`micro_blocks`' ``bm`` and, when that leaves an edge
+    block, the largest divisor of the rows in [32, MAX_BM_EVEN] (a multiple of 8) that splits
+    them into a multiple of ``threads`` blocks: no edge statement (a nest, and a parallel
+    region, of its own) and every thread the same number of blocks."""
+    ext = c.extent(c.m)
+    if c.rows_per_m > 1 or ext <= bm or ext % bm == 0:
+        return [bm]
+    even = [
+        d
+        for d in range(MAX_BM_EVEN, 31, -1)
+        if ext % d == 0 and (ext // d) % threads == 0 and d % 8 == 0
+    ]
+    return [bm, even[0]] if even else [bm]
+
+
+def _ranked_rows(kernel, c: Contraction, bm, bn, bk, target, threads, top, rank):
+    """The ranked variants whose calls cover ``bm`` rows (see :func:`ranked`)."""
     covered = (*c.batch, *([c.m_inner] if c.m_inner else []))
     tileable: dict[str, list[int]] = {}
     for v, b in ((c.m, bm), (c.n, bn), *((v, 1) for v in c.outer)):
@@ -226,7 +264,7 @@ def ranked(kernel, c: Contraction, *, target, threads: int, top: int = 10):
             micro[looped] = chunk
             pairs = pairs // c.extent(looped) * chunk
         call = call_model(rows, min(bn, c.extent(c.n)), bk, pairs, target, beta=1)
-        for var in rank(
+        found += rank(
             kernel,
             c.stmt,
             tileable=tileable,
@@ -235,18 +273,5 @@ def ranked(kernel, c: Contraction, *, target, threads: int, top: int = 10):
             threads=threads,
             top=top,
             call=call,
-        ):
-            found.append(var)
-    out = []
-    for var in sorted(found, key=_key):
-        if len(out) >= top:
-            break
-        loops = list(var.loops)
-        present = {v for v, _ in loops}
-        loops += [
-            (v, {c.m: bm, c.n: bn}.get(v, 1)) for v in (*c.outer, c.m, c.n) if v not in present
-        ]
-        plan = BlockPlan(bm=bm, bn=bn, bk=bk, loops=tuple(loops))
-        if config_ok(c, plan):
-            out.append((var, plan))
-    return out
+        )
+    return found

@@ -23,8 +23,9 @@ The copy is placed at the deepest loop below which some loop leaves B unchanged 
 reused), copying every block that the loops between it and the call visit (the *panel* loops,
 whose bounds must not depend on each other). Buffers are owned by the function that runs the
 copy: one per thread inside a parallel loop; a copy above a parallel loop is shared (it runs
-before the threads start, and they only read it). Conditions: B is read-only in the kernel, its
-batch offsets are evenly spaced, and the buffer fits in ``max_bytes``.
+before the threads start, and they only read it). Conditions: B's rows are at least
+``WIDE_ROW_BYTES`` apart, B is read-only in the kernel, its batch offsets are evenly spaced, and
+the buffer fits in ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,17 @@ def _key(level: L.For | None, mk: Micro, src, panels: tuple[L.For, ...]) -> tupl
     return (id(level), mk.b, src, mk.k, mk.n, mk.ldb, mk.b_offsets, sig)
 
 
+# B rows at least this far apart are "widely strided": each in a page region of its own, which
+# the prefetchers do not follow. Closer rows (a 14x14 image's channel planes, 784 bytes apart)
+# stream well as they are, and a copy before a parallel loop runs on one thread.
+WIDE_ROW_BYTES = 2048
+
+
+def _wide(mk: Micro, kernel: Kernel) -> bool:
+    eb = DTYPE_BYTES[kernel.arg(mk.b).dtype]  # type: ignore[union-attr]
+    return mk.ldb != mk.n and mk.ldb * eb >= WIDE_ROW_BYTES
+
+
 def _b_source(mk: Micro, call: L.Call, iterators: tuple[str, ...]):
     env = dict(zip(iterators, call.args, strict=True))
     return substitute(mk.b_origin, env)
@@ -121,7 +133,7 @@ def pack_operands(
                 visit(n.orelse, stack, False)
             elif isinstance(n, L.Call) and clean:
                 mk = stmts[n.stmt].micro
-                if mk is not None and mk.ldb != mk.n and mk.b not in written:
+                if mk is not None and _wide(mk, kernel) and mk.b not in written:
                     found.append((n, stack, mk))
 
     visit(tree, (), True)
