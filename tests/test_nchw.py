@@ -250,3 +250,29 @@ def test_direct_route_batches_large_gathers_per_image(threads):
 def test_nn_conv2d_route_errors():
     with pytest.raises(ValueError, match="route"):
         pd.nn.conv2d(rand(1, 3, 5, 5), rand(4, 3, 1, 1), route="nhwc")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pad_and_crop_rows_kernels(threads):
+    x = rand(2, 3, 5, 7)
+    xp = np.full((2, 3, 7 * 11 + 2), 0.0, np.float32)
+    pd.nn.compiled(pd.ops.pad_rows, 2, 3, 5, 7, (1, 2), 2, threads=threads)(xp, x)
+    want = np.zeros((2, 3, 7 * 11 + 2), np.float32)
+    want[:, :, : 7 * 11].reshape(2, 3, 7, 11)[:, :, 1:6, 2:9] = x
+    np.testing.assert_array_equal(xp, want)
+    o = rand(2, 3, 5 * 11)
+    y = np.zeros((2, 3, 5, 9), np.float32)
+    pd.nn.compiled(pd.ops.crop_rows, 2, 3, 5, 9, 11, threads=threads)(y, o)
+    np.testing.assert_array_equal(y, o.reshape(2, 3, 5, 11)[:, :, :, :9])
+
+
+def test_rows_route_scratch_reused_across_calls():
+    """The padded input and the uncropped output are kept per shape and thread: a second call
+    with other data (and a call of another shape between) gives the right result."""
+    w = rand(6, 5, 3, 3)
+    for scale in (1.0, 100.0, -3.0):
+        x = rand(2, 5, 9, 8) * scale
+        y = pd.nn.conv2d(x, w, padding=1, route="rows", threads=2)
+        np.testing.assert_allclose(y, conv_ref(x, w, None, 1, 1, False), rtol=2e-4, atol=2e-3)
+        other = rand(1, 5, 4, 4)
+        pd.nn.conv2d(other, w, padding=1, route="rows", threads=1)

@@ -254,17 +254,39 @@ def _conv2d_rows(x, w, bias, pad, activation, threads, out) -> np.ndarray:
     if (ph, pw, S) == (0, 0, 1):
         xp = x.reshape(N, C, H * W)  # the input itself
     else:
-        xp = memory.zeros((N, C, Hp * Wp + S - 1), np.float32)
-        xp[:, :, : Hp * Wp].reshape(N, C, Hp, Wp)[:, :, ph : ph + H, pw : pw + W] = x
+        # a scratch buffer kept per shape and thread: its zero border stays zero, the
+        # interior is overwritten by a compiled (threaded, vectorised) copy
+        xp = _scratch(("pad", N, C, Hp * Wp + S - 1))
+        compiled(ops.pad_rows, N, C, H, W, (ph, pw), S - 1, threads=threads)(xp, x)
     opts = dict(bias=bias is not None, activation=activation, threads=threads)
     conv = compiled(conv2d_rows, N, C, K, Hp, Wp, R, S, **opts)
-    o = memory.empty((N, K, P * Wp), np.float32)
-    conv(o, xp, w, *([] if bias is None else [bias]))
     if Wp == Q:
+        o = memory.empty((N, K, P * Wp), np.float32)
+        conv(o, xp, w, *([] if bias is None else [bias]))
         return o.reshape(N, K, P, Q)
+    o = _scratch(("rows", N, K, P * Wp))
+    conv(o, xp, w, *([] if bias is None else [bias]))
     y = memory.empty((N, K, P, Q), np.float32)
-    y[...] = o.reshape(N, K, P, Wp)[:, :, :, :Q]
+    compiled(ops.crop_rows, N, K, P, Q, Wp, threads=threads)(y, o)
     return y
+
+
+_scratch_local = threading.local()
+
+
+def _scratch(key: tuple) -> np.ndarray:
+    """A zero-initialised aligned float32 buffer of shape ``key[1:]``, kept for this thread and
+    key (intermediates of nn.conv2d: no allocation, page faults or zero fill per call). The
+    caller must leave whatever it relies on being zero untouched."""
+    bufs = getattr(_scratch_local, "bufs", None)
+    if bufs is None:
+        bufs = _scratch_local.bufs = {}
+    buf = bufs.get(key)
+    if buf is None:
+        if len(bufs) >= 64:
+            bufs.clear()
+        buf = bufs[key] = memory.zeros(key[1:], np.float32)
+    return buf
 
 
 def pack_weights(

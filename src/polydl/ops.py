@@ -269,6 +269,40 @@ def unpack_output(N: int, K: int, P: int, Q: int, block: int | None = None):
 
 
 @functools.cache
+def pad_rows(N: int, C: int, H: int, W: int, padding, extra: int = 0):
+    """NCHW ``X`` into zero-padded flat rows ``Xp[N, C, (H+2ph)*(W+2pw) + extra]``: pixel
+    ``(h, w)`` at ``(h + ph)*(W + 2pw) + w + pw``. Only the interior is written: pass a buffer
+    whose border (and ``extra`` tail) is already zero. Arguments ``(Xp, X)``."""
+    ph, pw = _pair(padding, "padding")
+    Wp = W + 2 * pw
+    L = (H + 2 * ph) * Wp + extra
+    src = f"""
+    def pad_rows(Xp: pd.f32[{N}, {C}, {L}], X: pd.f32[{N}, {C}, {H}, {W}]):
+        for n in range({N}):
+            for c in range({C}):
+                for h in range({H}):
+                    for w in range({W}):
+                        Xp[n, c, {Wp} * h + w + {ph * Wp + pw}] = X[n, c, h, w]
+    """
+    return _define("pad_rows", src)
+
+
+@functools.cache
+def crop_rows(N: int, K: int, P: int, Q: int, Wp: int):
+    """The first ``Q`` pixels of each output row of ``Wp``: ``Y[n, k, p, q] = O[n, k, p*Wp + q]``.
+    Arguments ``(Y, O)``."""
+    src = f"""
+    def crop_rows(Y: pd.f32[{N}, {K}, {P}, {Q}], O: pd.f32[{N}, {K}, {P * Wp}]):
+        for n in range({N}):
+            for k in range({K}):
+                for p in range({P}):
+                    for q in range({Q}):
+                        Y[n, k, p, q] = O[n, k, {Wp} * p + q]
+    """
+    return _define("crop_rows", src)
+
+
+@functools.cache
 def subsample(N: int, C: int, H: int, W: int, stride):
     """``Xs[n, c, p, q] = X[n, c, sh * p, sw * q]``: the pixels a 1x1 convolution of stride
     ``(sh, sw)`` without padding reads, packed densely (it then runs as a stride-1 convolution,
