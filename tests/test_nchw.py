@@ -222,9 +222,10 @@ def test_rows_kernel_is_one_coalesced_nest(shape):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_direct_route_batches_large_gathers_per_image(threads):
+def test_direct_route_batches_large_gathers_per_image(threads, monkeypatch):
     """A strided 5x5 conv over a batch: the compiled kernel gathers its im2col; when the
-    batch's copy exceeds the private cache, nn.conv2d runs it one image at a time."""
+    batch's copy exceeds a core's share of the cache, nn.conv2d runs it one image at a time
+    (here forced by a small share); both ways give the reference."""
     x, w, b = rand(3, 4, 67, 71), rand(8, 4, 5, 5), rand(8)
     one = pd.nn.compiled(
         pd.ops.conv2d,
@@ -243,8 +244,11 @@ def test_direct_route_batches_large_gathers_per_image(threads):
         activation="relu",
     )
     assert one.kernel.temps  # the input is gathered
-    y = pd.nn.conv2d(x, w, bias=b, stride=2, padding=2, activation="relu", threads=threads)
-    np.testing.assert_allclose(y, conv_ref(x, w, b, 2, 2, True), rtol=2e-4, atol=2e-4)
+    want = conv_ref(x, w, b, 2, 2, True)
+    for share in (1 << 40, 1 << 16):  # whole batch, then one image at a time
+        monkeypatch.setattr(pd.nn, "_cache_share_bytes", lambda s=share: s)
+        y = pd.nn.conv2d(x, w, bias=b, stride=2, padding=2, activation="relu", threads=threads)
+        np.testing.assert_allclose(y, want, rtol=2e-4, atol=2e-4)
 
 
 def test_nn_conv2d_route_errors():

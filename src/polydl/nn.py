@@ -130,7 +130,7 @@ def conv_route(x_shape, w_shape, stride=1, padding=0, threads: int | None = None
     oneDNN calls this "reduce to unit stride") and runs the stride-1 convolution on them.
 
     Rule: ``"direct"`` for a strided convolution (the compiler gathers its input once per call,
-    one image at a time when the batch's copy would not fit the private cache: a 1x1's subsample,
+    one image at a time when the batch's copy would not fit one core's share of the last-level cache: a 1x1's subsample,
     a larger filter's im2col, ``transform/gather.py``); ``"blocked"`` for a stride-1 filter larger
     than 1x1 with at least 512 input channels whose packed weights serve at least 256 output
     pixels (``N*P*Q``); else ``"rows"``. Measured on a Zen 5 host with ``benchmarks/nchw.py
@@ -206,7 +206,7 @@ def conv2d(
         y = memory.empty((N, K, P, Q), np.float32)
         extra = [] if bias is None else [bias]
         one = compiled(ops.conv2d, 1, C, K, H, W, R, S, layout="nchw", threads=threads, **opts)
-        if N > 1 and N * _gathered_bytes(one) > _private_cache_bytes():
+        if N > 1 and N * _gathered_bytes(one) > _cache_share_bytes():
             # the compiler gathers the input (stride, im2col): one image at a time keeps the
             # copy in cache instead of streaming the whole batch's copy through memory
             for i in range(N):
@@ -240,10 +240,12 @@ def _gathered_bytes(kernel) -> int:
 
 
 @functools.cache
-def _private_cache_bytes() -> int:
+def _cache_share_bytes() -> int:
+    """One core's share of the host's largest cache."""
     from .optimize.target import resolve
 
-    return max((c.size_bytes for c in resolve(None).caches if not c.shared), default=1 << 20)
+    t = resolve(None)
+    return max((t.capacity(c, t.cores) for c in t.caches), default=1 << 20)
 
 
 def _conv2d_rows(x, w, bias, pad, activation, threads, out) -> np.ndarray:
