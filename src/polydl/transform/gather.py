@@ -14,8 +14,8 @@ contraction read the copy with unit strides; a padded one's guards become zeros 
 
 becomes (``I_g0`` a scratch tensor of the compiled function, ``[N, C, R, S, P, Q]``)::
 
-    for n, c, r, s, p, q: if not (in bounds): I_g0[n, c, r, s, p, q] = 0              S1_z
-    for n, c, r, s, p, q: if in bounds:       I_g0[n, c, r, s, p, q] = I[n, c, 2*p + r - 3, ...]  S1_g
+    for n, c, r, s, p, q:               I_g0[n, c, r, s, p, q] = 0                       S1_z
+    for n, c, r, s, p, q: if in bounds: I_g0[n, c, r, s, p, q] = I[n, c, 2*p + r - 3, ...]  S1_g
     for n, k, p, q:                                            O[n, k, p, q] = 0      S0
         for c, r, s: O[n, k, p, q] += I_g0[n, c, r, s, p, q] * Wt[k, c, r, s]         S1
 
@@ -66,13 +66,16 @@ def copy_cost(kernel: Kernel, before: Kernel, target) -> float:
     """The cost-model units (L1 bytes, ``optimize/cost.py``) of the copies that ``kernel`` has
     and ``before`` has not: every element of a copy read once from memory (an upper bound: an
     im2col reads each source element several times, from cache after the first) and written
-    once to the cache that holds the copy."""
+    to the cache that holds the copy, twice when a guard zeroes the box first."""
     old = {t.name for t in before.temps}
     cost = 0.0
     for t in kernel.temps:
         if t.name not in old:
             nbytes = math.prod(kernel.shape_of(t.name)) * 4
-            cost += nbytes * (target.byte_cost(target.fit(nbytes)) + target.byte_cost(None))
+            writes = sum(1 for s in kernel.statements if s.target.tensor == t.name)
+            cost += nbytes * (
+                writes * target.byte_cost(target.fit(nbytes)) + target.byte_cost(None)
+            )
     return cost
 
 
@@ -193,7 +196,10 @@ def _rewrite(kernel: Kernel, red: Statement, x: Load, y: Load, lc, lx, box) -> K
     )
     ndim = max(2 * len(dims) + 1, *(poly.schedule_ndim(kernel, s) for s in kernel.statements))
     new: list[Statement] = []
-    pieces = [("z", f"{in_box} and not ({in_x})", Num(value=0.0)), ("g", f"{in_box} and {in_x}", x)]
+    # zeros over the whole box, then the copy over its part inside x: two simple nests (the
+    # border alone is a union of slabs, many small loops and parallel regions); measured on
+    # 3x3 and 7x7 im2cols at 2 threads: 1.14-1.17x faster than zeroing the border only
+    pieces = [("z", in_box, Num(value=0.0)), ("g", f"{in_box} and {in_x}", x)]
     for tag, cons, expr in pieces:
         name = f"{red.name}_{tag}"
         domain = poly.simplify_set_text(f"{params} -> {{ {name}[{', '.join(dims)}] : {cons} }}")
