@@ -15,6 +15,7 @@ def compile(
     target: str | None = None,
     optimize: bool = True,
     variant: int = 0,
+    schedule: Any = None,
     **sizes: int,
 ) -> CompiledKernel:  # noqa: A001
     """Compile ``kern`` (a ``@pd.kernel`` function) for the given size bindings.
@@ -24,13 +25,31 @@ def compile(
     target, running needs a host that supports it (``pd.TargetError`` otherwise).
     ``optimize=False`` keeps the plain schedule of the source: the oracle of the optimiser.
     ``variant=r`` runs the variant the cost model ranked ``r`` (0 = its pick; see
-    ``show("variants")``) instead of the best one.
+    ``show("variants")``) instead of the best one. ``schedule`` replays a record of the
+    optimiser's choices (a :class:`polydl.schedule.Schedule`, its JSON text or a JSON file's
+    path; ``CompiledKernel.schedule``, ``show("schedule")``): each contraction's plan exactly as
+    recorded, checked for legality, nothing ranked.
     """
     from .pipeline import compile_kernel
 
     ir = getattr(kern, "ir", None)
     if ir is None:
         raise PolyDLError(f"pd.compile expects a @pd.kernel function, got {type(kern).__name__}")
+    record = None
+    if schedule is not None:
+        from .schedule import as_schedule
+
+        if not optimize or variant:
+            raise ValueError(
+                "pd.compile: schedule= replays a record; it takes no optimize=False or variant="
+            )
+        record = as_schedule(schedule)
     return compile_kernel(
-        ir, sizes, threads=threads, target=target, optimize=optimize, variant=variant
+        ir,
+        sizes,
+        threads=threads,
+        target=target,
+        optimize=optimize,
+        variant=variant,
+        schedule=record,
     )

@@ -10,7 +10,7 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show", help="print a kernel's loops, LLVM IR or assembly")
     p.add_argument("kernel", help="FILE.py:KERNEL, a DSL kernel defined in a Python file")
     p.add_argument("--sizes", default="", help="size bindings, e.g. M=64,N=64,K=64")
-    p.add_argument("--emit", default="loops", help="loops | llvm | asm | variants")
+    p.add_argument("--emit", default="loops", help="loops | variants | schedule | llvm | asm")
     p.add_argument("--target", default=None, help="LLVM CPU name (default: host)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_run_show)

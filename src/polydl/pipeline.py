@@ -11,7 +11,7 @@ import math
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from .codegen import jit
 from .codegen.compiled import CompiledKernel
@@ -19,8 +19,12 @@ from .codegen.llvm import emit_module
 from .errors import DSLError, where
 from .ir import poly
 from .ir.nodes import Kernel
+from .schedule import ContractionSchedule, Prediction, Schedule, ScheduleError
+from .transform.brgemm import BlockPlan, foldable, lower
+from .transform.coalesce import coalesce_columns
 from .transform.gather import copy_cost, gather_operands
 from .transform.pack import pack_operands
+from .transform.split import split_guards
 
 # isl contexts are not thread-safe: one compilation at a time walks isl.
 _isl_lock = threading.RLock()
@@ -79,11 +83,13 @@ def compile_kernel(
     target=None,
     optimize: bool = True,
     variant: int = 0,
+    schedule: Schedule | None = None,
 ) -> CompiledKernel:
     """Compile a parsed DSL kernel for the given sizes, thread count and target CPU.
 
     ``optimize=False`` keeps the plain schedule of the source (the oracle path); ``variant``
-    takes the variant of that rank instead of the cost model's best (0).
+    takes the variant of that rank instead of the cost model's best (0); ``schedule`` replays
+    a record (:mod:`polydl.schedule`) instead of ranking.
     """
     from .analysis.bounds import check_bounds
     from .analysis.deps import parallel_dims
@@ -113,12 +119,23 @@ def compile_kernel(
         # 4. Contractions become BRGEMM calls on blocks; the cost model ranks the loops around
         #    them (order, tiles, parallel loops) for the target's caches and cores.
         isa = brgemm_isa(cpu)
+        record = None
         if optimize:
-            bound, (lowered, micro_par, variants) = _cheapest(
-                candidates, isa, target=tgt, threads=threads, variant=variant
+            bound, low = _cheapest(
+                candidates, isa, target=tgt, threads=threads, variant=variant, replay=schedule
+            )
+            lowered, micro_par = low.kernel, low.parallel
+            record = Schedule(
+                kernel=kernel.name,
+                sizes=tuple(sorted(bound.size_values.items())),
+                target=cpu,
+                threads=threads,
+                lowering="gather" if bound is not candidates[0] else "split",
+                contractions=low.chosen,
+                alternatives=low.alternatives,
             )
         else:
-            lowered, micro_par, variants = bound, {}, []
+            lowered, micro_par = bound, {}
         _checked(lowered)
         # 5. Loops that carry no dependence (reductions included) may run in parallel.
         threaded = threads > 1 and jit.gomp_available()
@@ -136,41 +153,58 @@ def compile_kernel(
     # 8. LLVM IR through the templates; JIT happens on first call (or asm on demand).
     ir = emit_module(lowered, tree, parallel=threaded, cpu=cpu, isa=isa, threads=threads)
     return CompiledKernel(
-        kernel=lowered, tree=tree, llvm_ir=ir, cpu=cpu, threads=threads, variants=variants
+        kernel=lowered, tree=tree, llvm_ir=ir, cpu=cpu, threads=threads, schedule=record
     )
 
 
-def _cheapest(candidates: list[Kernel], isa: str, *, target, threads: int, variant: int):
+def _cheapest(
+    candidates: list[Kernel],
+    isa: str,
+    *,
+    target,
+    threads: int,
+    variant: int,
+    replay: Schedule | None = None,
+) -> tuple[Kernel, Lowering]:
     """(kernel, lowering) of the candidate whose lowered contractions plus gather copies the
-    cost model predicts cheapest; with one candidate, its lowering (small cells unranked)."""
+    cost model predicts cheapest; with one candidate, its lowering (small cells unranked);
+    with ``replay``, the candidate the record names, lowered as it says."""
+    if replay is not None:
+        k = candidates[-1] if replay.lowering == "gather" else candidates[0]
+        if replay.lowering == "gather" and len(candidates) == 1:
+            raise ScheduleError(
+                f"schedule of {replay.kernel}: lowering 'gather', but no guarded contraction of "
+                "this kernel can gather its operand"
+            )
+        return k, lower_contractions(k, isa, target=target, threads=threads, replay=replay)
     if len(candidates) == 1:
-        out = lower_contractions(
-            candidates[0], isa, target=target, threads=threads, variant=variant
-        )
-        return candidates[0], out[:3]
+        k = candidates[0]
+        return k, lower_contractions(k, isa, target=target, threads=threads, variant=variant)
     best = None
     for k in candidates:
         try:
-            *out, cost = lower_contractions(
+            low = lower_contractions(
                 k, isa, target=target, threads=threads, variant=variant, rank_all=True
             )
         except ValueError:  # fewer ranked variants than ``variant`` on this candidate
             continue
-        cost += copy_cost(k, candidates[0], target) + _plain_cost(out[0], target)
+        cost = low.cost + copy_cost(k, candidates[0], target) + _plain_cost(low.kernel, target)
         if best is None or cost < best[0]:
-            best = (cost, k, out)
+            best = (cost, k, low)
     if best is None:
         raise ValueError(f"variant={variant}: no candidate lowering has that many variants")
-    cost, k, (lowered, par, texts) = best
-    gathered = [t.name for t in k.temps if t not in candidates[0].temps]
-    note = (
-        f"gathers {', '.join(gathered)} (instead of splitting guards)" if gathered else "no gather"
-    )
-    texts = [
-        f"lowering: {note}, predicted cost {cost:.4g} (the cheapest of {len(candidates)})",
-        *texts,
-    ]
-    return k, (lowered, par, texts)
+    return best[1], best[2]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lowering:
+    """What :func:`lower_contractions` made of a kernel."""
+
+    kernel: Kernel  # with BRGEMM statements
+    parallel: dict[str, frozenset[int]]  # parallel schedule dimensions of each new statement
+    chosen: tuple[ContractionSchedule, ...]  # the plan of each contraction, as a record
+    alternatives: tuple[tuple[str, tuple[ContractionSchedule, ...]], ...]  # ranked, per stmt
+    cost: float  # the chosen variants' predicted costs, summed
 
 
 # cycles of one instance of a statement left on the plain (scalar) path
@@ -217,23 +251,18 @@ def lower_contractions(
     rank: bool = True,
     variant: int = 0,
     rank_all: bool = False,
-) -> tuple[Kernel, dict[str, frozenset[int]], list[str], float]:
-    """Every foldable contraction of ``kernel`` computed by BRGEMM calls.
+    replay: Schedule | None = None,
+) -> Lowering:
+    """Every foldable contraction of ``kernel`` computed by BRGEMM calls (:class:`Lowering`).
 
-    Returns the new kernel, the parallel schedule dimensions of each new statement, the text
-    of the ranked variants of each contraction (what ``show("variants")`` prints) and the sum of
-    the chosen variants' predicted costs (``rank_all``: small contractions ranked too, so that
-    the sum covers every call).
-    ``variant`` picks the variant of that rank instead of the best one (cost-model studies and
-    tuning); ranks past the last legal variant are refused.
+    Each contraction is ranked by the cost model (``rank_all``: the small ones too, so that the
+    summed cost covers every call) and takes the variant of rank ``variant`` (cost-model
+    studies and tuning; ranks past the last legal variant are refused), or the plan ``replay``
+    records for it (checked for legality; ``ScheduleError`` when the record does not fit).
     """
     from .analysis.contraction import find_all
     from .kernels import FAMILIES
     from .optimize.plan import default_plan, ranked
-    from .optimize.search import format_variants
-    from .transform.brgemm import foldable, lower
-    from .transform.coalesce import coalesce_columns
-    from .transform.split import split_guards
 
     # Guarded contractions (a padded conv written by hand): index-set splitting gives their
     # guard-free cells nests of their own, which find_all then takes (transform/split.py).
@@ -243,39 +272,122 @@ def lower_contractions(
     kernel = _checked(coalesce_columns(kernel))
     lanes = FAMILIES[isa].vector_width
     parallel: dict[str, frozenset[int]] = {}
-    texts: list[str] = []
+    chosen: list[ContractionSchedule] = []
+    alternatives: list[tuple[str, tuple[ContractionSchedule, ...]]] = []
     total = 0.0
     found = [c for c in find_all(kernel) if foldable(kernel, c)]
     work = {c.stmt: math.prod(hi - lo + 1 for _, (lo, hi) in c.extents) for c in found}
     for c in found:
-        top = max(10, variant + 1)
-        # the small cells of a split nest (a border row of a padded conv) take the default plan:
-        # ranking them costs more compile time than their run time could give back
-        small = not rank_all and work[c.stmt] * SMALL_CONTRACTION < max(work.values())
+        what = f"{c.c} += {c.a} x {c.b}"
         # ranked on its own nest (foldable: the folded statements, in place between the others)
         nest = [s for s in kernel.statements if s.name in (c.init, c.stmt, c.epilogue)]
         nest_k = replace(kernel, statements=tuple(nest))
-        choices = (
-            ranked(nest_k, c, target=target, threads=threads, top=top) if rank and not small else []
-        )
-        if variant >= max(1, len(choices)) and not small:
-            raise ValueError(f"variant={variant}: {c.stmt} has {len(choices)} ranked variants")
-        if choices:
-            chosen, plan = choices[min(variant, len(choices) - 1)]
-            texts.append(
-                f"contraction {c.stmt} ({c.c} += {c.a} x {c.b}), running rank {variant + 1}:\n"
-                + format_variants([v for v, _ in choices], top=len(choices))
-            )
-            n_par = chosen.n_parallel
-            total += chosen.cost.total
+        if replay is not None:
+            entry = replay.entry(c.stmt)
+            if entry is None:
+                raise ScheduleError(
+                    f"schedule of {replay.kernel} has no entry for contraction {c.stmt} "
+                    f"({what}, line {kernel.statement(c.stmt).line}); its entries: "
+                    f"{[e.stmt for e in replay.contractions]}"
+                )
+            plan = _replayed_plan(nest_k, c, entry)
+            chosen.append(replace(entry, what=what))
+            n_par = entry.n_parallel
         else:
-            plan = default_plan(c, lanes)
-            n_par = len(plan.loops) if plan else 0
-        if plan is None:
-            continue
+            top = max(10, variant + 1)
+            # the small cells of a split nest (a border row of a padded conv) take the default
+            # plan: ranking them costs more compile time than their run time could give back
+            small = not rank_all and work[c.stmt] * SMALL_CONTRACTION < max(work.values())
+            choices = (
+                ranked(nest_k, c, target=target, threads=threads, top=top)
+                if rank and not small
+                else []
+            )
+            if variant >= max(1, len(choices)) and not small:
+                raise ValueError(f"variant={variant}: {c.stmt} has {len(choices)} ranked variants")
+            records = [_record(c, what, v, p, i + 1) for i, (v, p) in enumerate(choices)]
+            if choices:
+                pick = min(variant, len(choices) - 1)
+                (var, plan), record = choices[pick], records[pick]
+                n_par = var.n_parallel
+                total += var.cost.total
+            else:
+                plan = default_plan(c, lanes)
+                if plan is None:
+                    continue
+                n_par = len(plan.loops)
+                record = _record(c, what, None, plan, None)
+            chosen.append(record)
+            if records:
+                alternatives.append((c.stmt, tuple(records)))
         before = {s.name for s in kernel.statements}
-        kernel = _checked(lower(kernel, c, plan))
+        try:
+            kernel = _checked(lower(kernel, c, plan))
+        except ValueError as e:
+            if replay is None:
+                raise
+            raise ScheduleError(
+                f"contraction {c.stmt} ({what}): schedule {plan.loops}: {e}"
+            ) from None
         for s in kernel.statements:
             if s.name not in before:
                 parallel[s.name] = frozenset(range(1, 1 + n_par))
-    return kernel, parallel, texts, total
+    if replay is not None:
+        extra = {e.stmt for e in replay.contractions} - {c.stmt for c in found}
+        if extra:
+            raise ScheduleError(
+                f"schedule of {replay.kernel}: entries {sorted(extra)} match no contraction of "
+                f"the kernel (its contractions: {[c.stmt for c in found]})"
+            )
+    return Lowering(
+        kernel=kernel,
+        parallel=parallel,
+        chosen=tuple(chosen),
+        alternatives=tuple(alternatives),
+        cost=total,
+    )
+
+
+def _record(c, what: str, var, plan, rank: int | None) -> ContractionSchedule:
+    """The record of a plan (``var``: its ranked variant, with the cost model's prediction)."""
+    from .optimize.search import ws_summary
+
+    predicted = None
+    if var is not None:
+        cost = var.cost
+        predicted = Prediction(
+            rank=rank, cost=cost.total, core=cost.core, data=cost.data, working_sets=ws_summary(var)
+        )
+    return ContractionSchedule(
+        stmt=c.stmt,
+        bm=plan.bm,
+        bn=plan.bn,
+        bk=plan.bk,
+        loops=tuple(plan.loops),
+        n_parallel=var.n_parallel if var is not None else len(plan.loops),
+        what=what,
+        predicted=predicted,
+    )
+
+
+def _replayed_plan(nest_k: Kernel, c, entry: ContractionSchedule):
+    """The block plan a record gives for contraction ``c``, checked: the microkernel accepts
+    its blocks and the loop order breaks no dependence (reductions relaxed, as in ranking)."""
+    from .analysis.deps import check_schedule
+    from .optimize.plan import config_ok
+    from .optimize.search import legal_order
+
+    plan = BlockPlan(bm=entry.bm, bn=entry.bn, bk=entry.bk, loops=entry.loops)
+    where_ = f"contraction {c.stmt} ({c.c} += {c.a} x {c.b}): schedule {entry.order}"
+    iters = nest_k.statement(c.stmt).iterators
+    unknown = sorted({v for v, _ in entry.loops} - set(iters))
+    if unknown:
+        raise ScheduleError(f"{where_} loops over {unknown}, not iterators of {c.stmt} {iters}")
+    if not config_ok(c, plan):
+        raise ScheduleError(f"{where_}: blocks {entry.bm}x{entry.bn}x{entry.bk} do not fit")
+    try:
+        if not legal_order(nest_k, c.stmt, plan.loops, check_schedule):
+            raise ScheduleError(f"{where_} breaks a dependence")
+    except ValueError as e:
+        raise ScheduleError(f"{where_}: {e}") from None
+    return plan

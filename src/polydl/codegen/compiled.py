@@ -31,14 +31,14 @@ class CompiledKernel:
         llvm_ir: str,
         cpu: str,
         threads: int,
-        variants: list[str] | None = None,
+        schedule=None,
     ):
         self.kernel = kernel
         self.tree = tree
         self.llvm_ir = llvm_ir
         self.cpu = cpu
         self.threads = threads
-        self.variants = list(variants or [])
+        self.schedule = schedule  # polydl.schedule.Schedule of the optimiser's choices (or None)
         self.sizes = kernel.size_values
         self._module: jit.JitModule | None = None
         self._fn = None
@@ -66,7 +66,9 @@ class CompiledKernel:
 
     def show(self, what: str = "loops") -> str:
         """``"loops"``: the transformed nest as C-like text; ``"variants"``: the ranked
-        variants of each contraction; ``"llvm"``, ``"llvm-opt"``; ``"asm"``."""
+        variants of each contraction; ``"schedule"``: the record of the choices, as JSON
+        (``pd.compile(kernel, schedule=...)`` replays it); ``"llvm"``, ``"llvm-opt"``;
+        ``"asm"``."""
         if what == "loops":
             text = {
                 s.name: f"{s.micro}  <- {s.source}  (line {s.line})"
@@ -79,9 +81,15 @@ class CompiledKernel:
                 self.tree, text
             )
         if what == "variants":
-            if not self.variants:
+            if self.schedule is None or not self.schedule.contractions:
                 return f"// {self.kernel.name}: no contraction was ranked (nothing to choose)"
-            return "\n\n".join(self.variants)
+            from ..schedule import format_schedule
+
+            return format_schedule(self.schedule)
+        if what == "schedule":
+            if self.schedule is None:
+                return f"// {self.kernel.name}: compiled with optimize=False (no schedule)"
+            return self.schedule.choices().to_json()
         if what == "llvm":
             return self.llvm_ir
         if what in ("llvm-opt", "llvm_opt"):
@@ -89,7 +97,8 @@ class CompiledKernel:
         if what == "asm":
             return jit.emit_asm(self.llvm_ir, cpu=self.cpu, name=self.kernel.name)
         raise ValueError(
-            f"show() takes 'loops', 'variants', 'llvm', 'llvm-opt' or 'asm', not {what!r}"
+            f"show() takes 'loops', 'variants', 'schedule', 'llvm', 'llvm-opt' or 'asm', not "
+            f"{what!r}"
         )
 
     # ------------------------------------------------------------ calling

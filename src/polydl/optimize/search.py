@@ -414,7 +414,16 @@ def disorder(loops: Loops, iterators: Sequence[str]) -> int:
 # ---------------------------------------------------------------- the table
 
 
-def _ws_summary(v: Variant) -> str:
+def legal_order(
+    kernel: nodes.Kernel, stmt: str, loops: Loops, check: Checker | None = None
+) -> bool:
+    """Whether the tiled nest ``loops`` around ``stmt`` breaks no dependence of ``kernel``
+    (reduction self-dependences relaxed, as in ranking)."""
+    text = schedule_text(kernel, stmt, loops)
+    return _legal(check or _default_check(), kernel, stmt, text, True)
+
+
+def ws_summary(v: Variant) -> str:
     """The largest working set each cache holds: ``L1:12K L2:400K mem:3M``."""
     by: dict[str, int] = {}
     for lc in v.cost.levels:
@@ -436,7 +445,7 @@ def format_variants(variants: Sequence[Variant], top: int = 10) -> str:
             v.order,
             " ".join(f"{t}:{b}" for t, b in v.tiles) or "-",
             ",".join(_label(*lp) for lp in v.loops[: v.n_parallel]) or "-",
-            _ws_summary(v),
+            ws_summary(v),
             f"{v.cost.total:.4g}",
             f"{v.cost.total / best:.2f}x",
         )

@@ -1,0 +1,224 @@
+"""Schedule records: what the optimiser chose for one kernel, as data.
+
+A :class:`Schedule` holds, for every contraction the compiler lowers to BRGEMM calls, the block
+of one call (``bm`` rows, ``bn`` columns, ``bk`` of the reduction per batch element), the loops
+around the call (iterator and step, outermost first: the last loop of an iterator steps by its
+block, an earlier one is a tile; a loop over ``k`` or over a batch iterator chunks the
+reduction), and how many outermost loops run in parallel; and which lowering the cost model
+took for guarded contractions (guards split away, or the operand gathered). Every contraction
+also lists the ranked alternatives with what the cost model predicted for them, which is what
+``show("variants")`` prints.
+
+Records are frozen, compare by value and survive JSON (:meth:`Schedule.to_json`,
+:meth:`Schedule.from_json`). ``pd.compile(kernel, schedule=record)`` replays one exactly: no
+ranking, each plan checked for legality against the kernel's dependences (``ScheduleError``
+otherwise), and ``CompiledKernel.schedule`` of the result equals the record's choices. An
+auto-tuner stores and edits these records.
+
+Before (``show("variants")`` text)::
+
+    1  k/96 pq/64 c/256 | micro  -  k/96,pq/64  L2:690K L3:1.2M  2.67e+08  1.00x
+
+After (the record of that row)::
+
+    ContractionSchedule(stmt="S1", bm=96, bn=64, bk=64,
+                        loops=(("k", 96), ("pq", 64), ("c", 256)), n_parallel=2, ...)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+from .errors import PolyDLError
+
+SCHEDULE_VERSION = 1
+LOWERINGS = ("split", "gather")
+
+
+class ScheduleError(PolyDLError):
+    """A schedule record does not fit the kernel it is replayed on (names the contraction)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prediction:
+    """What the cost model predicted for one variant (``optimize/cost.py`` units)."""
+
+    rank: int  # 1 = the cost model's pick
+    cost: float
+    core: float = 0.0
+    data: float = 0.0
+    working_sets: str = ""  # the largest working set each cache holds: "L1:12K L2:400K"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContractionSchedule:
+    """The choices for one contraction (found at statement ``stmt``)."""
+
+    stmt: str
+    bm: int
+    bn: int
+    bk: int
+    loops: tuple[tuple[str, int], ...]
+    n_parallel: int
+    what: str = ""  # "C += A x B", for messages and tables
+    predicted: Prediction | None = None  # None: the default plan, or written by hand
+
+    def __post_init__(self) -> None:
+        if min(self.bm, self.bn, self.bk) < 1 or not self.loops:
+            raise ScheduleError(f"schedule of {self.stmt}: blocks must be positive, loops given")
+        if not 0 <= self.n_parallel <= len(self.loops):
+            raise ScheduleError(
+                f"schedule of {self.stmt}: n_parallel={self.n_parallel} outside 0..{len(self.loops)}"
+            )
+
+    @property
+    def order(self) -> str:
+        """``k/96 pq/64 c/256 | micro``."""
+        return " ".join(v if b == 1 else f"{v}/{b}" for v, b in self.loops) + " | micro"
+
+    @property
+    def tiles(self) -> tuple[tuple[str, int], ...]:
+        """(iterator, step) of the tile loops: every loop of an iterator but its last."""
+        last = {v: i for i, (v, _) in enumerate(self.loops)}
+        return tuple((v, b) for i, (v, b) in enumerate(self.loops) if last[v] != i)
+
+    def choice(self) -> ContractionSchedule:
+        """The replayable part (no prediction)."""
+        return replace(self, predicted=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """The optimiser's choices for one kernel, its sizes, target and thread count."""
+
+    kernel: str
+    sizes: tuple[tuple[str, int], ...]
+    target: str  # LLVM CPU name
+    threads: int
+    lowering: str = "split"  # guarded contractions: "split" guards or "gather" their operand
+    contractions: tuple[ContractionSchedule, ...] = ()
+    alternatives: tuple[tuple[str, tuple[ContractionSchedule, ...]], ...] = field(default=())
+    version: int = SCHEDULE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.lowering not in LOWERINGS:
+            raise ScheduleError(f"schedule lowering must be one of {LOWERINGS}: {self.lowering!r}")
+        names = [c.stmt for c in self.contractions]
+        if len(set(names)) != len(names):
+            raise ScheduleError(f"schedule of {self.kernel}: contractions {names} repeat a name")
+
+    def entry(self, stmt: str) -> ContractionSchedule | None:
+        return next((c for c in self.contractions if c.stmt == stmt), None)
+
+    def choices(self) -> Schedule:
+        """The replayable record: the chosen plans, without predictions or alternatives."""
+        return replace(
+            self, contractions=tuple(c.choice() for c in self.contractions), alternatives=()
+        )
+
+    # ------------------------------------------------------------ JSON
+
+    def to_json(self, *, indent: int | None = 1) -> str:
+        return json.dumps(asdict(self), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> Schedule:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ScheduleError(f"schedule record is not JSON: {e}") from None
+        if not isinstance(d, dict) or d.get("version") != SCHEDULE_VERSION:
+            got = d.get("version") if isinstance(d, dict) else type(d).__name__
+            raise ScheduleError(
+                f"schedule record version {got!r}: this polydl reads version {SCHEDULE_VERSION}"
+            )
+        try:
+            return cls(
+                kernel=d["kernel"],
+                sizes=tuple((str(k), int(v)) for k, v in d["sizes"]),
+                target=d["target"],
+                threads=int(d["threads"]),
+                lowering=d["lowering"],
+                contractions=tuple(_contraction(c) for c in d["contractions"]),
+                alternatives=tuple(
+                    (stmt, tuple(_contraction(c) for c in alts)) for stmt, alts in d["alternatives"]
+                ),
+                version=d["version"],
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ScheduleError(f"schedule record is malformed: {e!r}") from None
+
+
+def _contraction(d: dict) -> ContractionSchedule:
+    p = d.get("predicted")
+    return ContractionSchedule(
+        stmt=d["stmt"],
+        bm=int(d["bm"]),
+        bn=int(d["bn"]),
+        bk=int(d["bk"]),
+        loops=tuple((str(v), int(b)) for v, b in d["loops"]),
+        n_parallel=int(d["n_parallel"]),
+        what=d.get("what", ""),
+        predicted=Prediction(**p) if p else None,
+    )
+
+
+def as_schedule(record) -> Schedule:
+    """A :class:`Schedule` from a record, its JSON text, or a path to a JSON file."""
+    if isinstance(record, Schedule):
+        return record
+    if isinstance(record, str) and record.lstrip().startswith("{"):
+        return Schedule.from_json(record)
+    try:
+        with open(record) as f:
+            return Schedule.from_json(f.read())
+    except OSError as e:
+        raise ScheduleError(f"schedule record {record!r}: {e}") from None
+
+
+# ---------------------------------------------------------------- the table
+
+
+def format_alternatives(rows: Sequence[ContractionSchedule]) -> str:
+    """Ranked alternatives as a table, in rank order (what ``show("variants")`` prints)."""
+    head = ("rank", "loop order", "tiles", "parallel", "working sets", "cost", "vs best")
+    if not rows:
+        return " | ".join(head) + "\n(no legal variant)"
+    best = (rows[0].predicted.cost if rows[0].predicted else 0.0) or 1.0
+    body = []
+    for r in rows:
+        p = r.predicted
+        cost = p.cost if p else float("nan")
+        body.append(
+            (
+                str(p.rank if p else "-"),
+                r.order,
+                " ".join(f"{v}:{b}" for v, b in r.tiles) or "-",
+                ",".join(v if b == 1 else f"{v}/{b}" for v, b in r.loops[: r.n_parallel]) or "-",
+                p.working_sets if p else "-",
+                f"{cost:.4g}",
+                f"{cost / best:.2f}x",
+            )
+        )
+    widths = [max(len(row[c]) for row in [head, *body]) for c in range(len(head))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [head, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_schedule(s: Schedule) -> str:
+    """``show("variants")``: the lowering, then each contraction's ranked alternatives."""
+    parts = [f"lowering: {s.lowering} (kernel {s.kernel}, target {s.target}, {s.threads} threads)"]
+    alts = dict(s.alternatives)
+    for c in s.contractions:
+        rank = c.predicted.rank if c.predicted else None
+        how = f"running rank {rank}" if rank else "default plan (not ranked)"
+        rows = alts.get(c.stmt, ())
+        line = f"contraction {c.stmt} ({c.what}), {how}, {c.order}"
+        parts.append(line + (":\n" + format_alternatives(rows) if rows else ""))
+    return "\n\n".join(parts)
