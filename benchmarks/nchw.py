@@ -5,30 +5,28 @@
 Columns: GFLOPS of ``pd.nn.conv2d`` (the route it picks per layer, see ``nn.conv_route``), of
 torch's faster of NCHW and channels_last (``torch.nn.functional.conv2d``, threads pinned with
 ``torch.set_num_threads``), their ratio (torch time / polydl time, > 1: polydl faster) and the
-largest error against torch relative to its largest output. ``--routes`` also times both routes
-of ``pd.nn.conv2d`` on every layer (``nn.ROUTES``): "direct" (``ops.conv2d`` on NCHW, padding
-guards split away), "rows" (``nn.conv2d_rows``: zero-padded rows, one run of pixels; a strided
-1x1 layer subsampled first), both without packing, "direct" stride 1 only, and "blocked" (pack input and weights, NCHWc kernel, unpack). Medians of ``--repeat``
-samples; run under ``flock /tmp/polydl-bench.lock`` on a shared machine.
+largest error against torch relative to its largest output. ``--routes`` also times every route
+of ``pd.nn.conv2d`` (``nn.ROUTES``): "direct" (``ops.conv2d`` on NCHW: guards split or
+gathered, strided inputs gathered, by the compiler), "rows" (``nn.conv2d_rows``: zero-padded
+rows, one run of pixels; a strided 1x1 layer subsampled first; other strided layers skipped)
+and "blocked" (pack input and weights, NCHWc kernel, unpack). Contenders are timed in
+interleaved rounds (``common.interleaved``: each a median of ``--repeat`` samples, the order
+rotating), a ratio is the median of the per-round ratios against torch's faster layout of that
+round; run under ``flock /tmp/polydl-bench.lock`` on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median_seconds, resnet50_layers  # noqa: E402
+from common import geomean, interleaved, resnet50_layers  # noqa: E402
 
 import polydl as pd  # noqa: E402
-
-
-def geomean(r: list[float]) -> float:
-    return math.exp(float(np.mean(np.log(r)))) if r else float("nan")
 
 
 def main() -> None:
@@ -39,13 +37,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--layers", nargs="*", default=None)
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--routes", action="store_true", help="time both routes of nn.conv2d")
+    ap.add_argument("--repeat", type=int, default=3, help="samples per contender per round")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per layer")
+    ap.add_argument("--routes", action="store_true", help="time every route of nn.conv2d")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     layers = [r for r in resnet50_layers() if not args.layers or r["name"] in args.layers]
-    conv_route = getattr(pd.nn, "conv_route", None)
-    routes = getattr(pd.nn, "ROUTES", ("blocked",))
+    routes = pd.nn.ROUTES
     for threads in args.threads:
         torch.set_num_threads(threads)
         for batch in args.batch:
@@ -65,41 +63,46 @@ def main() -> None:
                 w = rng.standard_normal((K, C, R, S), dtype=np.float32)
                 flops = 2.0 * batch * K * C * R * S * P * Q
                 tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-                with torch.no_grad():
-                    t_nchw = median_seconds(
-                        lambda: F.conv2d(tx, tw, stride=st, padding=pad), repeat=args.repeat
-                    )
-                    cx = tx.to(memory_format=torch.channels_last)
-                    cw = tw.to(memory_format=torch.channels_last)
-                    t_cl = median_seconds(
-                        lambda: F.conv2d(cx, cw, stride=st, padding=pad), repeat=args.repeat
-                    )
-                    ref = F.conv2d(tx, tw, stride=st, padding=pad).numpy()
-                t_torch = min(t_nchw, t_cl)
+                cx = tx.to(memory_format=torch.channels_last)
+                cw = tw.to(memory_format=torch.channels_last)
 
                 def run(route=None):
                     kw = {"route": route} if route else {}
                     return pd.nn.conv2d(x, w, stride=st, padding=pad, threads=threads, **kw)
 
-                route = conv_route(x.shape, w.shape, st, pad, threads) if conv_route else "blocked"
-                t = median_seconds(run, repeat=args.repeat)
+                route = pd.nn.conv_route(x.shape, w.shape, st, pad, threads)
+                contenders = {
+                    "polydl": run,
+                    "nchw": lambda: F.conv2d(tx, tw, stride=st, padding=pad),
+                    "cl": lambda: F.conv2d(cx, cw, stride=st, padding=pad),
+                }
+                pointwise = (R, S, pad) == (1, 1, 0)  # "rows" subsamples a strided 1x1
+                timed_routes = [r for r in routes if st == 1 or r != "rows" or pointwise]
+                if args.routes:
+                    contenders |= {r: (lambda r=r: run(r)) for r in timed_routes}
+                with torch.no_grad():
+                    times = interleaved(contenders, rounds=args.rounds, repeat=args.repeat)
+                    ref = F.conv2d(tx, tw, stride=st, padding=pad).numpy()
+                t_torch = np.minimum(times["nchw"], times["cl"])
+                ratio = float(np.median(t_torch / times["polydl"]))
                 err = float(np.abs(run() - ref).max() / np.abs(ref).max())
-                ratios.append(t_torch / t)
+                ratios.append(ratio)
+                gf = lambda t: flops / float(np.median(t)) / 1e9  # noqa: E731
                 line = (
-                    f"{row['name']:<10} {route:>7} {flops / t / 1e9:7.1f} "
-                    f"{flops / t_torch / 1e9:7.1f} {t_torch / t:6.2f}"
+                    f"{row['name']:<10} {route:>7} {gf(times['polydl']):7.1f} "
+                    f"{gf(t_torch):7.1f} {ratio:6.2f}"
                 )
                 if args.routes:
-                    times = {}
-                    for r in routes:
-                        pointwise = (R, S, pad) == (1, 1, 0)  # "rows" subsamples it
-                        if st != 1 and r == "rows" and not pointwise:
-                            times[r] = float("nan")
-                            continue
-                        times[r] = median_seconds(lambda r=r: run(r), repeat=args.repeat)
-                        by_route[r].append(t_torch / times[r])
-                    line += "".join(f" {flops / times[r] / 1e9:8.1f}" for r in times)
-                    line += "".join(f" {t_torch / times[r]:6.2f}" for r in times)
+                    rr = {
+                        r: float(np.median(t_torch / times[r])) if r in times else float("nan")
+                        for r in routes
+                    }
+                    for r in timed_routes:
+                        by_route[r].append(rr[r])
+                    line += "".join(
+                        f" {gf(times[r]) if r in times else float('nan'):8.1f}" for r in routes
+                    )
+                    line += "".join(f" {rr[r]:6.2f}" for r in routes)
                 print(line + f" {err:8.1e}", flush=True)
             tail = f"geomean ratio {geomean(ratios):.3f} (min {min(ratios):.2f})"
             if args.routes:
