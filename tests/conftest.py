@@ -13,3 +13,11 @@ def _short_bounds(monkeypatch):
     a valid bound); a test that needs more sets its own."""
     monkeypatch.setenv("POLYDL_MILP_SECONDS", "0.05")
     monkeypatch.setenv("POLYDL_LP_SECONDS", "0.2")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite tests/golden/*.txt from the current compiler (then review the diff)",
+    )

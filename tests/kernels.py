@@ -50,3 +50,13 @@ def gemm_bias_relu(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["K", "N"]
             for k in range(K):
                 C[i, j] += A[i, k] * B[k, j]
             C[i, j] = max(C[i, j] + b[j], 0.0)
+
+
+@pd.kernel
+def gemm_bt(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["N", "K"]):
+    """C = A @ B.T: B read across its rows (gathered into a dense copy, transform/gather.py)."""
+    for i in range(M):
+        for j in range(N):
+            C[i, j] = 0.0
+            for k in range(K):
+                C[i, j] += A[i, k] * B[j, k]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernels import conv_ref
+from kernels import conv_ref, gemm_bt
 
 import polydl as pd
 from polydl.ir.verify import verify
@@ -66,15 +66,6 @@ def test_pass_against_the_untransformed_kernel():
         compile_kernel(ir, {}, optimize=False, threads=1)(o, x, w)
         outs.append(o)
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
-
-
-@pd.kernel
-def gemm_bt(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["N", "K"]):
-    for i in range(M):
-        for j in range(N):
-            C[i, j] = 0.0
-            for k in range(K):
-                C[i, j] += A[i, k] * B[j, k]
 
 
 @pd.kernel

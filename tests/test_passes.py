@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernels import gemm_bias_relu
+from kernels import gemm_bias_relu, gemm_bt
 
 import polydl as pd
 from polydl.ir import interp, poly
@@ -19,15 +19,6 @@ from polydl.transform.pack import pack_operands
 from polydl.transform.split import split_guards
 
 rng = np.random.default_rng(17)
-
-
-@pd.kernel
-def gemm_bt(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["N", "K"]):
-    for i in range(M):
-        for j in range(N):
-            C[i, j] = 0.0
-            for k in range(K):
-                C[i, j] += A[i, k] * B[j, k]
 
 
 def arrays(kernel):
