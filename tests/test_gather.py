@@ -139,8 +139,8 @@ def test_left_alone():
 def test_guarded_convs_take_the_cheaper_lowering(case, threads):
     """A padded stride-1 conv has two lowerings: its guards split away, or its input gathered
     (im2col); the pipeline keeps the one the cost model predicts cheaper, and says so."""
-    from polydl.optimize.target import resolve
-    from polydl.pipeline import _cheapest, brgemm_isa
+    from polydl.pipeline import _cheapest
+    from polydl.target import resolve
 
     N, C, K, H, W, R, S, pad = case
     kern = pd.ops.conv2d(N, C, K, H, W, R, S, padding=pad, bias=True)
@@ -158,9 +158,7 @@ def test_guarded_convs_take_the_cheaper_lowering(case, threads):
     wide = gather_operands(bound, guarded=True)
     assert wide is not bound and gather_operands(bound) is bound
     tgt = resolve(None)
-    chosen, _ = _cheapest(
-        [bound, wide], brgemm_isa(tgt.llvm_cpu), target=tgt, threads=threads, variant=0
-    )
+    chosen, _ = _cheapest([bound, wide], tgt.isa, target=tgt, threads=threads, variant=0)
     assert (chosen is wide) == bool(k.kernel.temps)
 
 

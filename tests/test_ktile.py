@@ -174,7 +174,7 @@ def test_k_tiled_plan_runs_and_k_loop_is_not_parallel():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-4)
     # no ranked variant runs a loop over k in parallel (lower_contractions marks the first
     # n_parallel loops of the plan)
-    from polydl.optimize.target import resolve
+    from polydl.target import resolve
 
     bound = gemm_bias_relu.ir.bind({"M": 64, "N": 256, "K": 1024})
     (c,) = find_all(bound)
@@ -262,7 +262,7 @@ def test_batch_tiles_candidates():
     avx2 = pd.ops.conv2d(1, 512, 512, 7, 7, 3, 3, padding=1, layout="nchwc", block=16)
     (c2,) = find_all(avx2.ir.bind({}))
     assert plans.batch_tiles(c2, 16, 16, 128 * 1024) == [(16, "cb", 8)]
-    from polydl.optimize.target import PRESETS
+    from polydl.target import PRESETS
 
     assert plans.panel_budget(PRESETS["icelake-server"]) == 320 * 1024
     assert plans.panel_budget(PRESETS["znver3"]) == 128 * 1024

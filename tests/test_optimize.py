@@ -272,8 +272,8 @@ def test_even_row_blocks_ranked(threads):
     """256 rows: 96-row calls leave a 64-row edge (a nest of its own); 128-row calls split the
     rows evenly over 2 threads. Both are ranked; whichever wins computes the same product."""
     from polydl.optimize.plan import micro_blocks, ranked, row_blocks
-    from polydl.optimize.target import resolve
     from polydl.pipeline import bind_sizes
+    from polydl.target import resolve
 
     kern = pd.ops.matmul(256, 196, 64)
     bound = bind_sizes(kern.ir, {})

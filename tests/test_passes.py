@@ -11,8 +11,8 @@ from kernels import gemm_bias_relu, gemm_bt
 import polydl as pd
 from polydl.ir import interp, poly
 from polydl.ir.verify import verify
-from polydl.optimize.target import resolve
-from polydl.pipeline import bind_sizes, brgemm_isa, lower_contractions
+from polydl.pipeline import bind_sizes, lower_contractions
+from polydl.target import resolve
 from polydl.transform.coalesce import coalesce_columns
 from polydl.transform.gather import gather_operands
 from polydl.transform.pack import pack_operands
@@ -76,7 +76,7 @@ def test_lowering_and_packing(case, threads, monkeypatch):
     monkeypatch.setattr("polydl.transform.pack.WIDE_ROW_BYTES", 0)  # pack the small B too
     k = gather_operands(CASES[case](), guarded=True)
     tgt = resolve(None)
-    low = lower_contractions(k, brgemm_isa(tgt.llvm_cpu), target=tgt, threads=threads).kernel
+    low = lower_contractions(k, tgt.isa, target=tgt, threads=threads).kernel
     assert any(s.micro for s in low.statements) or case == "strided padded 3x3"
     same(k, low)
     sched = poly.union(poly.schedule(low, s) for s in low.statements)

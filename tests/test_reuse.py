@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from polydl.analysis import reuse
 from polydl.ir import nodes as N
-from polydl.optimize.target import PRESETS
+from polydl.target import PRESETS
 
 ICE = PRESETS["icelake-server"]
 ZEN = PRESETS["znver3"]

@@ -14,7 +14,7 @@ from polydl.errors import DependenceError
 from polydl.ir import poly
 from polydl.optimize import cost as C
 from polydl.optimize import search
-from polydl.optimize.target import PRESETS
+from polydl.target import PRESETS
 
 ICE = PRESETS["icelake-server"]
 ZEN = PRESETS["znver3"]
@@ -71,7 +71,7 @@ def test_l1_tiling_cheaper_than_l2_tiling():
 
 def test_cost_by_hand():
     """GEMM 64^3 (f32) as ``j/16 i/16 | micro`` (k whole in the call) on a small machine."""
-    from polydl.optimize.target import Cache, Target
+    from polydl.target import Cache, Target
 
     kib = 1024
     tgt = Target(

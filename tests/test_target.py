@@ -7,9 +7,9 @@ import os
 
 import pytest
 
+from polydl import target as T
 from polydl.codegen import jit
 from polydl.errors import TargetError
-from polydl.optimize import target as T
 
 K, M = 1024, 1024 * 1024
 

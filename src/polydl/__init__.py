@@ -8,8 +8,8 @@ from .dsl.kernel import kernel
 from .dsl.types import f32, f64
 from .errors import BoundsError, DSLError, PolyDLError, TargetError
 from .memory import aligned, empty, zeros
-from .optimize.target import Target
 from .partition import partition
+from .target import Target
 
 __all__ = [
     "nn",

@@ -242,7 +242,7 @@ def _gathered_bytes(kernel) -> int:
 @functools.cache
 def _cache_share_bytes() -> int:
     """One core's share of the host's largest cache."""
-    from .optimize.target import resolve
+    from .target import resolve
 
     t = resolve(None)
     return max((t.capacity(c, t.cores) for c in t.caches), default=1 << 20)

@@ -102,11 +102,9 @@ def conv_shape(H: int, W: int, R: int, S: int, stride, padding) -> tuple[int, in
 def default_block() -> int:
     """Channels per block of the blocked layouts on this host: two vector registers of f32
     (16 with AVX2, 32 with AVX-512): one microkernel row is then two vectors wide."""
-    from .codegen import jit
-    from .kernels import FAMILIES
-    from .pipeline import brgemm_isa
+    from .target import host
 
-    return 2 * FAMILIES[brgemm_isa(jit.host_cpu())].vector_width
+    return 2 * host().family.vector_width
 
 
 def conv_block(Q: int, P: int | None = None) -> int:

@@ -97,7 +97,7 @@ def compile_kernel(
     threads = default_threads() if threads is None else int(threads)
     if threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads}")
-    from .optimize.target import resolve
+    from .target import resolve
 
     tgt = resolve(target)
     cpu = tgt.llvm_cpu
@@ -118,7 +118,7 @@ def compile_kernel(
                 candidates.append(wide)
         # 4. Contractions become BRGEMM calls on blocks; the cost model ranks the loops around
         #    them (order, tiles, parallel loops) for the target's caches and cores.
-        isa = brgemm_isa(cpu)
+        isa = tgt.isa  # the BRGEMM family: the target's (kernels/isa.select_isa on its features)
         record = None
         if optimize:
             bound, low = _cheapest(
@@ -232,14 +232,6 @@ def _scratch_bytes(tgt) -> int:
     private = [c.size_bytes for c in tgt.caches if not c.shared]
     shared = [c.size_bytes // tgt.cores for c in tgt.caches if c.shared]
     return max([*private, min(max(shared, default=0), 8 << 20)], default=256 * 1024)
-
-
-def brgemm_isa(cpu: str) -> str:
-    """The BRGEMM family for code compiled for ``cpu`` (the host's best one for the host)."""
-    from .kernels import select_isa
-
-    feats = jit.host_features() if cpu == jit.host_cpu() else jit.cpu_features(cpu)
-    return select_isa(feats).name
 
 
 def lower_contractions(

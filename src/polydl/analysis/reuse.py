@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..ir import nodes, poly
-from ..optimize.target import Cache, Target, resolve
+from ..target import Cache, Target, resolve
 
 DTYPE_BYTES = {"f32": 4, "f64": 8}
 LINE_BYTES = 64  # a cache line: the unit in which a short run of a footprint is brought in

@@ -55,6 +55,13 @@ class IsaFamily:
     def vty(self) -> str:
         return f"<{self.vector_width} x float>"
 
+    @property
+    def register_tile(self) -> tuple[int, int]:
+        """(rows, columns) of the widest register tile :func:`plan` uses: the accumulator budget
+        shared by ``max_col_vectors`` vectors per row (AVX-512 6x64, AVX2 6x16, generic 6x8).
+        The optimiser sizes its calls by it (``optimize/plan.micro_blocks``)."""
+        return self.acc_budget // self.max_col_vectors, self.max_col_vectors * self.vector_width
+
 
 FAMILIES: dict[str, IsaFamily] = {
     f.name: f

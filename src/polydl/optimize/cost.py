@@ -61,7 +61,7 @@ from dataclasses import dataclass
 
 from ..analysis.reuse import Footprint, Level, analyzer
 from ..ir import nodes
-from .target import Target, resolve
+from ..target import Target, resolve
 
 # in-core constants of the call model (cycles): issue ports of loads, and the bookkeeping around
 # the FMAs that does not overlap with them. The overheads are estimates (a call's entry and

@@ -111,10 +111,6 @@ def default_plan(c: Contraction, lanes: int) -> BlockPlan | None:
     return first
 
 
-# Register tiles of the microkernels (``kernels/isa.py`` ``plan``), by vector width:
-# (rows of a tile, widest efficient tile in columns). AVX-512: 6x64 (12x32 when n = 32);
-# AVX2: 6x16; generic: 6x8.
-TILES = {16: (6, 64), 8: (6, 16), 4: (6, 8)}
 MAX_BM = 96  # rows of one call: 16 tiles of 6 rows (8 of 12)
 MAX_BM_EVEN = 128  # rows of one call when that divides the rows evenly (row_blocks)
 
@@ -123,8 +119,12 @@ def micro_blocks(c: Contraction, lanes: int) -> tuple[int, int, int]:
     """(bm, bn, bk) of one call: columns a multiple of the widest efficient register tile of the
     ISA (the whole extent when it is at most that wide), rows a multiple of the tile rows (the
     whole extent up to 128), the largest reduction block <= MAX_BK."""
+    from ..kernels import FAMILIES
+
     ext_m, ext_n, rows = c.extent(c.m), c.extent(c.n), c.rows_per_m
-    mr, nr = TILES.get(lanes, (6, 2 * lanes))
+    # the widest register tile of the family with these lanes (declared on the family)
+    tiles = [f.register_tile for f in FAMILIES.values() if f.vector_width == lanes]
+    mr, nr = tiles[0] if tiles else (6, 2 * lanes)
     bn = ext_n if ext_n <= max(nr, 4 * lanes) else nr
     if rows > 1:  # coalesced rows: whole runs of m_inner, about 100 rows per call
         bm = whole_rows(ext_m, rows)

@@ -46,8 +46,8 @@ from ..analysis.reuse import Level, analyzer, fmt_bytes
 from ..errors import DependenceError
 from ..ir import nodes, poly
 from ..ir.poly import params_text
+from ..target import Target, resolve
 from .cost import Call, Cost, evaluate
-from .target import Target, resolve
 
 Loops = tuple[tuple[str, int], ...]
 Checker = Callable[..., object]

@@ -16,11 +16,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import TargetError
+from .errors import TargetError
 
-__all__ = ["ISAS", "PRESETS", "Cache", "Target", "host", "isa_of", "read_caches", "resolve"]
+__all__ = ["PRESETS", "Cache", "Target", "family", "host", "isa_of", "read_caches", "resolve"]
 
-ISAS = ("avx512", "avx2", "generic")
 _KIB = 1024
 _MIB = 1024 * 1024
 
@@ -58,8 +57,12 @@ class Target:
     utilization: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.isa not in ISAS:
-            raise TargetError(f"Target {self.name!r}: isa {self.isa!r} is not one of {ISAS}")
+        from .kernels.isa import FAMILIES
+
+        if self.isa not in FAMILIES:
+            raise TargetError(
+                f"Target {self.name!r}: isa {self.isa!r} is not one of {tuple(FAMILIES)}"
+            )
         if self.cores < 1 or self.vector_bits < 64 or self.vector_registers < 1:
             raise TargetError(f"Target {self.name!r}: cores, vector_bits, vector_registers")
         levels = [c.level for c in self.caches]
@@ -70,6 +73,17 @@ class Target:
                 f"Target {self.name!r}: byte_costs needs one weight per cache and one for "
                 f"memory ({len(self.caches) + 1}), got {len(self.byte_costs)}"
             )
+
+    @property
+    def family(self):
+        """The BRGEMM microkernel family of this target's ISA (``kernels/isa.py``): the one
+        place its vector width, registers and register tiles are declared."""
+        return family(self.isa)
+
+    @property
+    def register_tile(self) -> tuple[int, int]:
+        """(rows, columns) of the microkernels' widest register tile on this target."""
+        return self.family.register_tile
 
     def lanes(self, dtype_bytes: int = 4) -> int:
         """Vector lanes for elements of ``dtype_bytes`` bytes."""
@@ -104,14 +118,21 @@ class Target:
 # ---------------------------------------------------------------- presets
 
 
+def family(isa: str):
+    """The microkernel family named ``isa`` (``kernels/isa.FAMILIES``)."""
+    from .kernels.isa import FAMILIES
+
+    return FAMILIES[isa]
+
+
 def _preset(name, cpu, isa, caches, cores, costs, peak) -> Target:
-    bits, regs = {"avx512": (512, 32), "avx2": (256, 16), "generic": (128, 16)}[isa]
+    fam = family(isa)
     return Target(
         name=name,
         llvm_cpu=cpu,
         isa=isa,
-        vector_bits=bits,
-        vector_registers=regs,
+        vector_bits=32 * fam.vector_width,
+        vector_registers=fam.registers,
         fma=isa != "generic",
         caches=tuple(
             Cache(level=i + 1, size_bytes=s, shared=sh, line_bytes=64)
@@ -171,12 +192,11 @@ def _costs_for(n_caches: int) -> tuple[float, ...]:
 
 
 def isa_of(features: frozenset[str] | set[str]) -> str:
-    """The vector ISA family a set of LLVM CPU features supports."""
-    if "avx512f" in features:
-        return "avx512"
-    if "avx2" in features and "fma" in features:
-        return "avx2"
-    return "generic"
+    """The microkernel family a set of LLVM CPU features runs best (``kernels/isa.select_isa``:
+    the highest-priority family whose required features are all there)."""
+    from .kernels.isa import select_isa
+
+    return select_isa(frozenset(features)).name
 
 
 # ---------------------------------------------------------------- host detection
@@ -250,7 +270,7 @@ def host() -> Target:
     """The machine this process runs on (detected once)."""
     global _host
     if _host is None:
-        from ..codegen import jit
+        from .codegen import jit
 
         cpu = jit.host_cpu()
         feats = jit.host_features()
@@ -258,13 +278,13 @@ def host() -> Target:
         caches = read_caches()
         if not caches:  # no sysfs (containers, other OSes): a preset's or a generic hierarchy
             caches = PRESETS[cpu].caches if cpu in PRESETS else _generic_caches()
-        bits = {"avx512": 512, "avx2": 256, "generic": 128}[isa]
+        fam = family(isa)
         _host = Target(
             name="host",
             llvm_cpu=cpu,
             isa=isa,
-            vector_bits=bits,
-            vector_registers=32 if isa == "avx512" else 16,
+            vector_bits=32 * fam.vector_width,
+            vector_registers=fam.registers,
             fma="fma" in feats,
             caches=caches,
             cores=host_cores(),
@@ -303,17 +323,17 @@ def resolve(target: str | Target | None) -> Target:
         return host()
     if name in PRESETS:
         return PRESETS[name]
-    from ..codegen import jit
+    from .codegen import jit
 
     isa = isa_of(jit.cpu_features(name))
-    bits = {"avx512": 512, "avx2": 256, "generic": 128}[isa]
+    fam = family(isa)
     caches = _generic_caches()
     return Target(
         name=name,
         llvm_cpu=name,
         isa=isa,
-        vector_bits=bits,
-        vector_registers=32 if isa == "avx512" else 16,
+        vector_bits=32 * fam.vector_width,
+        vector_registers=fam.registers,
         fma=isa != "generic",
         caches=caches,
         cores=host_cores(),
