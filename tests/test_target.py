@@ -148,3 +148,29 @@ def test_fit_and_capacity():
     assert ice.capacity(l3, threads=4) == 15 * M and ice.capacity(l2, threads=4) == l2.size_bytes
     assert ice.fit(20 * M, threads=4) is None and ice.fit(20 * M, threads=1) is l3
     assert ice.byte_cost(l1) == 1.0 and ice.byte_cost(None) == ice.byte_costs[-1]
+
+
+def test_isa_facts_come_from_the_microkernel_families():
+    """One declaration: a target's vector width, registers and register tile are its BRGEMM
+    family's (kernels/isa.py), and its ISA is the family select_isa picks for its features."""
+    from polydl.kernels import FAMILIES, select_isa
+
+    for name, t in T.PRESETS.items():
+        fam = FAMILIES[t.isa]
+        assert t.family is fam and t.register_tile == fam.register_tile
+        assert t.vector_bits == 32 * fam.vector_width and t.vector_registers == fam.registers
+        assert t.isa == select_isa(jit.cpu_features(t.llvm_cpu)).name, name
+    assert FAMILIES["avx512"].register_tile == (6, 64)
+    assert FAMILIES["avx2"].register_tile == (6, 16)
+    assert FAMILIES["generic"].register_tile == (6, 8)
+
+
+def test_cache_budgets_and_cost_constants():
+    ice, zen = T.PRESETS["icelake-server"], T.PRESETS["znver3"]
+    assert ice.private_bytes() == 1280 * K and zen.private_bytes() == 512 * K
+    assert ice.panel_bytes() == 320 * K and zen.panel_bytes() == 128 * K
+    assert ice.share_bytes() == 60 * M // 40  # a core's share of the L3
+    assert ice.scratch_bytes() == 1536 * K  # that share, above the private L2
+    assert ice.l1_bytes_per_cycle == 128 and zen.l1_bytes_per_cycle == 64
+    slow = dataclasses.replace(zen, fma=False)
+    assert zen.fma_issue == 2 and slow.fma_issue == 1

@@ -239,13 +239,11 @@ def _gathered_bytes(kernel) -> int:
     return sum(math.prod(k.shape_of(t.name)) * 4 for t in k.temps)
 
 
-@functools.cache
 def _cache_share_bytes() -> int:
     """One core's share of the host's largest cache."""
-    from .target import resolve
+    from .target import host
 
-    t = resolve(None)
-    return max((t.capacity(c, t.cores) for c in t.caches), default=1 << 20)
+    return host().share_bytes()
 
 
 def _conv2d_rows(x, w, bias, pad, activation, threads, out) -> np.ndarray:

@@ -149,7 +149,7 @@ def compile_kernel(
         # 7. Widely strided B blocks that later calls read again are copied into dense scratch
         #    buffers once (transform/pack.py), at most an L2's worth.
         if optimize:
-            tree = pack_operands(lowered, tree, max_bytes=_scratch_bytes(tgt))
+            tree = pack_operands(lowered, tree, max_bytes=tgt.scratch_bytes())
     # 8. LLVM IR through the templates; JIT happens on first call (or asm on demand).
     ir = emit_module(lowered, tree, parallel=threaded, cpu=cpu, isa=isa, threads=threads)
     return CompiledKernel(
@@ -207,31 +207,17 @@ class Lowering:
     cost: float  # the chosen variants' predicted costs, summed
 
 
-# cycles of one instance of a statement left on the plain (scalar) path
-PLAIN_CYCLES = 2.0
-
-
 def _plain_cost(lowered: Kernel, target) -> float:
     """Cost-model units of the statements no BRGEMM call took (a guarded remainder nest),
-    copies of gathered operands aside: their bounding boxes' instances at PLAIN_CYCLES each, in
-    the L1 bytes a core loads per cycle (the unit of optimize/cost.py)."""
-    from .optimize.cost import LOAD_PORTS
-
+    copies of gathered operands aside: their bounding boxes' instances at the target's
+    ``plain_cycles`` each, in the L1 bytes a core loads per cycle (the unit of optimize/cost.py)."""
     temps = {t.name for t in lowered.temps}
-    per_cycle = LOAD_PORTS * target.vector_bits // 8
+    per_cycle = target.l1_bytes_per_cycle
     return sum(
-        poly.box_size(poly.domain(lowered, s)) * PLAIN_CYCLES * per_cycle
+        poly.box_size(poly.domain(lowered, s)) * target.plain_cycles * per_cycle
         for s in lowered.statements
         if s.micro is None and s.target.tensor not in temps
     )
-
-
-def _scratch_bytes(tgt) -> int:
-    """Scratch that packing may use per buffer: the target's L2 (its largest private cache), or
-    one core's share of a shared cache up to 8 MiB (the copy then streams from there, densely)."""
-    private = [c.size_bytes for c in tgt.caches if not c.shared]
-    shared = [c.size_bytes // tgt.cores for c in tgt.caches if c.shared]
-    return max([*private, min(max(shared, default=0), 8 << 20)], default=256 * 1024)
 
 
 def lower_contractions(

@@ -55,6 +55,17 @@ class Target:
     # share of a cache a working set may fill and still be counted as staying there (LRU with
     # streaming neighbours, conflict misses and the other tensors keep the rest busy)
     utilization: float = 1.0
+    # in-core constants of the cost model's call model (optimize/cost.py), in cycles: issue
+    # ports of loads and FMAs, and the bookkeeping around the FMAs that does not overlap with
+    # them (a call's entry and offset tables, a tile's setup, a batch element's pointer loads,
+    # one instance of a statement left on the scalar path). Estimates, not calibrated: they
+    # separate call shapes; conv variants of one layer share their call shape.
+    load_ports: int = 2
+    fma_ports: int = 2
+    call_cycles: float = 20.0
+    tile_cycles: float = 6.0
+    batch_cycles: float = 1.0
+    plain_cycles: float = 2.0
 
     def __post_init__(self) -> None:
         from .kernels.isa import FAMILIES
@@ -84,6 +95,38 @@ class Target:
     def register_tile(self) -> tuple[int, int]:
         """(rows, columns) of the microkernels' widest register tile on this target."""
         return self.family.register_tile
+
+    @property
+    def fma_issue(self) -> int:
+        """FMAs a core starts per cycle (1 without FMA units: a multiply and an add)."""
+        return self.fma_ports if self.fma else 1
+
+    @property
+    def l1_bytes_per_cycle(self) -> int:
+        """Bytes a core loads from L1 per cycle: the unit of the cost model's byte weights."""
+        return self.load_ports * self.vector_bits // 8
+
+    # ------------------------------------------------------------ cache budgets
+
+    def private_bytes(self) -> int:
+        """The largest private cache (L2): what one core keeps to itself."""
+        return max((c.size_bytes for c in self.caches if not c.shared), default=1 << 20)
+
+    def share_bytes(self) -> int:
+        """One core's share of the largest cache when every core runs."""
+        return max((self.capacity(c, self.cores) for c in self.caches), default=1 << 20)
+
+    def scratch_bytes(self) -> int:
+        """Scratch one packed operand buffer may take (transform/pack.py): the largest private
+        cache, or one core's share of a shared one up to 8 MiB (the copy then streams from
+        there, densely)."""
+        shared = [c.size_bytes // self.cores for c in self.caches if c.shared]
+        return max(self.private_bytes(), min(max(shared, default=0), 8 << 20))
+
+    def panel_bytes(self, share: int = 4) -> int:
+        """Bytes one BRGEMM call's B panel may take (optimize/plan.batch_tiles): a ``share``-th
+        of the largest private cache, the rest holding A, C and the next panel."""
+        return self.private_bytes() // share
 
     def lanes(self, dtype_bytes: int = 4) -> int:
         """Vector lanes for elements of ``dtype_bytes`` bytes."""

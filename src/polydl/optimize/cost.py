@@ -63,15 +63,6 @@ from ..analysis.reuse import Footprint, Level, analyzer
 from ..ir import nodes
 from ..target import Target, resolve
 
-# in-core constants of the call model (cycles): issue ports of loads, and the bookkeeping around
-# the FMAs that does not overlap with them. The overheads are estimates (a call's entry and
-# offset tables, a tile's setup, a batch element's pointer loads), not calibrated: they only
-# separate call shapes, and conv variants of one layer share their call shape.
-LOAD_PORTS = 2
-CALL_CYCLES = 20.0
-TILE_CYCLES = 6.0
-BATCH_CYCLES = 1.0
-
 
 @dataclass(frozen=True, kw_only=True)
 class LevelCost:
@@ -121,12 +112,12 @@ def call_model(
 
     fam = kisa.family(target.isa)
     blocking = kisa.plan(BrgemmConfig(m=m, n=n, k=k, ldb=n, ldc=n, beta=beta), fam)
-    fma_ports = 2 if target.fma else 1
-    cycles = CALL_CYCLES
+    fma_ports, load_ports = target.fma_issue, target.load_ports
+    cycles = target.call_cycles
     for g in blocking.groups:
-        per_k = max(g.mr * g.nv / fma_ports, (g.mr + g.nv) / LOAD_PORTS)
-        acc_io = g.mr * g.nv * (1 + beta) / LOAD_PORTS  # store (and load, beta = 1) of C
-        tile = k * batch * per_k + batch * BATCH_CYCLES + TILE_CYCLES + acc_io
+        per_k = max(g.mr * g.nv / fma_ports, (g.mr + g.nv) / load_ports)
+        acc_io = g.mr * g.nv * (1 + beta) / load_ports  # store (and load, beta = 1) of C
+        tile = k * batch * per_k + batch * target.batch_cycles + target.tile_cycles + acc_io
         cycles += g.i_count * g.j_count * tile
     first_cols = blocking.groups[0].j_start
     row_tiles = sum(g.i_count for g in blocking.groups if g.j_start == first_cols)
@@ -238,7 +229,7 @@ def evaluate(
             )
     core = 0.0
     if call is not None and levels:
-        core = e(len(levels) - 1) * call.cycles * LOAD_PORTS * target.vector_bits / 8
+        core = e(len(levels) - 1) * call.cycles * target.l1_bytes_per_cycle
     return Cost(
         total=core + total,
         levels=tuple(out),

@@ -158,8 +158,7 @@ BATCH_PANEL_SHARE = 4
 
 def panel_budget(target) -> int:
     """Bytes one call's B panel may take on ``target`` (see :data:`BATCH_PANEL_SHARE`)."""
-    private = [c.size_bytes for c in target.caches if not c.shared]
-    return max(private, default=1280 * 1024) // BATCH_PANEL_SHARE
+    return target.panel_bytes(BATCH_PANEL_SHARE)
 
 
 def batch_tiles(
