@@ -25,13 +25,13 @@ CASES = {
     "bmm": (lambda: bmm, dict(Bt=3, M=37, N=48, K=29), "skylake-avx512", 2),
     "gemm_transposed_b": (lambda: gemm_bt, dict(M=33, N=40, K=24), "icelake-server", 1),
     "conv_blocked": (
-        lambda: pd.ops.conv2d(1, 64, 64, 14, 14, 3, 3, padding=1, layout="nchwc"),
+        lambda: pd.ops.conv2d(1, 64, 64, 14, 14, 3, 3, padding=1, layout="nchwc", block=64),
         {},
         "icelake-server",
         2,
     ),
     "conv_blocked_stride2": (
-        lambda: pd.ops.conv2d(1, 64, 128, 14, 14, 1, 1, stride=2, layout="nchwc"),
+        lambda: pd.ops.conv2d(1, 64, 128, 14, 14, 1, 1, stride=2, layout="nchwc", block=64),
         {},
         "icelake-server",
         1,

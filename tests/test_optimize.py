@@ -159,19 +159,21 @@ def test_nn_errors():
 
 
 def test_rows_coalesce_into_one_run_or_groups():
-    one = pd.ops.conv2d(1, 32, 32, 7, 7, 1, 1, layout="nchwc").ir.bind({})
+    one = pd.ops.conv2d(1, 32, 32, 7, 7, 1, 1, layout="nchwc", block=32).ir.bind({})
     (c,) = find_all(one)
     assert (c.m, c.m_inner, c.rows_per_m) == ("p", "q", 7)
     assert c.row_groups() == {}  # a 1x1 stride-1 conv: the P*Q pixels are one run
-    strided = pd.ops.conv2d(1, 32, 32, 8, 8, 1, 1, stride=2, layout="nchwc").ir.bind({})
+    strided = pd.ops.conv2d(1, 32, 32, 8, 8, 1, 1, stride=2, layout="nchwc", block=32)
+    strided = strided.ir.bind({})
     (c2,) = find_all(strided)
     assert (c2.m, c2.m_inner) == ("p", "q")  # rows of 4 pixels, input rows 2 * 8 pixels apart
     assert c2.row_groups() == {"row_group": 4, "lda_group": 2 * 8 * 32, "ldc_group": 4 * 32}
-    padded = pd.ops.conv2d(1, 32, 32, 7, 7, 3, 3, padding=1, layout="nchwc").ir.bind({})
+    padded = pd.ops.conv2d(1, 32, 32, 7, 7, 3, 3, padding=1, layout="nchwc", block=32)
+    padded = padded.ir.bind({})
     (c3,) = find_all(padded)
     assert c3.row_groups() == {"row_group": 7, "lda_group": 9 * 32, "ldc_group": 7 * 32}
     # two images: the image n could group rows too, the run over the next row p wins
-    two = pd.ops.conv2d(2, 32, 32, 7, 7, 1, 1, layout="nchwc").ir.bind({})
+    two = pd.ops.conv2d(2, 32, 32, 7, 7, 1, 1, layout="nchwc", block=32).ir.bind({})
     (c4,) = find_all(two)
     assert (c4.m, c4.m_inner, c4.row_groups()) == ("p", "q", {}) and "n" in c4.outer
 

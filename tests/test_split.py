@@ -17,6 +17,7 @@ from kernels import numpy_conv
 import polydl as pd
 from polydl.ir.verify import verify
 from polydl.pipeline import bind_sizes, compile_kernel
+from polydl.target import host
 from polydl.transform.split import split_guards
 
 rng = np.random.default_rng(11)
@@ -96,13 +97,17 @@ def test_interior_and_borders_become_brgemm(threads):
     k, o, (x, w, b) = run(kern, (N, C, K, H, W, R, S, H, W), threads=threads)
     loops = k.show("loops")
     assert "brgemm(" in loops
-    # nothing is left on the plain path, and the calls are as wide as the output rows (or as
-    # the ISA's widest register tile): the border columns are not one-column calls
-    micro = [s.micro for s in k.kernel.statements]
+    # nothing is left on the plain path, and the border columns are not one-column calls: every
+    # call is at least half as wide as the ISA's widest register tile (or the output row)
+    # (or, where the cost model prefers it, the input is gathered: the copies are plain loops)
+    temps = {t.name for t in k.kernel.temps}
+    micro = [s.micro for s in k.kernel.statements if s.target.tensor not in temps]
     assert all(m is not None for m in micro), loops
-    assert min(m.n for m in micro) >= min(W - 1, 16)
+    widest = host().register_tile[1]
+    assert min(m.n for m in micro) >= min(W - 1, widest) // 2
     # the zero init folds into the first cells (beta = 0), bias and ReLU into the last ones
-    assert {m.beta for m in micro} == {0, 1}
+    # (one whole-image call after a gather: beta = 0 and the epilogue together)
+    assert {m.beta for m in micro} == ({0} if temps else {0, 1})
     assert any(m.bias == "b" and m.relu for m in micro)
     np.testing.assert_allclose(o, conv_ref(x, w, b, 1, 1, True), rtol=1e-4, atol=1e-4)
 

@@ -174,3 +174,27 @@ def test_cache_budgets_and_cost_constants():
     assert ice.l1_bytes_per_cycle == 128 and zen.l1_bytes_per_cycle == 64
     slow = dataclasses.replace(zen, fma=False)
     assert zen.fma_issue == 2 and slow.fma_issue == 1
+
+
+def test_emulated_host_by_environment():
+    """POLYDL_HOST picks the host CPU for the whole process (no monkeypatching): plans, code
+    and microkernels for a haswell on any machine that can run haswell code."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import polydl as pd, numpy as np; from polydl.target import host; "
+        "from polydl.kernels import select_isa; t = host(); "
+        "k = pd.compile(pd.ops.matmul(16, 32, 8), threads=1); "
+        "c = np.zeros((16, 32), np.float32); a = np.ones((16, 8), np.float32); "
+        "b = np.ones((8, 32), np.float32); k(c, a, b); "
+        "print(t.llvm_cpu, t.isa, select_isa().name, k.cpu, float(c.sum()))"
+    )
+    env = {**os.environ, "POLYDL_HOST": "haswell"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["haswell", "avx2", "avx2", "haswell", str(16 * 32 * 8.0)]
+    env["POLYDL_HOST"] = "no-such-cpu"
+    bad = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "POLYDL_HOST='no-such-cpu'" in bad.stderr

@@ -32,19 +32,45 @@ def _init() -> None:
 
 
 @functools.cache
+def emulated_host() -> str | None:
+    """``POLYDL_HOST``: an LLVM CPU this process takes as its host (plans for, compiles for and
+    reports the features of), e.g. ``haswell`` on an AVX-512 machine to run everything on the
+    AVX2 paths (``tests/avx2_host.py``). Its code must run here: its features must be a subset
+    of this machine's (``TargetError`` otherwise). Read once, at the first question."""
+    cpu = os.environ.get("POLYDL_HOST", "").strip()
+    return cpu or None
+
+
+@functools.cache
 def host_cpu() -> str:
     _init()
-    return llvm.get_host_cpu_name()
+    cpu = emulated_host()
+    if cpu is None:
+        return llvm.get_host_cpu_name()
+    real = frozenset(k for k, v in llvm.get_host_cpu_features().items() if v)
+    missing = cpu_features(cpu) - real
+    if not cpu_features(cpu) or missing:
+        raise TargetError(
+            f"POLYDL_HOST={cpu!r}: "
+            + (f"needs {sorted(missing)}, which this machine lacks" if missing else "unknown CPU")
+        )
+    return cpu
 
 
 @functools.cache
 def host_features() -> frozenset[str]:
     _init()
+    if emulated_host() is not None:
+        return cpu_features(host_cpu())
     return frozenset(k for k, v in llvm.get_host_cpu_features().items() if v)
 
 
 def host_feature_string() -> str:
+    """The LLVM feature string of the host (empty for an emulated host: its CPU's defaults)."""
     _init()
+    if emulated_host() is not None:
+        host_cpu()  # validates it
+        return ""
     return llvm.get_host_cpu_features().flatten()
 
 
