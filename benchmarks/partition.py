@@ -22,12 +22,12 @@ import argparse
 import os
 import time
 
-from polydl.partition.api import solve
 from polydl.partition.baselines import metis_available
 from polydl.partition.bounds import bounds
-from polydl.partition.cost import CostModel, identical_devices
 from polydl.partition.models import builtin
-from polydl.partition.plan import build_problem
+from polydl.partition.partitioner import solve
+from polydl.partition.problem import build_problem
+from polydl.partition.roofline import CostModel, identical_devices
 
 
 def main() -> None:

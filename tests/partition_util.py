@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from polydl.partition.plan import stage_costs
+from polydl.partition.problem import stage_costs
 
 
 def general_optimum(p) -> float:

@@ -14,9 +14,10 @@ import pytest
 import polydl as pd
 from polydl.errors import PartitionError, PolyDLError
 from polydl.partition import Device, builtin, from_networkx, partition
-from polydl.partition.cost import CostModel, load_devices, parse_quantity
-from polydl.partition.pipeline import balanced_split
-from polydl.partition.plan import build_problem, make_plan
+from polydl.partition.contiguous import balanced_split
+from polydl.partition.placement import make_plan
+from polydl.partition.problem import build_problem
+from polydl.partition.roofline import CostModel, load_devices, parse_quantity
 
 PLAN_KEYS = {
     "model",

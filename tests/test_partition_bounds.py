@@ -13,10 +13,11 @@ from partition_util import general_optimum
 from polydl.partition import Device, from_networkx, partition
 from polydl.partition import milp as milp_module
 from polydl.partition.bounds import bounds, lower_bound, min_cut, window_cut_bound, work_bound
-from polydl.partition.cost import CostModel
 from polydl.partition.milp import milp_bound
-from polydl.partition.plan import build_problem, make_plan, stage_costs
+from polydl.partition.placement import make_plan
+from polydl.partition.problem import build_problem, stage_costs
 from polydl.partition.refine import refine
+from polydl.partition.roofline import CostModel
 
 
 def chain_graph(rng: random.Random, n: int) -> nx.DiGraph:

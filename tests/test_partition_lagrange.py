@@ -13,9 +13,9 @@ from partition_util import general_optimum
 
 from polydl.partition import Device, from_networkx, lagrange, partition
 from polydl.partition.bounds import bounds, window_cut_bound, work_bound
-from polydl.partition.cost import CostModel
-from polydl.partition.pipeline import contiguous_optimum
-from polydl.partition.plan import build_problem
+from polydl.partition.contiguous import contiguous_optimum
+from polydl.partition.problem import build_problem
+from polydl.partition.roofline import CostModel
 
 
 def random_dag(rng: random.Random, n: int) -> nx.DiGraph:

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_show(sub)
     try:
-        from .partition.cli import add_parser as _add_partition
+        from .partition.command import add_parser as _add_partition
     except ImportError:  # the partitioner is optional at import time
         _add_partition = None
     if _add_partition is not None:

@@ -5,11 +5,11 @@ compute, communication and memory, the bottleneck stage time and a lower bound. 
 ``polydl partition --help`` for the command line. torch and matplotlib are imported lazily.
 """
 
-from .api import load_model, make_devices, partition
-from .cost import CostModel, Device, load_devices
 from .graph import GraphBuilder, ModelGraph, from_networkx
 from .models import BUILTIN, builtin
-from .plan import Plan
+from .partitioner import load_model, make_devices, partition
+from .placement import Plan
+from .roofline import CostModel, Device, load_devices
 
 __all__ = [
     "partition",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PartitionError
-from .plan import Problem
+from .problem import Problem
 
 
 def metis_available() -> bool:

@@ -54,24 +54,11 @@ import math
 
 import numpy as np
 
-from .plan import Problem
+from .problem import Problem, edge_costs, node_times  # noqa: F401 (node_times, edge_costs: re-exported)
 
 MAX_WINDOW = 160  # nodes; Stoer-Wagner is O(m^3) per window
 MAX_WORK = 6e6  # sum of m^2 Stoer-Wagner steps over all windows of one problem
 STEPS = 14  # values of L tried
-
-
-def node_times(p: Problem) -> np.ndarray:
-    """``t(v)``: each node's compute time on its fastest device."""
-    return p.times.min(axis=0)
-
-
-def edge_costs(p: Problem) -> np.ndarray:
-    """``c(e)``: the cheapest charge of each edge, when cut, to one of its devices."""
-    lat = np.array([d.link_latency for d in p.devices])
-    bw = np.array([d.link_bandwidth for d in p.devices])
-    per_dev = lat[:, None] + p.eb[None, :] / bw[:, None]
-    return p.cost.transfers * per_dev.min(axis=0) if len(p.eb) else np.zeros(0)
 
 
 def work_bound(p: Problem) -> float:
@@ -235,8 +222,8 @@ def bounds(p: Problem) -> dict[str, float | None]:
     cached = p.cache.get("bounds")
     if cached is None:
         from . import lagrange
+        from .contiguous import contiguous_optimum
         from .milp import milp_bound
-        from .pipeline import contiguous_optimum
 
         cached = {"work": work_bound(p), "window_cut": window_cut_bound(p)}
         known = max(cached.values())

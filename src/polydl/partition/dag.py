@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .pipeline import balanced_split
-from .plan import Problem
+from .contiguous import balanced_split
+from .problem import Problem
 
 Adj = list[dict[int, float]]
 

@@ -13,7 +13,7 @@ import socket
 from typing import Any
 
 from ..errors import PartitionError
-from .plan import Plan
+from .placement import Plan
 
 
 def _free_port() -> int:

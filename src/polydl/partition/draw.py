@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import networkx as nx
 
-from .plan import Plan
+from .placement import Plan
 
 
 def layered_positions(g: nx.DiGraph) -> dict[str, tuple[float, float]]:

@@ -59,7 +59,7 @@ import time
 
 import numpy as np
 
-from .plan import Problem
+from .problem import Problem, edge_costs, node_times
 
 MAX_NODES = 1000  # O(n^2) interval table, O(n) steps of the program per evaluation
 MAX_FRONTIER = 8  # 2^f states per position
@@ -77,7 +77,6 @@ class _Graph:
     """Node times, edge costs and the frontier structure along the topological order."""
 
     def __init__(self, p: Problem) -> None:
-        from .bounds import edge_costs, node_times
 
         self.n, self.k = p.n, p.k
         self.t = node_times(p)

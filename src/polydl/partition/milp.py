@@ -1,6 +1,6 @@
 """Lower bound 3: the dual bound of an exact mixed-integer program for the bottleneck.
 
-Formulation (every index as in :class:`~polydl.partition.plan.Problem`; ``d`` ranges over the K
+Formulation (every index as in :class:`~polydl.partition.problem.Problem`; ``d`` ranges over the K
 devices, ``v`` over the n nodes, ``e = (u, w)`` over the E edges)::
 
     minimise   B
@@ -14,8 +14,8 @@ devices, ``v`` over the n nodes, ``e = (u, w)`` over the E edges)::
                  + q[d] <= memory_limit(d) * (1 + 1e-12)
                x binary, y >= 0, q >= 0
 
-This is exactly the plan evaluation of :func:`~polydl.partition.plan.stage_costs` and the memory
-check of :func:`~polydl.partition.plan.make_plan`, for *any* assignment of nodes to devices (parts
+This is exactly the plan evaluation of :func:`~polydl.partition.problem.stage_costs` and the memory
+check of :func:`~polydl.partition.placement.make_plan`, for *any* assignment of nodes to devices (parts
 need not be contiguous, devices may stay empty): an edge is cut iff its ends lie on different
 devices, and then it is charged ``latency_d + bytes / bandwidth_d`` (times ``transfers``) to each of
 its two devices ``d`` -- which is exactly ``|x[u, d] - x[w, d]|`` summed with that weight over all
@@ -56,7 +56,7 @@ import os
 
 import numpy as np
 
-from .plan import Problem
+from .problem import Problem
 
 MAX_NODES = 600
 SAFETY = 1e-6

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .plan import Problem
+from .problem import Problem
 
 
 class _State:

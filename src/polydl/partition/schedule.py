@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PartitionError
-from .plan import Plan
+from .placement import Plan
 
 
 @dataclass(frozen=True, kw_only=True)

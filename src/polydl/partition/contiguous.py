@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import PartitionError
-from .plan import Problem, fmt_bytes
+from .problem import Problem, fmt_bytes
 
 Progress = Callable[[int, int], None]
 

@@ -12,10 +12,12 @@ import networkx as nx
 import numpy as np
 
 from ..errors import PartitionError
-from .cost import CostModel, Device, KernelTime, identical_devices, load_devices, parse_quantity
+from .contiguous import parameters_partition, pipeline_partition, uniform_partition
 from .graph import ModelGraph, from_networkx
-from .pipeline import parameters_partition, pipeline_partition, uniform_partition
-from .plan import Plan, Problem, build_problem, make_plan
+from .placement import Plan
+from .placement import make_plan as _make_plan
+from .problem import Problem, build_problem
+from .roofline import CostModel, Device, KernelTime, identical_devices, load_devices, parse_quantity
 
 ALGORITHMS = ("pipeline", "dag", "auto", "uniform", "parameters", "metis")
 
@@ -93,7 +95,17 @@ def solve(
     imbalance: float = 0.03,
     progress: Callable[[int, int], None] | None = None,
 ) -> Plan:
-    """Run one algorithm on a built problem."""
+    """Run one algorithm on a built problem (its plan carries the proven lower bound)."""
+    from .bounds import lower_bound
+
+    bound = lower_bound(p)
+    return _solve(p, algorithm, bound, imbalance=imbalance, progress=progress)
+
+
+def _solve(p: Problem, algorithm: str, bound: float, *, imbalance: float, progress) -> Plan:
+    def make_plan(p, assign, name):
+        return _make_plan(p, assign, name, lower_bound=bound)
+
     if algorithm == "pipeline":
         plan = make_plan(p, pipeline_partition(p, progress), "pipeline")
         return replace(plan, contiguous_optimum_s=plan.bottleneck_s)
@@ -115,7 +127,7 @@ def solve(
         from .dag import dag_partition
         from .refine import refine
 
-        pipe = solve(p, "pipeline", progress=progress)
+        pipe = _solve(p, "pipeline", bound, imbalance=imbalance, progress=progress)
         start = np.array([pipe.nodes[v]["device"] for v in p.order], dtype=np.int64)
         plans = [pipe, make_plan(p, refine(p, start), "auto")]
         try:

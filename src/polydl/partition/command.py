@@ -88,9 +88,9 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .api import load_model, make_devices, solve
-    from .cost import CostModel
-    from .plan import build_problem
+    from .partitioner import load_model, make_devices, solve
+    from .problem import build_problem
+    from .roofline import CostModel
 
     if args.micro_batches < 1:
         raise PartitionError(f"--micro-batches: expected a positive int, got {args.micro_batches}")
