@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polydl.codegen import jit
+from polydl import jit
 from polydl.kernels import FAMILIES, BrgemmConfig, generate, reference, select_isa
 from polydl.kernels.generator import environment
 from polydl.kernels.isa import compile_target

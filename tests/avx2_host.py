@@ -4,7 +4,7 @@
 
 On an AVX-512 machine this checks that nothing assumes AVX-512 (ISA family, layout blocks,
 microkernel choice); the code compiled for ``haswell`` still runs here. It sets
-``POLYDL_HOST=haswell`` (``codegen/jit.emulated_host``): the host Target, the JIT and the
+``POLYDL_HOST=haswell`` (``polydl/jit.emulated_host``): the host Target, the JIT and the
 microkernel selection all see a haswell; nothing is monkeypatched. Not collected by pytest.
 """
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from polydl.codegen import jit
+from polydl import jit
 from polydl.errors import PolyDLError
 from polydl.kernels import FAMILIES, FORMS, BrgemmConfig, compile_brgemm, reference
 

@@ -10,7 +10,7 @@ import jinja2
 import numpy as np
 import pytest
 
-from polydl.codegen import jit
+from polydl import jit
 from polydl.errors import TargetError
 from polydl.kernels import (
     FAMILIES,

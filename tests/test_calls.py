@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import polydl as pd
-from polydl.codegen import jit
+from polydl import jit
 
 
 @pd.kernel

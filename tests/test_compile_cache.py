@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 import polydl as pd
+from polydl import jit
 from polydl.analysis import deps
-from polydl.codegen import jit, llvm
+from polydl.codegen import llvm
 from polydl.ir import poly
 from polydl.optimize import search
 from polydl.pipeline import bind_sizes

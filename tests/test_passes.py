@@ -122,3 +122,30 @@ def test_a_wrong_rewrite_shows():
     )
     with pytest.raises(AssertionError):
         same(k, broken)
+
+
+def test_threads_pass_collapses_and_marks():
+    """transform/threads.py: a 3-trip parallel loop over 2 threads is collapsed with the 7-trip
+    one inside (21 iterations, threaded); with one thread nothing changes; the interpreter
+    gives the same results on the rewritten tree."""
+    from polydl.ir import loops as L
+    from polydl.transform.threads import assign_threads
+
+    @pd.kernel
+    def scale(X: pd.f32[3, 7, 5]):
+        for i in range(3):
+            for j in range(7):
+                for k in range(5):
+                    X[i, j, k] *= 2.0
+
+    k = bind_sizes(scale.ir, {})
+    from polydl.analysis.deps import parallel_dims
+
+    dims = parallel_dims(k)
+    sched = poly.union(poly.schedule(k, s) for s in k.statements)
+    tree = poly.ast(sched, poly.context(k), {s.name: dims for s in k.statements})
+    assert assign_threads(tree, threads=1, sizes={}) is tree
+    out = assign_threads(tree, threads=2, sizes={})
+    threaded = [n for n in L.walk(out) if isinstance(n, L.For) and n.threaded]
+    assert len(threaded) == 1 and threaded[0].upper() == L.Int(value=21)
+    same(k, k, tree=out)

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
+from polydl import jit
 from polydl import target as T
-from polydl.codegen import jit
 from polydl.errors import TargetError
 
 K, M = 1024, 1024 * 1024

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from .codegen import jit
+from . import jit
 from .codegen.compiled import CompiledKernel
 from .codegen.llvm import emit_module
 from .errors import DSLError, where
@@ -25,6 +25,7 @@ from .transform.coalesce import coalesce_columns
 from .transform.gather import copy_cost, gather_operands
 from .transform.pack import pack_operands
 from .transform.split import split_guards
+from .transform.threads import assign_threads
 
 # isl contexts are not thread-safe: one compilation at a time walks isl.
 _isl_lock = threading.RLock()
@@ -150,7 +151,11 @@ def compile_kernel(
         #    buffers once (transform/pack.py), at most an L2's worth.
         if optimize:
             tree = pack_operands(lowered, tree, max_bytes=tgt.scratch_bytes())
-    # 8. LLVM IR through the templates; JIT happens on first call (or asm on demand).
+        # 8. Which parallel loops run as parallel regions, collapsed where that balances the
+        #    threads better (transform/threads.py): every threading decision after the schedule.
+        if threaded:
+            tree = assign_threads(tree, threads=threads, sizes=lowered.size_values)
+    # 9. LLVM IR through the templates; JIT happens on first call (or asm on demand).
     ir = emit_module(lowered, tree, parallel=threaded, cpu=cpu, isa=isa, threads=threads)
     return CompiledKernel(
         kernel=lowered, tree=tree, llvm_ir=ir, cpu=cpu, threads=threads, schedule=record

@@ -313,7 +313,7 @@ def host() -> Target:
     """The machine this process runs on (detected once)."""
     global _host
     if _host is None:
-        from .codegen import jit
+        from . import jit
 
         cpu = jit.host_cpu()
         feats = jit.host_features()
@@ -366,7 +366,7 @@ def resolve(target: str | Target | None) -> Target:
         return host()
     if name in PRESETS:
         return PRESETS[name]
-    from .codegen import jit
+    from . import jit
 
     isa = isa_of(jit.cpu_features(name))
     fam = family(isa)

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import jit
 from ..ir import loops as L
 from ..ir.nodes import Kernel, ScalarArg, TensorArg
-from . import jit
 from .llvm import ENTRY
 
 NP_DTYPE = {"f32": np.dtype(np.float32), "f64": np.dtype(np.float64)}

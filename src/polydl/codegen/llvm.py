@@ -247,10 +247,8 @@ class ModuleEmitter:
 
     def node(self, n: L.Node, fn: _Fn, path: list[str], in_parallel: bool) -> str:
         if isinstance(n, L.For):
-            if self.parallel and n.parallel and not in_parallel:
-                n = self.collapsed(n)
-                if self.worth_threads(n):
-                    return self.parallel_for(n, fn, path)
+            if self.parallel and n.threaded and not in_parallel:
+                return self.parallel_for(n, fn, path)
             fn.allocas.add(n.var)
             init = self.int_code(n.init, {})
             body = self.nodes(n.body, fn, [*path, n.var], in_parallel)
@@ -290,38 +288,6 @@ class ModuleEmitter:
             f"  store <{n.count} x {ty}> {v}, ptr {dst}, align 4",
         ]
         return "\n".join(x for x in code if x)
-
-    def trips(self, n: L.For) -> int | None:
-        """The loop's trip count when its bounds are constants."""
-        hi = n.upper()
-        lo_c = self.const(n.init, {})
-        hi_c = self.const(hi, {}) if hi is not None else None
-        if lo_c is None or hi_c is None:
-            return None
-        return max(0, -(-(hi_c - lo_c) // n.step))
-
-    def collapsed(self, n: L.For) -> L.For:
-        """``n`` and the parallel loop right inside it as one loop, when both have constant
-        trip counts and the outer one alone would balance poorly over the threads."""
-        if len(n.body) != 1 or not isinstance(n.body[0], L.For) or not n.body[0].parallel:
-            return n
-        inner = n.body[0]
-        t1, t2 = self.trips(n), self.trips(inner)
-        if t1 is None or t2 is None or (t1 % self.threads == 0 and t1 >= self.threads):
-            return n
-        return L.collapse(n, inner, t1, t2)
-
-    def worth_threads(self, n: L.For) -> bool:
-        """Thread this loop, or leave it to a parallel loop inside with better balance?"""
-        if n.upper() is None:
-            return False
-        trips = self.trips(n)
-        if trips is None:
-            return True
-        if trips >= self.threads and (trips % self.threads == 0 or trips >= 4 * self.threads):
-            return True
-        inner = any(isinstance(x, L.For) and x.parallel for x in L.walk(n.body))
-        return not inner and trips >= 2
 
     def parallel_for(self, n: L.For, fn: _Fn, path: list[str]) -> str:
         """Outline ``n`` into a region run by every thread on its chunk of iterations."""

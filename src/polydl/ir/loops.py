@@ -82,6 +82,7 @@ class For:
     step: int
     body: tuple[Node, ...]
     parallel: bool = False  # no dependence is carried by this loop
+    threaded: bool = False  # runs as a parallel region (transform/threads.py decides)
 
     def upper(self) -> IExpr | None:
         """The exclusive upper bound when ``cond`` is ``var < e`` or ``var <= e``, else None."""
@@ -153,7 +154,7 @@ def to_c(nodes: tuple[Node, ...], stmt_text: dict[str, str] | None = None, inden
     out: list[str] = []
     for n in nodes:
         if isinstance(n, For):
-            if n.parallel:
+            if n.threaded:
                 out.append(f"{pad}#pragma omp parallel for")
             step = f"{n.var} += {n.step}" if n.step != 1 else f"{n.var}++"
             out.append(f"{pad}for (int {n.var} = {n.init}; {n.cond}; {step}) {{")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ..codegen import jit
+from .. import jit
 from ..errors import TargetError
 from .config import BrgemmConfig
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..codegen import jit
+from .. import jit
 from ..errors import PolyDLError
 from .config import BrgemmConfig
 from .generator import KernelIR, generate

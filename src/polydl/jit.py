@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import llvmlite.binding as llvm
 
-from ..errors import TargetError
+from .errors import TargetError
 
 _lock = threading.Lock()
 
