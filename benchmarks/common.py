@@ -45,6 +45,19 @@ def interleaved(
     return {k: np.array(v) for k, v in times.items()}
 
 
+def layer_args(description: str, *, batch=(1, 8), threads=(1, 2), rounds: int = 5):
+    """The argument parser the ResNet-50 layer benchmarks share."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--batch", type=int, nargs="+", default=list(batch))
+    ap.add_argument("--threads", type=int, nargs="+", default=list(threads))
+    ap.add_argument("--layers", nargs="*", default=None)
+    ap.add_argument("--repeat", type=int, default=3, help="samples per contender per round")
+    ap.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds per layer")
+    return ap
+
+
 def geomean(r) -> float:
     return math.exp(float(np.mean(np.log(r)))) if len(r) else float("nan")
 

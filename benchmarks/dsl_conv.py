@@ -14,7 +14,6 @@ relative to its largest output.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import geomean, interleaved, resnet50_layers  # noqa: E402
+from common import geomean, interleaved, layer_args, resnet50_layers  # noqa: E402
 
 import polydl as pd  # noqa: E402
 
@@ -31,12 +30,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, nargs="+", default=[1])
-    ap.add_argument("--threads", type=int, nargs="+", default=[1])
-    ap.add_argument("--layers", nargs="*", default=None)
-    ap.add_argument("--repeat", type=int, default=3, help="samples per contender per round")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per layer")
+    ap = layer_args(__doc__.splitlines()[0], batch=(1,), threads=(1,))
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     layers = [r for r in resnet50_layers() if not args.layers or r["name"] in args.layers]

@@ -76,13 +76,14 @@ class ContractionSchedule:
     @property
     def order(self) -> str:
         """``k/96 pq/64 c/256 | micro``."""
-        return " ".join(v if b == 1 else f"{v}/{b}" for v, b in self.loops) + " | micro"
+        return _order(self.loops)
 
     @property
     def tiles(self) -> tuple[tuple[str, int], ...]:
-        """(iterator, step) of the tile loops: every loop of an iterator but its last."""
+        """(iterator, step) of the tile loops (every loop of an iterator but its last), by
+        iterator name."""
         last = {v: i for i, (v, _) in enumerate(self.loops)}
-        return tuple((v, b) for i, (v, b) in enumerate(self.loops) if last[v] != i)
+        return tuple(sorted((v, b) for i, (v, b) in enumerate(self.loops) if last[v] != i))
 
     def choice(self) -> ContractionSchedule:
         """The replayable part (no prediction)."""
@@ -181,27 +182,25 @@ def as_schedule(record) -> Schedule:
 # ---------------------------------------------------------------- the table
 
 
-def format_alternatives(rows: Sequence[ContractionSchedule]) -> str:
-    """Ranked alternatives as a table, in rank order (what ``show("variants")`` prints)."""
+def format_table(rows: Sequence[tuple]) -> str:
+    """The ranked-variants table: one row per ``(rank, loops, n_parallel, tiles, working sets,
+    cost)``, cheapest first (``show("variants")``; ``optimize/search.format_variants``)."""
     head = ("rank", "loop order", "tiles", "parallel", "working sets", "cost", "vs best")
     if not rows:
         return " | ".join(head) + "\n(no legal variant)"
-    best = (rows[0].predicted.cost if rows[0].predicted else 0.0) or 1.0
-    body = []
-    for r in rows:
-        p = r.predicted
-        cost = p.cost if p else float("nan")
-        body.append(
-            (
-                str(p.rank if p else "-"),
-                r.order,
-                " ".join(f"{v}:{b}" for v, b in r.tiles) or "-",
-                ",".join(v if b == 1 else f"{v}/{b}" for v, b in r.loops[: r.n_parallel]) or "-",
-                p.working_sets if p else "-",
-                f"{cost:.4g}",
-                f"{cost / best:.2f}x",
-            )
+    best = rows[0][5] or 1.0
+    body = [
+        (
+            str(rank),
+            _order(loops),
+            " ".join(f"{v}:{b}" for v, b in tiles) or "-",
+            ",".join(v if b == 1 else f"{v}/{b}" for v, b in loops[:n_par]) or "-",
+            ws or "-",
+            f"{cost:.4g}",
+            f"{cost / best:.2f}x",
         )
+        for rank, loops, n_par, tiles, ws, cost in rows
+    ]
     widths = [max(len(row[c]) for row in [head, *body]) for c in range(len(head))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
@@ -209,6 +208,27 @@ def format_alternatives(rows: Sequence[ContractionSchedule]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def format_alternatives(rows: Sequence[ContractionSchedule]) -> str:
+    """Ranked alternatives as a table, in rank order (what ``show("variants")`` prints)."""
+    return format_table(
+        [
+            (
+                r.predicted.rank if r.predicted else "-",
+                r.loops,
+                r.n_parallel,
+                r.tiles,
+                r.predicted.working_sets if r.predicted else "",
+                r.predicted.cost if r.predicted else float("nan"),
+            )
+            for r in rows
+        ]
+    )
+
+
+def _order(loops) -> str:
+    return " ".join(v if b == 1 else f"{v}/{b}" for v, b in loops) + " | micro"
 
 
 def format_schedule(s: Schedule) -> str:

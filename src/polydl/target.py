@@ -169,21 +169,12 @@ def family(isa: str):
 
 
 def _preset(name, cpu, isa, caches, cores, costs, peak) -> Target:
-    fam = family(isa)
-    return Target(
-        name=name,
-        llvm_cpu=cpu,
-        isa=isa,
-        vector_bits=32 * fam.vector_width,
-        vector_registers=fam.registers,
-        fma=isa != "generic",
-        caches=tuple(
-            Cache(level=i + 1, size_bytes=s, shared=sh, line_bytes=64)
-            for i, (s, sh) in enumerate(caches)
-        ),
-        cores=cores,
-        byte_costs=costs,
-        peak_gflops=peak,
+    levels = tuple(
+        Cache(level=i + 1, size_bytes=size, shared=sh, line_bytes=64)
+        for i, (size, sh) in enumerate(caches)
+    )
+    return _target(
+        name, cpu, isa, levels, fma=isa != "generic", costs=costs, cores=cores, peak=peak
     )
 
 
@@ -321,22 +312,33 @@ def host() -> Target:
         caches = read_caches()
         if not caches:  # no sysfs (containers, other OSes): a preset's or a generic hierarchy
             caches = PRESETS[cpu].caches if cpu in PRESETS else _generic_caches()
-        fam = family(isa)
-        _host = Target(
-            name="host",
-            llvm_cpu=cpu,
-            isa=isa,
-            vector_bits=32 * fam.vector_width,
-            vector_registers=fam.registers,
-            fma="fma" in feats,
-            caches=caches,
-            cores=host_cores(),
-            byte_costs=PRESETS[cpu].byte_costs
+        costs = (
+            PRESETS[cpu].byte_costs
             if cpu in PRESETS and len(PRESETS[cpu].caches) == len(caches)
-            else _costs_for(len(caches)),
-            peak_gflops=None,
+            else _costs_for(len(caches))
         )
+        _host = _target("host", cpu, isa, caches, fma="fma" in feats, costs=costs)
     return _host
+
+
+def _target(
+    name: str, cpu: str, isa: str, caches, *, fma: bool, costs=None, cores=None, peak=None
+) -> Target:
+    """A Target for ``cpu`` (its ISA's family gives the vector facts; ``cores``: this
+    machine's when not given)."""
+    fam = family(isa)
+    return Target(
+        name=name,
+        llvm_cpu=cpu,
+        isa=isa,
+        vector_bits=32 * fam.vector_width,
+        vector_registers=fam.registers,
+        fma=fma,
+        caches=caches,
+        cores=host_cores() if cores is None else cores,
+        byte_costs=costs if costs is not None else _costs_for(len(caches)),
+        peak_gflops=peak,
+    )
 
 
 def _generic_caches() -> tuple[Cache, ...]:
@@ -369,17 +371,4 @@ def resolve(target: str | Target | None) -> Target:
     from . import jit
 
     isa = isa_of(jit.cpu_features(name))
-    fam = family(isa)
-    caches = _generic_caches()
-    return Target(
-        name=name,
-        llvm_cpu=name,
-        isa=isa,
-        vector_bits=32 * fam.vector_width,
-        vector_registers=fam.registers,
-        fma=isa != "generic",
-        caches=caches,
-        cores=host_cores(),
-        byte_costs=_costs_for(len(caches)),
-        peak_gflops=None,
-    )
+    return _target(name, name, isa, _generic_caches(), fma=isa != "generic")

@@ -435,24 +435,7 @@ class ModuleEmitter:
         if packed_b is not None:
             b_offsets = tuple(i * mk.k * mk.n for i in range(len(mk.b_offsets)))
 
-        cfg = BrgemmConfig(
-            m=mk.m,
-            n=mk.n,
-            k=mk.k,
-            lda=mk.lda,
-            ldb=mk.ldb if packed_b is None else mk.n,
-            ldc=mk.ldc,
-            beta=mk.beta,
-            alpha=mk.alpha,
-            form="offset",
-            bias=mk.bias_kind,
-            relu=mk.relu,
-            isa=self.isa,
-            alpha_arg=mk.alpha_arg is not None,
-            row_group=mk.row_group,
-            lda_group=mk.lda_group,
-            ldc_group=mk.ldc_group,
-        ).normalized()
+        cfg = BrgemmConfig.of_call(mk, packed=packed_b is not None, isa=self.isa).normalized()
         sym = self.micro_symbols.get(cfg)
         if sym is None:
             sym, declarations, definition = _micro_ir(cfg)

@@ -139,28 +139,12 @@ class _Machine:
         from ..kernels import BrgemmConfig, reference
 
         a0, b0, c0 = (eval_int(x, env) for x in (mk.a_origin, mk.b_origin, mk.c_origin))
-        b_src, b_offs, ldb = self.flat[mk.b][b0:], mk.b_offsets, mk.ldb
+        b_src, b_offs = self.flat[mk.b][b0:], mk.b_offsets
         if packed_b is not None:
             buf, at = packed_b
             b_src = self.buffers[buf][eval_int(at, env) :]
-            b_offs, ldb = tuple(i * mk.k * mk.n for i in range(len(mk.b_offsets))), mk.n
-        cfg = BrgemmConfig(
-            m=mk.m,
-            n=mk.n,
-            k=mk.k,
-            lda=mk.lda,
-            ldb=ldb,
-            ldc=mk.ldc,
-            beta=mk.beta,
-            alpha=mk.alpha,
-            form="offset",
-            bias=mk.bias_kind,
-            relu=mk.relu,
-            alpha_arg=mk.alpha_arg is not None,
-            row_group=mk.row_group,
-            lda_group=mk.lda_group,
-            ldc_group=mk.ldc_group,
-        )
+            b_offs = tuple(i * mk.k * mk.n for i in range(len(mk.b_offsets)))
+        cfg = BrgemmConfig.of_call(mk, packed=packed_b is not None)
         bias = None
         if mk.bias is not None:
             bias = self.flat[mk.bias][eval_int(mk.bias_origin, env) :]

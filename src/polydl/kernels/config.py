@@ -121,6 +121,29 @@ class BrgemmConfig:
         elif self.lda_group is not None or self.ldc_group is not None:
             raise PolyDLError("BRGEMM lda_group/ldc_group need row_group")
 
+    @classmethod
+    def of_call(cls, mk, *, packed: bool = False, isa: str | None = None) -> BrgemmConfig:
+        """The offset-form kernel of one BRGEMM statement (an ``ir.nodes.Micro``); ``packed``:
+        its B blocks read from a dense copy (``ldb = n``, ``transform/pack.py``)."""
+        return cls(
+            m=mk.m,
+            n=mk.n,
+            k=mk.k,
+            lda=mk.lda,
+            ldb=mk.n if packed else mk.ldb,
+            ldc=mk.ldc,
+            beta=mk.beta,
+            alpha=mk.alpha,
+            form="offset",
+            bias=mk.bias_kind,
+            relu=mk.relu,
+            isa=isa,
+            alpha_arg=mk.alpha_arg is not None,
+            row_group=mk.row_group,
+            lda_group=mk.lda_group,
+            ldc_group=mk.ldc_group,
+        )
+
     def normalized(self) -> BrgemmConfig:
         """The same kernel with every default filled in (the cache key)."""
         lda = self.lda if self.lda is not None else self.k

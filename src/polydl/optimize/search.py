@@ -433,31 +433,16 @@ def ws_summary(v: Variant) -> str:
 
 
 def format_variants(variants: Sequence[Variant], top: int = 10) -> str:
-    """The variants as a table, cheapest first: what ``k.show("variants")`` prints."""
+    """The variants as a table, cheapest first (the table of ``k.show("variants")``)."""
+    from ..schedule import format_table
+
     rows = sorted(variants, key=_key)[:top]
-    head = ("rank", "loop order", "tiles", "parallel", "working sets", "cost", "vs best")
-    if not rows:
-        return " | ".join(head) + "\n(no legal variant)"
-    best = rows[0].cost.total or 1.0
-    body = [
-        (
-            str(i + 1),
-            v.order,
-            " ".join(f"{t}:{b}" for t, b in v.tiles) or "-",
-            ",".join(_label(*lp) for lp in v.loops[: v.n_parallel]) or "-",
-            ws_summary(v),
-            f"{v.cost.total:.4g}",
-            f"{v.cost.total / best:.2f}x",
-        )
-        for i, v in enumerate(rows)
-    ]
-    widths = [max(len(r[c]) for r in [head, *body]) for c in range(len(head))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [head, *body]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(
+        [
+            (i + 1, v.loops, v.n_parallel, v.tiles, ws_summary(v), v.cost.total)
+            for i, v in enumerate(rows)
+        ]
+    )
 
 
 def format_levels(variant: Variant) -> str:
