@@ -168,6 +168,26 @@ def family(isa: str):
     return FAMILIES[isa]
 
 
+def _target(
+    name: str, cpu: str, isa: str, caches, *, fma: bool, costs=None, cores=None, peak=None
+) -> Target:
+    """A Target for ``cpu`` (its ISA's family gives the vector facts; ``cores``: this
+    machine's when not given)."""
+    fam = family(isa)
+    return Target(
+        name=name,
+        llvm_cpu=cpu,
+        isa=isa,
+        vector_bits=32 * fam.vector_width,
+        vector_registers=fam.registers,
+        fma=fma,
+        caches=caches,
+        cores=host_cores() if cores is None else cores,
+        byte_costs=costs if costs is not None else _costs_for(len(caches)),
+        peak_gflops=peak,
+    )
+
+
 def _preset(name, cpu, isa, caches, cores, costs, peak) -> Target:
     levels = tuple(
         Cache(level=i + 1, size_bytes=size, shared=sh, line_bytes=64)
@@ -319,26 +339,6 @@ def host() -> Target:
         )
         _host = _target("host", cpu, isa, caches, fma="fma" in feats, costs=costs)
     return _host
-
-
-def _target(
-    name: str, cpu: str, isa: str, caches, *, fma: bool, costs=None, cores=None, peak=None
-) -> Target:
-    """A Target for ``cpu`` (its ISA's family gives the vector facts; ``cores``: this
-    machine's when not given)."""
-    fam = family(isa)
-    return Target(
-        name=name,
-        llvm_cpu=cpu,
-        isa=isa,
-        vector_bits=32 * fam.vector_width,
-        vector_registers=fam.registers,
-        fma=fma,
-        caches=caches,
-        cores=host_cores() if cores is None else cores,
-        byte_costs=costs if costs is not None else _costs_for(len(caches)),
-        peak_gflops=peak,
-    )
 
 
 def _generic_caches() -> tuple[Cache, ...]:
