@@ -1,6 +1,6 @@
 """Compile-time shortcuts give what the plain isl formulations give.
 
-``ir/poly.py``: schedule dimensions that every statement fixes to one constant are dropped before
+``ir/poly/``: schedule dimensions that every statement fixes to one constant are dropped before
 ``compute_flow`` and the legality check (and, at the end of a schedule, before the AST generator);
 extents are two integer optima when the sizes are bound; ``order_violations`` first asks for
 emptiness in schedule space; placed and piecewise schedules are not parsed back from their text.

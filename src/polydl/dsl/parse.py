@@ -2,7 +2,7 @@
 
 Nothing is executed or traced: the source is read with :mod:`inspect`, parsed with :mod:`ast` and
 walked once. Loop bounds, ``if`` conditions and indices become isl texts over the kernel's size
-parameters (``ir/poly.py`` turns them into isl objects); statements keep their float expression
+parameters (``ir/poly/`` turns them into isl objects); statements keep their float expression
 as IR trees. Every construct outside the DSL (docs/API.md, section 1) raises
 :class:`~polydl.errors.DSLError` with the ``file:line:`` prefix of the construct's real line.
 

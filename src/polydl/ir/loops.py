@@ -1,6 +1,6 @@
 """The loop tree that code generation walks: isl's AST turned into plain frozen dataclasses.
 
-``ir/poly.py`` builds it from a schedule; ``codegen/llvm.py`` emits LLVM IR from it and
+``ir/poly/`` builds it from a schedule; ``codegen/llvm.py`` emits LLVM IR from it and
 ``show("loops")`` prints it as C-like text. Iterators are named ``c0, c1, ...`` after the
 schedule dimension they scan (``For.dim``); a :class:`Call` gives the values of a statement's
 own iterators as expressions of those.

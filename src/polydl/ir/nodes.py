@@ -6,7 +6,7 @@ variables), the tensor element it writes, the expression it computes, its place 
 (an isl map text from the statement's iterators to a common schedule space; the parser gives the
 original 2d+1 schedule) and its source line. Index expressions are small integer trees
 (:class:`Var`, :class:`Int`, :class:`IntOp`), float expressions are :class:`Num`, :class:`Arg`,
-:class:`Load`, :class:`BinOp`, :class:`UnOp`. ``ir/poly.py`` turns all of this into isl objects.
+:class:`Load`, :class:`BinOp`, :class:`UnOp`. ``ir/poly/`` turns all of this into isl objects.
 
 For ``C[i, j] += A[i, k] * B[k, j]`` the parser gives (abbreviated)::
 
