@@ -30,18 +30,26 @@ def median_seconds(fn: Callable[[], object], *, repeat: int = 7, min_time: float
 
 
 def interleaved(
-    contenders: dict[str, Callable[[], object]], *, rounds: int, repeat: int, min_time: float = 0.02
+    contenders: dict[str, Callable[[], object]],
+    *,
+    rounds: int,
+    repeat: int,
+    min_time: float = 0.02,
+    pause: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Per-round median times of every contender, timed in interleaved rounds: each contender
     once per round, the order rotating, so that a disturbance of the shared machine falls on
     one round of all of them rather than on all samples of one. Compare contenders by the
-    median of their per-round ratios."""
+    median of their per-round ratios. ``pause`` seconds pass after each contender (OpenBLAS's
+    threads spin ~0.1 s after a threaded call and would steal the next contender's cores)."""
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for rnd in range(rounds):
         order = list(contenders)
         order = order[rnd % len(order) :] + order[: rnd % len(order)]
         for key in order:
             times[key].append(median_seconds(contenders[key], repeat=repeat, min_time=min_time))
+            if pause:
+                time.sleep(pause)
     return {k: np.array(v) for k, v in times.items()}
 
 

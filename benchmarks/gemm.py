@@ -3,8 +3,10 @@
     python benchmarks/gemm.py [--threads 1 2] [--quick]
 
 Shapes: square 256, 512, 1024, 2048 and the DL shapes (M, N, K) = (64, 1000, 2048),
-(3136, 64, 576), (784, 512, 128). Medians; ratio = NumPy time / polydl time (> 1: polydl faster).
-polydl runs first at each shape so that OpenBLAS's spinning threads do not steal its core.
+(3136, 64, 576), (784, 512, 128). Contenders are timed in interleaved rounds
+(``common.interleaved``, a pause after each so that OpenBLAS's spinning threads do not steal
+the next one's cores); GFLOPS are medians over the rounds, a ratio (NumPy time / polydl time,
+> 1: polydl faster) is the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median_seconds  # noqa: E402
+from common import interleaved  # noqa: E402
 
 import polydl as pd  # noqa: E402
 
@@ -37,6 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--quick", action="store_true", help="skip 2048^3")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per shape")
     args = ap.parse_args()
     shapes = [s for s in SHAPES if not (args.quick and s[0] == 2048)]
     rng = np.random.default_rng(0)
@@ -52,14 +55,21 @@ def main() -> None:
                 b = pd.aligned(rng.standard_normal((K, N), dtype=np.float32))
                 c = pd.empty((M, N), np.float32)
                 k = pd.compile(pd.ops.matmul(M, N, K), threads=threads)
-                t_ours = median_seconds(lambda: k(c, a, b))
                 want = pd.empty((M, N), np.float32)
-                t_np = median_seconds(lambda: np.matmul(a, b, out=want))
+                times = interleaved(
+                    {"polydl": lambda: k(c, a, b), "numpy": lambda: np.matmul(a, b, out=want)},
+                    rounds=args.rounds,
+                    repeat=3,
+                    pause=0.15,
+                )
                 err = float(np.abs(c - want).max() / np.abs(want).max())
                 flops = 2.0 * M * N * K
-                ratios.append(t_np / t_ours)
+                ratio = float(np.median(times["numpy"] / times["polydl"]))
+                ratios.append(ratio)
+                gf = lambda t: flops / float(np.median(t)) / 1e9  # noqa: E731
                 print(
-                    f"{M:5d} {N:5d} {K:5d} {flops / t_ours / 1e9:10.1f} {flops / t_np / 1e9:9.1f} {t_np / t_ours:6.2f} {err:8.1e}",
+                    f"{M:5d} {N:5d} {K:5d} {gf(times['polydl']):10.1f} {gf(times['numpy']):9.1f} "
+                    f"{ratio:6.2f} {err:8.1e}",
                     flush=True,
                 )
         print(
