@@ -204,7 +204,8 @@ class _Parser:
         if a.defaults or a.kw_defaults and any(d is not None for d in a.kw_defaults):
             raise self.err(self.node, f"kernel {self.fn.__name__!r}: arguments have no defaults")
         try:
-            ann = inspect.get_annotations(self.fn, eval_str=True)
+            # closure values (a kernel factory's shapes) evaluate in annotations too
+            ann = inspect.get_annotations(self.fn, eval_str=True, locals=dict(self.closure))
         except Exception as e:  # noqa: BLE001 - report any failure of a string annotation
             raise self.err(
                 self.node, f"cannot evaluate the annotations of the kernel: {e}"
@@ -328,16 +329,44 @@ class _Parser:
             for c in ast.iter_child_nodes(e):
                 visit(c)
 
-        for node in ast.walk(self.node):
+        def walk(node: ast.AST) -> None:
             if isinstance(node, ast.For) and isinstance(node.iter, ast.Call):
                 for a in node.iter.args:
                     visit(a)
             elif isinstance(node, ast.If):
+                taken = self.static_condition(node.test)
+                if taken is not None:  # only the branch a static `if` keeps is the kernel
+                    for c in node.body if taken else node.orelse:
+                        walk(c)
+                    return
                 visit(node.test)
             elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
                 if node.value.id in self.tensors:
                     visit(node.slice)
+            for c in ast.iter_child_nodes(node):
+                walk(c)
+
+        walk(self.node)
         return found
+
+    def static_condition(self, test: ast.expr) -> bool | None:
+        """The value of an ``if`` condition made only of names of the enclosing scope (a
+        kernel factory's ``bias``, ``activation == "relu"``): evaluated now, at definition,
+        like Python would at run time; None when it involves a loop variable, a size, an
+        argument or an unknown name (a condition on iterations, part of the domain)."""
+        names = [n.id for n in ast.walk(test) if isinstance(n, ast.Name)]
+        if not names or any(
+            self.is_local(n) or n in self.loop_names or not self.lookup(n)[0] for n in names
+        ):
+            return None
+        env = {n: self.lookup(n)[1] for n in names}
+        try:
+            value = eval(  # noqa: S307 - the kernel's own source, names of its own scope
+                compile(ast.Expression(test), self.filename, "eval"), {"__builtins__": {}}, env
+            )
+        except Exception as e:  # noqa: BLE001 - any failure is the user's condition's
+            raise self.err(test, f"static condition `{self.text(test)}` fails: {e}") from None
+        return bool(value)
 
     # ------------------------------------------------------------ statements
 
@@ -359,6 +388,10 @@ class _Parser:
                 counter[0] += 1
                 self.block(node.body, [*loops, loop], conds, [*prefix, pos], [0])
             elif isinstance(node, ast.If):
+                taken = self.static_condition(node.test)
+                if taken is not None:  # a static `if`: the kernel is the branch it takes
+                    self.block(node.body if taken else node.orelse, loops, conds, prefix, counter)
+                    continue
                 self.reject_data(node.test, "if condition")
                 c = self.condition(node.test, loops)
                 self.block(node.body, loops, [*conds, c], prefix, counter)
