@@ -10,7 +10,6 @@ DSL, runs the blocked convolution, and unpacks the result to NCHW (:func:`conv_r
 from __future__ import annotations
 
 import functools
-import math
 import threading
 
 import numpy as np
@@ -235,8 +234,7 @@ def conv2d(
 
 def _gathered_bytes(kernel) -> int:
     """Bytes of the scratch copies a compiled kernel makes per call (transform/gather.py)."""
-    k = kernel.kernel
-    return sum(math.prod(k.shape_of(t.name)) * 4 for t in k.temps)
+    return sum(kernel.kernel.nbytes(t.name) for t in kernel.kernel.temps)
 
 
 def _cache_share_bytes() -> int:

@@ -179,10 +179,10 @@ class Contraction:
         return dict(self.extents)[v][0]
 
 
-def _factors(e: Expr) -> list[Expr] | None:
+def factors(e: Expr) -> list[Expr]:
+    """The factors of a product ``a * b * ...`` (``[e]`` for anything else)."""
     if isinstance(e, BinOp) and e.op == "*":
-        a, b = _factors(e.a), _factors(e.b)
-        return None if a is None or b is None else a + b
+        return factors(e.a) + factors(e.b)
     return [e]
 
 
@@ -237,13 +237,11 @@ def find(kernel: Kernel, red: Statement) -> Contraction | None:
     """The contraction ``red`` computes, or None if it is not one (see module docstring)."""
     if red.op != "+=":
         return None
-    factors = _factors(red.expr)
-    if factors is None:
-        return None
-    loads = [f for f in factors if isinstance(f, Load)]
-    nums = [f for f in factors if isinstance(f, Num)]
-    args = [f for f in factors if isinstance(f, Arg)]
-    if len(loads) != 2 or len(args) > 1 or len(loads) + len(nums) + len(args) != len(factors):
+    terms = factors(red.expr)
+    loads = [f for f in terms if isinstance(f, Load)]
+    nums = [f for f in terms if isinstance(f, Num)]
+    args = [f for f in terms if isinstance(f, Arg)]
+    if len(loads) != 2 or len(args) > 1 or len(loads) + len(nums) + len(args) != len(terms):
         return None
     if any(ld.tensor == red.target.tensor for ld in loads):
         return None

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from ..ir import nodes, poly
 from ..target import Cache, Target, resolve
 
-DTYPE_BYTES = {"f32": 4, "f64": 8}
 LINE_BYTES = 64  # a cache line: the unit in which a short run of a footprint is brought in
 
 Loops = Sequence[tuple[str, int]]
@@ -120,7 +119,7 @@ class Analyzer:
             else frozenset()
             for t in order
         }
-        self.elem_bytes = {t: DTYPE_BYTES[kernel.arg(t).dtype] for t in order}  # type: ignore[union-attr]
+        self.elem_bytes = {t: nodes.DTYPE_BYTES[kernel.arg(t).dtype] for t in order}  # type: ignore[union-attr]
         self._extents: dict = {}
         self._sizes: dict = {}
         self._fps: dict = {}

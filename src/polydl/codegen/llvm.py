@@ -12,7 +12,6 @@ only lay out blocks.
 from __future__ import annotations
 
 import functools
-import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import jinja2
 
 from ..ir import loops as L
 from ..ir.nodes import (
+    DTYPE_BYTES,
     Arg,
     BinOp,
     Expr,
@@ -186,7 +186,7 @@ class ModuleEmitter:
         for t in self.k.temps:
             self.decls.add("declare noalias ptr @aligned_alloc(i64, i64)")
             self.decls.add("declare void @free(ptr)")
-            nbytes = math.prod(self.k.shape_of(t.name)) * {"f32": 4, "f64": 8}[t.dtype]
+            nbytes = self.k.nbytes(t.name)
             alloc.append(
                 f"%t.{t.name} = call ptr @aligned_alloc(i64 64, i64 {-(-nbytes // 64) * 64})"
             )
@@ -265,7 +265,7 @@ class ModuleEmitter:
             orelse = self.nodes(n.orelse, fn, path, in_parallel)
             return _control().if_block(self.label("I"), cond, then, orelse)
         if isinstance(n, L.Buffer):
-            size = n.elems * {"f32": 4, "f64": 8}[n.dtype]
+            size = n.elems * DTYPE_BYTES[n.dtype]
             fn.buffers[n.name] = -(-size // 64) * 64
             self.buffer_types[n.name] = LLTYPE[n.dtype]
             return ""

@@ -19,6 +19,7 @@ For ``C[i, j] += A[i, k] * B[k, j]`` the parser gives (abbreviated)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -148,6 +149,7 @@ def int_vars(e: IExpr) -> Iterator[str]:
 
 # ---------------------------------------------------------------- kernel structure
 
+DTYPE_BYTES = {"f32": 4, "f64": 8}
 STATEMENT_OPS = ("=", "+=", "-=", "*=", "/=")
 DTYPES = ("f32", "f64")
 
@@ -284,6 +286,11 @@ class Kernel:
     @property
     def size_values(self) -> dict[str, int]:
         return dict(self.bindings)
+
+    def nbytes(self, tensor: str) -> int:
+        """Bytes of a tensor (argument or scratch) at the bound sizes."""
+        t = self.arg(tensor)
+        return math.prod(self.shape_of(tensor)) * DTYPE_BYTES[t.dtype]  # type: ignore[union-attr]
 
     def shape_of(self, tensor: str) -> tuple[int, ...]:
         """The bound shape of a tensor (needs bindings for symbolic dimensions)."""

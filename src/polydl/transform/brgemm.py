@@ -73,10 +73,10 @@ class BlockPlan:
 
 
 def _nest_position(kernel: Kernel, s: Statement) -> int:
-    ext = poly.schedule_dim_extent(kernel, s, 0)
-    if ext is None or ext[0] != ext[1]:
+    pos = poly.top_position(kernel, s)
+    if pos is None:
         raise ValueError(f"statement {s.name} has no constant top-level position")
-    return ext[0]
+    return pos
 
 
 def foldable(kernel: Kernel, c: Contraction) -> bool:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from ..analysis.contraction import linearize
+from ..analysis.contraction import factors, linearize
 from ..ir import poly
 from ..ir.nodes import BinOp, Expr, Int, IntOp, Kernel, Load, Num, Statement, TensorArg, Var
 
@@ -71,7 +71,7 @@ def copy_cost(kernel: Kernel, before: Kernel, target) -> float:
     cost = 0.0
     for t in kernel.temps:
         if t.name not in old:
-            nbytes = math.prod(kernel.shape_of(t.name)) * 4
+            nbytes = kernel.nbytes(t.name)
             writes = sum(1 for s in kernel.statements if s.target.tensor == t.name)
             cost += nbytes * (
                 writes * target.byte_cost(target.fit(nbytes)) + target.byte_cost(None)
@@ -84,12 +84,6 @@ def worth_gathering(work: int, gathered: int) -> bool:
     return work >= MIN_REUSE * gathered
 
 
-def _factors(e: Expr) -> list[Expr]:
-    if isinstance(e, BinOp) and e.op == "*":
-        return _factors(e.a) + _factors(e.b)
-    return [e]
-
-
 def _swap(e: Expr, old: Load, new: Load) -> Expr:
     if e == old:
         return new
@@ -98,22 +92,8 @@ def _swap(e: Expr, old: Load, new: Load) -> Expr:
     return e
 
 
-def _box(kernel: Kernel, red: Statement) -> dict[str, tuple[int, int]] | None:
-    dom = poly.domain(kernel, red)
-    box = {}
-    for v in red.iterators:
-        try:
-            e = poly.extent(dom, v)
-        except ValueError:
-            return None
-        if e is None:
-            return None
-        box[v] = e
-    return box
-
-
 def _gather(kernel: Kernel, red: Statement, guarded: bool) -> Kernel | None:
-    loads = [f for f in _factors(red.expr) if isinstance(f, Load)]
+    loads = [f for f in factors(red.expr) if isinstance(f, Load)]
     if len(loads) != 2 or any(ld.tensor == red.target.tensor for ld in loads):
         return None
     written = {s.target.tensor for s in kernel.statements}
@@ -124,7 +104,7 @@ def _gather(kernel: Kernel, red: Statement, guarded: bool) -> Kernel | None:
     if not cols:
         return None
     q = cols[0]
-    box = _box(kernel, red)
+    box = poly.extents(poly.domain(kernel, red), red.iterators)
     if box is None:
         return None
     is_box = poly.is_box(poly.domain(kernel, red), box)
@@ -185,8 +165,8 @@ def _rewrite(kernel: Kernel, red: Statement, x: Load, y: Load, lc, lx, box) -> K
     )
     gload = Load(tensor=g, index=index)
 
-    pos = _position(kernel, red)
-    if pos is None or any(_position(kernel, s) is None for s in kernel.statements):
+    pos = poly.top_position(kernel, red)
+    if pos is None or any(poly.top_position(kernel, s) is None for s in kernel.statements):
         return None
     params = poly.params_text(kernel.sizes)
     in_box = " and ".join(f"{box[v][0]} <= {v} <= {box[v][1]}" for v in dims)
@@ -224,7 +204,7 @@ def _rewrite(kernel: Kernel, red: Statement, x: Load, y: Load, lc, lx, box) -> K
     shift = len(new)
     out: list[Statement] = []
     for s in kernel.statements:
-        p = _position(kernel, s)
+        p = poly.top_position(kernel, s)
         if p == pos and new and not any(t in out for t in new):
             out.extend(new)  # in list order too before red's nest (init folding reads order)
         sched = poly.pad_schedule(s.schedule, ndim)
@@ -234,8 +214,3 @@ def _rewrite(kernel: Kernel, red: Statement, x: Load, y: Load, lc, lx, box) -> K
             s = replace(s, expr=_swap(s.expr, x, gload), domain=poly.named_text(whole, s.name))
         out.append(replace(s, schedule=sched))
     return replace(kernel, statements=tuple(out), temps=(*kernel.temps, temp))
-
-
-def _position(kernel: Kernel, s: Statement) -> int | None:
-    ext = poly.schedule_dim_extent(kernel, s, 0)
-    return ext[0] if ext is not None and ext[0] == ext[1] else None

@@ -35,9 +35,7 @@ import math
 from dataclasses import dataclass, replace
 
 from ..ir import loops as L
-from ..ir.nodes import Int, IntOp, Kernel, Micro, Var, affine, int_vars, substitute
-
-DTYPE_BYTES = {"f32": 4, "f64": 8}
+from ..ir.nodes import DTYPE_BYTES, Int, IntOp, Kernel, Micro, Var, affine, int_vars, substitute
 
 
 def _add(a, b):

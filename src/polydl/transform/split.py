@@ -74,36 +74,18 @@ def split_guards(kernel: Kernel) -> Kernel:
     return kernel
 
 
-def _position(kernel: Kernel, s: Statement) -> int | None:
-    ext = poly.schedule_dim_extent(kernel, s, 0)
-    return ext[0] if ext is not None and ext[0] == ext[1] else None
-
-
-def _extents(s: poly.Set, dims) -> Box | None:
-    out = {}
-    for v in dims:
-        try:
-            e = poly.extent(s, v)
-        except ValueError:  # unbounded
-            return None
-        if e is None:
-            return None
-        out[v] = e
-    return out
-
-
 def _is_contraction(kernel: Kernel, red: Statement, dom: poly.Set) -> bool:
     trial = replace(red, domain=poly.named_text(dom, red.name))
     return find(replace(kernel, statements=(trial,)), trial) is not None
 
 
 def _split(kernel: Kernel, red: Statement) -> Kernel | None:
-    positions = {s.name: _position(kernel, s) for s in kernel.statements}
+    positions = {s.name: poly.top_position(kernel, s) for s in kernel.statements}
     pos = positions[red.name]
     if pos is None or None in positions.values():
         return None
     dom = poly.domain(kernel, red)
-    box = _extents(dom, red.iterators)
+    box = poly.extents(dom, red.iterators)
     if box is None:
         return None
     if poly.is_box(dom, box):  # a contraction already, unless its nest does not fold
@@ -228,7 +210,7 @@ def _cells(
     used = {v for e in red.target.index for v in int_vars(e)}
     outs = [v for v in red.iterators if v in used]
     inner = poly.full_slices(dom, box, outs)
-    ibox = _extents(inner, outs)
+    ibox = poly.extents(inner, outs)
     if ibox is None or not poly.is_box(inner, ibox):
         return []
     group = next(g for g in poly.coupled(dom) if col in g)
@@ -287,7 +269,7 @@ def _ordered(
     others = [c for j, c in enumerate(cells) if j != full]
     if not halve or not others:
         return [cells[full], *others]
-    ext = _extents(cells[full], red.iterators) or {}
+    ext = poly.extents(cells[full], red.iterators) or {}
     split = [v for v in red.iterators if v not in outs and v not in by_value and v in ext]
     split = [v for v in split if ext[v][1] > ext[v][0]]
     if not split:

@@ -71,6 +71,7 @@ from .schedules import (  # noqa: F401
     schedule_dim_extent,
     schedule_from_text,
     schedule_ndim,
+    top_position,
 )
 from .sets import (  # noqa: F401
     _pw_aff_const,
@@ -81,6 +82,7 @@ from .sets import (  # noqa: F401
     domain,
     domain_text,
     extent,
+    extents,
     full_slices,
     is_box,
     is_disjoint,

@@ -10,6 +10,13 @@ from ._base import _IN, _OUT, _SET, Map, Set, _context, _with_context, names, tu
 from .sets import _domain, domain, extent
 
 
+def top_position(kernel: Kernel, s: Statement) -> int | None:
+    """The constant first schedule dimension of ``s`` (the position of its top-level nest), or
+    None when it varies."""
+    ext = schedule_dim_extent(kernel, s, 0)
+    return ext[0] if ext is not None and ext[0] == ext[1] else None
+
+
 def schedule(kernel: Kernel, stmt: Statement) -> Map:
     """The statement's schedule restricted to its domain."""
     return _schedule_on(kernel.sizes, kernel.bindings, stmt.schedule, stmt.domain)

@@ -96,6 +96,21 @@ def _pw_aff_const(pa, which: str, dim: str) -> int:
     return min(vals) if which == "min" else max(vals)
 
 
+def extents(s: Set, dims) -> dict[str, tuple[int, int]] | None:
+    """``{dim: (min, max)}`` of ``s`` over ``dims`` (its bounding box), None when one is
+    unbounded or not constant."""
+    out = {}
+    for v in dims:
+        try:
+            e = extent(s, v)
+        except ValueError:  # unbounded
+            return None
+        if e is None:
+            return None
+        out[v] = e
+    return out
+
+
 def box_size(s: Set) -> int:
     """Number of points of the bounding box of ``s`` (sizes fixed): a footprint's extent."""
     total = 1
