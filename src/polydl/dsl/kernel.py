@@ -34,6 +34,7 @@ class KernelFunction:
     def __init__(self, fn: types.FunctionType) -> None:
         self.fn = fn
         self.ir: Kernel = parse(fn)
+        self.free_sizes = self.ir.free_sizes  # sizes no array's shape gives (``range(T)``)
         self.name: str = fn.__name__
         self.signature = inspect.signature(fn)
         self._compiled: dict[tuple[tuple[str, int], ...], Any] = {}
@@ -47,9 +48,11 @@ class KernelFunction:
     def split_sizes(self, kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
         """``kwargs`` less the sizes no array's shape gives (``T=10`` for ``range(T)``), and
         those sizes as ints."""
+        if not self.free_sizes:  # the common case: every size comes from a shape
+            return dict(kwargs), {}
         rest, sizes = {}, {}
         for k, v in kwargs.items():
-            if k in self.ir.free_sizes:
+            if k in self.free_sizes:
                 if isinstance(v, bool) or not isinstance(v, int | np.integer) or v <= 0:
                     raise TypeError(
                         f"kernel {self.name!r}: size {k} must be a positive int, got {v!r}"
@@ -73,7 +76,7 @@ class KernelFunction:
         plus the sizes no shape gives, passed by keyword (TypeError when one is missing)."""
         given = self.bind(*args, **kwargs)
         _, sizes = self.split_sizes(kwargs)
-        missing = [s for s in self.ir.free_sizes if s not in sizes]
+        missing = [s for s in self.free_sizes if s not in sizes]
         if missing:
             raise TypeError(
                 f"{where(self.ir.filename, self.ir.line)} kernel {self.name!r}: size "

@@ -123,8 +123,7 @@ def micro_blocks(c: Contraction, lanes: int) -> tuple[int, int, int]:
 
     ext_m, ext_n, rows = c.extent(c.m), c.extent(c.n), c.rows_per_m
     # the widest register tile of the family with these lanes (declared on the family)
-    tiles = [f.register_tile for f in FAMILIES.values() if f.vector_width == lanes]
-    mr, nr = tiles[0] if tiles else (6, 2 * lanes)
+    mr, nr = next(f.register_tile for f in FAMILIES.values() if f.vector_width == lanes)
     bn = ext_n if ext_n <= max(nr, 4 * lanes) else nr
     if rows > 1:  # coalesced rows: whole runs of m_inner, about 100 rows per call
         bm = whole_rows(ext_m, rows)
@@ -200,12 +199,12 @@ def ranked(kernel, c: Contraction, *, target, threads: int, top: int = 10):
     self-dependences) and for the folded init and epilogue too, because the lowering sets
     ``beta`` and the epilogue per k tile; it is never parallel (k is not a free iterator).
     """
-    from .search import _key, rank
+    from .search import _key
 
     bm0, bn, bk = micro_blocks(c, target.lanes())
     found = []
     for bm in row_blocks(c, bm0, threads):
-        ranks = _ranked_rows(kernel, c, bm, bn, bk, target, threads, top, rank)
+        ranks = _ranked_rows(kernel, c, bm, bn, bk, target, threads, top)
         found += [(var, bm) for var in ranks]
     out = []
     for var, bm in sorted(found, key=lambda x: _key(x[0])):
@@ -238,8 +237,10 @@ def row_blocks(c: Contraction, bm: int, threads: int) -> list[int]:
     return [bm, even[0]] if even else [bm]
 
 
-def _ranked_rows(kernel, c: Contraction, bm, bn, bk, target, threads, top, rank):
+def _ranked_rows(kernel, c: Contraction, bm, bn, bk, target, threads, top):
     """The ranked variants whose calls cover ``bm`` rows (see :func:`ranked`)."""
+    from .search import rank
+
     covered = (*c.batch, *([c.m_inner] if c.m_inner else []))
     tileable: dict[str, list[int]] = {}
     for v, b in ((c.m, bm), (c.n, bn), *((v, 1) for v in c.outer)):

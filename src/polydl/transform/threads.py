@@ -39,7 +39,7 @@ def assign_threads(
     unchanged with one thread."""
     if threads < 2:
         return tree
-    return _Threads(threads, sizes).nodes(tree, inside=False)
+    return _Threads(threads, sizes).nodes(tree)
 
 
 class _Threads:
@@ -47,22 +47,20 @@ class _Threads:
         self.threads = threads
         self.sizes = dict(sizes)
 
-    def nodes(self, nodes: tuple[L.Node, ...], *, inside: bool) -> tuple[L.Node, ...]:
-        return tuple(self.node(n, inside=inside) for n in nodes)
+    def nodes(self, nodes: tuple[L.Node, ...]) -> tuple[L.Node, ...]:
+        return tuple(self.node(n) for n in nodes)
 
-    def node(self, n: L.Node, *, inside: bool) -> L.Node:
+    def node(self, n: L.Node) -> L.Node:
+        """``n`` with its outermost worthwhile parallel loops threaded (their bodies, run
+        inside a region, are left as they are)."""
         if isinstance(n, L.For):
-            if n.parallel and not inside:
+            if n.parallel:
                 n = self.collapsed(n)
                 if self.worth_threads(n):
-                    return replace(n, threaded=True, body=self.nodes(n.body, inside=True))
-            return replace(n, body=self.nodes(n.body, inside=inside))
+                    return replace(n, threaded=True)
+            return replace(n, body=self.nodes(n.body))
         if isinstance(n, L.If):
-            return replace(
-                n,
-                then=self.nodes(n.then, inside=inside),
-                orelse=self.nodes(n.orelse, inside=inside),
-            )
+            return replace(n, then=self.nodes(n.then), orelse=self.nodes(n.orelse))
         return n
 
     def const(self, e: IExpr | None) -> int | None:
