@@ -82,19 +82,20 @@ def _with_context(obj, kernel: Kernel):
 
 def union(objs: Iterable) -> UnionMap:
     """The union of isl maps (an empty union map if there are none)."""
-    out = None
-    for o in objs:
-        u = UnionMap.from_map(o) if isinstance(o, Map) else o
-        out = u if out is None else out.union(u)
-    return out if out is not None else UnionMap("{ }")
+    return _union(objs, Map, UnionMap.from_map, UnionMap)
 
 
 def union_set(objs: Iterable) -> UnionSet:
+    """The union of isl sets (an empty union set if there are none)."""
+    return _union(objs, Set, UnionSet.from_set, UnionSet)
+
+
+def _union(objs: Iterable, single, lift, united):
     out = None
     for o in objs:
-        u = UnionSet.from_set(o) if isinstance(o, Set) else o
+        u = lift(o) if isinstance(o, single) else o
         out = u if out is None else out.union(u)
-    return out if out is not None else UnionSet("{ }")
+    return out if out is not None else united("{ }")
 
 
 def names(obj, kind: str = "set") -> list[str]:
