@@ -49,8 +49,8 @@ def make_call(cfg: BrgemmConfig, batch: int, rng: np.random.Generator, *, poison
         a = [blocks(1, a_rows, n.k, 0) for _ in range(batch)]
         b = [blocks(1, b_rows, n.n, 0) for _ in range(batch)]
     c = rng.standard_normal(n.c_extent() + 7).astype(np.float32)
-    if n.bias is not None:
-        kw["bias"] = rng.standard_normal(n.m if n.bias == "row" else n.n).astype(np.float32)
+    if n.epilogue is not None:
+        kw["operands"] = [rng.standard_normal(x).astype(np.float32) for x in n.operand_extents()]
     return a, b, c, kw
 
 
@@ -176,7 +176,7 @@ def test_call_checks_buffers():
     kernel(a, b, c, batch=1, bias=bias)
     with pytest.raises(PolyDLError, match="A holds"):
         kernel(a, b, c, batch=2, bias=bias)
-    with pytest.raises(PolyDLError, match="needs bias"):
+    with pytest.raises(PolyDLError, match=r"reads 1 operand\(s\) \[.bias.\], got 0"):
         kernel(a, b, c, batch=1)
     with pytest.raises(PolyDLError, match="float32"):
         kernel(a.astype(np.float64), b, c, batch=1, bias=bias)

@@ -148,16 +148,17 @@ def test_k_pieces_beta_and_epilogue(n_tiles):
     assert micros and all("k" in s.iterators for s in micros)
     assert all(s.micro.k * len(s.micro.a_offsets) == kc for s in micros)
     firsts = [s for s in micros if s.micro.beta == 0]
-    lasts = [s for s in micros if s.micro.relu]
+    lasts = [s for s in micros if s.micro.epilogue is not None]
     # full and edge blocks: m 40 = 2 x 16 + 8 rows, n 70 = 2 x 32 + 6 columns; per k piece
     per_k = 4
     assert len(micros) == per_k * min(n_tiles, 3)
     assert len(firsts) == per_k and len(lasts) == per_k
     for s in lasts:
-        assert s.micro.bias == "b" and s.micro.bias_kind == "col"
+        assert s.micro.epilogue.expr == ("max", ("+", ("acc",), ("in", 0)), ("num", 0.0))
+        assert [t for t, _ in s.micro.operands] == ["b"] and s.micro.epilogue.operands[0].col == 1
     for s in micros:
         if s not in lasts:
-            assert s.micro.bias is None and not s.micro.relu
+            assert s.micro.epilogue is None and not s.micro.operands
     if n_tiles > 1:
         assert not set(map(id, firsts)) & set(map(id, lasts))
 
@@ -216,7 +217,9 @@ def test_batch_iterator_loop_matches_reference(chunk, monkeypatch):
     low = lower(bound, c, plan)
     micros = [s.micro for s in low.statements if s.micro is not None]
     assert {len(m.a_offsets) for m in micros} == {chunk * 9}
-    assert sum(m.beta == 0 for m in micros) == 1 and sum(m.relu for m in micros) == 1
+    assert (
+        sum(m.beta == 0 for m in micros) == 1 and sum(m.epilogue is not None for m in micros) == 1
+    )
     # compile exactly this plan: no ranking, the plan as the default (one thread: a default
     # plan's loops are all taken as parallel, which the loop over cb is not)
     monkeypatch.setattr(plans, "ranked", lambda *a, **k: [])

@@ -36,7 +36,9 @@ def test_1x1_columns_coalesce_into_one_run():
     verify(fused)
     (c2,) = find_all(fused)
     assert (c2.n, c2.extent(c2.n), c2.m, c2.k) == ("pq", 33, "k", "c")
-    assert "p" not in c2.outer and c2.init and c2.epilogue and c2.bias_kind == "row"
+    assert "p" not in c2.outer and c2.init and c2.epilogue
+    (bias,) = c2.post.operands  # b[k]: one value per row of the call
+    assert (bias.col, bias.ld) == (0, 1)
     assert c2.linear("C").coef("pq") == 1 and c2.linear("B").coef("pq") == 1
     # every statement of the nest is re-indexed; the elements are the same ones
     for s in fused.statements:

@@ -77,8 +77,11 @@ def test_contraction_roles_of_blocked_conv():
     blk = pd.ops.conv_block(5, 5)
     cb, kb = pd.ops.channel_block(32, blk), pd.ops.channel_block(48, blk)
     assert c.row_groups() == {"row_group": 5, "lda_group": 2 * 11 * cb, "ldc_group": 5 * kb}
-    assert c.init is not None and c.epilogue is not None
-    assert c.relu and c.bias_kind == "col"
+    assert c.init is not None and c.epilogue
+    assert (
+        c.post.expr == ("max", ("+", ("acc",), ("in", 0)), ("num", 0.0))
+        and c.post.operands[0].col == 1
+    )
 
 
 @pytest.mark.parametrize("activation", [None, "relu"])

@@ -3,7 +3,7 @@
 from . import nn, ops
 from .api import compile
 from .codegen.compiled import CompiledKernel
-from .dsl.intrinsics import exp, sigmoid, sqrt, tanh
+from .dsl.intrinsics import erf, exp, sigmoid, sqrt, tanh
 from .dsl.kernel import kernel
 from .dsl.types import f32, f64
 from .errors import BoundsError, DSLError, PolyDLError, TargetError
@@ -26,6 +26,7 @@ __all__ = [
     "sqrt",
     "tanh",
     "sigmoid",
+    "erf",
     "CompiledKernel",
     "Target",
     "PolyDLError",

@@ -263,7 +263,14 @@ def lower_contractions(
     for c in found:
         what = f"{c.c} += {c.a} x {c.b}"
         # ranked on its own nest (foldable: the folded statements, in place between the others)
-        nest = [s for s in kernel.statements if s.name in (c.init, c.stmt, c.epilogue)]
+        # (the folded statements of the reduction's own nest: an epilogue nest of its own is
+        # computed at the store and changes no loop's working set much)
+        pos = poly.top_position(kernel, kernel.statement(c.stmt))
+        nest = [
+            s
+            for s in kernel.statements
+            if s.name in c.folded and poly.top_position(kernel, s) == pos
+        ]
         nest_k = replace(kernel, statements=tuple(nest))
         if replay is not None:
             entry = replay.entry(c.stmt)

@@ -21,9 +21,12 @@ which :func:`linearize` reads as ``pq``); rows that do so are fused here (``m_in
 are rows that do not (a blocked conv's output rows over strided or padded input rows): they
 become the grouped rows of the microkernel (:meth:`Contraction.row_groups`).
 
-A zero initialisation just before the reduction (``C[fc] = 0``) folds into ``beta = 0``; an
-epilogue just after it (``C[fc] = max(C[fc] + b[..], 0)`` and its parts) folds into the
-microkernel's final store. Nothing here changes the IR: it only reads it.
+A zero initialisation just before the reduction (``C[fc] = 0``) folds into ``beta = 0``; the
+statements just after it that update the same elements elementwise (``C[fc] = max(C[fc] *
+s[..] + t[..], 0)``, ``C[fc] += R[fc]``, ``C[fc] = pd.tanh(C[fc])`` ..., in the reduction's nest
+or in nests of their own) fold into the microkernel's final store as one
+:class:`~polydl.kernels.epilogue.Epilogue`, reading tensors indexed like C (per row, per
+column, or like C itself). Nothing here changes the IR: it only reads it.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ from ..ir.nodes import (
     Load,
     Num,
     Statement,
+    UnOp,
     Var,
     affine,
 )
+from ..kernels.epilogue import ACC, Epilogue, Operand, compose
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,11 +126,10 @@ class Contraction:
 
     stmt: str  # the reduction statement
     init: str | None  # folded zero initialisation (beta = 0), or None (beta = 1)
-    epilogue: str | None  # folded epilogue statement, or None
     c: str
     a: str
     b: str
-    lin: tuple[tuple[str, Linear], ...]  # "C", "A", "B" (and "bias") -> flat offsets
+    lin: tuple[tuple[str, Linear], ...]  # "C", "A", "B" -> flat offsets
     m: str  # the row iterator the loops step through (by whole rows of m_inner if any)
     n: str
     k: str | None  # None: rank-1 products (k = 1), every reduction iterator in the batch
@@ -134,12 +138,19 @@ class Contraction:
     extents: tuple[tuple[str, tuple[int, int]], ...]  # iterator -> (lo, hi) inclusive
     alpha: float
     alpha_arg: str | None  # a scalar argument multiplying the products (run-time alpha)
-    bias: str | None
-    bias_kind: str | None  # "row" | "col"
-    relu: bool
+    # the folded statements after the reduction, in order, and what they compute at the store:
+    # ``post`` over the finished element and ``inputs`` (each operand's tensor and flat offset)
+    epilogue: tuple[str, ...] = ()
+    post: Epilogue | None = None
+    inputs: tuple[tuple[str, Linear], ...] = ()
     # rows coalesced: every iteration of ``m`` covers all of ``m_inner`` (e.g. the output rows p
     # and columns q of a 1x1 stride-1 convolution are one run of P*Q rows with one stride)
     m_inner: str | None = None
+
+    @property
+    def folded(self) -> tuple[str, ...]:
+        """The statements one BRGEMM call per C block computes: init, reduction, epilogue."""
+        return (*([self.init] if self.init else []), self.stmt, *self.epilogue)
 
     @property
     def row(self) -> str:
@@ -211,27 +222,6 @@ def _same_element(kernel: Kernel, s: Statement, red: Statement, out_iters: set[s
     return poly.is_projection(kernel, s, red)
 
 
-def _epilogue(e: Expr, c: Load) -> tuple[Load | None, bool] | None:
-    """(bias load, relu) if ``e`` is C, C + bias, max(C, 0), max(C + bias, 0) (either order)."""
-    relu = False
-    if isinstance(e, BinOp) and e.op == "max":
-        zero = Num(value=0.0)
-        if e.b == zero:
-            e, relu = e.a, True
-        elif e.a == zero:
-            e, relu = e.b, True
-        else:
-            return None
-    if e == c:
-        return None, relu
-    if isinstance(e, BinOp) and e.op == "+":
-        if e.a == c and isinstance(e.b, Load):
-            return e.b, relu
-        if e.b == c and isinstance(e.a, Load):
-            return e.a, relu
-    return None
-
-
 @functools.lru_cache(maxsize=1024)
 def find(kernel: Kernel, red: Statement) -> Contraction | None:
     """The contraction ``red`` computes, or None if it is not one (see module docstring)."""
@@ -266,7 +256,6 @@ def find(kernel: Kernel, red: Statement) -> Contraction | None:
         found = Contraction(
             stmt=red.name,
             init=None,
-            epilogue=None,
             c=red.target.tensor,
             a=a.tensor,
             b=b.tensor,
@@ -279,9 +268,6 @@ def find(kernel: Kernel, red: Statement) -> Contraction | None:
             extents=tuple(box.items()),
             alpha=alpha,
             alpha_arg=alpha_arg,
-            bias=None,
-            bias_kind=None,
-            relu=False,
         )
         return _fold(kernel, red, _coalesce_rows(found))
     return None
@@ -346,36 +332,107 @@ def _fold(kernel: Kernel, red: Statement, c: Contraction) -> Contraction:
         and _same_element(kernel, init, red, out_iters)
     ):
         c = replace(c, init=init.name)
-    epi = stmts[i + 1] if i + 1 < len(stmts) else None
-    if epi is not None and epi.op == "=" and _same_element(kernel, epi, red, out_iters):
-        parts = _epilogue(epi.expr, red.target)
-        if parts is not None:
-            bias, relu = parts
-            kind = None
-            lin = c.lin
-            if bias is not None:
-                lbias = linearize(kernel, bias)
-                if lbias is not None and kernel.arg(bias.tensor).dtype == "f32":
-                    # per column (n) or per row (m); other iterators only move the origin
-                    co = dict(lbias.coefs)
-                    if not set(co) <= c.out_iters:
-                        co = {}
-                    if co.get(c.n) == 1 and c.m not in co and c.row not in co:
-                        kind = "col"
-                    elif co.get(c.row) == 1 and c.n not in co and c.m_inner is None:
-                        kind = "row"
-                if kind is None:
-                    return c
-                lin = (*lin, ("bias", lbias))
-            c = replace(
-                c,
-                epilogue=epi.name,
-                relu=relu,
-                bias=bias.tensor if bias else None,
-                bias_kind=kind,
-                lin=lin,
-            )
+    # the elementwise updates of the same elements that follow, as long as each one folds;
+    # a nest of their own folds whole or not at all (what stays behind must keep its nest)
+    chain: list[str] = []
+    expr = ACC
+    inputs: list[tuple[str, Linear, Operand]] = []
+    best = (0, expr, 0)
+    for s in stmts[i + 1 :]:
+        if s.micro is not None or not _same_element(kernel, s, red, out_iters):
+            break
+        step = _update(kernel, s, c, red.target, inputs)
+        if step is None:
+            break
+        expr = compose(step, expr)
+        chain.append(s.name)
+        if fills(kernel, [n for n in (c.init, red.name, *chain) if n], besides=red.name):
+            best = (len(chain), expr, len(inputs))
+    n, expr, n_in = best
+    if n:
+        post = Epilogue(operands=tuple(o for _, _, o in inputs[:n_in]), expr=expr)
+        c = replace(
+            c,
+            epilogue=tuple(chain[:n]),
+            post=None if post.is_identity else post,
+            inputs=tuple((t, lin) for t, lin, _ in inputs[:n_in]),
+        )
     return c
+
+
+def fills(kernel: Kernel, names, *, besides: str | None = None) -> bool:
+    """Whether the statements ``names`` fill the top-level nests they are in (no other
+    statement there), leaving out the nest of ``besides``."""
+    folded = set(names)
+    skip = poly.top_position(kernel, kernel.statement(besides)) if besides else None
+    nests = {poly.top_position(kernel, kernel.statement(n)) for n in folded} - {skip}
+    if None in nests:
+        return False
+    return not any(
+        s.name not in folded and s.micro is None and poly.top_position(kernel, s) in nests
+        for s in kernel.statements
+    )
+
+
+_AUGMENTED = {"+=": "+", "-=": "-", "*=": "*", "/=": "/"}
+
+
+def _update(
+    kernel: Kernel, s: Statement, c: Contraction, target: Load, inputs: list
+) -> tuple | None:
+    """What ``s`` (writing the reduction's element) stores, as an epilogue expression of the
+    element before it (``acc``); None when it is not elementwise on tensors read like C.
+    ``inputs`` collects the operands, each tensor and offset once."""
+    value = _post_expr(kernel, s.expr, c, target, inputs)
+    if value is None:
+        return None
+    if s.op == "=":
+        return value
+    return (_AUGMENTED[s.op], ACC, value)
+
+
+def _post_expr(kernel: Kernel, e: Expr, c: Contraction, target: Load, inputs: list):
+    if isinstance(e, Num):
+        return ("num", float(e.value))
+    if isinstance(e, Load):
+        if e.tensor == target.tensor:
+            return ACC if e == target else None
+        operand = _operand(kernel, e, c)
+        if operand is None:
+            return None
+        lin, op = operand
+        for t, (tensor, other, _) in enumerate(inputs):
+            if tensor == e.tensor and other == lin:
+                return ("in", t)
+        inputs.append((e.tensor, lin, op))
+        return ("in", len(inputs) - 1)
+    if isinstance(e, BinOp):
+        a = _post_expr(kernel, e.a, c, target, inputs)
+        b = _post_expr(kernel, e.b, c, target, inputs) if a is not None else None
+        return None if b is None else (e.op, a, b)
+    if isinstance(e, UnOp):
+        a = _post_expr(kernel, e.a, c, target, inputs)
+        return None if a is None else (e.op, a)
+    return None  # a scalar argument: the microkernel takes none in its epilogue
+
+
+def _operand(kernel: Kernel, ld: Load, c: Contraction) -> tuple[Linear, Operand] | None:
+    """How the call's rows and columns step through ``ld``: one value per column (like C or
+    broadcast over rows), per row, or both; None if another iterator moves it within a call."""
+    if kernel.arg(ld.tensor).dtype != "f32":
+        return None
+    lin = linearize(kernel, ld)
+    if lin is None or not set(dict(lin.coefs)) <= c.out_iters:
+        return None
+    col = lin.coef(c.n)
+    if col not in (0, 1) or lin.const < 0 or any(x < 0 for _, x in lin.coefs):
+        return None
+    if c.m_inner is None:
+        return lin, Operand(ld=lin.coef(c.m), col=col, name=ld.tensor)
+    ld_row, ld_group = lin.coef(c.m_inner), lin.coef(c.m)
+    if not c.row_groups() and ld_group != c.extent(c.m_inner) * ld_row:
+        return None  # C's rows are one run, this tensor's are not
+    return lin, Operand(ld=ld_row, col=col, ld_group=ld_group, name=ld.tensor)
 
 
 def find_all(kernel: Kernel) -> list[Contraction]:

@@ -455,8 +455,8 @@ class ModuleEmitter:
         ptrs = [a_ptr, b_ptr, self.flat_pointer(mk.c, mk.c_origin, env, code)]
         args = [f"ptr {p}" for p in ptrs] + [f"i64 {len(mk.a_offsets)}"]
         args += [f"ptr {self.offset_table(mk.a_offsets)}", f"ptr {self.offset_table(b_offsets)}"]
-        if mk.bias is not None:
-            args.append(f"ptr {self.flat_pointer(mk.bias, mk.bias_origin, env, code)}")
+        for tensor, origin in mk.operands:
+            args.append(f"ptr {self.flat_pointer(tensor, origin, env, code)}")
         if mk.alpha_arg is not None:
             args.append(
                 f"float {self.convert(f'%s.{mk.alpha_arg}', self.k.arg(mk.alpha_arg).dtype, 'f32', code)}"
@@ -532,6 +532,10 @@ class ModuleEmitter:
                 f"  {d} = fadd {FM} {ty} {ex}, {float_literal(1.0, dt)}",
                 f"  {v} = fdiv {FM} {ty} {float_literal(1.0, dt)}, {d}",
             ]
+        elif e.op == "erf":  # no LLVM intrinsic: the C library's erff / erf
+            fname = "erff" if dt == "f32" else "erf"
+            self.decls.add(f"declare {ty} @{fname}({ty})")
+            code.append(f"  {v} = call {ty} @{fname}({ty} {a})")
         else:
             fname = f"llvm.{e.op}.{_sfx(dt)}"
             self.decls.add(f"declare {ty} @{fname}({ty})")

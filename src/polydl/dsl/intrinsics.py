@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NAMES = ("exp", "sqrt", "tanh", "sigmoid")
+NAMES = ("exp", "sqrt", "tanh", "sigmoid", "erf")
 
 
 def exp(x):
@@ -24,6 +24,15 @@ def sqrt(x):
 def tanh(x):
     """The hyperbolic tangent."""
     return np.tanh(x)
+
+
+def erf(x):
+    """The error function (GELU is ``0.5 * x * (1 + pd.erf(x / sqrt(2)))``)."""
+    from scipy.special import erf as _erf
+
+    x = np.asarray(x)
+    out = _erf(x).astype(x.dtype if x.dtype.kind == "f" else np.float64)
+    return out[()] if out.ndim == 0 else out
 
 
 def sigmoid(x):

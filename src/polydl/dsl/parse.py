@@ -717,7 +717,7 @@ class _Parser:
         raise self.err(
             node,
             f"unknown call `{self.text(node)}`: calls are max, min, pd.exp, pd.sqrt, pd.tanh, "
-            "pd.sigmoid",
+            "pd.sigmoid, pd.erf",
         )
 
     def intrinsic(self, f: ast.expr) -> str | None:

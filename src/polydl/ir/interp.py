@@ -28,6 +28,7 @@ _UN = {
     "sqrt": math.sqrt,
     "tanh": math.tanh,
     "sigmoid": lambda x: 1.0 / (1.0 + math.exp(-x)),
+    "erf": math.erf,
 }
 _BIN = {
     "+": lambda a, b: a + b,
@@ -145,9 +146,7 @@ class _Machine:
             b_src = self.buffers[buf][eval_int(at, env) :]
             b_offs = tuple(i * mk.k * mk.n for i in range(len(mk.b_offsets)))
         cfg = BrgemmConfig.of_call(mk, packed=packed_b is not None)
-        bias = None
-        if mk.bias is not None:
-            bias = self.flat[mk.bias][eval_int(mk.bias_origin, env) :]
+        operands = [self.flat[t][eval_int(at, env) :] for t, at in mk.operands]
         c = self.flat[mk.c]
         out = reference(
             cfg,
@@ -156,7 +155,7 @@ class _Machine:
             c[c0:],
             a_offsets=np.array(mk.a_offsets, np.int64),
             b_offsets=np.array(b_offs, np.int64),
-            bias=bias,
+            operands=operands,
             alpha=self.scalars.get(mk.alpha_arg) if mk.alpha_arg else None,
         )
         c[c0:] = out

@@ -23,6 +23,9 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
+from ..kernels.epilogue import Epilogue
+from ..kernels.epilogue import text as epilogue_text
+
 # ---------------------------------------------------------------- integer (index) expressions
 
 
@@ -113,7 +116,7 @@ class BinOp:
         return f"({self.a} {self.op} {self.b})"
 
 
-FLOAT_UNOPS = ("neg", "exp", "sqrt", "tanh", "sigmoid")
+FLOAT_UNOPS = ("neg", "exp", "sqrt", "tanh", "sigmoid", "erf")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,8 +176,9 @@ class Micro:
 
     At each instance the C block at flat offset ``c_origin`` (an expression of the statement's
     iterators) becomes ``beta*C + alpha * sum_b A[a_origin + a_offsets[b]] @ B[b_origin +
-    b_offsets[b]]`` with an optional bias (per ``bias_kind`` "row" or "col", at ``bias_origin``)
-    and ReLU applied at the store.
+    b_offsets[b]]``, mapped at the store by ``epilogue`` (``kernels/epilogue.py``: an
+    elementwise expression of the element and of ``operands``, each a tensor and the flat offset
+    of its element at the block's origin).
     """
 
     m: int
@@ -193,10 +197,8 @@ class Micro:
     c_origin: IExpr
     a_offsets: tuple[int, ...]
     b_offsets: tuple[int, ...]
-    bias: str | None = None
-    bias_kind: str | None = None
-    bias_origin: IExpr | None = None
-    relu: bool = False
+    epilogue: Epilogue | None = None
+    operands: tuple[tuple[str, IExpr], ...] = ()  # the epilogue's tensors and their origins
     alpha_arg: str | None = None  # scalar argument multiplying the products, at run time
     # grouped rows (kernels/config.py): groups of ``row_group`` rows, ``lda_group``/``ldc_group``
     # from one group's first row to the next one's (None: one run of rows)
@@ -205,9 +207,10 @@ class Micro:
     ldc_group: int | None = None
 
     def __str__(self) -> str:
-        epi = "".join(
-            [f" + {self.bias}[{self.bias_kind}]" if self.bias else "", " relu" if self.relu else ""]
-        )
+        epi = ""
+        if self.epilogue is not None:
+            names = [t for t, _ in self.operands]
+            epi = f", then {epilogue_text(self.epilogue.expr, names)}"
         rows = f" in groups of {self.row_group}" if self.row_group else ""
         return (
             f"brgemm(m={self.m}{rows}, n={self.n}, k={self.k}, batch={len(self.a_offsets)}, "

@@ -145,10 +145,14 @@ def _micro(kernel: Kernel, s: Statement, scope: set[str]) -> None:
     if len(mk.a_offsets) != len(mk.b_offsets) or min((*mk.a_offsets, *mk.b_offsets, 0)) < 0:
         _fail(kernel, s, "BRGEMM offset tables differ in length or hold negative offsets")
     roles = [(mk.a, mk.a_origin), (mk.b, mk.b_origin), (mk.c, mk.c_origin)]
-    if mk.bias is not None:
-        if mk.bias_kind not in ("row", "col") or mk.bias_origin is None:
-            _fail(kernel, s, f"BRGEMM bias {mk.bias!r} needs a kind and an origin")
-        roles.append((mk.bias, mk.bias_origin))
+    n_in = len(mk.epilogue.operands) if mk.epilogue is not None else 0
+    if len(mk.operands) != n_in:
+        _fail(
+            kernel,
+            s,
+            f"BRGEMM epilogue reads {n_in} operand(s), the call passes {len(mk.operands)}",
+        )
+    roles += list(mk.operands)
     for tensor, origin in roles:
         t = kernel.arg(tensor) if tensor in {a.name for a in kernel.all_tensors} else None
         if not isinstance(t, TensorArg) or t.dtype != "f32":

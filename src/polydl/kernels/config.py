@@ -19,12 +19,15 @@ input rows one element apart); rows of C may not (``ldc >= n``).
 
 ``n`` is the contiguous (vector) dimension. The kernel computes, for a batch of ``batch`` pairs::
 
-    C[i, j] = relu( beta*C[i, j] + alpha * sum_b sum_p A_b[i, p] * B_b[p, j] + bias )
+    C[i, j] = f( beta*C[i, j] + alpha * sum_b sum_p A_b[i, p] * B_b[p, j], in_0[i, j], ... )
 
 where ``alpha`` is a compile-time constant, or with ``alpha_arg=True`` a trailing ``float
-alpha`` parameter of the kernel, and ``bias`` is ``bias[i]`` (``bias="row"``) or ``bias[j]``
-(``bias="col"``); the ReLU and bias are applied only when configured, once, at the final store. The three batch forms of LIBXSMM
-say where ``A_b`` and ``B_b`` are:
+alpha`` parameter of the kernel, and ``f`` is the :class:`~polydl.kernels.epilogue.Epilogue`
+(identity by default), applied once, at the final store, to the finished element and the
+epilogue's operands (tensors read like the C block). ``bias="row"`` (``bias[i]``),
+``bias="col"`` (``bias[j]``) and ``relu=True`` are shorthands for the epilogue
+``max(acc + bias, 0)`` and its parts; :meth:`BrgemmConfig.normalized` spells them out. The
+three batch forms of LIBXSMM say where ``A_b`` and ``B_b`` are:
 
 * ``"stride"``:  ``A_b = A + b*stride_a``, ``B_b = B + b*stride_b`` (strides in elements, fixed);
 * ``"offset"``:  ``A_b = A + a_offs[b]``, ``B_b = B + b_offs[b]`` (int64 element offsets);
@@ -38,6 +41,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from ..errors import PolyDLError
+from .epilogue import Epilogue
 
 BatchForm = Literal["stride", "offset", "address"]
 BiasKind = Literal["row", "col"] | None
@@ -73,6 +77,7 @@ class BrgemmConfig:
     row_group: int | None = None  # rows per group (None: one run of m rows)
     lda_group: int | None = None  # A offset between the first rows of consecutive groups
     ldc_group: int | None = None  # C offset between the first rows of consecutive groups
+    epilogue: Epilogue | None = None  # what the final store computes (None: the element itself)
 
     def __post_init__(self) -> None:
         for name in ("m", "n", "k"):
@@ -91,6 +96,10 @@ class BrgemmConfig:
             raise PolyDLError(f"BRGEMM form must be one of {FORMS}, got {self.form!r}")
         if self.bias not in (None, "row", "col"):
             raise PolyDLError(f"BRGEMM bias must be None, 'row' or 'col', got {self.bias!r}")
+        if self.epilogue is not None and (self.bias is not None or self.relu):
+            raise PolyDLError("BRGEMM takes an epilogue or the bias/relu shorthands, not both")
+        if self.epilogue is not None and not isinstance(self.epilogue, Epilogue):
+            raise PolyDLError(f"BRGEMM epilogue must be an Epilogue, got {self.epilogue!r}")
         for name in ("stride_a", "stride_b"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 0):
@@ -135,8 +144,7 @@ class BrgemmConfig:
             beta=mk.beta,
             alpha=mk.alpha,
             form="offset",
-            bias=mk.bias_kind,
-            relu=mk.relu,
+            epilogue=mk.epilogue,
             isa=isa,
             alpha_arg=mk.alpha_arg is not None,
             row_group=mk.row_group,
@@ -145,7 +153,8 @@ class BrgemmConfig:
         )
 
     def normalized(self) -> BrgemmConfig:
-        """The same kernel with every default filled in (the cache key)."""
+        """The same kernel with every default filled in (the cache key); the bias/relu
+        shorthands become the epilogue they stand for."""
         lda = self.lda if self.lda is not None else self.k
         ldb = self.ldb if self.ldb is not None else self.n
         ldc = self.ldc if self.ldc is not None else self.n
@@ -161,6 +170,19 @@ class BrgemmConfig:
             ldc_g = ldc_g if ldc_g is not None else group * ldc
             if group == self.m or (lda_g == group * lda and ldc_g == group * ldc):
                 group = lda_g = ldc_g = None  # one run of rows: the plain form
+        epi = self.epilogue if self.epilogue is not None else Epilogue.of(self.bias, self.relu)
+        if epi is not None and group is None:
+            # one run of rows: an operand's rows must run on too
+            given = min(self.row_group, self.m) if self.row_group else self.m
+            for o in epi.operands:
+                if given < self.m and o.ld_group not in (None, given * o.ld):
+                    raise PolyDLError(
+                        f"BRGEMM epilogue operand {o.name}: its rows come in groups of {given} "
+                        f"(ld_group={o.ld_group}) where C's rows are one run"
+                    )
+            epi = replace(epi, operands=tuple(replace(o, ld_group=None) for o in epi.operands))
+        if epi is not None and epi.is_identity:
+            epi = None
         return replace(
             self,
             lda=lda,
@@ -169,7 +191,9 @@ class BrgemmConfig:
             stride_a=sa,
             stride_b=sb,
             alpha=float(self.alpha),
-            relu=bool(self.relu),
+            bias=None,
+            relu=False,
+            epilogue=epi,
             row_group=group,
             lda_group=lda_g,
             ldc_group=ldc_g,
@@ -209,6 +233,13 @@ class BrgemmConfig:
 
     def c_extent(self) -> int:
         return max(self.c_row(i) for i in (0, self.m - 1, *self._group_ends())) + self.n
+
+    def operand_extents(self) -> tuple[int, ...]:
+        """Elements each epilogue operand's pointer must reach (normalized config)."""
+        c = self.normalized()
+        if c.epilogue is None:
+            return ()
+        return tuple(o.extent(c.m, c.n, c.row_group) for o in c.epilogue.operands)
 
     def _group_ends(self) -> tuple[int, ...]:
         """The last row of every group (the rows farthest from the origin are among them)."""

@@ -4,14 +4,15 @@
 and the intrinsic declarations it needs, to paste into any module (for example a loop nest that
 polydl generates and that calls the kernel directly). The IR signatures, by batch form::
 
-    stride:  void @name(ptr A, ptr B, ptr C, i64 batch [, ptr bias])
-    offset:  void @name(ptr A, ptr B, ptr C, i64 batch, ptr a_offs, ptr b_offs [, ptr bias])
-    address: void @name(ptr A, ptr B, ptr C, i64 batch [, ptr bias])
+    stride:  void @name(ptr A, ptr B, ptr C, i64 batch [, ptr e0, ptr e1 ...] [, float alpha])
+    offset:  void @name(ptr A, ptr B, ptr C, i64 batch, ptr a_offs, ptr b_offs [, ptr e0 ...] ...)
+    address: void @name(ptr A, ptr B, ptr C, i64 batch [, ptr e0 ...] [, float alpha])
 
 In C: ``A``/``B`` are ``const float *`` (stride, offset) or ``const float *const *`` (address);
-``C`` is ``float *``; ``a_offs``/``b_offs`` are ``const int64_t *`` element offsets; ``bias`` is a
-``const float *`` of ``m`` (row bias) or ``n`` (column bias) elements. ``C`` must not overlap the
-inputs. Semantics and layouts: :mod:`polydl.kernels.config`.
+``C`` is ``float *``; ``a_offs``/``b_offs`` are ``const int64_t *`` element offsets; ``e0``,
+``e1`` ... are the epilogue's operands (``const float *``, each at the element of the block's
+first row and column; a bias is ``e0``). ``C`` must not overlap the inputs. Semantics and
+layouts: :mod:`polydl.kernels.config`; the epilogue: :mod:`polydl.kernels.epilogue`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import jinja2
 
 from .config import BrgemmConfig
+from .epilogue import BINARY, Epilogue
 from .isa import Blocking, IsaFamily, TileGroup, effective, family, plan
 
 _SYMBOL = re.compile(r"^[A-Za-z_.$][A-Za-z0-9_.$]*$")
@@ -81,9 +83,9 @@ def _params(cfg: BrgemmConfig) -> tuple[str, str]:
     if cfg.form == "offset":
         ir += ["ptr %a_offs", "ptr %b_offs"]
         c += ["const int64_t *a_offs", "const int64_t *b_offs"]
-    if cfg.bias is not None:
-        ir.append("ptr %bias")
-        c.append("const float *bias")
+    for t, _ in enumerate(cfg.epilogue.operands if cfg.epilogue else ()):
+        ir.append(f"ptr %e{t}")
+        c.append(f"const float *e{t}")
     if cfg.alpha_arg:
         ir.append("float %alpha")
         c.append("float alpha")
@@ -101,24 +103,121 @@ def _mask(width: int, active: int) -> str:
 
 def _float_lit(x: float) -> str:
     """An LLVM float literal: the exact double of the f32 value, in hex."""
+    if x in (float("inf"), float("-inf")):
+        return "0x7FF0000000000000" if x > 0 else "0xFFF0000000000000"
     f32 = struct.unpack("<f", struct.pack("<f", x))[0]
     return "0x" + struct.pack(">d", f32).hex().upper()
 
 
 def _stages(cfg: BrgemmConfig) -> list[str]:
-    """Store-time stages in order: alpha, beta, bias, ReLU (macros of common/epilogue.ll.j2)."""
+    """Store-time stages before the epilogue: alpha, beta (macros of common/epilogue.ll.j2)."""
     stages = []
     if cfg.alpha != 1.0 or cfg.alpha_arg:
         stages.append("alpha")
     if cfg.beta == 1:
         stages.append("beta")
-    if cfg.bias == "row":
-        stages.append("bias_row")
-    elif cfg.bias == "col":
-        stages.append("bias_col")
-    if cfg.relu:
-        stages.append("relu")
     return stages
+
+
+# LLVM intrinsics (by base name) an epilogue step needs declared: max/min, and the vector math
+# of common/math.ll.j2 (exp: roundeven and the family's fma; tanh/erf: fabs, copysign; sqrt)
+_NEEDS = {
+    "max": ("maxnum",),
+    "min": ("minnum",),
+    "exp": ("maxnum", "minnum", "roundeven"),
+    "sigmoid": ("maxnum", "minnum", "roundeven"),
+    "tanh": ("maxnum", "minnum", "roundeven", "fabs", "copysign"),
+    "erf": ("maxnum", "minnum", "roundeven", "fabs", "copysign"),
+    "sqrt": ("sqrt",),
+    "abs": ("fabs",),
+}
+_ARITY = {"maxnum": 2, "minnum": 2, "copysign": 2}
+
+
+def _program(
+    epi: Epilogue | None, v: int, row_group: int | None
+) -> tuple[list[dict], str, set[str]]:
+    """The epilogue as steps for the template (each one macro of common/epilogue.ll.j2), the
+    value stored, and the intrinsics the steps need. Values are named ``%@.<n>``: the template
+    puts each accumulator's prefix in place of ``@``. Common subexpressions are computed once."""
+    if epi is None:
+        return [], "%@.acc", set()
+    steps: list[dict] = []
+    needs: set[str] = set()
+    seen: dict[tuple, str] = {}
+
+    def value(e: tuple) -> str:
+        if e[0] == "acc":
+            return "%@.acc"
+        if e[0] == "num":
+            return _vec_const("float", [_float_lit(e[1])] * v)
+        if e in seen:
+            return seen[e]
+        if e[0] == "in":
+            op = epi.operands[e[1]]
+            step = {"kind": "load_col" if op.col else "load_row", "t": e[1], "ld": op.ld}
+            if row_group is not None:
+                step["ld_group"] = op.ld_group if op.ld_group is not None else row_group * op.ld
+        elif e[0] in BINARY:
+            step = {"kind": "binary", "op": e[0], "a": value(e[1]), "b": value(e[2])}
+        else:
+            step = {"kind": e[0], "a": value(e[1])}
+        needs.update(_NEEDS.get(e[0], ()))
+        dst = f"%@.v{len(seen)}"
+        step["dst"] = dst
+        step["p"] = dst[3:]  # prefix of the step's temporaries
+        seen[e] = dst
+        steps.append(step)
+        return dst
+
+    out = value(epi.expr)
+    return steps, out, needs
+
+
+# constants of the vector math (common/math.ll.j2): exp's range reduction and Taylor terms, the
+# small-argument series of tanh and erf, Abramowitz & Stegun 7.1.26 for erf elsewhere
+_MATH = {
+    "exp_lo": -104.0,
+    "exp_max": 88.72283,
+    "log2e": 1.4426950408889634,
+    "ln2_hi": 0.693145751953125,
+    "ln2_lo": 1.428606765330187e-06,
+    "one": 1.0,
+    "two": 2.0,
+    "half": 0.5,
+    "inf": float("inf"),
+    "e2": 1 / 2,
+    "e3": 1 / 6,
+    "e4": 1 / 24,
+    "e5": 1 / 120,
+    "e6": 1 / 720,
+    "tanh_small": 0.0625,
+    "t3": -1 / 3,
+    "t5": 2 / 15,
+    "t7": -17 / 315,
+    "erf_small": 0.5,
+    "erf_c": 2 / 3.141592653589793**0.5,
+    "s3": -1 / 3,
+    "s5": 1 / 10,
+    "s7": -1 / 42,
+    "s9": 1 / 216,
+    "s11": -1 / 1320,
+    "s13": 1 / 9360,
+    "as_p": 0.3275911,
+    "as1": 0.254829592,
+    "as2": -0.284496736,
+    "as3": 1.421413741,
+    "as4": -1.453152027,
+    "as5": 1.061405429,
+}
+
+
+def _math_consts(v: int) -> dict[str, str]:
+    out = {k: _vec_const("float", [_float_lit(x)] * v) for k, x in _MATH.items()}
+    out["exp_bias"] = _vec_const("i32", ["127"] * v)
+    out["exp_shift"] = _vec_const("i32", ["23"] * v)
+    out["one_i"] = _vec_const("i32", ["1"] * v)
+    return out
 
 
 def _group_ctx(gi: int, g: TileGroup, cfg: BrgemmConfig, fam: IsaFamily) -> dict:
@@ -205,10 +304,17 @@ def generate(
     mstore = f"llvm.masked.store.{suffix}.p0"
     vty = fam.vty
     mty = f"<{v} x i1>"
+    program, result, needs = _program(cfg.epilogue, v, cfg.row_group)
+    intrinsics = {n: f"llvm.{n}.{suffix}" for n in ("maxnum", "minnum", "roundeven", "fabs")}
+    intrinsics |= {n: f"llvm.{n}.{suffix}" for n in ("copysign", "sqrt")}
     declarations = (
         f"declare {vty} @{fma}({vty}, {vty}, {vty})",
         f"declare {vty} @{mload}(ptr, i32 immarg, {mty}, {vty})",
         f"declare void @{mstore}({vty}, ptr, i32 immarg, {mty})",
+        *(
+            f"declare {vty} @{intrinsics[n]}({', '.join([vty] * _ARITY.get(n, 1))})"
+            for n in sorted(needs)
+        ),
     )
     params, c_params = _params(cfg)
     groups = [_group_ctx(gi, g, cfg, fam) for gi, g in enumerate(blocking.groups)]
@@ -242,6 +348,12 @@ def generate(
         else [],
         "neg_zero": _vec_const("float", ["-0.0"] * v),
         "stages": _stages(cfg),
+        "program": program,
+        "result": result,
+        "intr": intrinsics,
+        "mc": _math_consts(v) if needs else {},
+        "ity": f"<{v} x i32>",
+        "row_group": cfg.row_group,
         "counters": counters,
         "accs": [a for g in groups for a in g["acc_list"]],
         "groups": groups,

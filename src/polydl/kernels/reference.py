@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .config import BrgemmConfig
+from .epilogue import evaluate
 
 
 def block(flat: np.ndarray, offset: int, rows, cols: int, ld: int = 0) -> np.ndarray:
@@ -54,10 +55,13 @@ def reference(
     a_offsets: np.ndarray | None = None,
     b_offsets: np.ndarray | None = None,
     bias: np.ndarray | None = None,
+    operands: Sequence[np.ndarray] | None = None,
     alpha: float | None = None,
 ) -> np.ndarray:
     """What the kernel leaves in ``c`` (a new array; ``c`` itself is not changed); ``alpha`` is
-    the run-time alpha of an ``alpha_arg`` kernel."""
+    the run-time alpha of an ``alpha_arg`` kernel; ``operands`` are the flat arrays of the
+    epilogue's operands from each one's origin (``bias=`` is the one operand of the bias
+    shorthand)."""
     n = cfg.normalized()
     if batch is None:
         batch = len(a_offsets) if n.form == "offset" else len(a)
@@ -70,11 +74,13 @@ def reference(
     res = (float(np.float32(alpha)) if n.alpha_arg else n.alpha) * acc
     if n.beta == 1:
         res = res + flat[idx].astype(np.float64)
-    if n.bias == "row":
-        res = res + bias.reshape(-1)[: n.m, None].astype(np.float64)
-    elif n.bias == "col":
-        res = res + bias.reshape(-1)[None, : n.n].astype(np.float64)
-    if n.relu:
-        res = np.maximum(res, 0.0)
+    if n.epilogue is not None:
+        ins = list(operands) if operands is not None else ([bias] if bias is not None else [])
+        blocks = []
+        for op, x in zip(n.epilogue.operands, ins, strict=True):
+            rows = [op.row_offset(i, n.row_group) for i in range(n.m)]
+            at = np.array(rows)[:, None] + op.col * np.arange(n.n)[None, :]
+            blocks.append(np.asarray(x).reshape(-1)[at].astype(np.float64))
+        res = evaluate(n.epilogue.expr, res, blocks)
     flat[idx] = res.astype(np.float32)
     return out

@@ -42,7 +42,8 @@ class KernelSpec:
         lay = "; ".join(f"{k}: {v}" for k, v in self.layouts)
         return (
             f"brgemm f32 {c.form} m={c.m} n={c.n} k={c.k} beta={c.beta} alpha={c.alpha} "
-            f"bias={c.bias} relu={c.relu} isa={self.family.name} tile={self.blocking.tile} "
+            f"epilogue={c.epilogue.text() if c.epilogue else 'none'} "
+            f"isa={self.family.name} tile={self.blocking.tile} "
             f"groups={len(self.blocking.groups)} | {lay}"
         )
 
@@ -55,11 +56,13 @@ def spec(config: BrgemmConfig) -> KernelSpec:
         ("A", f"row-major {cfg.m}x{cfg.k}, lda={cfg.lda}"),
         ("B", f"row-major {cfg.k}x{cfg.n}, ldb={cfg.ldb}"),
         ("C", f"row-major {cfg.m}x{cfg.n}, ldc={cfg.ldc}"),
-        (
-            "bias",
-            {"row": f"{cfg.m} floats (per row)", "col": f"{cfg.n} floats (per column)"}.get(
-                cfg.bias, "none"
-            ),
+        *(
+            (
+                f"e{t} ({o.name})",
+                f"{'per row' if not o.col else 'like C'}, ld={o.ld}"
+                + (f", ld_group={o.ld_group}" if o.ld_group is not None else ""),
+            )
+            for t, o in enumerate(cfg.epilogue.operands if cfg.epilogue else ())
         ),
     )
     return KernelSpec(
@@ -75,8 +78,7 @@ def _argtypes(cfg: BrgemmConfig) -> list:
     args = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     if cfg.form == "offset":
         args += [ctypes.c_void_p, ctypes.c_void_p]
-    if cfg.bias is not None:
-        args.append(ctypes.c_void_p)
+    args += [ctypes.c_void_p] * len(cfg.epilogue.operands if cfg.epilogue else ())
     if cfg.alpha_arg:
         args.append(ctypes.c_float)
     return args
@@ -124,11 +126,13 @@ class BrgemmKernel:
         a_offsets: np.ndarray | None = None,
         b_offsets: np.ndarray | None = None,
         bias: np.ndarray | None = None,
+        operands: Sequence[np.ndarray] | None = None,
         alpha: float | None = None,
     ) -> np.ndarray:
         """Run the kernel in place on ``c`` and return it. By form: ``stride`` takes flat buffers
         ``a``, ``b`` and ``batch``; ``offset`` takes buffers and int64 ``a_offsets``/``b_offsets``;
-        ``address`` takes sequences of per-pair arrays. Every access is bounds-checked first."""
+        ``address`` takes sequences of per-pair arrays. ``operands`` are the epilogue's tensors
+        (``bias=`` for the bias shorthand). Every access is bounds-checked first."""
         cfg = self.spec.config
         _f32(c, "C", cfg.c_extent(), writable=True)
         keep: list = []
@@ -156,12 +160,19 @@ class BrgemmKernel:
             pb = np.array([_f32(x, "B[b]", cfg.b_extent()).ctypes.data for x in b], np.uintp)
             args = [pa.ctypes.data, pb.ctypes.data, c.ctypes.data, len(a)]
             keep += [pa, pb]
-        if cfg.bias is not None:
-            if bias is None:
-                raise PolyDLError(f"BRGEMM configured with a {cfg.bias} bias needs bias=")
-            args.append(_f32(bias, "bias", cfg.m if cfg.bias == "row" else cfg.n).ctypes.data)
-        elif bias is not None:
-            raise PolyDLError("BRGEMM configured without bias got bias=")
+        wanted = cfg.epilogue.operands if cfg.epilogue else ()
+        if bias is not None:
+            if operands is not None or [o.name for o in wanted] != ["bias"]:
+                raise PolyDLError("BRGEMM got bias= but its epilogue has no (single) bias")
+            operands = [bias]
+        given = list(operands or ())
+        if len(given) != len(wanted):
+            names = [o.name for o in wanted]
+            raise PolyDLError(
+                f"BRGEMM epilogue reads {len(wanted)} operand(s) {names}, got {len(given)}"
+            )
+        for o, x, need in zip(wanted, given, cfg.operand_extents(), strict=True):
+            args.append(_f32(x, o.name, need).ctypes.data)
         if cfg.alpha_arg:
             if alpha is None:
                 raise PolyDLError("BRGEMM configured with alpha_arg=True needs alpha=")
@@ -180,8 +191,8 @@ _cache_lock = threading.Lock()
 def symbol_for(config: BrgemmConfig) -> str:
     """A deterministic symbol name for a configuration (the same in every process)."""
     c = config.normalized()
-    bias = c.bias or "nb"
-    tag = f"{c.form}_{c.m}x{c.n}x{c.k}_l{c.lda}_{c.ldb}_{c.ldc}_b{c.beta}_{bias}_r{int(c.relu)}"
+    epi = f"e{len(c.epilogue.operands)}" if c.epilogue else "ne"
+    tag = f"{c.form}_{c.m}x{c.n}x{c.k}_l{c.lda}_{c.ldb}_{c.ldc}_b{c.beta}_{epi}"
     digest = hashlib.sha1(repr(c).encode()).hexdigest()[:8]
     return f"polydl_brgemm_{c.isa or 'host'}_{tag}_{digest}"
 

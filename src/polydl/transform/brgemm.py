@@ -12,14 +12,14 @@ After, with blocks bm x bn and the whole reduction in one batch-reduce call per 
 
 Full and partial blocks become separate statements (``_mk0`` .. ``_mk3``), each calling a kernel
 compiled for its exact block, so no scalar remainder loop is left on the hot path. The folded
-statements (init, reduction, epilogue) must form one whole top-level nest.
+statements (init, reduction, epilogue) must fill the top-level nests they are in.
 
 Reduction tiling: when the plan has a loop over ``k`` (its last one stepping by ``kc``, a multiple
 of ``bk`` dividing the k extent), one call covers ``kc`` of the reduction and the k loop steps the
 origin. A loop over one batch iterator instead (stepping by a divisor of its extent: a conv's
 input-channel blocks) leaves the rest of that iterator out of the call: a shorter B panel per
 call. The k domain is split like the blocks of m and n: the first tile (``beta=0`` when the zero
-init is folded), the middle tiles (``beta=1``, no epilogue), the last tile (the folded bias/ReLU
+init is folded), the middle tiles (``beta=1``, no epilogue), the last tile (the folded
 epilogue); fewer pieces when they coincide. The k loop carries the reduction: never parallel.
 """
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, replace
 
-from ..analysis.contraction import Contraction
+from ..analysis.contraction import Contraction, fills
 from ..ir import poly
 from ..ir.nodes import Int, Kernel, Micro, Statement
 
@@ -80,17 +80,9 @@ def _nest_position(kernel: Kernel, s: Statement) -> int:
 
 
 def foldable(kernel: Kernel, c: Contraction) -> bool:
-    """Whether the folded statements are exactly one top-level nest (nothing else in it)."""
-    folded = {c.stmt, c.init, c.epilogue} - {None}
-    red = kernel.statement(c.stmt)
-    pos = _nest_position(kernel, red)
-    for s in kernel.statements:
-        if s.micro is not None:
-            continue
-        same = _nest_position(kernel, s) == pos
-        if same != (s.name in folded):
-            return False
-    return True
+    """Whether the folded statements fill the top-level nests they are in (nothing else in
+    them): the calls then replace those nests whole."""
+    return fills(kernel, c.folded)
 
 
 def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
@@ -175,13 +167,11 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
             c_origin=lc.expr(at_lo),
             a_offsets=tuple(a_offs),
             b_offsets=tuple(b_offs),
-            bias=c.bias if last else None,
-            bias_kind=c.bias_kind if last else None,
-            bias_origin=c.linear("bias").expr(at_lo) if c.bias and last else None,
-            relu=c.relu and last,
+            epilogue=c.post if last else None,
+            operands=tuple((t, lin.expr(at_lo)) for t, lin in c.inputs) if last else (),
             **c.row_groups(),
         )
-        texts = [kernel.statement(s).source for s in (c.init, c.stmt, c.epilogue) if s]
+        texts = [kernel.statement(s).source for s in c.folded]
         new.append(
             replace(
                 red,
@@ -193,7 +183,7 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
                 micro=micro,
             )
         )
-    folded = {c.stmt, c.init, c.epilogue}
+    folded = set(c.folded)
     out: list[Statement] = []
     for s in kernel.statements:
         if s.name == c.stmt:

@@ -51,8 +51,7 @@ def coalesce_columns(kernel: Kernel) -> Kernel:
 
 
 def _group(kernel: Kernel, c: Contraction) -> list[Statement]:
-    folded = {c.init, c.stmt, c.epilogue} - {None}
-    return [s for s in kernel.statements if s.name in folded]
+    return [s for s in kernel.statements if s.name in c.folded]
 
 
 def _span(kernel: Kernel, s: Statement, v: str) -> tuple[int, int] | None:
@@ -131,7 +130,7 @@ def _coalesce(kernel: Kernel, c: Contraction) -> Kernel | None:
     if (
         c2 is None
         or c2.n != fused
-        or (c2.init, c2.epilogue, c2.bias_kind) != (c.init, c.epilogue, c.bias_kind)
+        or (c2.init, c2.epilogue, c2.post is None) != (c.init, c.epilogue, c.post is None)
         or not foldable(out, c2)
     ):
         return None
