@@ -16,6 +16,7 @@ def compile(
     optimize: bool = True,
     variant: int = 0,
     schedule: Any = None,
+    fuse: bool = True,
     **sizes: int,
 ) -> CompiledKernel:  # noqa: A001
     """Compile ``kern`` (a ``@pd.kernel`` function) for the given size bindings.
@@ -28,7 +29,9 @@ def compile(
     ``show("variants")``) instead of the best one. ``schedule`` replays a record of the
     optimiser's choices (a :class:`polydl.schedule.Schedule`, its JSON text or a JSON file's
     path; ``CompiledKernel.schedule``, ``show("schedule")``): each contraction's plan exactly as
-    recorded, checked for legality, nothing ranked.
+    recorded, checked for legality, nothing ranked. ``fuse=False`` leaves consecutive nests
+    unfused (``show("fusion")`` says what fusion would decide; the elementwise statements after
+    a contraction still fold into its calls).
     """
     from .pipeline import compile_kernel
 
@@ -52,4 +55,5 @@ def compile(
         optimize=optimize,
         variant=variant,
         schedule=record,
+        fuse=fuse,
     )

@@ -22,6 +22,7 @@ from .ir.nodes import Kernel
 from .schedule import ContractionSchedule, Prediction, Schedule, ScheduleError
 from .transform.brgemm import BlockPlan, foldable, lower
 from .transform.coalesce import coalesce_columns
+from .transform.fuse import fuse_nests
 from .transform.gather import copy_cost, gather_operands
 from .transform.pack import pack_operands
 from .transform.split import split_guards
@@ -85,12 +86,13 @@ def compile_kernel(
     optimize: bool = True,
     variant: int = 0,
     schedule: Schedule | None = None,
+    fuse: bool = True,
 ) -> CompiledKernel:
     """Compile a parsed DSL kernel for the given sizes, thread count and target CPU.
 
     ``optimize=False`` keeps the plain schedule of the source (the oracle path); ``variant``
     takes the variant of that rank instead of the cost model's best (0); ``schedule`` replays
-    a record (:mod:`polydl.schedule`) instead of ranking.
+    a record (:mod:`polydl.schedule`) instead of ranking; ``fuse=False`` keeps the nests apart.
     """
     from .analysis.bounds import check_bounds
     from .analysis.deps import parallel_dims
@@ -107,7 +109,13 @@ def compile_kernel(
         bound = _checked(bind_sizes(kernel, sizes))
         # 2. Every access provably inside its tensor (BoundsError with a witness otherwise).
         check_bounds(bound)
-        # 3. Contraction operands strided along the output's contiguous dimension (a strided
+        # 3. Consecutive nests fused where isl proves it legal and the working-set model says
+        #    their shared data then stays in a smaller cache (transform/fuse.py); the nests of
+        #    contractions and of what folds into their calls are the optimiser's (step 5).
+        fusion: tuple = ()
+        if optimize and fuse:
+            bound, fusion = fuse_nests(bound, tgt, threads=threads, reserved=_reserved(bound))
+        # 4. Contraction operands strided along the output's contiguous dimension (a strided
         #    NCHW conv's input) are gathered once into dense scratch (transform/gather.py).
         candidates = [bound]
         if optimize:
@@ -117,7 +125,7 @@ def compile_kernel(
             wide = _checked(gather_operands(bound, guarded=True))
             if wide is not bound:
                 candidates.append(wide)
-        # 4. Contractions become BRGEMM calls on blocks; the cost model ranks the loops around
+        # 5. Contractions become BRGEMM calls on blocks; the cost model ranks the loops around
         #    them (order, tiles, parallel loops) for the target's caches and cores.
         isa = tgt.isa  # the BRGEMM family: the target's (kernels/isa.select_isa on its features)
         record = None
@@ -138,28 +146,47 @@ def compile_kernel(
         else:
             lowered, micro_par = bound, {}
         _checked(lowered)
-        # 5. Loops that carry no dependence (reductions included) may run in parallel.
+        # 6. Loops that carry no dependence (reductions included) may run in parallel.
         threaded = threads > 1 and jit.gomp_available()
         dims = parallel_dims(bound) if threaded else frozenset()
         parallel = (
             {s.name: micro_par.get(s.name, dims) for s in lowered.statements} if threaded else {}
         )
-        # 6. The schedule as a loop tree, from isl's AST generator.
+        # 7. The schedule as a loop tree, from isl's AST generator.
         sched = poly.union(poly.schedule(lowered, s) for s in lowered.statements)
         tree = poly.ast(sched, poly.context(lowered), parallel)
-        # 7. Widely strided B blocks that later calls read again are copied into dense scratch
+        # 8. Widely strided B blocks that later calls read again are copied into dense scratch
         #    buffers once (transform/pack.py), at most an L2's worth.
         if optimize:
             tree = pack_operands(lowered, tree, max_bytes=tgt.scratch_bytes())
-        # 8. Which parallel loops run as parallel regions, collapsed where that balances the
+        # 9. Which parallel loops run as parallel regions, collapsed where that balances the
         #    threads better (transform/threads.py): every threading decision after the schedule.
         if threaded:
             tree = assign_threads(tree, threads=threads, sizes=lowered.size_values)
-    # 9. LLVM IR through the templates; JIT happens on first call (or asm on demand).
+    # 10. LLVM IR through the templates; JIT happens on first call (or asm on demand).
     ir = emit_module(lowered, tree, parallel=threaded, cpu=cpu, isa=isa, threads=threads)
     return CompiledKernel(
-        kernel=lowered, tree=tree, llvm_ir=ir, cpu=cpu, threads=threads, schedule=record
+        kernel=lowered,
+        tree=tree,
+        llvm_ir=ir,
+        cpu=cpu,
+        threads=threads,
+        schedule=record,
+        fusion=fusion,
     )
+
+
+def _reserved(kernel: Kernel) -> frozenset[str]:
+    """Statements whose nests loop fusion leaves alone: every contraction (recognised, or a
+    product of two tensors accumulated, like a guarded conv) and what folds into its calls."""
+    from .analysis.contraction import factors, find_all
+    from .ir.nodes import Load
+
+    names = {n for c in find_all(kernel) for n in c.folded}
+    for s in kernel.statements:
+        if s.op == "+=" and sum(isinstance(f, Load) for f in factors(s.expr)) >= 2:
+            names.add(s.name)
+    return frozenset(names)
 
 
 def _cheapest(

@@ -32,6 +32,7 @@ class CompiledKernel:
         cpu: str,
         threads: int,
         schedule=None,
+        fusion: tuple = (),
     ):
         self.kernel = kernel
         self.tree = tree
@@ -39,6 +40,7 @@ class CompiledKernel:
         self.cpu = cpu
         self.threads = threads
         self.schedule = schedule  # polydl.schedule.Schedule of the optimiser's choices (or None)
+        self.fusion = fusion  # transform/fuse.Candidate of every pair of nests considered
         self.sizes = kernel.size_values
         self._module: jit.JitModule | None = None
         self._fn = None
@@ -67,8 +69,8 @@ class CompiledKernel:
     def show(self, what: str = "loops") -> str:
         """``"loops"``: the transformed nest as C-like text; ``"variants"``: the ranked
         variants of each contraction; ``"schedule"``: the record of the choices, as JSON
-        (``pd.compile(kernel, schedule=...)`` replays it); ``"llvm"``, ``"llvm-opt"``;
-        ``"asm"``."""
+        (``pd.compile(kernel, schedule=...)`` replays it); ``"fusion"``: each pair of nests
+        offered for fusion, its verdict and why; ``"llvm"``, ``"llvm-opt"``; ``"asm"``."""
         if what == "loops":
             text = {
                 s.name: f"{s.micro}  <- {s.source}  (line {s.line})"
@@ -90,6 +92,11 @@ class CompiledKernel:
             if self.schedule is None:
                 return f"// {self.kernel.name}: compiled with optimize=False (no schedule)"
             return self.schedule.choices().to_json()
+        if what == "fusion":
+            head = f"// {self.kernel.name}: fusion of consecutive nests"
+            if not self.fusion:
+                return f"{head}: none considered (one nest, or optimize=False)"
+            return "\n".join([head, *(c.line() for c in self.fusion)])
         if what == "llvm":
             return self.llvm_ir
         if what in ("llvm-opt", "llvm_opt"):
@@ -97,7 +104,8 @@ class CompiledKernel:
         if what == "asm":
             return jit.emit_asm(self.llvm_ir, cpu=self.cpu, name=self.kernel.name)
         raise ValueError(
-            f"show() takes 'loops', 'variants', 'schedule', 'llvm', 'llvm-opt' or 'asm', not "
+            f"show() takes 'loops', 'variants', 'schedule', 'fusion', 'llvm', 'llvm-opt' or "
+            f"'asm', not "
             f"{what!r}"
         )
 

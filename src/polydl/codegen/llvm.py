@@ -523,6 +523,13 @@ class ModuleEmitter:
         v = self.fresh()
         if e.op == "neg":
             code.append(f"  {v} = fneg {FM} {ty} {a}")
+        elif dt == "f32" and e.op in ("exp", "tanh", "sigmoid", "erf"):
+            # inline (kernels/generator.math_code), so that the loop vectoriser widens it
+            from ..kernels.generator import math_code
+
+            text, decls = math_code(e.op, v[1:], a, v)
+            self.decls.update(decls)
+            code.append(text.strip("\n"))
         elif e.op == "sigmoid":
             self.decls.add(f"declare {ty} @llvm.exp.{_sfx(dt)}({ty})")
             n, ex, d = self.fresh(), self.fresh(), self.fresh()

@@ -212,12 +212,56 @@ _MATH = {
 }
 
 
-def _math_consts(v: int) -> dict[str, str]:
-    out = {k: _vec_const("float", [_float_lit(x)] * v) for k, x in _MATH.items()}
-    out["exp_bias"] = _vec_const("i32", ["127"] * v)
-    out["exp_shift"] = _vec_const("i32", ["23"] * v)
-    out["one_i"] = _vec_const("i32", ["1"] * v)
-    return out
+def math_context(v: int | None, fma: str | None = None) -> dict:
+    """What ``common/math.ll.j2`` needs for f32 vectors of ``v`` lanes, or scalars (``None``):
+    the types, the intrinsics by base name, the family's ``fma``, the constants."""
+    if v is None:
+        suffix, vty, ity, bty = "f32", "float", "i32", "i1"
+
+        def const(elt: str, x: str) -> str:
+            return x
+
+    else:
+        suffix, vty, ity, bty = f"v{v}f32", f"<{v} x float>", f"<{v} x i32>", f"<{v} x i1>"
+
+        def const(elt: str, x: str) -> str:
+            return _vec_const(elt, [x] * v)
+
+    mc = {k: const("float", _float_lit(x)) for k, x in _MATH.items()}
+    mc |= {"exp_bias": const("i32", "127"), "exp_shift": const("i32", "23")}
+    mc["one_i"] = const("i32", "1")
+    names = ("maxnum", "minnum", "roundeven", "fabs", "copysign", "sqrt")
+    return {
+        "vty": vty,
+        "ity": ity,
+        "bty": bty,
+        "mc": mc,
+        "intr": {n: f"llvm.{n}.{suffix}" for n in names},
+        "fma": fma or f"llvm.fma.{suffix}",
+    }
+
+
+def math_declarations(ctx: dict, needs: set[str]) -> list[str]:
+    """The declarations of the intrinsics ``needs`` (base names) in ``ctx``'s types."""
+    vty = ctx["vty"]
+    return [
+        f"declare {vty} @{ctx['intr'][n]}({', '.join([vty] * _ARITY.get(n, 1))})"
+        for n in sorted(needs)
+    ]
+
+
+def math_code(fn: str, prefix: str, src: str, dst: str) -> tuple[str, list[str]]:
+    """Scalar f32 ``fn`` (``exp``, ``tanh``, ``sigmoid``, ``erf``) of ``src`` into ``dst`` as
+    LLVM instructions (temporaries named ``%<prefix>.*``), and the declarations they need: the
+    loop vectoriser then widens it like any arithmetic, where a libm call would stay scalar."""
+    ctx = math_context(None)
+    module = environment().get_template("common/math.ll.j2").make_module(ctx)
+    code = str(getattr(module, fn)(prefix, src, dst))
+    decls = [
+        *math_declarations(ctx, set(_NEEDS[fn])),
+        f"declare float @{ctx['fma']}(float, float, float)",
+    ]
+    return code, decls
 
 
 def _group_ctx(gi: int, g: TileGroup, cfg: BrgemmConfig, fam: IsaFamily) -> dict:
@@ -305,16 +349,12 @@ def generate(
     vty = fam.vty
     mty = f"<{v} x i1>"
     program, result, needs = _program(cfg.epilogue, v, cfg.row_group)
-    intrinsics = {n: f"llvm.{n}.{suffix}" for n in ("maxnum", "minnum", "roundeven", "fabs")}
-    intrinsics |= {n: f"llvm.{n}.{suffix}" for n in ("copysign", "sqrt")}
+    math = math_context(v, fma)
     declarations = (
         f"declare {vty} @{fma}({vty}, {vty}, {vty})",
         f"declare {vty} @{mload}(ptr, i32 immarg, {mty}, {vty})",
         f"declare void @{mstore}({vty}, ptr, i32 immarg, {mty})",
-        *(
-            f"declare {vty} @{intrinsics[n]}({', '.join([vty] * _ARITY.get(n, 1))})"
-            for n in sorted(needs)
-        ),
+        *math_declarations(math, needs),
     )
     params, c_params = _params(cfg)
     groups = [_group_ctx(gi, g, cfg, fam) for gi, g in enumerate(blocking.groups)]
@@ -350,9 +390,7 @@ def generate(
         "stages": _stages(cfg),
         "program": program,
         "result": result,
-        "intr": intrinsics,
-        "mc": _math_consts(v) if needs else {},
-        "ity": f"<{v} x i32>",
+        **{k: math[k] for k in ("intr", "mc", "ity", "bty")},
         "row_group": cfg.row_group,
         "counters": counters,
         "accs": [a for g in groups for a in g["acc_list"]],

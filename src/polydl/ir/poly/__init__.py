@@ -72,6 +72,7 @@ from .schedules import (  # noqa: F401
     schedule_from_text,
     schedule_ndim,
     top_position,
+    with_constants,
 )
 from .sets import (  # noqa: F401
     _pw_aff_const,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from ..nodes import Kernel, Statement
 from ._base import _IN, _OUT, _SET, Map, Set, _context, _with_context, names, tuple_name
@@ -67,6 +67,15 @@ def embed_schedule(text: str, prefix: Iterable[int], ndim: int) -> str:
     dims = pre + outs + ["0"] * (ndim - len(pre) - n)
     emb = Map(f"{{ [{', '.join(outs)}] -> [{', '.join(dims)}] }}").align_params(m.get_space())
     return str(m.apply_range(emb))
+
+
+def with_constants(text: str, fixed: Mapping[int, int]) -> str:
+    """Schedule map ``text`` with each output dimension ``i`` of ``fixed`` the constant
+    ``fixed[i]`` (a nest moved to another position, or after other statements of a loop)."""
+    m = Map(text)
+    for i, v in sorted(fixed.items()):
+        m = m.project_out(_OUT, i, 1).insert_dims(_OUT, i, 1).fix_val(_OUT, i, int(v))
+    return m.to_str()
 
 
 @functools.lru_cache(maxsize=4096)
