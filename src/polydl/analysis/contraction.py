@@ -29,7 +29,7 @@ microkernel's final store. Nothing here changes the IR: it only reads it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ..ir import poly
@@ -232,9 +232,14 @@ def _epilogue(e: Expr, c: Load) -> tuple[Load | None, bool] | None:
     return None
 
 
-@functools.lru_cache(maxsize=1024)
-def find(kernel: Kernel, red: Statement) -> Contraction | None:
-    """The contraction ``red`` computes, or None if it is not one (see module docstring)."""
+def recognise(kernel: Kernel, red: Statement) -> Contraction | None:
+    """The contraction ``red`` computes in ``kernel``, or None if it is not one (module doc).
+
+    A question about one statement: the pipeline asks it of every statement once
+    (:func:`find_all`), and again only where a pass changed the kernel (:func:`refresh`);
+    ``transform/split.py`` asks it of the trial kernels it builds (is this cell a contraction?).
+    It reads ``red``, the statements right before and after it (the init and epilogue it may
+    fold) and the kernel's tensors and sizes, never a schedule."""
     if red.op != "+=":
         return None
     terms = factors(red.expr)
@@ -378,11 +383,30 @@ def _fold(kernel: Kernel, red: Statement, c: Contraction) -> Contraction:
     return c
 
 
-def find_all(kernel: Kernel) -> list[Contraction]:
+def find_all(kernel: Kernel) -> tuple[Contraction, ...]:
     """Every contraction of ``kernel``, in statement order."""
+    out = (recognise(kernel, s) for s in kernel.statements)
+    return tuple(c for c in out if c is not None)
+
+
+def _reads(kernel: Kernel) -> dict[str, tuple]:
+    """Per statement, what :func:`recognise` reads of it and of its neighbours."""
+    key = [(s.name, s.iterators, s.domain, s.target, s.op, s.expr) for s in kernel.statements]
+    pad = [None, *key, None]
+    return {k[0]: (pad[i], k, pad[i + 2]) for i, k in enumerate(key)}
+
+
+def refresh(before: Kernel, found: Sequence[Contraction], after: Kernel) -> tuple[Contraction, ...]:
+    """The contractions of ``after``, a pass's result on ``before`` whose contractions are
+    ``found``: a statement's is kept when what :func:`recognise` reads of it is as it was (the
+    statement and those right before and after it, schedules aside), recognised anew where a
+    pass changed that; every one anew when the tensors or sizes differ."""
+    if replace(before, statements=()) != replace(after, statements=()):
+        return find_all(after)
+    old, new, kept = _reads(before), _reads(after), {c.stmt: c for c in found}
     out = []
-    for s in kernel.statements:
-        c = find(kernel, s)
+    for s in after.statements:
+        c = kept.get(s.name) if old.get(s.name) == new[s.name] else recognise(after, s)
         if c is not None:
             out.append(c)
-    return out
+    return tuple(out)
