@@ -32,9 +32,10 @@ def test_1x1_columns_coalesce_into_one_run():
     kern = pd.ops.conv2d(2, 5, 7, 3, 11, 1, 1, bias=True, activation="relu").ir.bind({})
     (c,) = find_all(kern)
     assert (c.n, c.extent("q")) == ("q", 11) and "p" in c.outer
-    fused = coalesce_columns(kern)
+    fused, found = coalesce_columns(kern, (c,))
     verify(fused)
-    (c2,) = find_all(fused)
+    (c2,) = found
+    assert found == find_all(fused)
     assert (c2.n, c2.extent(c2.n), c2.m, c2.k) == ("pq", 33, "k", "c")
     assert "p" not in c2.outer and c2.init and c2.epilogue
     (bias,) = c2.post.operands  # b[k]: one value per row of the call
@@ -57,7 +58,7 @@ def test_1x1_columns_coalesce_into_one_run():
 def test_columns_not_contiguous_are_left_alone(shape):
     N, C, K, H, W, R, S, st, pad = shape
     kern = pd.ops.conv2d(N, C, K, H, W, R, S, stride=st, padding=pad).ir.bind({})
-    out = coalesce_columns(kern)
+    out, _ = coalesce_columns(kern, find_all(kern))
     assert all("pq" not in s.iterators for s in out.statements)
 
 

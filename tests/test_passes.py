@@ -9,6 +9,7 @@ import pytest
 from kernels import gemm_bias_relu, gemm_bt
 
 import polydl as pd
+from polydl.analysis.contraction import find_all
 from polydl.ir import interp, poly
 from polydl.ir.verify import verify
 from polydl.pipeline import bind_sizes, lower_contractions
@@ -65,9 +66,13 @@ def test_gather(case):
 @pytest.mark.parametrize("case", list(CASES))
 def test_split_and_coalesce(case):
     k = gather_operands(CASES[case]())
-    split = split_guards(k)
+    split, found = split_guards(k, find_all(k))
     same(k, split)
-    same(split, coalesce_columns(split))
+    # the contractions a pass returns are those of its result, as if found anew
+    assert found == find_all(split)
+    fused, found = coalesce_columns(split, found)
+    same(split, fused)
+    assert found == find_all(fused)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -15,10 +15,17 @@ import pytest
 from kernels import numpy_conv
 
 import polydl as pd
+from polydl.analysis.contraction import find_all
 from polydl.ir.verify import verify
 from polydl.pipeline import bind_sizes, compile_kernel
 from polydl.target import host
 from polydl.transform.split import split_guards
+
+
+def split(kernel):
+    """The split kernel alone (the pass also returns its contractions)."""
+    return split_guards(kernel, find_all(kernel))[0]
+
 
 rng = np.random.default_rng(11)
 
@@ -120,16 +127,16 @@ def test_interior_and_borders_become_brgemm(threads):
 def test_the_pass_is_pure_and_verified():
     ir = pd.ops.conv2d(1, 3, 4, 6, 7, 3, 3, padding=1, bias=True, activation="relu").ir
     before = replace(ir)
-    out = split_guards(ir)
+    out = split(ir)
     assert ir == before
     assert out is not ir and len(out.statements) > len(ir.statements)
     verify(out)
     assert {s.name for s in out.statements}.isdisjoint({"S1"})  # the reduction was cut
     # a kernel without guards (or not a contraction) comes back as it is
     for plain in (pd.ops.conv2d(1, 3, 4, 6, 7, 3, 3, padding=0).ir, pd.ops.matmul(5, 7, 3).ir):
-        assert split_guards(plain) is plain
+        assert split(plain) is plain
     stride2 = pd.ops.conv2d(1, 3, 4, 9, 7, 3, 3, stride=2, padding=1).ir
-    assert split_guards(stride2) is stride2
+    assert split(stride2) is stride2
 
 
 @pytest.mark.parametrize("pad", [1, 2])
@@ -138,11 +145,11 @@ def test_split_kernel_on_the_plain_path(pad):
     N, C, K, H, W, R, S = 2, 3, 5, 7, 6, 3, 5
     P, Q = pd.ops.conv_shape(H, W, R, S, 1, pad)
     ir = pd.ops.conv2d(N, C, K, H, W, R, S, padding=pad, bias=True, activation="relu").ir
-    split = split_guards(ir)
-    assert split is not ir
+    cut = split(ir)
+    assert cut is not ir
     x, w, b = rand(N, C, H, W), rand(K, C, R, S), rand(K)
     o = np.full((N, K, P, Q), 7.0, np.float32)
-    compile_kernel(bind_sizes(split, {}), {}, threads=1, optimize=False)(o, x, w, b)
+    compile_kernel(bind_sizes(cut, {}), {}, threads=1, optimize=False)(o, x, w, b)
     np.testing.assert_allclose(o, conv_ref(x, w, b, 1, pad, True), rtol=1e-4, atol=1e-4)
 
 
@@ -171,7 +178,7 @@ def test_a_split_that_breaks_a_dependence_is_not_made():
     # after T's would read O before it is computed; the dependence check refuses the split
     sizes = dict(K=3, P=5, Q=6, C=2, R=3, S=3)
     bound = bind_sizes(conv_then_shift.ir, sizes)
-    assert split_guards(bound) is bound
+    assert split(bound) is bound
     x, w = rand(2, 5, 6), rand(3, 2, 3, 3)
     o, t = np.zeros((3, 5, 6), np.float32), np.zeros((3, 5, 6), np.float32)
     pd.compile(conv_then_shift, threads=1, **sizes)(o, t, x, w)

@@ -274,18 +274,23 @@ def lower_contractions(
     from .kernels import FAMILIES
     from .optimize.plan import default_plan, ranked
 
+    # The contractions of the kernel, found once: each pass below takes those of its input
+    # and returns those of its output, recognised anew only where it changed the kernel.
+    found = find_all(kernel)
     # Guarded contractions (a padded conv written by hand): index-set splitting gives their
-    # guard-free cells nests of their own, which find_all then takes (transform/split.py).
-    kernel = _checked(split_guards(kernel))
+    # guard-free cells nests of their own, contractions of their own (transform/split.py).
+    kernel, found = split_guards(kernel, found)
+    _checked(kernel)
     # Columns that continue in the next row (a 1x1 stride-1 NCHW conv: p and q are one run of
     # P*Q pixels) become one iterator, so that a call covers more than one row (coalesce.py).
-    kernel = _checked(coalesce_columns(kernel))
+    kernel, found = coalesce_columns(kernel, found)
+    _checked(kernel)
     lanes = FAMILIES[isa].vector_width
     parallel: dict[str, frozenset[int]] = {}
     chosen: list[ContractionSchedule] = []
     alternatives: list[tuple[str, tuple[ContractionSchedule, ...]]] = []
     total = 0.0
-    found = [c for c in find_all(kernel) if foldable(kernel, c)]
+    found = tuple(c for c in found if foldable(kernel, c))
     work = {c.stmt: math.prod(hi - lo + 1 for _, (lo, hi) in c.extents) for c in found}
     for c in found:
         what = f"{c.c} += {c.a} x {c.b}"

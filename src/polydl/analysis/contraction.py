@@ -32,7 +32,7 @@ column, or like C itself). Nothing here changes the IR: it only reads it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ..ir import poly
@@ -222,9 +222,15 @@ def _same_element(kernel: Kernel, s: Statement, red: Statement, out_iters: set[s
     return poly.is_projection(kernel, s, red)
 
 
-@functools.lru_cache(maxsize=1024)
-def find(kernel: Kernel, red: Statement) -> Contraction | None:
-    """The contraction ``red`` computes, or None if it is not one (see module docstring)."""
+def recognise(kernel: Kernel, red: Statement) -> Contraction | None:
+    """The contraction ``red`` computes in ``kernel``, or None if it is not one (module doc).
+
+    A question about one statement: the pipeline asks it of every statement once
+    (:func:`find_all`), and again only where a pass changed the kernel (:func:`refresh`);
+    ``transform/split.py`` asks it of the trial kernels it builds (is this cell a contraction?).
+    It reads ``red``, the statement before it (an init), the statements after it that may fold
+    (the epilogue chain) and those sharing their nests (:func:`_read_by`), and the kernel's
+    tensors and sizes."""
     if red.op != "+=":
         return None
     terms = factors(red.expr)
@@ -435,11 +441,43 @@ def _operand(kernel: Kernel, ld: Load, c: Contraction) -> tuple[Linear, Operand]
     return lin, Operand(ld=ld_row, col=col, ld_group=ld_group, name=ld.tensor)
 
 
-def find_all(kernel: Kernel) -> list[Contraction]:
+def find_all(kernel: Kernel) -> tuple[Contraction, ...]:
     """Every contraction of ``kernel``, in statement order."""
+    out = (recognise(kernel, s) for s in kernel.statements)
+    return tuple(c for c in out if c is not None)
+
+
+def _read_by(kernel: Kernel, c: Contraction) -> tuple[Statement, ...]:
+    """What :func:`recognise` read to find ``c``: its folded statements, the statements right
+    before and after them (an init or a longer chain could join), and every statement in the
+    nests they are in (:func:`fills` decided by those)."""
+    stmts = kernel.statements
+    at = [i for i, s in enumerate(stmts) if s.name in c.folded]
+    if len(at) != len(c.folded):
+        return ()  # a pass renamed or dropped one
+    near = [stmts[i] for i in (at[0] - 1, at[-1] + 1) if 0 <= i < len(stmts)]
+    nests = {poly.top_position(kernel, stmts[i]) for i in at}
+    mates = [s for s in stmts if poly.top_position(kernel, s) in nests]
+    return (*(stmts[i] for i in at), *near, *mates)
+
+
+def refresh(before: Kernel, found: Sequence[Contraction], after: Kernel) -> tuple[Contraction, ...]:
+    """The contractions of ``after``, a pass's result on ``before`` whose contractions are
+    ``found``: one is kept when what :func:`recognise` read for it is as it was
+    (:func:`_read_by`), recognised anew where a pass changed that, and every other statement
+    is asked again only if it changed (whether a statement is a reduction of a product on a
+    box is its own property); every one anew when the tensors or sizes differ."""
+    if replace(before, statements=()) != replace(after, statements=()):
+        return find_all(after)
+    kept = {c.stmt: c for c in found}
+    old = {s.name: s for s in before.statements}
     out = []
-    for s in kernel.statements:
-        c = find(kernel, s)
-        if c is not None:
+    for s in after.statements:
+        c = kept.get(s.name)
+        if c is not None and _read_by(before, c) == _read_by(after, c):
             out.append(c)
-    return out
+        elif c is not None or old.get(s.name) != s:
+            c = recognise(after, s)
+            if c is not None:
+                out.append(c)
+    return tuple(out)

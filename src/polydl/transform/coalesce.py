@@ -18,36 +18,43 @@ iterator ``pq = Q*p + q`` of extent ``P*Q`` in every statement of the nest:
 - accesses substitute ``p = pq // Q`` and ``q = pq % Q``: they name the same elements (bounds and
   dependences unchanged), and ``linearize`` reads ``Q*(pq // Q) + pq % Q`` as ``pq``.
 
-Then ``find`` gives a contraction whose columns are ``pq`` (blocks of 64 pixels cross row
+Then ``recognise`` gives a contraction whose columns are ``pq`` (blocks of 64 pixels cross row
 boundaries), and the optimiser tiles and parallelises it like any other. Rows are left to the
 contraction's own coalescing (``m_inner``: the blocked layout's pixel rows). Only contractions
 whose nest folds whole (``transform/brgemm.foldable``) are touched, and a re-indexed nest is kept
 only if it is still such a contraction, with ``pq`` as its columns and the same folded
-statements; the others are returned unchanged.
+statements; the others are returned unchanged. The pass takes the contractions of its input
+(``contraction.find_all``) and returns those of its output, recognised anew only at the
+statements it re-indexed and their neighbours (``contraction.refresh``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
-from ..analysis.contraction import Contraction, find, find_all, linearize
+from ..analysis.contraction import Contraction, linearize, refresh
 from ..ir import poly
 from ..ir.nodes import BinOp, Expr, Int, IntOp, Kernel, Load, Statement, UnOp, Var, substitute
 from .brgemm import foldable
 
 
-def coalesce_columns(kernel: Kernel) -> Kernel:
-    """``kernel`` with the columns of every foldable contraction coalesced (module doc)."""
-    for name in [c.stmt for c in find_all(kernel)]:
+def coalesce_columns(
+    kernel: Kernel, found: Sequence[Contraction]
+) -> tuple[Kernel, tuple[Contraction, ...]]:
+    """``kernel`` with the columns of every foldable contraction coalesced (module doc), and
+    the contractions of the result; ``found``: those of ``kernel``."""
+    found = tuple(found)
+    for name in [c.stmt for c in found]:
         while True:  # (p, q) -> pq, then possibly (h, pq) -> hpq: each step drops an iterator
-            c = find(kernel, kernel.statement(name))
+            c = next((c for c in found if c.stmt == name), None)
             if c is None or not foldable(kernel, c):
                 break
-            fused = _coalesce(kernel, c)
+            fused = _coalesce(kernel, found, c)
             if fused is None:
                 break
-            kernel = fused
-    return kernel
+            kernel, found = fused
+    return kernel, found
 
 
 def _group(kernel: Kernel, c: Contraction) -> list[Statement]:
@@ -56,7 +63,7 @@ def _group(kernel: Kernel, c: Contraction) -> list[Statement]:
 
 def _span(kernel: Kernel, s: Statement, v: str) -> tuple[int, int] | None:
     """The extent of ``v`` in ``s``'s domain (a folded statement's domain is the reduction's box
-    or its projection, so that it is a box: ``find`` checked it)."""
+    or its projection, so that it is a box: ``recognise`` checked it)."""
     return poly.extent(poly.domain(kernel, s), v)
 
 
@@ -80,9 +87,12 @@ def _fused_name(kernel: Kernel, u: str, v: str) -> str:
     return name
 
 
-def _coalesce(kernel: Kernel, c: Contraction) -> Kernel | None:
+def _coalesce(
+    kernel: Kernel, found: tuple[Contraction, ...], c: Contraction
+) -> tuple[Kernel, tuple[Contraction, ...]] | None:
     """The kernel with ``c``'s columns fused with the outer iterator right above them in every
-    access, or None when there is none (or the result is not the contraction wanted)."""
+    access, and its contractions (``found``: those of ``kernel``), or None when there is none
+    (or the result is not the contraction wanted)."""
     v = c.n
     ext = c.extent(v)
     if c.lo(v) != 0:  # the reduction's own columns (its box) do not start a row
@@ -126,7 +136,8 @@ def _coalesce(kernel: Kernel, c: Contraction) -> Kernel | None:
             expr=_expr(s.expr, env),
         )
     out = replace(kernel, statements=tuple(new.get(s.name, s) for s in kernel.statements))
-    c2 = find(out, out.statement(c.stmt))
+    out_found = refresh(kernel, found, out)
+    c2 = next((x for x in out_found if x.stmt == c.stmt), None)
     if (
         c2 is None
         or c2.n != fused
@@ -134,4 +145,4 @@ def _coalesce(kernel: Kernel, c: Contraction) -> Kernel | None:
         or not foldable(out, c2)
     ):
         return None
-    return out
+    return out, out_found

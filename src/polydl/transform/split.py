@@ -11,8 +11,9 @@ A convolution written by hand guards its padding, so its reduction's domain is n
         O[n, k, p, q] = max(O[n, k, p, q] + b[k], 0.0)                       S2 (epilogue)
 
 The pass cuts the reduction's domain into *cells*, boxes on which no guard is left, each of
-which is a contraction (checked with ``analysis/contraction.find``), and gives each cell a
-top-level nest of its own, so that ``find_all`` and the BRGEMM lowering take it:
+which is a contraction (asked of a trial kernel holding the cell alone:
+``analysis/contraction.recognise``), and gives each cell a top-level nest of its own, so that
+the BRGEMM lowering takes it:
 
 - the output iterators (those indexing the target) are cut into segments: the interior, where
   no guard cuts the reduction's bounding box (found with isl: the outputs whose whole slice of
@@ -51,9 +52,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
-from ..analysis.contraction import find
+from ..analysis.contraction import Contraction, recognise, refresh
 from ..analysis.deps import check_schedule
 from ..errors import DependenceError
 from ..ir import poly
@@ -65,21 +67,31 @@ MAX_CELLS = 16  # more (a wide filter, a small image): border rows stay on the p
 Box = dict[str, tuple[int, int]]
 
 
-def split_guards(kernel: Kernel) -> Kernel:
-    """``kernel`` with every guarded contraction split into guard-free cells (module doc)."""
+def split_guards(
+    kernel: Kernel, found: Sequence[Contraction]
+) -> tuple[Kernel, tuple[Contraction, ...]]:
+    """``kernel`` with every guarded contraction split into guard-free cells (module doc), and
+    the contractions of the result; ``found``: those of ``kernel`` (``contraction.find_all``),
+    recognised anew only where a split changed the kernel (``contraction.refresh``)."""
+    found = tuple(found)
     for name in [s.name for s in kernel.statements]:
         red = next((s for s in kernel.statements if s.name == name), None)
         if red is not None and red.op == "+=" and red.micro is None:
-            kernel = _split(kernel, red) or kernel
-    return kernel
+            c = next((c for c in found if c.stmt == name), None)
+            out = _split(kernel, red, c)
+            if out is not None:
+                kernel, found = out, refresh(kernel, found, out)
+    return kernel, found
 
 
 def _is_contraction(kernel: Kernel, red: Statement, dom: poly.Set) -> bool:
+    """The probe: whether ``red`` on the cell ``dom`` alone, a trial kernel, is a contraction."""
     trial = replace(red, domain=poly.named_text(dom, red.name))
-    return find(replace(kernel, statements=(trial,)), trial) is not None
+    return recognise(replace(kernel, statements=(trial,)), trial) is not None
 
 
-def _split(kernel: Kernel, red: Statement) -> Kernel | None:
+def _split(kernel: Kernel, red: Statement, c: Contraction | None) -> Kernel | None:
+    """``kernel`` with ``red`` split (``c``: the contraction it is, if any), or None."""
     positions = {s.name: poly.top_position(kernel, s) for s in kernel.statements}
     pos = positions[red.name]
     if pos is None or None in positions.values():
@@ -89,7 +101,6 @@ def _split(kernel: Kernel, red: Statement) -> Kernel | None:
     if box is None:
         return None
     if poly.is_box(dom, box):  # a contraction already, unless its nest does not fold
-        c = find(kernel, red)
         if c is None or foldable(kernel, c):
             return None
     nest = [s for s in kernel.statements if positions[s.name] == pos]
@@ -97,8 +108,8 @@ def _split(kernel: Kernel, red: Statement) -> Kernel | None:
     same = [s if s.target.tensor == red.target.tensor and s.micro is None else None for s in nest]
     init = same[i - 1] if i > 0 and same[i - 1] and same[i - 1].expr == Num(value=0.0) else None
     epi = same[i + 1] if i + 1 < len(nest) else None
-    # the contraction without the guards: its columns, and whether init / epilogue fold (on
-    # the elements it writes)
+    # the contraction without the guards (a trial kernel): its columns, and whether init /
+    # epilogue fold (on the elements it writes)
     access = poly.access(kernel, red, red.target)
     whole_dom = poly.box_set(dom, box)
     covered = poly.image(access, whole_dom)
@@ -110,7 +121,7 @@ def _split(kernel: Kernel, red: Statement) -> Kernel | None:
         for s in (init, whole, epi)
         if s is not None
     ]
-    probe = find(replace(kernel, statements=tuple(probe_stmts)), whole)
+    probe = recognise(replace(kernel, statements=tuple(probe_stmts)), whole)
     if probe is None:
         return None
     init = init if probe.init else None
