@@ -5,6 +5,7 @@ the enclosing function's values, so a factory needs no source formatting."""
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,3 +194,21 @@ def test_absent_argument_name_is_no_size():
         pd.kernel(k)
     assert_error_at(ei.value, HERE, "e-absent-size", "`b`", "argument name")
 
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_ops_kernels_are_dsl_functions_of_ops_py(bias):
+    """The ready-made primitives are nested ``@pd.kernel`` functions of ``polydl/ops.py``:
+    their statements' lines are that file's, and an optional bias is an absent argument."""
+    lines = Path(pd.ops.__file__).read_text().splitlines()
+    for k, names in (
+        (pd.ops.matmul(3, 4, 5, bias=bias), ["C", "A", "B"] + ["bias"] * bias),
+        (pd.ops.conv2d(1, 2, 3, 5, 5, 3, 3, bias=bias), ["O", "I", "Wt"] + ["b"] * bias),
+        (
+            pd.ops.conv2d(1, 2, 3, 5, 5, 3, 3, bias=bias, layout="nchwc", block=2),
+            ["O", "I", "Wt"] + ["b"] * bias,
+        ),
+    ):
+        assert list(inspect.signature(k).parameters) == names
+        assert k.ir.filename == pd.ops.__file__
+        for s in k.ir.statements:
+            assert lines[s.line - 1].strip().startswith(s.source.split(" ")[0]), s
