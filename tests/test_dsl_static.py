@@ -116,6 +116,18 @@ def affine(n: int, *, with_bias: bool, scaled: bool = False):
     return affine
 
 
+def test_string_annotations_see_the_defining_scope():
+    """This file's annotations are strings: names only they use (``rows``) still evaluate."""
+    rows, n = 3, 4
+
+    @pd.kernel
+    def k(Y: pd.f32[rows, n], X: pd.f32[n]):
+        for j in range(n):
+            Y[0, j] = X[j]
+
+    assert [str(d) for d in k.ir.arg("Y").shape] == ["3", "4"]
+
+
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("scaled", [False, True])
 def test_optional_argument_present_or_absent(with_bias, scaled):
@@ -212,3 +224,10 @@ def test_ops_kernels_are_dsl_functions_of_ops_py(bias):
         assert k.ir.filename == pd.ops.__file__
         for s in k.ir.statements:
             assert lines[s.line - 1].strip().startswith(s.source.split(" ")[0]), s
+
+
+def test_ops_factories_take_numpy_ints():
+    """Shapes from NumPy integers become the kernels' int constants, as Python ints do."""
+    k = pd.ops.conv2d(np.int64(1), 2, np.int32(3), 7, 5, 3, 3, padding=1, bias=True)
+    assert [str(d) for d in k.ir.arg("I").shape] == ["1", "2", "7", "5"]
+    assert k.ir == pd.ops.conv2d(1, 2, 3, 7, 5, 3, 3, padding=(1, 1), bias=True).ir

@@ -84,6 +84,7 @@ def conv2d_rows(
     ``c, r, s``. The ``S - 1`` columns past ``Q`` of each row mix two rows: they are computed
     and dropped."""
     relu = ops._activation(activation)
+    N, C, K, Hp, Wp, R, S = ops._ints(N, C, K, Hp, Wp, R, S)
     has_bias = bool(bias)
     P = Hp - R + 1
     J, L = P * Wp, Hp * Wp + S - 1

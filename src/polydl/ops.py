@@ -21,6 +21,7 @@ Convolution layouts:
 """
 
 import functools
+import operator
 
 from .dsl.kernel import KernelFunction, kernel
 from .dsl.types import f32
@@ -34,6 +35,11 @@ def _pair(v, what: str) -> tuple[int, int]:
     if isinstance(v, tuple | list) and len(v) == 2 and all(isinstance(x, int) for x in v):
         return int(v[0]), int(v[1])
     raise ValueError(f"{what} must be an int or a pair of ints, got {v!r}")
+
+
+def _ints(*values) -> tuple[int, ...]:
+    """Shape arguments as Python ints (NumPy integers too): the kernels' closure constants."""
+    return tuple(operator.index(v) for v in values)
 
 
 def _activation(activation) -> bool:
@@ -131,6 +137,7 @@ def conv2d(
 ) -> KernelFunction:
     """A 2-D convolution kernel; arguments ``(O, I, Wt[, b])`` in the chosen layout."""
     relu = _activation(activation)
+    N, C, K, H, W, R, S = _ints(N, C, K, H, W, R, S)
     (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
     P, Q = conv_shape(H, W, R, S, stride, padding)
     block = conv_block(Q, P) if block is None else block
@@ -214,6 +221,7 @@ def pack_input(
     """NCHW ``X`` -> blocked ``Xp[N, C/cb, H+2ph, W+2pw, cb]``; the border is left as it is
     (pass a zeroed ``Xp``). Arguments ``(Xp, X)``. Tiles of TILE pixels x cb channels are
     transposed one at a time, so reads and writes both stay within a few cache lines."""
+    N, C, H, W = _ints(N, C, H, W)
     ph, pw = _pair(padding, "padding")
     cb = channel_block(C, block)
     CB, Hp, Wp = C // cb, H + 2 * ph, W + 2 * pw
@@ -239,6 +247,7 @@ def pack_weights(K: int, C: int, R: int, S: int, block: int | None = None) -> Ke
     reads TILE rows of ``cb*R*S`` consecutive floats (a few KiB, L1-resident) and writes runs
     of TILE consecutive floats; the whole block it writes is touched once per tile, line by
     line."""
+    K, C, R, S = _ints(K, C, R, S)
     cb, kb = channel_block(C, block), channel_block(K, block)
     KB, CB = K // kb, C // cb
 
@@ -259,6 +268,7 @@ def pack_weights(K: int, C: int, R: int, S: int, block: int | None = None) -> Ke
 @functools.cache
 def unpack_output(N: int, K: int, P: int, Q: int, block: int | None = None) -> KernelFunction:
     """Blocked ``Op[N, K/kb, P, Q, kb]`` -> NCHW ``Y[N, K, P, Q]``. Arguments ``(Y, Op)``."""
+    N, K, P, Q = _ints(N, K, P, Q)
     kb = channel_block(K, block)
     KB = K // kb
 
@@ -280,6 +290,7 @@ def pad_rows(N: int, C: int, H: int, W: int, padding, extra: int = 0) -> KernelF
     """NCHW ``X`` into zero-padded flat rows ``Xp[N, C, (H+2ph)*(W+2pw) + extra]``: pixel
     ``(h, w)`` at ``(h + ph)*(W + 2pw) + w + pw``. Only the interior is written: pass a buffer
     whose border (and ``extra`` tail) is already zero. Arguments ``(Xp, X)``."""
+    N, C, H, W, extra = _ints(N, C, H, W, extra)
     ph, pw = _pair(padding, "padding")
     Wp = W + 2 * pw
     L = (H + 2 * ph) * Wp + extra
@@ -300,6 +311,7 @@ def pad_rows(N: int, C: int, H: int, W: int, padding, extra: int = 0) -> KernelF
 def crop_rows(N: int, K: int, P: int, Q: int, Wp: int) -> KernelFunction:
     """The first ``Q`` pixels of each output row of ``Wp``: ``Y[n, k, p, q] = O[n, k, p*Wp + q]``.
     Arguments ``(Y, O)``."""
+    N, K, P, Q, Wp = _ints(N, K, P, Q, Wp)
     J = P * Wp
 
     @kernel
@@ -318,6 +330,7 @@ def subsample(N: int, C: int, H: int, W: int, stride) -> KernelFunction:
     """``Xs[n, c, p, q] = X[n, c, sh * p, sw * q]``: the pixels a 1x1 convolution of stride
     ``(sh, sw)`` without padding reads, packed densely (it then runs as a stride-1 convolution,
     one run of ``P * Q`` pixels per channel). Arguments ``(Xs, X)``."""
+    N, C, H, W = _ints(N, C, H, W)
     sh, sw = _pair(stride, "stride")
     P, Q = (H - 1) // sh + 1, (W - 1) // sw + 1
 
