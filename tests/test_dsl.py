@@ -264,7 +264,7 @@ _ids = iter(range(10**9))
 
 
 def define(source: str, name: str = "k"):
-    """A kernel from source text (under a linecache file name, like ``polydl.ops`` does)."""
+    """A kernel from generated source text, registered under a linecache file name."""
     filename = f"<test_dsl.random#{next(_ids)}>"
     text = textwrap.dedent(source).lstrip("\n")
     linecache.cache[filename] = (len(text), None, text.splitlines(keepends=True), filename)

@@ -7,8 +7,6 @@ the NCHW input (with its zero border) and the KCRS weights with kernels polydl g
 DSL, runs the blocked convolution, and unpacks the result to NCHW (:func:`conv_route`).
 """
 
-from __future__ import annotations
-
 import functools
 import threading
 
@@ -16,6 +14,8 @@ import numpy as np
 
 from . import memory, ops
 from .api import compile as _compile
+from .dsl.kernel import KernelFunction, kernel
+from .dsl.types import f32
 
 _lock = threading.Lock()
 
@@ -72,7 +72,7 @@ ROUTES = ("direct", "rows", "blocked")
 @functools.cache
 def conv2d_rows(
     N: int, C: int, K: int, Hp: int, Wp: int, R: int, S: int, *, bias=False, activation=None
-):
+) -> KernelFunction:
     """A stride-1 convolution on whole padded rows: arguments ``(O, I, Wt[, b])`` with
     ``O[N, K, P*Wp]`` (``P = Hp - R + 1`` output rows of ``Wp`` pixels, of which the first
     ``Q = Wp - S + 1`` are the convolution's), ``I[N, C, Hp*Wp + S - 1]`` (the zero-padded
@@ -84,23 +84,31 @@ def conv2d_rows(
     ``c, r, s``. The ``S - 1`` columns past ``Q`` of each row mix two rows: they are computed
     and dropped."""
     relu = ops._activation(activation)
+    N, C, K, Hp, Wp, R, S = ops._ints(N, C, K, Hp, Wp, R, S)
+    has_bias = bool(bias)
     P = Hp - R + 1
     J, L = P * Wp, Hp * Wp + S - 1
-    args = f"O: pd.f32[{N}, {K}, {J}], I: pd.f32[{N}, {C}, {L}], Wt: pd.f32[{K}, {C}, {R}, {S}]"
-    args += f", b: pd.f32[{K}]" if bias else ""
-    lines = [
-        f"def conv2d_rows({args}):",
-        f"    for n in range({N}):",
-        f"        for k in range({K}):",
-        f"            for j in range({J}):",
-        "                O[n, k, j] = 0.0",
-        f"                for c in range({C}):",
-        f"                    for r in range({R}):",
-        f"                        for s in range({S}):",
-        f"                            O[n, k, j] += I[n, c, j + {Wp} * r + s] * Wt[k, c, r, s]",
-        *ops._epilogue("O[n, k, j]", "b[k]" if bias else None, relu, "                "),
-    ]
-    return ops._define("conv2d_rows", "\n".join(lines) + "\n")
+
+    @kernel
+    def conv2d_rows(
+        O: f32[N, K, J], I: f32[N, C, L], Wt: f32[K, C, R, S], b: f32[K] if has_bias else None
+    ):
+        for n in range(N):
+            for k in range(K):
+                for j in range(J):
+                    O[n, k, j] = 0.0
+                    for c in range(C):
+                        for r in range(R):
+                            for s in range(S):
+                                O[n, k, j] += I[n, c, j + Wp * r + s] * Wt[k, c, r, s]
+                    if has_bias and relu:
+                        O[n, k, j] = max(O[n, k, j] + b[k], 0.0)
+                    elif has_bias:
+                        O[n, k, j] = O[n, k, j] + b[k]
+                    elif relu:
+                        O[n, k, j] = max(O[n, k, j], 0.0)
+
+    return conv2d_rows
 
 
 def conv_route(x_shape, w_shape, stride=1, padding=0, threads: int | None = None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import threading
 import types
 from collections.abc import Mapping
@@ -17,29 +18,52 @@ from .parse import parse
 
 
 def kernel(fn: types.FunctionType) -> KernelFunction:
-    """Decorate a DSL function: parsed now (a :class:`~polydl.errors.DSLError` surfaces here)."""
-    return KernelFunction(fn)
+    """Decorate a DSL function: parsed now (a :class:`~polydl.errors.DSLError` surfaces here).
+
+    An argument annotated with an expression that evaluates to ``None`` at definition
+    (``b: pd.f32[n] if bias else None`` in a factory) is absent: the kernel, its call signature
+    and ``.reference`` have no such argument, and its name may appear only in a branch that a
+    static ``if`` drops (docs/API.md, section 1).
+
+    String annotations (``from __future__ import annotations``) are evaluated in the scope that
+    applies the decorator (a factory's locals, then the function's closure and globals), like
+    Python evaluates plain annotations at definition."""
+    scope = None
+    if any(isinstance(a, str) for a in getattr(fn, "__annotations__", {}).values()):
+        frame = sys._getframe(1)
+        scope = dict(frame.f_locals)
+        del frame
+    return KernelFunction(fn, scope=scope)
 
 
 class KernelFunction:
     """A parsed DSL kernel.
 
     - ``ir``: the :class:`~polydl.ir.nodes.Kernel` (symbolic sizes);
+    - ``signature``: the call signature, the function's less its absent arguments (``absent``,
+      annotated ``None``); ``inspect.signature`` of the kernel gives it too;
     - ``reference(*args, **kwargs)``: the sequential meaning, the original Python body run on
-      the NumPy arrays in place with the size names bound from their shapes;
+      the NumPy arrays in place with the size names bound from their shapes (absent arguments
+      are passed as ``None``: the body never reads them);
     - ``sizes_for(*args, **kwargs)``: the size bindings the arrays' shapes imply;
     - calling it compiles for those sizes (cached per sizes) and runs the compiled code.
     """
 
-    def __init__(self, fn: types.FunctionType) -> None:
+    def __init__(self, fn: types.FunctionType, *, scope: Mapping[str, Any] | None = None) -> None:
         self.fn = fn
-        self.ir: Kernel = parse(fn)
+        self.ir: Kernel = parse(fn, scope=scope)
         self.free_sizes = self.ir.free_sizes  # sizes no array's shape gives (``range(T)``)
         self.name: str = fn.__name__
-        self.signature = inspect.signature(fn)
+        full = inspect.signature(fn)
+        present = {a.name for a in self.ir.args}
+        self.absent: tuple[str, ...] = tuple(p for p in full.parameters if p not in present)
+        self.signature = full.replace(
+            parameters=[p for p in full.parameters.values() if p.name in present]
+        )
         self._compiled: dict[tuple[tuple[str, int], ...], Any] = {}
         self._lock = threading.Lock()
         functools.update_wrapper(self, fn)
+        self.__signature__ = self.signature  # inspect.signature(kernel): without absent args
 
     def __repr__(self) -> str:
         args = ", ".join(a.name for a in self.ir.args)
@@ -125,7 +149,7 @@ class KernelFunction:
         fn = types.FunctionType(
             self.fn.__code__, env, self.fn.__name__, self.fn.__defaults__, self.fn.__closure__
         )
-        fn(**given)
+        fn(**given, **dict.fromkeys(self.absent))
 
     def compiled(self, sizes: Mapping[str, int]) -> Any:
         """The compiled kernel for ``sizes`` (compiled once per sizes, then cached)."""

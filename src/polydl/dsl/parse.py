@@ -6,6 +6,10 @@ parameters (``ir/poly/`` turns them into isl objects); statements keep their flo
 as IR trees. Every construct outside the DSL (docs/API.md, section 1) raises
 :class:`~polydl.errors.DSLError` with the ``file:line:`` prefix of the construct's real line.
 
+A factory's options are decided here: an ``if`` on names of the enclosing scope only is static
+(only the branch it takes is walked); an argument annotated ``None`` is absent (no argument of
+the kernel; a use of it outside a branch a static ``if`` drops is a DSLError there).
+
 Original schedule: the classic 2d+1 schedule (statement position at each depth interleaved with
 the loop iterators, ``if`` blocks do not add a level), padded with zeros so every statement's
 schedule has ``2 * maxdepth + 1`` output dimensions.
@@ -16,8 +20,10 @@ from __future__ import annotations
 import ast
 import builtins
 import inspect
+import re
 import textwrap
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,9 +93,10 @@ _CONSTRUCTS = {
 }
 
 
-def parse(fn: types.FunctionType) -> Kernel:
-    """The IR of a DSL kernel function (raises :class:`DSLError` on anything outside the DSL)."""
-    return _Parser(fn).kernel()
+def parse(fn: types.FunctionType, *, scope: Mapping[str, Any] | None = None) -> Kernel:
+    """The IR of a DSL kernel function (raises :class:`DSLError` on anything outside the DSL);
+    string annotations see ``scope`` (the defining scope's locals), the closure and globals."""
+    return _Parser(fn, scope=scope).kernel()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,10 +106,11 @@ class _Loop:
 
 
 class _Parser:
-    def __init__(self, fn: types.FunctionType) -> None:
+    def __init__(self, fn: types.FunctionType, *, scope: Mapping[str, Any] | None) -> None:
         if not isinstance(fn, types.FunctionType):
             raise DSLError(f"@pd.kernel expects a Python function, got {type(fn).__name__}")
         self.fn = fn
+        self.scope = dict(scope or {})
         code = fn.__code__
         self.filename = inspect.getsourcefile(fn) or code.co_filename
         try:
@@ -113,6 +121,7 @@ class _Parser:
                 f"{fn.__name__!r} ({e}); define kernels in a file"
             ) from None
         self.src = textwrap.dedent("".join(lines))
+        self.lines = re.split(r"\r\n|\r|\n", self.src)  # the lines of ast's line numbers
         self.offset = max(first, 1) - 1
         try:
             tree = ast.parse(self.src)
@@ -138,6 +147,7 @@ class _Parser:
         self.sizes: list[str] = []
         self.free_sizes: list[str] = []  # sizes that shape no tensor (bound_only_sizes)
         self.constants: dict[str, int] = {}
+        self.absent: dict[str, str] = {}  # argument -> its annotation's text (evaluated to None)
         self.loop_names = {
             t.target.id
             for t in ast.walk(node)
@@ -153,8 +163,11 @@ class _Parser:
 
     def text(self, node: ast.AST) -> str:
         """The node's source text, on one line (``ast.unparse`` if it spans several)."""
-        seg = ast.get_source_segment(self.src, node)
-        return seg if seg is not None and "\n" not in seg else ast.unparse(node)
+        first, last = getattr(node, "lineno", None), getattr(node, "end_lineno", None)
+        if first is None or first != last or getattr(node, "end_col_offset", None) is None:
+            return ast.unparse(node)
+        # ast.get_source_segment, without splitting the whole source at every call
+        return self.lines[first - 1].encode()[node.col_offset : node.end_col_offset].decode()
 
     def err(self, node: ast.AST, msg: str) -> DSLError:
         return DSLError(f"{where(self.filename, self.line(node))} {msg}")
@@ -173,7 +186,22 @@ class _Parser:
         return False, None
 
     def is_local(self, name: str) -> bool:
-        return name in self.tensors or name in self.scalars or name in self.sizes
+        """An argument (present or absent) or a size: a name of the kernel, not of its scope."""
+        return any(name in d for d in (self.tensors, self.scalars, self.absent, self.sizes))
+
+    def reject_absent(self, node: ast.AST) -> None:
+        """A use of an absent argument (annotation ``None``) in ``node`` → DSLError at it."""
+        if not self.absent:
+            return
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and sub.id in self.absent:
+                raise self.err(
+                    sub,
+                    f"argument `{sub.id}` of kernel {self.fn.__name__!r} is absent (its "
+                    f"annotation `{self.absent[sub.id]}` is None), but `{self.text(node)}` uses "
+                    "it: an absent argument may appear only in a branch that a static `if` "
+                    "drops (test the enclosing scope's flag, e.g. `if bias:`)",
+                )
 
     def builtin(self, node: ast.AST, fn: Any) -> bool:
         """Whether ``node`` is a bare name bound (in the enclosing scope) to builtin ``fn``."""
@@ -204,8 +232,9 @@ class _Parser:
         if a.defaults or a.kw_defaults and any(d is not None for d in a.kw_defaults):
             raise self.err(self.node, f"kernel {self.fn.__name__!r}: arguments have no defaults")
         try:
-            # closure values (a kernel factory's shapes) evaluate in annotations too
-            ann = inspect.get_annotations(self.fn, eval_str=True, locals=dict(self.closure))
+            # a string annotation sees the defining scope's values, as a plain one does
+            scope = {**self.scope, **self.closure}
+            ann = inspect.get_annotations(self.fn, eval_str=True, locals=scope)
         except Exception as e:  # noqa: BLE001 - report any failure of a string annotation
             raise self.err(
                 self.node, f"cannot evaluate the annotations of the kernel: {e}"
@@ -214,13 +243,16 @@ class _Parser:
         for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs]:
             name = arg.arg
             t = ann.get(name)
-            if isinstance(t, TensorType):
+            if t is None and name in ann:
+                # absent (`b: pd.f32[n] if bias else None`): a use is an error (reject_absent)
+                self.absent[name] = self.text(arg.annotation) if arg.annotation else "None"
+            elif isinstance(t, TensorType):
                 shape: list[IExpr] = []
                 for d in t.shape:
                     if isinstance(d, int):
                         shape.append(Int(value=d))
                         continue
-                    if d in self.tensors or d in self.scalars or d == name:
+                    if d in self.tensors or d in self.scalars or d in self.absent or d == name:
                         raise self.err(arg, f"size name `{d}` of `{name}` is also an argument name")
                     if d in self.fn.__code__.co_freevars:
                         raise self.err(
@@ -244,8 +276,8 @@ class _Parser:
                 got = "no annotation" if t is None else f"annotation {t!r}"
                 raise self.err(
                     arg,
-                    f'argument `{name}` has {got}: annotate it pd.f32["M", ...] (a tensor) or '
-                    "pd.f32 (a scalar)",
+                    f'argument `{name}` has {got}: annotate it pd.f32["M", ...] (a tensor), '
+                    "pd.f32 (a scalar) or None (absent)",
                 )
             if name in self.sizes:
                 raise self.err(arg, f"argument `{name}` is also used as a size name")
@@ -380,9 +412,11 @@ class _Parser:
     ) -> None:
         for node in body:
             if isinstance(node, ast.Assign | ast.AugAssign):
+                self.reject_absent(node)
                 self.assignment(node, loops, conds, [*prefix, counter[0]])
                 counter[0] += 1
             elif isinstance(node, ast.For):
+                self.reject_absent(node.iter)
                 loop = self.loop(node, loops)
                 pos = counter[0]
                 counter[0] += 1
@@ -392,6 +426,7 @@ class _Parser:
                 if taken is not None:  # a static `if`: the kernel is the branch it takes
                     self.block(node.body if taken else node.orelse, loops, conds, prefix, counter)
                     continue
+                self.reject_absent(node.test)
                 self.reject_data(node.test, "if condition")
                 c = self.condition(node.test, loops)
                 self.block(node.body, loops, [*conds, c], prefix, counter)
