@@ -1,6 +1,6 @@
 """polydl: a polyhedral compiler for deep-learning primitives (public names of docs/API.md)."""
 
-from . import nn, ops
+from . import graph, nn, ops
 from .api import compile
 from .codegen.compiled import CompiledKernel
 from .dsl.intrinsics import erf, exp, sigmoid, sqrt, tanh
@@ -12,6 +12,7 @@ from .partition import partition
 from .target import Target
 
 __all__ = [
+    "graph",
     "nn",
     "ops",
     "partition",

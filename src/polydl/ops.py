@@ -23,6 +23,7 @@ Convolution layouts:
 import functools
 import operator
 
+from .dsl.intrinsics import exp as pd_exp
 from .dsl.kernel import KernelFunction, kernel
 from .dsl.types import f32
 
@@ -343,3 +344,28 @@ def subsample(N: int, C: int, H: int, W: int, stride) -> KernelFunction:
                         Xs[n, c, p, q] = X[n, c, sh * p, sw * q]
 
     return subsample
+
+
+@functools.cache
+def softmax(M: int, N: int) -> KernelFunction:
+    """``Y[i, :] = softmax(X[i, :])`` over the rows of ``X`` (the row maximum subtracted first);
+    ``m`` and ``s`` hold each row's maximum and sum. Arguments ``(Y, X, m, s)``. Its three
+    nests fuse at the row loop when the rows are large (``show("fusion")``)."""
+    M, N = _ints(M, N)
+
+    @kernel
+    def softmax(Y: f32[M, N], X: f32[M, N], m: f32[M], s: f32[M]):
+        for i in range(M):
+            m[i] = -3.0e38
+            for j in range(N):
+                m[i] = max(m[i], X[i, j])
+        for i in range(M):
+            s[i] = 0.0
+            for j in range(N):
+                Y[i, j] = pd_exp(X[i, j] - m[i])
+                s[i] += Y[i, j]
+        for i in range(M):
+            for j in range(N):
+                Y[i, j] = Y[i, j] / s[i]
+
+    return softmax

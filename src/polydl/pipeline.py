@@ -183,9 +183,13 @@ def _reserved(kernel: Kernel) -> frozenset[str]:
     from .ir.nodes import Load
 
     names = {n for c in find_all(kernel) for n in c.folded}
-    for s in kernel.statements:
-        if s.op == "+=" and sum(isinstance(f, Load) for f in factors(s.expr)) >= 2:
-            names.add(s.name)
+    products = {
+        s.target.tensor
+        for s in kernel.statements
+        if s.op == "+=" and sum(isinstance(f, Load) for f in factors(s.expr)) >= 2
+    }
+    # (a guarded contraction is found only once split: what writes its tensor may fold)
+    names |= {s.name for s in kernel.statements if s.target.tensor in products}
     return frozenset(names)
 
 

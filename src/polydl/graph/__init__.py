@@ -1,0 +1,251 @@
+"""``pd.graph``: chains of operators built in Python, compiled into ONE fused polydl kernel.
+
+::
+
+    g = pd.graph.Graph()
+    x = g.input("x", (1, 64, 56, 56))
+    y = g.conv2d(x, w1, padding=1)                 # NCHW; weights are NumPy arrays
+    y = g.batch_norm(y, mean, var, gamma, beta)     # folded into w1 and a bias at build time
+    y = g.relu(y)
+    y = g.conv2d(y, w2)                             # 1x1
+    y = g.relu(g.add(y, x))                         # the residual, then ReLU
+    g.output(y)
+    f = g.compile(threads=2)                        # one kernel: f(x_array) -> y_array
+    print(f.show("fusion")); print(f.show("loops"))
+
+The graph becomes one DSL-level kernel (:mod:`polydl.graph.lower`): each contraction (conv,
+linear, matmul) is the kernel of :mod:`polydl.ops`, each elementwise operator a statement
+updating its input's elements in place (when nothing else reads them), intermediates scratch
+tensors of the call. The compiler then folds the elementwise updates after a contraction into
+its BRGEMM calls (bias, batch norm, residual add, activations) and fuses the other nests where
+legal and profitable (softmax rows): :meth:`CompiledGraph.show` ``("fusion")`` says which.
+
+Operators: ``conv2d`` (NCHW, stride, padding), ``linear`` (``x @ w (+ b)``, ``w`` of shape
+``(in, out)``), ``matmul``, ``batch_norm`` (per channel, inference), ``bias_add``, ``relu``,
+``gelu`` (erf or tanh), ``silu``, ``sigmoid``, ``tanh``, ``add``, ``mul``, ``scale``,
+``softmax`` (last axis of a 2-D value). Anything else raises :class:`GraphError` naming the
+operator.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import PolyDLError
+
+UNARY = ("relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh")
+OPERATORS = (
+    "input",
+    "output",
+    "conv2d",
+    "linear",
+    "matmul",
+    "batch_norm",
+    "bias_add",
+    "add",
+    "mul",
+    "scale",
+    "softmax",
+    "gelu",
+    *UNARY,
+)
+
+
+class GraphError(PolyDLError):
+    """A graph that polydl cannot build: an unknown operator, mismatched shapes."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Value:
+    """One tensor of the graph (float32): its producer's node index and its shape."""
+
+    id: int
+    shape: tuple[int, ...]
+    name: str
+
+    def __repr__(self) -> str:
+        return f"<pd.graph value {self.name} {self.shape}>"
+
+
+@dataclass(kw_only=True)
+class Node:
+    op: str
+    inputs: tuple[Value, ...]
+    out: Value
+    attrs: dict = field(default_factory=dict)
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    line: int = 0
+    filename: str = "<graph>"
+
+
+def _caller() -> tuple[str, int]:
+    frame = inspect.currentframe()
+    here = __file__
+    while frame is not None and frame.f_code.co_filename == here:
+        frame = frame.f_back
+    if frame is None:
+        return "<graph>", 0
+    return frame.f_code.co_filename, frame.f_lineno
+
+
+def _f32(a, what: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    arr = np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+    if shape is not None and arr.shape != shape:
+        raise GraphError(f"{what}: expected shape {shape}, got {arr.shape}")
+    return arr
+
+
+class Graph:
+    """A builder of operator chains; :meth:`compile` makes one fused kernel of it."""
+
+    def __init__(self, name: str = "graph"):
+        self.name = name
+        self.nodes: list[Node] = []
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.filename, self.line = _caller()
+
+    def __getattr__(self, op: str):
+        if op.startswith("_"):
+            raise AttributeError(op)
+        raise GraphError(
+            f"pd.graph has no operator {op!r}; it supports {', '.join(sorted(set(OPERATORS)))} "
+            "(pd.compile a DSL kernel of your own for anything else)"
+        )
+
+    # ------------------------------------------------------------ building
+    def _add(self, op: str, inputs, shape, *, attrs=None, params=None) -> Value:
+        filename, line = _caller()
+        for v in inputs:
+            if not isinstance(v, Value) or v.id >= len(self.nodes) or self.nodes[v.id].out != v:
+                raise GraphError(f"{op} (line {line}): {v!r} is not a value of this graph")
+        label = (attrs or {}).get("name", f"{op}{len(self.nodes)}")
+        out = Value(id=len(self.nodes), shape=tuple(int(d) for d in shape), name=label)
+        node = Node(
+            op=op,
+            inputs=tuple(inputs),
+            out=out,
+            attrs=dict(attrs or {}),
+            params=dict(params or {}),
+            line=line,
+            filename=filename,
+        )
+        self.nodes.append(node)
+        return out
+
+    def input(self, name: str, shape: tuple[int, ...]) -> Value:
+        if not name.isidentifier():
+            raise GraphError(f"input name {name!r} is not an identifier")
+        v = self._add("input", (), shape, attrs={"name": name})
+        self.inputs.append(v)
+        return v
+
+    def output(self, *values: Value) -> None:
+        for v in values:
+            if not isinstance(v, Value):
+                raise GraphError(f"output: {v!r} is not a value of this graph")
+            self.outputs.append(v)
+
+    def conv2d(self, x: Value, w, bias=None, *, stride=1, padding=0) -> Value:
+        """NCHW convolution: ``x`` of shape (N, C, H, W), ``w`` (K, C, R, S)."""
+        from ..ops import conv_shape
+
+        if len(x.shape) != 4:
+            raise GraphError(f"conv2d: input {x.name} must be NCHW, got shape {x.shape}")
+        w = _f32(w, "conv2d weight")
+        N, C, H, W = x.shape
+        if w.ndim != 4 or w.shape[1] != C:
+            raise GraphError(f"conv2d: weight of shape {w.shape} does not take {C} channels")
+        K, _, R, S = w.shape
+        P, Q = conv_shape(H, W, R, S, stride, padding)
+        params = {"w": w}
+        if bias is not None:
+            params["b"] = _f32(bias, "conv2d bias", (K,))
+        return self._add(
+            "conv2d",
+            (x,),
+            (N, K, P, Q),
+            attrs={"stride": stride, "padding": padding},
+            params=params,
+        )
+
+    def linear(self, x: Value, w, bias=None) -> Value:
+        """``x @ w (+ bias)``: ``x`` (M, K), ``w`` (K, N)."""
+        w = _f32(w, "linear weight")
+        if len(x.shape) != 2 or w.ndim != 2 or w.shape[0] != x.shape[1]:
+            raise GraphError(f"linear: {x.name} {x.shape} @ weight {w.shape} does not multiply")
+        params = {"w": w}
+        if bias is not None:
+            params["b"] = _f32(bias, "linear bias", (w.shape[1],))
+        return self._add("linear", (x,), (x.shape[0], w.shape[1]), params=params)
+
+    def matmul(self, a: Value, b: Value) -> Value:
+        if len(a.shape) != 2 or len(b.shape) != 2 or a.shape[1] != b.shape[0]:
+            raise GraphError(f"matmul: {a.name} {a.shape} @ {b.name} {b.shape} does not multiply")
+        return self._add("matmul", (a, b), (a.shape[0], b.shape[1]))
+
+    def batch_norm(self, x: Value, mean, var, gamma=None, beta=None, eps: float = 1e-5) -> Value:
+        """Inference batch norm over the channel axis (1 of NCHW, the last of 2-D values)."""
+        c = x.shape[1] if len(x.shape) == 4 else x.shape[-1]
+        mean, var = _f32(mean, "batch_norm mean", (c,)), _f32(var, "batch_norm var", (c,))
+        gamma = np.ones(c, np.float32) if gamma is None else _f32(gamma, "batch_norm gamma", (c,))
+        beta = np.zeros(c, np.float32) if beta is None else _f32(beta, "batch_norm beta", (c,))
+        scale = (gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)).astype(
+            np.float32
+        )
+        shift = (beta - mean.astype(np.float64) * scale).astype(np.float32)
+        return self._add("batch_norm", (x,), x.shape, params={"s": scale, "t": shift})
+
+    def bias_add(self, x: Value, b) -> Value:
+        c = x.shape[1] if len(x.shape) == 4 else x.shape[-1]
+        return self._add("bias_add", (x,), x.shape, params={"b": _f32(b, "bias", (c,))})
+
+    def add(self, a: Value, b: Value) -> Value:
+        if a.shape != b.shape:
+            raise GraphError(f"add: shapes {a.shape} and {b.shape} differ (no broadcasting)")
+        return self._add("add", (a, b), a.shape)
+
+    def mul(self, a: Value, b: Value) -> Value:
+        if a.shape != b.shape:
+            raise GraphError(f"mul: shapes {a.shape} and {b.shape} differ (no broadcasting)")
+        return self._add("mul", (a, b), a.shape)
+
+    def scale(self, x: Value, factor: float) -> Value:
+        return self._add("scale", (x,), x.shape, attrs={"factor": float(factor)})
+
+    def softmax(self, x: Value) -> Value:
+        if len(x.shape) != 2:
+            raise GraphError(f"softmax: over the last axis of a 2-D value, got {x.shape}")
+        return self._add("softmax", (x,), x.shape)
+
+    def relu(self, x: Value) -> Value:
+        return self._add("relu", (x,), x.shape)
+
+    def gelu(self, x: Value, approximate: str = "none") -> Value:
+        if approximate not in ("none", "tanh"):
+            raise GraphError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        return self._add("gelu_tanh" if approximate == "tanh" else "gelu", (x,), x.shape)
+
+    def silu(self, x: Value) -> Value:
+        return self._add("silu", (x,), x.shape)
+
+    def sigmoid(self, x: Value) -> Value:
+        return self._add("sigmoid", (x,), x.shape)
+
+    def tanh(self, x: Value) -> Value:
+        return self._add("tanh", (x,), x.shape)
+
+    # ------------------------------------------------------------ compiling
+    def compile(self, *, threads: int | None = None, target=None, fuse: bool = True):
+        """One kernel of the whole graph (:class:`polydl.graph.lower.CompiledGraph`)."""
+        from .lower import compile_graph
+
+        if not self.outputs:
+            raise GraphError(f"graph {self.name} has no output (call g.output(value))")
+        return compile_graph(self, threads=threads, target=target, fuse=fuse)
+
+
+__all__ = ["Graph", "GraphError", "Value"]

@@ -1,0 +1,453 @@
+"""A :class:`~polydl.graph.Graph` as one ``ir.Kernel``, compiled by the ordinary pipeline.
+
+Before (a graph)::
+
+    y = conv2d(x, w1); y = batch_norm(y, ...); y = relu(y); z = linear(...); ...
+
+After (one kernel, each node's statements a nest of their own, in graph order)::
+
+    O1[n, k, p, q] = 0; O1 += Wt1[k, c, r, s] * I[n, c, ...]       conv2d (pd.ops.conv2d)
+    O1[n, k, p, q] = O1[n, k, p, q] + b1[k]                          the folded batch norm
+    O1[n, k, p, q] = max(O1[n, k, p, q], 0.0)                        relu, in place
+
+Build-time rewrites: a batch norm right after a conv or linear (its only reader) is folded
+into that node's weights and bias. Buffers: graph inputs, parameters and outputs are the
+kernel's arguments; every other value is a scratch tensor of the call (``Kernel.temps``); an
+elementwise node writes its input's buffer in place when nothing else reads that value (and
+the value is not an input or output of the graph), so that its statement follows the
+producer's on the same elements, where the compiler folds it into the BRGEMM store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from .. import ops
+from ..ir import poly
+from ..ir.nodes import BinOp, Expr, Int, Kernel, Load, Num, Statement, TensorArg, UnOp, Var
+from ..transform.fuse import fused_schedules, spine
+from . import Graph, GraphError, Node, Value
+
+ITERATORS = {4: ("n", "k", "p", "q"), 2: ("i", "j")}  # as pd.ops.conv2d and pd.ops.matmul name them
+CONTRACTIONS = ("conv2d", "linear", "matmul")
+
+
+# ---------------------------------------------------------------- build-time rewrites
+
+
+def fold_batch_norms(
+    nodes: list[Node], outputs: Sequence[Value]
+) -> tuple[list[Node], dict[int, int]]:
+    """The nodes with every batch norm that only follows a conv or linear folded into its
+    weights (``w * s`` per output channel, bias ``b * s + t``), and which values became which."""
+    readers: dict[int, int] = {}
+    for nd in nodes:
+        for v in nd.inputs:
+            readers[v.id] = readers.get(v.id, 0) + 1
+    out_ids = {v.id for v in outputs}
+    at: dict[int, int] = {}  # value id -> index in ``kept`` of its producer
+    same: dict[int, int] = {}
+    kept: list[Node] = []
+    for nd in nodes:
+        if nd.op == "batch_norm":
+            (x,) = nd.inputs
+            i = at.get(same.get(x.id, x.id))
+            prod = kept[i] if i is not None else None
+            if (
+                prod is not None
+                and prod.op in ("conv2d", "linear")
+                and readers.get(x.id) == 1
+                and x.id not in out_ids
+            ):
+                s, t = nd.params["s"], nd.params["t"]
+                w = prod.params["w"]
+                w = w * (s[:, None, None, None] if prod.op == "conv2d" else s[None, :])
+                b = prod.params.get("b", np.zeros_like(s))
+                params = {"w": w.astype(np.float32), "b": (b * s + t).astype(np.float32)}
+                kept[i] = replace(prod, params=params)  # the graph's own node stays as built
+                same[nd.out.id] = same.get(x.id, x.id)
+                continue
+        at[nd.out.id] = len(kept)
+        kept.append(nd)
+    return kept, same
+
+
+# ---------------------------------------------------------------- statements
+
+
+class _Builder:
+    """Statements of one kernel, numbered in order, each node's nest at the next position.
+
+    An elementwise node in place on the output of the contraction just built goes into that
+    contraction's nest, after it on the same elements (the way ``pd.ops.conv2d`` writes its
+    bias); a further one in place on the same elements merges into that statement (its
+    expression applied to the previous one's). The compiler then folds it into the calls."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.statements: list[Statement] = []
+        self.pos = 0
+        self.tail: tuple[str, list[Statement]] | None = None  # (buffer, contraction statements)
+
+    def fresh(self) -> str:
+        return f"S{len(self.statements)}"
+
+    def part(self, kern: Kernel, tensors: dict[str, str], node: Node, *, out: str) -> None:
+        """The statements of a pd.ops kernel, its tensors renamed, placed after the others."""
+        tops, new_stmts = [], []
+        for s in kern.statements:
+            new = self.fresh()
+            top = poly.top_position(kern, s)
+            tops.append(top)
+            stmt = replace(
+                s,
+                name=new,
+                domain=poly.named_text(poly.domain(kern, s), new),
+                schedule=poly.placed_schedule(s.schedule, new, self.pos + top),
+                target=_rename(s.target, tensors),
+                expr=_rename(s.expr, tensors),
+                line=node.line,
+                source=f"{node.op}: {s.source}",
+            )
+            self.statements.append(stmt)
+            new_stmts.append(stmt)
+        self.pos += max(tops) + 1
+        self.tail = (out, new_stmts) if node.op in CONTRACTIONS else None
+
+    def elementwise(
+        self, node: Node, out: str, value: Expr, shape: tuple[int, ...], *, in_place: bool
+    ) -> None:
+        """``out[...] = value`` over ``shape``: merged into the statement before it or placed in
+        the contraction's nest (see the class doc), else a nest of its own."""
+        its = ITERATORS[len(shape)]
+        target = Load(tensor=out, index=tuple(Var(name=v) for v in its))
+        prev = self.statements[-1] if self.statements else None
+        if (
+            in_place
+            and prev is not None
+            and prev.target == target
+            and prev.op == "="
+            and prev.micro is None
+            and prev.iterators == its
+        ):
+            merged = _substitute(value, target, prev.expr)
+            self.statements[-1] = replace(prev, expr=merged, source=f"{prev.source}; {node.op}")
+            return
+        new = self.fresh()
+        dom = " and ".join(f"0 <= {v} < {d}" for v, d in zip(its, shape, strict=True))
+        dims = [str(self.pos)] + [x for v in its for x in (v, "0")]
+        stmt = Statement(
+            name=new,
+            iterators=its,
+            domain=f"{{ {new}[{', '.join(its)}] : {dom} }}",
+            target=target,
+            op="=",
+            expr=value,
+            schedule=f"{{ {new}[{', '.join(its)}] -> [{', '.join(dims)}] }}",
+            line=node.line,
+            source=f"{node.op}: {target} = {value}",
+        )
+        if in_place and self.tail is not None and self.tail[0] == out:
+            part = self.tail[1]
+            view = Kernel(
+                name=self.name, args=(), sizes=(), statements=(*part, stmt), filename="", line=0
+            )
+            depth = len(spine(view, part))
+            if depth:
+                stmt = replace(stmt, schedule=fused_schedules(view, part, [stmt], depth)[new])
+                self.statements.append(stmt)
+                self.tail = None
+                return
+        self.statements.append(stmt)
+        self.pos += 1
+        self.tail = None
+
+
+def _substitute(e: Expr, old: Load, new: Expr) -> Expr:
+    """``e`` with every read of the element ``old`` replaced by the expression ``new``."""
+    if e == old:
+        return new
+    if isinstance(e, BinOp):
+        return replace(e, a=_substitute(e.a, old, new), b=_substitute(e.b, old, new))
+    if isinstance(e, UnOp):
+        return replace(e, a=_substitute(e.a, old, new))
+    return e
+
+
+def _rename(e, tensors: dict[str, str]):
+    if isinstance(e, Load):
+        return replace(e, tensor=tensors.get(e.tensor, e.tensor))
+    if isinstance(e, BinOp):
+        return replace(e, a=_rename(e.a, tensors), b=_rename(e.b, tensors))
+    if isinstance(e, UnOp):
+        return replace(e, a=_rename(e.a, tensors))
+    return e
+
+
+def _value(op: str, x: Load, other: Load | None, channel: Load | None, attrs: dict) -> Expr:
+    """The elementwise expression of ``op`` on the element ``x``."""
+
+    def b(o, a, c):
+        return BinOp(op=o, a=a, b=c)
+
+    def n(v: float) -> Num:
+        return Num(value=float(v))
+
+    match op:
+        case "relu":
+            return b("max", x, n(0.0))
+        case "gelu":
+            return b(
+                "*",
+                b("*", n(0.5), x),
+                b("+", n(1.0), UnOp(op="erf", a=b("*", x, n(0.7071067811865476)))),
+            )
+        case "gelu_tanh":
+            inner = b(
+                "*", n(0.7978845608028654), b("+", x, b("*", n(0.044715), b("*", x, b("*", x, x))))
+            )
+            return b("*", b("*", n(0.5), x), b("+", n(1.0), UnOp(op="tanh", a=inner)))
+        case "silu":
+            return b("*", x, UnOp(op="sigmoid", a=x))
+        case "sigmoid" | "tanh":
+            return UnOp(op=op, a=x)
+        case "add":
+            return b("+", x, other)
+        case "mul":
+            return b("*", x, other)
+        case "scale":
+            return b("*", x, n(attrs["factor"]))
+        case "bias_add":
+            return b("+", x, channel[0])
+        case "batch_norm":
+            return b("+", b("*", x, channel[0]), channel[1])
+    raise GraphError(f"pd.graph cannot lower operator {op!r}")  # pragma: no cover
+
+
+# ---------------------------------------------------------------- the kernel
+
+
+def lower(
+    name: str,
+    nodes: Sequence[Node],
+    inputs: Sequence[Value],
+    outputs: Sequence[Value],
+    filename: str,
+    line: int,
+    same: dict[int, int] | None = None,
+) -> tuple[Kernel, list[tuple[str, np.ndarray]]]:
+    """The kernel computing ``outputs`` from ``inputs`` by ``nodes`` (in order), and the
+    parameter arrays it takes after the inputs (before the outputs), by argument name."""
+    same = dict(same or {})
+    root = lambda v: same.get(v.id, v.id)  # noqa: E731
+    readers: dict[int, int] = {}
+    for nd in nodes:
+        for v in nd.inputs:
+            readers[root(v)] = readers.get(root(v), 0) + 1
+    in_ids, out_ids = {root(v) for v in inputs}, [root(v) for v in outputs]
+    if len(set(out_ids)) != len(out_ids) or set(out_ids) & in_ids:
+        raise GraphError(f"graph {name}: an output is an input or another output")
+    buffer: dict[int, str] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, v in enumerate(inputs):
+        buffer[root(v)] = v.name if v.name.isidentifier() else f"in{i}"
+        shapes[buffer[root(v)]] = v.shape
+    params: list[tuple[str, np.ndarray]] = []
+    temps: list[str] = []
+    b = _Builder(name)
+
+    def new_buffer(v: Value, hint: str) -> str:
+        vid = root(v)
+        if vid in out_ids:
+            nm = f"out{out_ids.index(vid)}"
+        else:
+            nm = f"t{len(temps)}_{hint}"
+            temps.append(nm)
+        buffer[vid] = nm
+        shapes[nm] = v.shape
+        return nm
+
+    def param(nd: Node, key: str) -> str:
+        nm = f"{nd.op}{nd.out.id}_{key}"
+        params.append((nm, nd.params[key]))
+        shapes[nm] = nd.params[key].shape
+        return nm
+
+    def in_place(v: Value) -> bool:
+        vid = root(v)
+        return vid not in in_ids and vid not in out_ids and readers.get(vid) == 1
+
+    for nd in nodes:
+        if nd.op == "input":
+            continue
+        ins = [buffer[root(v)] for v in nd.inputs]
+        if nd.op in CONTRACTIONS or nd.op == "softmax":
+            out = new_buffer(nd.out, nd.op)
+            if nd.op == "conv2d":
+                N, C, H, W = nd.inputs[0].shape
+                K, _, R, S = nd.params["w"].shape
+                kern = ops.conv2d(
+                    N, C, K, H, W, R, S, stride=nd.attrs["stride"], padding=nd.attrs["padding"]
+                )
+                b.part(kern.ir, {"O": out, "I": ins[0], "Wt": param(nd, "w")}, nd, out=out)
+            elif nd.op == "softmax":
+                M, N = nd.out.shape
+                m, s = (f"t{len(temps) + i}_softmax_{w}" for i, w in enumerate("ms"))
+                temps.extend([m, s])
+                shapes[m] = shapes[s] = (M,)
+                b.part(ops.softmax(M, N).ir, {"Y": out, "X": ins[0], "m": m, "s": s}, nd, out=out)
+            else:
+                (M, K), N = nd.inputs[0].shape, nd.out.shape[1]
+                rhs = param(nd, "w") if nd.op == "linear" else ins[1]
+                b.part(ops.matmul(M, N, K).ir, {"C": out, "A": ins[0], "B": rhs}, nd, out=out)
+            if "b" in nd.params:  # a bias (or a folded batch norm's shift) after the contraction
+                x = _element(out, nd.out.shape)
+                bias = _channel(param(nd, "b"), nd.out.shape)
+                value = BinOp(op="+", a=x, b=bias)
+                b.elementwise(replace(nd, op="bias_add"), out, value, nd.out.shape, in_place=True)
+            continue
+        # elementwise: in place on its first (or, commutative, second) input when possible
+        order = list(range(len(nd.inputs)))
+        if nd.op in ("add", "mul") and not in_place(nd.inputs[0]) and in_place(nd.inputs[1]):
+            order = [1, 0]
+        first = nd.inputs[order[0]]
+        inplace = in_place(first)
+        if inplace:
+            out = buffer[root(first)]
+            buffer[root(nd.out)] = out
+        else:
+            out = new_buffer(nd.out, nd.op)
+        x = _element(buffer[root(first)], nd.out.shape)
+        other = (
+            _element(buffer[root(nd.inputs[order[1]])], nd.out.shape) if len(order) > 1 else None
+        )
+        channel = None
+        if nd.op in ("bias_add", "batch_norm"):
+            keys = ("b",) if nd.op == "bias_add" else ("s", "t")
+            channel = [_channel(param(nd, k), nd.out.shape) for k in keys]
+        value = _value(nd.op, x, other, channel, nd.attrs)
+        b.elementwise(nd, out, value, nd.out.shape, in_place=inplace)
+
+    # an output computed in place on a scratch buffer (conv -> relu -> output): the buffer is
+    # the output argument
+    ren = {}
+    for i, vid in enumerate(out_ids):
+        if buffer[vid] != f"out{i}":
+            ren[buffer[vid]] = f"out{i}"
+            shapes[f"out{i}"] = shapes[buffer[vid]]
+    temps = [t for t in temps if t not in ren]
+    ndim = max(poly.map_ndim(s.schedule) for s in b.statements)
+    stmts = tuple(
+        replace(
+            s,
+            schedule=poly.pad_schedule(s.schedule, ndim),
+            target=_rename(s.target, ren),
+            expr=_rename(s.expr, ren),
+        )
+        for s in b.statements
+    )
+
+    def arg(nm: str) -> TensorArg:
+        return TensorArg(name=nm, dtype="f32", shape=tuple(Int(value=d) for d in shapes[nm]))
+
+    args = [arg(buffer[root(v)]) for v in inputs]
+    args += [arg(nm) for nm, _ in params]
+    args += [arg(f"out{i}") for i in range(len(outputs))]
+    kernel = Kernel(
+        name=name,
+        args=tuple(args),
+        sizes=(),
+        statements=stmts,
+        filename=filename,
+        line=line,
+        temps=tuple(arg(nm) for nm in temps),
+    )
+    return kernel, params
+
+
+def _element(tensor: str, shape: tuple[int, ...]) -> Load:
+    return Load(tensor=tensor, index=tuple(Var(name=v) for v in ITERATORS[len(shape)]))
+
+
+def _channel(tensor: str, shape: tuple[int, ...]) -> Load:
+    """A per-channel vector read at the element: axis 1 of NCHW, the last axis of 2-D."""
+    its = ITERATORS[len(shape)]
+    return Load(tensor=tensor, index=(Var(name=its[1] if len(shape) == 4 else its[-1]),))
+
+
+# ---------------------------------------------------------------- compiled graphs
+
+
+class CompiledGraph:
+    """A graph compiled into kernels: ``f(*inputs) -> output`` (a tuple for several)."""
+
+    def __init__(self, graph: Graph, parts: list[tuple], outputs: Sequence[Value]):
+        self.graph = graph
+        self.parts = parts  # (compiled kernel, input value ids, params, output value ids)
+        self.output_shapes = [v.shape for v in outputs]
+        self._outputs = [v.id for v in outputs]
+
+    @property
+    def kernel(self):
+        """The compiled kernel (the fused graph is one)."""
+        return self.parts[0][0]
+
+    def __call__(self, *inputs: np.ndarray):
+        from ..memory import empty
+
+        g = self.graph
+        if len(inputs) != len(g.inputs):
+            raise GraphError(f"graph {g.name} takes {len(g.inputs)} input(s), got {len(inputs)}")
+        values: dict[int, np.ndarray] = {}
+        for v, a in zip(g.inputs, inputs, strict=True):
+            arr = np.asarray(a)
+            if arr.shape != v.shape or arr.dtype != np.float32:
+                raise GraphError(
+                    f"input {v.name}: expected float32 {v.shape}, got {arr.dtype} {arr.shape}"
+                )
+            values[v.id] = np.ascontiguousarray(arr)
+        for ck, ins, params, outs in self.parts:
+            out_arrays = [empty(shape) for _, shape in outs]
+            ck(*[values[i] for i in ins], *(p for _, p in params), *out_arrays)
+            for (vid, _), arr in zip(outs, out_arrays, strict=True):
+                values[vid] = arr
+        res = [values[i] for i in self._outputs]
+        return res[0] if len(res) == 1 else tuple(res)
+
+    def show(self, what: str = "loops") -> str:
+        return "\n".join(ck.show(what) for ck, *_ in self.parts)
+
+
+def compile_graph(graph: Graph, *, threads=None, target=None, fuse: bool = True) -> CompiledGraph:
+    """The graph as one fused kernel (``fuse=False``: one kernel per operator, each value
+    materialised: the unfused baseline)."""
+    from ..pipeline import compile_kernel
+
+    nodes, same = fold_batch_norms(list(graph.nodes), graph.outputs)
+    same_of = lambda v: same.get(v.id, v.id)  # noqa: E731
+    outputs = [replace(v, id=same_of(v)) for v in graph.outputs]
+    if fuse:
+        groups = [(graph.name, nodes, list(graph.inputs), outputs)]
+    else:
+        groups = []
+        for nd in nodes:
+            if nd.op == "input":
+                continue
+            ins = [replace(v, id=same_of(v)) for v in dict.fromkeys(nd.inputs)]
+            groups.append(
+                (
+                    f"{graph.name}_{nd.op}{nd.out.id}",
+                    [nd],
+                    ins,
+                    [replace(nd.out, id=same_of(nd.out))],
+                )
+            )
+    parts = []
+    for name, nds, ins, outs in groups:
+        kernel, params = lower(name, nds, ins, outs, graph.filename, graph.line, same)
+        ck = compile_kernel(kernel, {}, threads=threads, target=target, fuse=fuse)
+        parts.append((ck, [v.id for v in ins], params, [(v.id, v.shape) for v in outs]))
+    return CompiledGraph(graph, parts, outputs)

@@ -1,0 +1,161 @@
+"""pd.graph: operator chains compiled into one fused kernel, against NumPy float64 references
+and against the same graph compiled one kernel per operator (fuse=False), on odd sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kernels import numpy_conv
+from scipy.special import erf
+
+import polydl as pd
+from polydl.graph import GraphError
+
+rng = np.random.default_rng(31)
+
+
+def r(*shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def plain_statements(f):
+    return [s for s in f.kernel.kernel.statements if s.micro is None]
+
+
+def micro_epilogues(f):
+    return [s.micro.epilogue for s in f.kernel.kernel.statements if s.micro is not None]
+
+
+def bottleneck(N, C, K, H, W, stride=1):
+    """conv 3x3 -> batch norm -> ReLU -> conv 1x1 -> add (the input) -> ReLU."""
+    g = pd.graph.Graph("bottleneck")
+    x = g.input("x", (N, C, H, W))
+    p = dict(
+        w1=r(K, C, 3, 3, scale=0.2),
+        mean=r(K),
+        var=np.abs(r(K)) + 0.5,
+        gamma=r(K),
+        beta=r(K),
+        w2=r(C, K, 1, 1, scale=0.2),
+    )
+    y = g.conv2d(x, p["w1"], padding=1)
+    y = g.batch_norm(y, p["mean"], p["var"], p["gamma"], p["beta"])
+    y = g.relu(y)
+    y = g.conv2d(y, p["w2"])
+    y = g.relu(g.add(y, x))
+    g.output(y)
+    return g, p
+
+
+def bottleneck_ref(x, p):
+    y = numpy_conv(x, p["w1"], 1, 1)
+    inv = p["gamma"] / np.sqrt(p["var"].astype(np.float64) + 1e-5)
+    y = (y - p["mean"][None, :, None, None]) * inv[None, :, None, None] + p["beta"][
+        None, :, None, None
+    ]
+    y = np.maximum(y, 0)
+    y = numpy_conv(y, p["w2"], 1, 0)
+    return np.maximum(y + x, 0)
+
+
+@pytest.mark.parametrize("N,C,K,H,W", [(1, 8, 12, 7, 9), (2, 5, 16, 11, 6)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bottleneck_is_one_kernel_with_folded_epilogues(N, C, K, H, W, threads):
+    g, p = bottleneck(N, C, K, H, W)
+    f = g.compile(threads=threads)
+    assert len(f.parts) == 1
+    # batch norm folded into the weights at build time; bias, ReLU, the add and the last
+    # ReLU computed in the BRGEMM calls' stores: nothing elementwise is left as a nest
+    assert not any("batch_norm" in s.source for s in f.kernel.kernel.statements)
+    epis = [e for e in micro_epilogues(f) if e is not None]
+    assert epis and all("max" in e.text() for e in epis)
+    assert not [s for s in plain_statements(f) if "relu" in s.source or "add" in s.source]
+    x = r(N, C, H, W)
+    want = bottleneck_ref(x, p)
+    np.testing.assert_allclose(f(x), want, rtol=2e-4, atol=2e-4)
+    u = g.compile(threads=threads, fuse=False)
+    assert len(u.parts) == 5  # conv (+ folded bn), relu, conv, add, relu
+    np.testing.assert_allclose(u(x), f(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_transformer_mlp(approximate):
+    M, D, F = 13, 24, 56
+    w1, b1, w2, b2 = r(D, F, scale=0.2), r(F), r(F, D, scale=0.2), r(D)
+    g = pd.graph.Graph("mlp")
+    x = g.input("x", (M, D))
+    y = g.linear(g.gelu(g.linear(x, w1, b1), approximate=approximate), w2, b2)
+    g.output(y)
+    f = g.compile()
+    xa = r(M, D)
+    h = xa.astype(np.float64) @ w1 + b1
+    if approximate == "none":
+        h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
+    else:
+        h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+    want = h @ w2 + b2
+    np.testing.assert_allclose(f(xa), want, rtol=2e-5, atol=2e-5)
+    assert not plain_statements(f)  # both biases and the GELU folded into the calls
+
+
+def test_linear_bias_softmax():
+    M, K, N = 17, 33, 250
+    w, b = r(K, N, scale=0.3), r(N)
+    g = pd.graph.Graph("head")
+    x = g.input("x", (M, K))
+    g.output(g.softmax(g.linear(x, w, b)))
+    f = g.compile()
+    xa = r(M, K)
+    z = xa.astype(np.float64) @ w + b
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(f(xa), e / e.sum(axis=1, keepdims=True), rtol=2e-5, atol=1e-7)
+    assert "fusion of consecutive nests" in f.show("fusion")
+
+
+def test_elementwise_on_inputs_is_out_of_place_and_outputs_may_be_several():
+    g = pd.graph.Graph("two")
+    a = g.input("a", (3, 5))
+    b = g.input("b", (3, 5))
+    s = g.silu(g.add(a, b))
+    t = g.scale(g.mul(a, b), 2.0)
+    g.output(s, t)
+    f = g.compile()
+    xa, xb = r(3, 5), r(3, 5)
+    keep = xa.copy(), xb.copy()
+    out_s, out_t = f(xa, xb)
+    np.testing.assert_array_equal(xa, keep[0])  # inputs are never written
+    np.testing.assert_array_equal(xb, keep[1])
+    z = xa.astype(np.float64) + xb
+    np.testing.assert_allclose(out_s, z / (1 + np.exp(-z)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out_t, 2 * xa * xb, rtol=1e-6)
+
+
+def test_batch_norm_not_after_a_contraction_is_an_affine_nest():
+    g = pd.graph.Graph("bn")
+    x = g.input("x", (2, 3, 4, 5))
+    mean, var = r(3), np.abs(r(3)) + 1
+    g.output(g.batch_norm(x, mean, var))
+    f = g.compile()
+    xa = r(2, 3, 4, 5)
+    want = (xa - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5)
+    np.testing.assert_allclose(f(xa), want, rtol=1e-5, atol=1e-6)
+
+
+def test_unsupported_operator_and_shape_errors_name_the_op():
+    g = pd.graph.Graph()
+    x = g.input("x", (4, 4))
+    with pytest.raises(GraphError, match="no operator 'layer_norm'.*supports"):
+        g.layer_norm(x)
+    with pytest.raises(GraphError, match="add: shapes"):
+        g.add(x, g.input("y", (4, 5)))
+    with pytest.raises(GraphError, match="linear.*does not multiply"):
+        g.linear(x, np.zeros((5, 3)))
+    with pytest.raises(GraphError, match="conv2d: input"):
+        g.conv2d(x, np.zeros((1, 1, 1, 1)))
+    with pytest.raises(GraphError, match="no output"):
+        g.compile()
+    f = pd.graph.Graph()
+    v = f.input("v", (2, 2))
+    f.output(f.relu(v))
+    with pytest.raises(GraphError, match="expected float32"):
+        f.compile()(np.zeros((2, 3), np.float32))
