@@ -13,7 +13,11 @@ from polydl.errors import PolyDLError
 from polydl.kernels import FAMILIES, FORMS, BrgemmConfig, compile_brgemm, reference
 
 # Families that can run here: the host's best, every lesser x86 family it implies, and generic.
-RUNNABLE = [f.name for f in FAMILIES.values() if f.required_features <= jit.host_features()]
+RUNNABLE = [
+    f.name
+    for f in FAMILIES.values()
+    if f.required_features <= jit.host_features() and "f32" in f.dtypes
+]
 
 
 def make_call(cfg: BrgemmConfig, batch: int, rng: np.random.Generator, *, poison: bool = True):

@@ -38,7 +38,11 @@ def test_selection_rule():
     assert select_isa(frozenset({"avx", "avx2", "fma"})).name == "avx2"
     assert select_isa(frozenset({"avx", "avx2", "fma", "avx512f"})).name == "avx512"
     best = max(
-        (f for f in FAMILIES.values() if f.required_features <= jit.host_features()),
+        (
+            f
+            for f in FAMILIES.values()
+            if f.required_features <= jit.host_features() and "f32" in f.dtypes
+        ),
         key=lambda f: f.priority,
     )
     assert select_isa() is best
@@ -47,6 +51,11 @@ def test_selection_rule():
     assert isa_for_cpu("znver3").name == "avx2"
     assert isa_for_cpu("some-unknown-cpu").name == "generic"
     assert isa_for_cpu(None) is best
+    # bf16 operands: the dot-product family where the features have AVX512-BF16, else widened
+    feats = frozenset({"avx", "avx2", "fma", "avx512f"})
+    assert select_isa(feats, "bf16").name == "avx512"
+    assert select_isa(feats | {"avx512bf16"}, "bf16").name == "avx512_bf16"
+    assert select_isa(feats | {"avx512bf16"}).name == "avx512"
 
 
 @pytest.mark.parametrize(

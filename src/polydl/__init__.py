@@ -5,9 +5,9 @@ from .api import compile
 from .codegen.compiled import CompiledKernel
 from .dsl.intrinsics import erf, exp, sigmoid, sqrt, tanh
 from .dsl.kernel import kernel
-from .dsl.types import f32, f64
+from .dsl.types import bf16, f32, f64
 from .errors import BoundsError, DSLError, PolyDLError, TargetError
-from .memory import aligned, empty, zeros
+from .memory import aligned, empty, from_bf16, to_bf16, zeros
 from .partition import partition
 from .target import Target
 
@@ -23,6 +23,9 @@ __all__ = [
     "aligned",
     "f32",
     "f64",
+    "bf16",
+    "to_bf16",
+    "from_bf16",
     "exp",
     "sqrt",
     "tanh",

@@ -102,17 +102,15 @@ _CPU_FEATURES = {
         (
             "skylake-avx512",
             "cascadelake",
-            "cooperlake",
             "icelake-server",
             "icelake-client",
             "tigerlake",
-            "sapphirerapids",
-            "znver4",
-            "znver5",
             "x86-64-v4",
         ),
         _AVX512,
     ),
+    **dict.fromkeys(("cooperlake", "znver4", "znver5"), _AVX512 | {"avx512bf16"}),
+    "sapphirerapids": _AVX512 | {"avx512bf16", "amx-tile", "amx-bf16"},
 }
 
 

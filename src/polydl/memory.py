@@ -52,3 +52,25 @@ def aligned(a: np.ndarray, *, align: int = ALIGN) -> np.ndarray:
     out = empty(a.shape, a.dtype, align=align)
     out[...] = a
     return out
+
+
+def to_bf16(a) -> np.ndarray:
+    """``a`` rounded to bfloat16 (to nearest, ties to even; NaN stays NaN), as an aligned
+    ``ml_dtypes.bfloat16`` array: what a ``pd.bf16`` tensor argument takes (a ``uint16`` view
+    of the same bits is accepted too)."""
+    import ml_dtypes
+
+    return aligned(np.asarray(a, dtype=np.float32).astype(ml_dtypes.bfloat16))
+
+
+def from_bf16(a: np.ndarray) -> np.ndarray:
+    """A bfloat16 array (``ml_dtypes.bfloat16``, or its bits as ``uint16``) as float32 (exact)."""
+    a = np.asarray(a)
+    if a.dtype == np.uint16:
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return a.astype(np.float32)
+
+
+def is_bf16(a: np.ndarray) -> bool:
+    """Whether ``a`` holds bfloat16 elements (``ml_dtypes.bfloat16`` or ``uint16`` bits)."""
+    return a.dtype == np.uint16 or a.dtype.name == "bfloat16"

@@ -49,8 +49,19 @@ def matmul(
     *,
     threads: int | None = None,
 ) -> np.ndarray:
-    """``a @ b (+ bias) (relu)`` for 2-D float32 arrays."""
-    a, b = _f32(a, "a", 2), _f32(b, "b", 2)
+    """``a @ b (+ bias) (relu)`` for 2-D float32 arrays, or bfloat16 ones (``ml_dtypes``:
+    both; products accumulated in float32, the result float32)."""
+    if memory.is_bf16(np.asarray(a)) or memory.is_bf16(np.asarray(b)):
+        dtype = "bf16"
+        a, b = (
+            np.ascontiguousarray(memory.to_bf16(x) if not memory.is_bf16(x) else x) for x in (a, b)
+        )
+        for x, nm in ((a, "a"), (b, "b")):
+            if x.ndim != 2:
+                raise ValueError(f"{nm} must have 2 dimensions, got shape {x.shape}")
+    else:
+        dtype = "f32"
+        a, b = _f32(a, "a", 2), _f32(b, "b", 2)
     (M, K), (K2, N) = a.shape, b.shape
     if K != K2:
         raise ValueError(f"matmul: a has shape {a.shape} and b {b.shape}: inner sizes differ")
@@ -60,7 +71,16 @@ def matmul(
         if bias.shape != (N,):
             raise ValueError(f"matmul: bias must have shape ({N},), got {bias.shape}")
         args.append(bias)
-    k = compiled(ops.matmul, M, N, K, bias=bias is not None, activation=activation, threads=threads)
+    k = compiled(
+        ops.matmul,
+        M,
+        N,
+        K,
+        bias=bias is not None,
+        activation=activation,
+        threads=threads,
+        dtype=dtype,
+    )
     out = memory.empty((M, N), np.float32)
     k(out, *args)
     return out

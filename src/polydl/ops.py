@@ -25,7 +25,7 @@ import operator
 
 from .dsl.intrinsics import exp as pd_exp
 from .dsl.kernel import KernelFunction, kernel
-from .dsl.types import f32
+from .dsl.types import DType, bf16, f32
 
 TILE = 16  # the packing kernels transpose tiles of TILE pixels x one channel block
 
@@ -43,6 +43,14 @@ def _ints(*values) -> tuple[int, ...]:
     return tuple(operator.index(v) for v in values)
 
 
+def _operand_type(dtype: str) -> DType:
+    """The element type of the operands A/B (inputs, weights): ``"f32"`` or ``"bf16"`` (the
+    output and bias stay f32: products are accumulated in f32)."""
+    if dtype not in ("f32", "bf16"):
+        raise ValueError(f"dtype must be 'f32' or 'bf16', got {dtype!r}")
+    return bf16 if dtype == "bf16" else f32
+
+
 def _activation(activation) -> bool:
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
@@ -51,17 +59,25 @@ def _activation(activation) -> bool:
 
 @functools.cache
 def matmul(
-    M: int, N: int, K: int, *, bias: bool = False, activation: str | None = None
+    M: int,
+    N: int,
+    K: int,
+    *,
+    bias: bool = False,
+    activation: str | None = None,
+    dtype: str = "f32",
 ) -> KernelFunction:
-    """``C = A @ B (+ bias[N]) (relu)``; arguments ``(C, A, B[, bias])``."""
+    """``C = A @ B (+ bias[N]) (relu)``; arguments ``(C, A, B[, bias])``; ``dtype="bf16"``:
+    ``A`` and ``B`` bfloat16, ``C`` (and the bias) float32."""
     relu = _activation(activation)
+    ab = _operand_type(dtype)
     for v, n in ((M, "M"), (N, "N"), (K, "K")):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"matmul: {n} must be a positive int, got {v!r}")
     has_bias = bool(bias)
 
     @kernel
-    def matmul(C: f32[M, N], A: f32[M, K], B: f32[K, N], bias: f32[N] if has_bias else None):
+    def matmul(C: f32[M, N], A: ab[M, K], B: ab[K, N], bias: f32[N] if has_bias else None):
         for i in range(M):
             for j in range(N):
                 C[i, j] = 0.0
@@ -135,9 +151,12 @@ def conv2d(
     activation: str | None = None,
     layout: str = "nchw",
     block: int | None = None,
+    dtype: str = "f32",
 ) -> KernelFunction:
-    """A 2-D convolution kernel; arguments ``(O, I, Wt[, b])`` in the chosen layout."""
+    """A 2-D convolution kernel; arguments ``(O, I, Wt[, b])`` in the chosen layout;
+    ``dtype="bf16"``: ``I`` and ``Wt`` bfloat16, ``O`` (and ``b``) float32."""
     relu = _activation(activation)
+    ab = _operand_type(dtype)
     N, C, K, H, W, R, S = _ints(N, C, K, H, W, R, S)
     (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
     P, Q = conv_shape(H, W, R, S, stride, padding)
@@ -148,8 +167,8 @@ def conv2d(
         @kernel
         def conv2d(
             O: f32[N, K, P, Q],
-            I: f32[N, C, H, W],
-            Wt: f32[K, C, R, S],
+            I: ab[N, C, H, W],
+            Wt: ab[K, C, R, S],
             b: f32[K] if has_bias else None,
         ):
             for n in range(N):
@@ -182,8 +201,8 @@ def conv2d(
     @kernel
     def conv2d(
         O: f32[N, KB, P, Q, KV],
-        I: f32[N, CB, Hp, Wp, CV],
-        Wt: f32[KB, CB, R, S, CV, KV],
+        I: ab[N, CB, Hp, Wp, CV],
+        Wt: ab[KB, CB, R, S, CV, KV],
         b: f32[KB, KV] if has_bias else None,
     ):
         for n in range(N):

@@ -241,7 +241,9 @@ def recognise(kernel: Kernel, red: Statement) -> Contraction | None:
         return None
     if any(ld.tensor == red.target.tensor for ld in loads):
         return None
-    if any(kernel.arg(x.tensor).dtype != "f32" for x in (*loads, red.target)):
+    # f32 everywhere, or bf16 A and B accumulated into f32 C
+    ab = {kernel.arg(x.tensor).dtype for x in loads}
+    if kernel.arg(red.target.tensor).dtype != "f32" or ab not in ({"f32"}, {"bf16"}):
         return None
     alpha = 1.0
     for f in nums:

@@ -13,7 +13,17 @@ from ..ir import loops as L
 from ..ir.nodes import Kernel, ScalarArg, TensorArg
 from .llvm import ENTRY
 
-NP_DTYPE = {"f32": np.dtype(np.float32), "f64": np.dtype(np.float64)}
+NP_DTYPE = {
+    "f32": "float32",
+    "f64": "float64",
+    "bf16": "bfloat16 (ml_dtypes.bfloat16, or uint16 bits)",
+}
+
+
+def _dtype_ok(v: np.ndarray, dtype: str) -> bool:
+    if dtype == "bf16":
+        return v.dtype == np.uint16 or v.dtype.name == "bfloat16"
+    return v.dtype == np.dtype(NP_DTYPE[dtype])
 
 
 class CompiledKernel:
@@ -157,7 +167,7 @@ class CompiledKernel:
                 raise TypeError(
                     f"{name}(): argument {a.name!r} must be a numpy array of shape {want} and dtype {NP_DTYPE[a.dtype]}, got {type(v).__name__}"
                 )
-            if v.dtype != NP_DTYPE[a.dtype]:
+            if not _dtype_ok(v, a.dtype):
                 raise TypeError(
                     f"{name}(): argument {a.name!r} must have dtype {NP_DTYPE[a.dtype]}, got {v.dtype}"
                 )

@@ -19,6 +19,7 @@ from importlib import resources
 
 import jinja2
 
+from .. import jit
 from ..ir import loops as L
 from ..ir.nodes import (
     DTYPE_BYTES,
@@ -41,7 +42,8 @@ from ..ir.nodes import (
 )
 
 ENTRY = "polydl_entry"
-LLTYPE = {"f32": "float", "f64": "double"}
+LLTYPE = {"f32": "float", "f64": "double", "bf16": "i16"}  # bf16: its bits in memory
+COMPUTE = {"f32": "f32", "f64": "f64", "bf16": "f32"}  # the type arithmetic on an element uses
 FM = "reassoc nsz arcp contract afn"  # float reductions may be reassociated (API.md, section 1)
 
 
@@ -405,7 +407,8 @@ class ModuleEmitter:
             env[it] = r.value
         if s.micro is not None:
             return self.micro_call(s.micro, env, code, c.packed_b)
-        dt = self.k.arg(s.target.tensor).dtype  # type: ignore[union-attr]
+        st = self.k.arg(s.target.tensor).dtype  # type: ignore[union-attr]
+        dt = COMPUTE[st]  # a bf16 element is computed in f32, rounded at the store
         ty = LLTYPE[dt]
         addr = self.address(s.target, env, code)
         rhs = self.float_expr(s.expr, env, code, dt)
@@ -413,11 +416,13 @@ class ModuleEmitter:
             new = rhs
         else:
             old = self.fresh()
-            code.append(f"  {old} = load {ty}, ptr {addr}")
+            code.append(f"  {old} = load {LLTYPE[st]}, ptr {addr}")
+            old = self.convert(old, st, dt, code)
             new = self.fresh()
             inst = {"+=": "fadd", "-=": "fsub", "*=": "fmul", "/=": "fdiv"}[s.op]
             code.append(f"  {new} = {inst} {FM} {ty} {old}, {rhs}")
-        code.append(f"  store {ty} {new}, ptr {addr}")
+        new = self.convert(new, dt, st, code)
+        code.append(f"  store {LLTYPE[st]} {new}, ptr {addr}")
         return "\n".join(x for x in code if x)
 
     def micro_call(
@@ -435,7 +440,16 @@ class ModuleEmitter:
         if packed_b is not None:
             b_offsets = tuple(i * mk.k * mk.n for i in range(len(mk.b_offsets)))
 
-        cfg = BrgemmConfig.of_call(mk, packed=packed_b is not None, isa=self.isa).normalized()
+        isa = self.isa
+        if mk.ab_dtype == "bf16":  # the dot-product family where the CPU has it (vdpbf16ps)
+            from ..kernels import select_isa
+
+            feats = (
+                jit.host_features() if self.cpu == jit.host_cpu() else jit.cpu_features(self.cpu)
+            )
+            best = select_isa(feats, "bf16")
+            isa = best.name if best.bf16_dot else isa
+        cfg = BrgemmConfig.of_call(mk, packed=packed_b is not None, isa=isa).normalized()
         sym = self.micro_symbols.get(cfg)
         if sym is None:
             sym, declarations, definition = _micro_ir(cfg)
@@ -552,6 +566,30 @@ class ModuleEmitter:
     def convert(self, v: str, src: str, dst: str, code: list[str]) -> str:
         if src == dst:
             return v
+        if src == "bf16":  # the bits are the high half of the f32 (exact)
+            z, sh, w = self.fresh(), self.fresh(), self.fresh()
+            code += [
+                f"  {z} = zext i16 {v} to i32",
+                f"  {sh} = shl i32 {z}, 16",
+                f"  {w} = bitcast i32 {sh} to float",
+            ]
+            return self.convert(w, "f32", dst, code)
+        if dst == "bf16":  # round to nearest, ties to even; a NaN stays a (quiet) NaN
+            f = self.convert(v, src, "f32", code)
+            b, lsb, odd, bias, up, hi, nan, q, sel, w = (self.fresh() for _ in range(10))
+            code += [
+                f"  {b} = bitcast float {f} to i32",
+                f"  {lsb} = lshr i32 {b}, 16",
+                f"  {odd} = and i32 {lsb}, 1",
+                f"  {bias} = add i32 {odd}, 32767",
+                f"  {up} = add i32 {b}, {bias}",
+                f"  {hi} = lshr i32 {up}, 16",
+                f"  {nan} = fcmp uno float {f}, 0.0",
+                f"  {q} = or i32 {lsb}, 64",
+                f"  {sel} = select i1 {nan}, i32 {q}, i32 {hi}",
+                f"  {w} = trunc i32 {sel} to i16",
+            ]
+            return w
         w = self.fresh()
         inst = "fpext" if src == "f32" else "fptrunc"
         code.append(f"  {w} = {inst} {LLTYPE[src]} {v} to {LLTYPE[dst]}")

@@ -149,6 +149,8 @@ class KernelFunction:
         fn = types.FunctionType(
             self.fn.__code__, env, self.fn.__name__, self.fn.__defaults__, self.fn.__closure__
         )
+        bf16 = {a.name for a in self.ir.tensors if a.dtype == "bf16"}
+        given = {k: (_BF16(v) if k in bf16 else v) for k, v in given.items()}
         fn(**given, **dict.fromkeys(self.absent))
 
     def compiled(self, sizes: Mapping[str, int]) -> Any:
@@ -178,3 +180,21 @@ def _expected(a: TensorArg, sizes: Mapping[str, int]) -> str:
         else:
             dims.append(str(d))
     return f"({', '.join(dims)})" if len(dims) != 1 else f"({dims[0]},)"
+
+
+class _BF16:
+    """A bf16 array as :meth:`KernelFunction.reference` sees it: elements read as float32
+    (arithmetic on them is float32), stores rounded to bfloat16 (to nearest, ties to even),
+    the array itself (``ml_dtypes.bfloat16`` or its ``uint16`` bits) updated in place."""
+
+    def __init__(self, a: np.ndarray):
+        import ml_dtypes
+
+        self.array = a.view(ml_dtypes.bfloat16) if a.dtype == np.uint16 else a
+        self.shape = a.shape
+
+    def __getitem__(self, idx):
+        return np.float32(self.array[idx])
+
+    def __setitem__(self, idx, value) -> None:
+        self.array[idx] = np.float32(value)

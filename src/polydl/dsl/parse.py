@@ -269,6 +269,12 @@ class _Parser:
                 self.tensors[name] = ta
                 out.append(ta)
             elif isinstance(t, DType):
+                if t.name == "bf16":
+                    raise self.err(
+                        arg,
+                        f"argument `{name}`: pd.bf16 is a tensor element type (pd.bf16[...]); "
+                        "take a scalar as pd.f32",
+                    )
                 sa = ScalarArg(name=name, dtype=t.name)
                 self.scalars[name] = sa
                 out.append(sa)

@@ -47,3 +47,6 @@ class DType:
 
 f32 = DType(name="f32", numpy="float32")
 f64 = DType(name="f64", numpy="float64")
+# bfloat16: float32's range with an 8-bit mantissa. Arithmetic on it is float32; a store to a
+# bf16 tensor rounds to nearest even (NaN stays NaN). Arrays: ml_dtypes.bfloat16 or uint16.
+bf16 = DType(name="bf16", numpy="bfloat16")

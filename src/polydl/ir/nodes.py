@@ -152,9 +152,9 @@ def int_vars(e: IExpr) -> Iterator[str]:
 
 # ---------------------------------------------------------------- kernel structure
 
-DTYPE_BYTES = {"f32": 4, "f64": 8}
+DTYPE_BYTES = {"f32": 4, "f64": 8, "bf16": 2}
 STATEMENT_OPS = ("=", "+=", "-=", "*=", "/=")
-DTYPES = ("f32", "f64")
+DTYPES = ("f32", "f64", "bf16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,6 +200,7 @@ class Micro:
     epilogue: Epilogue | None = None
     operands: tuple[tuple[str, IExpr], ...] = ()  # the epilogue's tensors and their origins
     alpha_arg: str | None = None  # scalar argument multiplying the products, at run time
+    ab_dtype: str = "f32"  # A and B elements ("bf16": products accumulated in f32)
     # grouped rows (kernels/config.py): groups of ``row_group`` rows, ``lda_group``/``ldc_group``
     # from one group's first row to the next one's (None: one run of rows)
     row_group: int | None = None

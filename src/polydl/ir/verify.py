@@ -153,10 +153,13 @@ def _micro(kernel: Kernel, s: Statement, scope: set[str]) -> None:
             f"BRGEMM epilogue reads {n_in} operand(s), the call passes {len(mk.operands)}",
         )
     roles += list(mk.operands)
-    for tensor, origin in roles:
+    if mk.ab_dtype not in ("f32", "bf16"):
+        _fail(kernel, s, f"BRGEMM operands of type {mk.ab_dtype!r}")
+    for i, (tensor, origin) in enumerate(roles):
         t = kernel.arg(tensor) if tensor in {a.name for a in kernel.all_tensors} else None
-        if not isinstance(t, TensorArg) or t.dtype != "f32":
-            _fail(kernel, s, f"BRGEMM operand {tensor!r} is not an f32 tensor argument")
+        want = mk.ab_dtype if i < 2 else "f32"  # A and B as the call says; C and the rest f32
+        if not isinstance(t, TensorArg) or t.dtype != want:
+            _fail(kernel, s, f"BRGEMM operand {tensor!r} is not a {want} tensor argument")
         unknown = set(int_vars(origin)) - scope
         if unknown:
             _fail(kernel, s, f"BRGEMM origin of {tensor} uses {sorted(unknown)}")

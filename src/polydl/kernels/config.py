@@ -78,6 +78,7 @@ class BrgemmConfig:
     lda_group: int | None = None  # A offset between the first rows of consecutive groups
     ldc_group: int | None = None  # C offset between the first rows of consecutive groups
     epilogue: Epilogue | None = None  # what the final store computes (None: the element itself)
+    ab_dtype: str = "f32"  # A and B elements: "f32", or "bf16" (products accumulated in f32)
 
     def __post_init__(self) -> None:
         for name in ("m", "n", "k"):
@@ -98,6 +99,8 @@ class BrgemmConfig:
             raise PolyDLError(f"BRGEMM bias must be None, 'row' or 'col', got {self.bias!r}")
         if self.epilogue is not None and (self.bias is not None or self.relu):
             raise PolyDLError("BRGEMM takes an epilogue or the bias/relu shorthands, not both")
+        if self.ab_dtype not in ("f32", "bf16"):
+            raise PolyDLError(f"BRGEMM ab_dtype must be 'f32' or 'bf16', got {self.ab_dtype!r}")
         if self.epilogue is not None and not isinstance(self.epilogue, Epilogue):
             raise PolyDLError(f"BRGEMM epilogue must be an Epilogue, got {self.epilogue!r}")
         for name in ("stride_a", "stride_b"):
@@ -145,6 +148,7 @@ class BrgemmConfig:
             alpha=mk.alpha,
             form="offset",
             epilogue=mk.epilogue,
+            ab_dtype=mk.ab_dtype,
             isa=isa,
             alpha_arg=mk.alpha_arg is not None,
             row_group=mk.row_group,

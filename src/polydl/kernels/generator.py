@@ -296,7 +296,9 @@ def _group_ctx(gi: int, g: TileGroup, cfg: BrgemmConfig, fam: IsaFamily) -> dict
         [[f"%{p}.acc.s{s}.r{r}.c{c}" for c in range(g.nv)] for r in range(g.mr)]
         for s in range(g.ksets)
     ]
-    k_main, k_tail = divmod(cfg.k, g.unroll)
+    dot = fam.bf16_dot and cfg.ab_dtype == "bf16"
+    steps = cfg.k // 2 if dot else cfg.k  # k steps, or bf16 pairs (k, k+1) of one dot product
+    k_main, k_tail = divmod(steps, g.unroll)
     return {
         "p": p,
         "mr": g.mr,
@@ -320,6 +322,9 @@ def _group_ctx(gi: int, g: TileGroup, cfg: BrgemmConfig, fam: IsaFamily) -> dict
         "k_main": k_main,
         "k_tail": k_tail,
         "k_tail_start": k_main * g.unroll,
+        "kstride": 2 if dot else 1,
+        "has_odd": dot and cfg.k % 2 == 1,  # the last k of an odd count: one widened step
+        "k_odd": cfg.k - 1,
     }
 
 
@@ -350,11 +355,22 @@ def generate(
     mty = f"<{v} x i1>"
     program, result, needs = _program(cfg.epilogue, v, cfg.row_group)
     math = math_context(v, fma)
+    bf16 = cfg.ab_dtype == "bf16"
+    if bf16 and cfg.ab_dtype not in fam.dtypes:
+        raise ValueError(f"family {fam.name} takes no {cfg.ab_dtype} operands")
+    if not bf16 and "f32" not in fam.dtypes:
+        raise ValueError(f"family {fam.name} takes bf16 operands only")
+    dot = fam.bf16_dot and bf16
+    hty, pty, bty16 = f"<{v} x i16>", f"<{2 * v} x i16>", f"<{2 * v} x bfloat>"
+    mload16 = f"llvm.masked.load.v{v}i16.p0"
+    dot_fn = f"llvm.x86.avx512bf16.dpbf16ps.{32 * v}"
     declarations = (
         f"declare {vty} @{fma}({vty}, {vty}, {vty})",
         f"declare {vty} @{mload}(ptr, i32 immarg, {mty}, {vty})",
         f"declare void @{mstore}({vty}, ptr, i32 immarg, {mty})",
         *math_declarations(math, needs),
+        *([f"declare {hty} @{mload16}(ptr, i32 immarg, {mty}, {hty})"] if bf16 else []),
+        *([f"declare {vty} @{dot_fn}({vty}, {bty16}, {bty16})"] if dot else []),
     )
     params, c_params = _params(cfg)
     groups = [_group_ctx(gi, g, cfg, fam) for gi, g in enumerate(blocking.groups)]
@@ -392,6 +408,16 @@ def generate(
         "result": result,
         **{k: math[k] for k in ("intr", "mc", "ity", "bty")},
         "row_group": cfg.row_group,
+        "bf16": bf16,
+        "dot": dot_fn if dot else "",
+        "ety": "i16" if bf16 else "float",
+        "hty": hty,
+        "pty": pty,
+        "bty16": bty16,
+        "mload16": mload16,
+        "shift16": _vec_const("i32", ["16"] * v),
+        "pair_mask": f"<{2 * v} x i32> "
+        + _vec_const("i32", [str(x) for j in range(v) for x in (j, j + v)]),
         "counters": counters,
         "accs": [a for g in groups for a in g["acc_list"]],
         "groups": groups,

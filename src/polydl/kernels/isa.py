@@ -50,6 +50,10 @@ class IsaFamily:
     template: str  # path under microkernels/
     narrow_width: int | None = None  # vector width when n fits one full-width vector
     mask_in_vector_reg: bool = True  # AVX2 masks occupy a vector register (AVX-512: k registers)
+    # element types of A and B it takes: every family takes bf16 by widening it to f32 at the
+    # loads; a ``bf16_dot`` family multiplies bf16 pairs into f32 (vdpbf16ps) at twice the rate
+    dtypes: frozenset[str] = frozenset({"f32", "bf16"})
+    bf16_dot: bool = False
 
     @property
     def vty(self) -> str:
@@ -83,6 +87,24 @@ FAMILIES: dict[str, IsaFamily] = {
             mask_in_vector_reg=False,
         ),
         IsaFamily(
+            name="avx512_bf16",
+            vector_width=16,
+            registers=32,
+            acc_budget=24,
+            max_col_vectors=4,
+            min_accumulators=8,
+            target_unroll=2,
+            required_features=frozenset({"avx512f", "fma", "avx512bf16"}),
+            canonical_cpu="cooperlake",
+            fma="llvm.fma",
+            priority=40,
+            template="avx512/brgemm.ll.j2",
+            narrow_width=8,
+            mask_in_vector_reg=False,
+            dtypes=frozenset({"bf16"}),
+            bf16_dot=True,
+        ),
+        IsaFamily(
             name="avx2",
             vector_width=8,
             registers=16,
@@ -114,10 +136,11 @@ FAMILIES: dict[str, IsaFamily] = {
 }
 
 
-def select_isa(features: frozenset[str] | None = None) -> IsaFamily:
-    """The best family for a feature set (default: this host's features)."""
+def select_isa(features: frozenset[str] | None = None, dtype: str = "f32") -> IsaFamily:
+    """The best family for a feature set (default: this host's features) and A/B element
+    type (``"bf16"``: the dot-product family where the features have it)."""
     feats = jit.host_features() if features is None else features
-    usable = [f for f in FAMILIES.values() if f.required_features <= feats]
+    usable = [f for f in FAMILIES.values() if f.required_features <= feats and dtype in f.dtypes]
     return max(usable, key=lambda f: f.priority)
 
 

@@ -16,10 +16,14 @@ from .epilogue import evaluate
 
 def block(flat: np.ndarray, offset: int, rows, cols: int, ld: int = 0) -> np.ndarray:
     """The ``rows x cols`` block at element ``offset`` of ``flat`` (a copy): row ``i`` at
-    ``i*ld``, or at ``rows[i]`` when ``rows`` is a sequence of row offsets."""
+    ``i*ld``, or at ``rows[i]`` when ``rows`` is a sequence of row offsets. bfloat16 bits
+    (``uint16``) are read as the float32 they stand for."""
     starts = np.arange(rows) * ld if isinstance(rows, int) else np.asarray(rows)
     idx = offset + starts[:, None] + np.arange(cols)[None, :]
-    return flat.reshape(-1)[idx]
+    out = flat.reshape(-1)[idx]
+    if out.dtype == np.uint16:
+        return (out.astype(np.uint32) << 16).view(np.float32)
+    return out
 
 
 def pairs(

@@ -84,9 +84,17 @@ def _argtypes(cfg: BrgemmConfig) -> list:
     return args
 
 
-def _f32(x: np.ndarray, what: str, need: int, *, writable: bool = False) -> np.ndarray:
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or not x.flags.c_contiguous:
-        raise PolyDLError(f"BRGEMM {what} must be a C-contiguous float32 ndarray")
+def _f32(
+    x: np.ndarray, what: str, need: int, *, writable: bool = False, dtype: str = "f32"
+) -> np.ndarray:
+    if dtype == "bf16":
+        ok = isinstance(x, np.ndarray) and (x.dtype == np.uint16 or x.dtype.name == "bfloat16")
+        kind = "bfloat16 (or uint16)"
+    else:
+        ok = isinstance(x, np.ndarray) and x.dtype == np.float32
+        kind = "float32"
+    if not ok or not x.flags.c_contiguous:
+        raise PolyDLError(f"BRGEMM {what} must be a C-contiguous {kind} ndarray")
     if writable and not x.flags.writeable:
         raise PolyDLError(f"BRGEMM {what} must be writable")
     if x.size < need:
@@ -142,7 +150,10 @@ class BrgemmKernel:
             last = max(batch - 1, 0)
             need_a = last * cfg.stride_a + cfg.a_extent() if batch else 0
             need_b = last * cfg.stride_b + cfg.b_extent() if batch else 0
-            args = [_f32(a, "A", need_a).ctypes.data, _f32(b, "B", need_b).ctypes.data]
+            args = [
+                _f32(a, "A", need_a, dtype=cfg.ab_dtype).ctypes.data,
+                _f32(b, "B", need_b, dtype=cfg.ab_dtype).ctypes.data,
+            ]
             args += [c.ctypes.data, batch]
         elif cfg.form == "offset":
             oa, ob = _offsets(a_offsets, "a_offsets"), _offsets(b_offsets, "b_offsets")
@@ -150,14 +161,23 @@ class BrgemmKernel:
                 raise PolyDLError("BRGEMM offset arrays (and batch) must agree in length")
             need_a = int(oa.max()) + cfg.a_extent() if oa.size else 0
             need_b = int(ob.max()) + cfg.b_extent() if ob.size else 0
-            args = [_f32(a, "A", need_a).ctypes.data, _f32(b, "B", need_b).ctypes.data]
+            args = [
+                _f32(a, "A", need_a, dtype=cfg.ab_dtype).ctypes.data,
+                _f32(b, "B", need_b, dtype=cfg.ab_dtype).ctypes.data,
+            ]
             args += [c.ctypes.data, oa.size, oa.ctypes.data, ob.ctypes.data]
             keep += [oa, ob]
         else:
             if len(a) != len(b) or (batch is not None and batch != len(a)):
                 raise PolyDLError("BRGEMM address lists (and batch) must agree in length")
-            pa = np.array([_f32(x, "A[b]", cfg.a_extent()).ctypes.data for x in a], np.uintp)
-            pb = np.array([_f32(x, "B[b]", cfg.b_extent()).ctypes.data for x in b], np.uintp)
+            pa = np.array(
+                [_f32(x, "A[b]", cfg.a_extent(), dtype=cfg.ab_dtype).ctypes.data for x in a],
+                np.uintp,
+            )
+            pb = np.array(
+                [_f32(x, "B[b]", cfg.b_extent(), dtype=cfg.ab_dtype).ctypes.data for x in b],
+                np.uintp,
+            )
             args = [pa.ctypes.data, pb.ctypes.data, c.ctypes.data, len(a)]
             keep += [pa, pb]
         wanted = cfg.epilogue.operands if cfg.epilogue else ()

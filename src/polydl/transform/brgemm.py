@@ -159,6 +159,7 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
             beta=0 if c.init and first else 1,
             alpha=c.alpha,
             alpha_arg=c.alpha_arg,
+            ab_dtype=kernel.arg(c.a).dtype,
             a=c.a,
             b=c.b,
             c=c.c,

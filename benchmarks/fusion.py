@@ -1,0 +1,172 @@
+"""Fusion: memory-bound operator chains as one fused polydl kernel (pd.graph) against the same
+chain one kernel per operator (``fuse=False``), torch eager (oneDNN) and torch.compile (Inductor).
+
+    python benchmarks/fusion.py [--threads 1 2] [--batch 1 8] [--no-inductor] [--chains res2 ...]
+
+Chains:
+
+* ``resN``: the last 1x1 conv of a ResNet-50 bottleneck with its batch norm, the residual add
+  and ReLU (``relu(bn(conv1x1(x)) + identity)``) at res2-res5 shapes (56x56 64->256,
+  28x28 128->512, 14x14 256->1024, 7x7 512->2048), batch 1 and 8. polydl folds the batch norm
+  into the weights at build time (torch eager runs it as an op, as a model in eval mode does;
+  Inductor folds what it can on its own).
+* ``bert128``, ``bert512``: ``gelu(x @ W1 + b1)`` of a BERT-base feed-forward layer (768 ->
+  3072) at sequence lengths 128 and 512 (batch 1).
+
+Threads pinned on both sides (``torch.set_num_threads``, polydl ``threads=``); contenders timed
+in interleaved rounds (``common.interleaved``); ratios are medians of per-round ratios
+(``> 1``: the fused kernel faster). ``err``: the largest difference from torch eager relative
+to its largest output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import geomean, interleaved  # noqa: E402
+
+import polydl as pd  # noqa: E402
+
+RES = {
+    "res2": (64, 256, 56),
+    "res3": (128, 512, 28),
+    "res4": (256, 1024, 14),
+    "res5": (512, 2048, 7),
+}
+BERT = {"bert128": 128, "bert512": 512}
+
+
+def residual_chain(batch: int, cin: int, cout: int, hw: int, rng):
+    x = rng.standard_normal((batch, cin, hw, hw), dtype=np.float32)
+    res = rng.standard_normal((batch, cout, hw, hw), dtype=np.float32)
+    w = (rng.standard_normal((cout, cin, 1, 1)) / np.sqrt(cin)).astype(np.float32)
+    mean, var = (
+        rng.standard_normal(cout, dtype=np.float32),
+        rng.random(cout, dtype=np.float32) + 0.5,
+    )
+    gamma, beta = (
+        rng.standard_normal(cout, dtype=np.float32),
+        rng.standard_normal(cout, dtype=np.float32),
+    )
+    g = pd.graph.Graph("conv1x1_bn_add_relu")
+    gx, gr = g.input("x", x.shape), g.input("res", res.shape)
+    y = g.batch_norm(g.conv2d(gx, w), mean, var, gamma, beta)
+    g.output(g.relu(g.add(y, gr)))
+
+    def torch_fn(tx, tr, tw, tm, tv, tg, tb):
+        import torch
+        import torch.nn.functional as F
+
+        y = F.batch_norm(F.conv2d(tx, tw), tm, tv, tg, tb, training=False, eps=1e-5)
+        return torch.relu(y + tr)
+
+    flops = 2.0 * batch * cin * cout * hw * hw
+    return g, (x, res), (w, mean, var, gamma, beta), torch_fn, flops
+
+
+def gelu_chain(seq: int, rng):
+    d, f = 768, 3072
+    x = rng.standard_normal((seq, d), dtype=np.float32)
+    w = (rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32)
+    b = rng.standard_normal(f, dtype=np.float32)
+    g = pd.graph.Graph("linear_gelu")
+    gx = g.input("x", x.shape)
+    g.output(g.gelu(g.linear(gx, w, b)))
+
+    def torch_fn(tx, tw, tb):
+        import torch.nn.functional as F
+
+        return F.gelu(tx @ tw + tb)
+
+    return g, (x,), (w, b), torch_fn, 2.0 * seq * d * f
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--chains", nargs="*", default=None)
+    ap.add_argument("--no-inductor", action="store_true", help="leave torch.compile out")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    cases = []
+    for name, (cin, cout, hw) in RES.items():
+        for batch in args.batch:
+            cases.append(
+                (
+                    f"{name} N={batch}",
+                    name,
+                    lambda b=batch, c=(cin, cout, hw): residual_chain(b, *c, rng),
+                )
+            )
+    for name, seq in BERT.items():
+        cases.append((f"{name}", name, lambda s=seq: gelu_chain(s, rng)))
+    cases = [c for c in cases if not args.chains or c[1] in args.chains]
+    inductor = not args.no_inductor
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        head = f"{'chain':<14} {'fused GF':>8} {'unfused':>8} {'eager':>8}"
+        head += f" {'inductor':>8}" if inductor else ""
+        head += (
+            f" {'f/unf':>6} {'f/eager':>7}"
+            + (f" {'f/ind':>6}" if inductor else "")
+            + f" {'compile s':>9} {'err':>8}"
+        )
+        print(f"\nthreads={threads}  (GFLOPS of the contraction; ratios = other time / fused time)")
+        print(head)
+        cols: dict[str, list[float]] = {"unfused": [], "eager": [], "inductor": []}
+        for label, _, make in cases:
+            g, inputs, params, torch_fn, flops = make()
+            t0 = time.perf_counter()
+            fused = g.compile(threads=threads)
+            fused(*inputs)
+            compile_s = time.perf_counter() - t0
+            unfused = g.compile(threads=threads, fuse=False)
+            t_in = [torch.from_numpy(a) for a in inputs]
+            t_par = [torch.from_numpy(p) for p in params]
+            with torch.no_grad():
+                want = torch_fn(*t_in, *t_par).numpy()
+            got = fused(*inputs)
+            err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+            contenders = {
+                "fused": lambda: fused(*inputs),
+                "unfused": lambda: unfused(*inputs),
+                "eager": lambda: torch_fn(*t_in, *t_par),
+            }
+            if inductor:
+                torch._dynamo.reset()  # a new thread count would count as a recompilation
+                compiled = torch.compile(torch_fn, dynamic=False)
+                with torch.no_grad():
+                    compiled(*t_in, *t_par)
+                contenders["inductor"] = lambda: compiled(*t_in, *t_par)
+            with torch.no_grad():
+                times = interleaved(contenders, rounds=args.rounds, repeat=args.repeat)
+            ratio = {
+                k: float(np.median(times[k] / times["fused"])) for k in contenders if k != "fused"
+            }
+            for k, v in ratio.items():
+                cols[k].append(v)
+            gf = {k: flops / float(np.median(v)) / 1e9 for k, v in times.items()}
+            line = f"{label:<14} {gf['fused']:8.1f} {gf['unfused']:8.1f} {gf['eager']:8.1f}"
+            line += f" {gf['inductor']:8.1f}" if inductor else ""
+            line += f" {ratio['unfused']:6.2f} {ratio['eager']:7.2f}"
+            line += f" {ratio['inductor']:6.2f}" if inductor else ""
+            print(line + f" {compile_s:9.2f} {err:8.1e}", flush=True)
+        summary = ", ".join(
+            f"vs {k} {geomean(v):.3f} (min {min(v):.2f})" for k, v in cols.items() if v
+        )
+        print(f"geomean, threads={threads}: fused {summary}")
+
+
+if __name__ == "__main__":
+    main()
