@@ -215,3 +215,15 @@ def test_conv2d_bf16(layout):
     ck(o, bf(np.ascontiguousarray(xi)), bf(np.ascontiguousarray(wi)))
     got = o.transpose(0, 1, 4, 2, 3).reshape(N, K, H, W)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (2, 0)])
+def test_nn_conv2d_on_bf16(stride, padding):
+    x, w = bf(rng.standard_normal((2, 8, 11, 9))), bf(rng.standard_normal((12, 8, 3, 3)))
+    b = rng.standard_normal(12).astype(np.float32)
+    y = pd.nn.conv2d(x, w, b, stride=stride, padding=padding, activation="relu")
+    want = np.maximum(
+        numpy_conv(pd.from_bf16(x), pd.from_bf16(w), stride, padding) + b[None, :, None, None], 0
+    )
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=2e-5)

@@ -198,7 +198,9 @@ def conv2d(
 
     ``route`` picks the kernel (``"rows"``, ``"direct"`` or ``"blocked"``, see
     :func:`conv_route`, which chooses when it is None); all give the same result within float
-    rounding."""
+    rounding. bfloat16 inputs (``ml_dtypes``) run the direct route on bf16 (float32 result)."""
+    if memory.is_bf16(np.asarray(x)) or memory.is_bf16(np.asarray(w)):
+        return _conv2d_bf16(x, w, bias, stride, padding, activation, threads)
     x, w = _f32(x, "x", 4), _f32(w, "w", 4)
     N, C, H, W = x.shape
     K, C2, R, S = w.shape
@@ -326,3 +328,31 @@ def pack_weights(
     wp = memory.empty((K // kb, C // cb, R, S, cb, kb), np.float32)
     compiled(ops.pack_weights, K, C, R, S, block=block, threads=threads)(wp, w)
     return wp
+
+
+def _bf16(x, name: str, ndim: int) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
+    return np.ascontiguousarray(x if memory.is_bf16(x) else memory.to_bf16(x))
+
+
+def _conv2d_bf16(x, w, bias, stride, padding, activation, threads) -> np.ndarray:
+    """:func:`conv2d` on bfloat16 input and weights (a float32 one rounded to bf16): the NCHW
+    kernel of ``pd.ops.conv2d(..., dtype="bf16")``, products accumulated in float32."""
+    x, w = _bf16(x, "x", 4), _bf16(w, "w", 4)
+    (N, C, H, W), (K, C2, R, S) = x.shape, w.shape
+    if C != C2:
+        raise ValueError(f"conv2d: x has {C} channels (shape {x.shape}) but w expects {C2}")
+    P, Q = ops.conv_shape(H, W, R, S, stride, padding)
+    extra = []
+    if bias is not None:
+        bias = _f32(bias, "bias", 1)
+        if bias.shape != (K,):
+            raise ValueError(f"conv2d: bias must have shape ({K},), got {bias.shape}")
+        extra = [bias]
+    opts = dict(stride=stride, padding=padding, bias=bias is not None, activation=activation)
+    k = compiled(ops.conv2d, N, C, K, H, W, R, S, dtype="bf16", threads=threads, **opts)
+    y = memory.empty((N, K, P, Q), np.float32)
+    k(y, x, w, *extra)
+    return y

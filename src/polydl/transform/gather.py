@@ -114,8 +114,8 @@ def _gather(kernel: Kernel, red: Statement, guarded: bool) -> Kernel | None:
             continue
         if lx.coef(q) <= 1 and not (guarded and not is_box and lx.coef(q) == 1):
             continue
-        if kernel.arg(x.tensor).dtype != "f32" or kernel.arg(y.tensor).dtype != "f32":
-            continue
+        if {kernel.arg(x.tensor).dtype, kernel.arg(y.tensor).dtype} not in ({"f32"}, {"bf16"}):
+            continue  # the contraction's operand types (contraction.recognise)
         out = _rewrite(kernel, red, x, y, lc, lx, box)
         if out is not None:
             return out

@@ -1,0 +1,89 @@
+"""bfloat16 GEMMs: ``pd.ops.matmul(..., dtype="bf16")`` (bf16 A and B, f32 C) against the f32
+kernel of the same shape and against torch's bf16 and f32 matmuls (oneDNN), in the same run.
+
+    python benchmarks/bf16.py [--threads 1 2]
+
+The bf16 kernel multiplies k pairs with ``vdpbf16ps`` where the host has AVX512-BF16 (family
+``avx512_bf16``), else widens bf16 to f32 at the loads. Threads pinned on both sides; contenders
+timed in interleaved rounds (``common.interleaved``); ratios are medians of per-round ratios
+(``> 1``: polydl bf16 faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import geomean, interleaved  # noqa: E402
+
+import polydl as pd  # noqa: E402
+from polydl import jit  # noqa: E402
+
+SHAPES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (128, 3072, 768), (3136, 64, 576)]
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    dot = "avx512bf16" in jit.host_features()
+    print(f"# host {jit.host_cpu()}, AVX512-BF16: {'yes (vdpbf16ps)' if dot else 'no (widened)'}")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"\nthreads={threads}  (GFLOPS; ratios = other time / polydl bf16 time)")
+        print(
+            f"{'M':>5} {'N':>5} {'K':>5} {'pd bf16':>8} {'pd f32':>7} {'torch bf16':>10} {'torch f32':>9} "
+            f"{'/pd f32':>7} {'/t bf16':>7} {'/t f32':>6} {'err':>8}"
+        )
+        cols: dict[str, list[float]] = {"pd_f32": [], "t_bf16": [], "t_f32": []}
+        for M, N, K in SHAPES:
+            a32 = rng.standard_normal((M, K), dtype=np.float32)
+            b32 = rng.standard_normal((K, N), dtype=np.float32)
+            a, b = pd.to_bf16(a32), pd.to_bf16(b32)
+            a32, b32 = pd.aligned(pd.from_bf16(a)), pd.aligned(pd.from_bf16(b))
+            kb = pd.compile(pd.ops.matmul(M, N, K, dtype="bf16"), threads=threads)
+            kf = pd.compile(pd.ops.matmul(M, N, K), threads=threads)
+            c, c2 = pd.empty((M, N)), pd.empty((M, N))
+            ta, tb = (
+                torch.from_numpy(a32).to(torch.bfloat16),
+                torch.from_numpy(b32).to(torch.bfloat16),
+            )
+            tf, tg = torch.from_numpy(a32), torch.from_numpy(b32)
+            kb(c, a, b)
+            want = a32.astype(np.float64) @ b32
+            err = float(np.abs(c - want).max() / np.abs(want).max())
+            times = interleaved(
+                {
+                    "pd_bf16": lambda: kb(c, a, b),
+                    "pd_f32": lambda: kf(c2, a32, b32),
+                    "t_bf16": lambda: ta @ tb,
+                    "t_f32": lambda: tf @ tg,
+                },
+                rounds=args.rounds,
+                repeat=3,
+            )
+            ratio = {k: float(np.median(times[k] / times["pd_bf16"])) for k in cols}
+            for k, v in ratio.items():
+                cols[k].append(v)
+            gf = {k: 2.0 * M * N * K / float(np.median(v)) / 1e9 for k, v in times.items()}
+            print(
+                f"{M:5d} {N:5d} {K:5d} {gf['pd_bf16']:8.1f} {gf['pd_f32']:7.1f} {gf['t_bf16']:10.1f} "
+                f"{gf['t_f32']:9.1f} {ratio['pd_f32']:7.2f} {ratio['t_bf16']:7.2f} {ratio['t_f32']:6.2f} {err:8.1e}",
+                flush=True,
+            )
+        print(
+            f"geomean, threads={threads}: polydl bf16 vs "
+            + ", ".join(f"{k} {geomean(v):.3f}" for k, v in cols.items())
+        )
+
+
+if __name__ == "__main__":
+    main()
