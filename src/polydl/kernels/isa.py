@@ -67,40 +67,35 @@ class IsaFamily:
         return self.acc_budget // self.max_col_vectors, self.max_col_vectors * self.vector_width
 
 
+_AVX512 = IsaFamily(
+    name="avx512",
+    vector_width=16,
+    registers=32,
+    acc_budget=24,
+    max_col_vectors=4,
+    min_accumulators=8,
+    target_unroll=2,
+    required_features=frozenset({"avx512f", "fma"}),
+    canonical_cpu="skylake-avx512",
+    fma="llvm.fma",
+    priority=30,
+    template="avx512/brgemm.ll.j2",
+    narrow_width=8,
+    mask_in_vector_reg=False,
+)
+
+
 FAMILIES: dict[str, IsaFamily] = {
     f.name: f
     for f in (
-        IsaFamily(
-            name="avx512",
-            vector_width=16,
-            registers=32,
-            acc_budget=24,
-            max_col_vectors=4,
-            min_accumulators=8,
-            target_unroll=2,
-            required_features=frozenset({"avx512f", "fma"}),
-            canonical_cpu="skylake-avx512",
-            fma="llvm.fma",
-            priority=30,
-            template="avx512/brgemm.ll.j2",
-            narrow_width=8,
-            mask_in_vector_reg=False,
-        ),
-        IsaFamily(
+        _AVX512,
+        # the AVX-512 kernels, bf16 A/B only, k pairs multiplied by vdpbf16ps
+        replace(
+            _AVX512,
             name="avx512_bf16",
-            vector_width=16,
-            registers=32,
-            acc_budget=24,
-            max_col_vectors=4,
-            min_accumulators=8,
-            target_unroll=2,
-            required_features=frozenset({"avx512f", "fma", "avx512bf16"}),
+            required_features=_AVX512.required_features | {"avx512bf16"},
             canonical_cpu="cooperlake",
-            fma="llvm.fma",
             priority=40,
-            template="avx512/brgemm.ll.j2",
-            narrow_width=8,
-            mask_in_vector_reg=False,
             dtypes=frozenset({"bf16"}),
             bf16_dot=True,
         ),

@@ -188,6 +188,47 @@ def _nests(kernel: Kernel) -> list[list[Statement]] | None:
     return [by_pos[p] for p in sorted(by_pos)]
 
 
+def decide(
+    kernel: Kernel,
+    first: list[Statement],
+    second: list[Statement],
+    target: Target,
+    *,
+    threads: int = 1,
+    reserved: frozenset[str] = frozenset(),
+    force: bool = False,
+) -> Candidate:
+    """The verdict on fusing ``second`` into ``first`` (consecutive nests): not fusable (a
+    contraction's nest, no common outer loop), illegal (:func:`legality` at every depth),
+    unprofitable (:func:`profit`), or fused at the deepest legal depth."""
+    names_a, names_b = tuple(s.name for s in first), tuple(s.name for s in second)
+
+    def verdict(depth: int, fused: bool, what: str, reason: str) -> Candidate:
+        return Candidate(
+            first=names_a, second=names_b, depth=depth, fused=fused, verdict=what, reason=reason
+        )
+
+    if any(s.micro is not None or s.name in reserved for s in (*first, *second)):
+        reason = "a contraction's nest (its loops are the optimiser's: BRGEMM calls)"
+        return verdict(0, False, "not fusable", reason)
+    sa, sb = spine(kernel, first), spine(kernel, second)
+    depth = 0
+    while depth < min(len(sa), len(sb)) and sa[depth] == sb[depth]:
+        depth += 1
+    if depth == 0:
+        return verdict(0, False, "not fusable", "no outer loop over the same range")
+    for d in range(depth, 0, -1):
+        broken = legality(kernel, first, second, d)
+        if broken is None:
+            break
+    else:
+        return verdict(1, False, "illegal", broken)
+    pays, why = profit(kernel, first, second, d, target, threads)
+    if not (pays or force):
+        return verdict(d, False, "unprofitable", why)
+    return verdict(d, True, "fused", why)
+
+
 def fuse_nests(
     kernel: Kernel,
     target: Target,
@@ -197,91 +238,22 @@ def fuse_nests(
     force: bool = False,
 ) -> tuple[Kernel, tuple[Candidate, ...]]:
     """``kernel`` with consecutive nests fused where legal and profitable (``force``: where
-    legal), and every candidate pair with its verdict. Nests holding a ``reserved`` statement
-    (a contraction and what folds into its calls) or BRGEMM calls are not fused."""
+    legal), and every candidate pair with its verdict (:func:`decide`). Nests holding a
+    ``reserved`` statement (a contraction and what folds into its calls) or BRGEMM calls are
+    not fused."""
     nests = _nests(kernel)
     if nests is None or len(nests) < 2:
         return kernel, ()
     report: list[Candidate] = []
     current = nests[0]
     for nxt in nests[1:]:
-        names_a, names_b = tuple(s.name for s in current), tuple(s.name for s in nxt)
-        if any(s.micro is not None or s.name in reserved for s in (*current, *nxt)):
-            reason = "a contraction's nest (its loops are the optimiser's: BRGEMM calls)"
-            report.append(
-                Candidate(
-                    first=names_a,
-                    second=names_b,
-                    depth=0,
-                    fused=False,
-                    verdict="not fusable",
-                    reason=reason,
-                )
-            )
+        c = decide(kernel, current, nxt, target, threads=threads, reserved=reserved, force=force)
+        report.append(c)
+        if not c.fused:
             current = nxt
             continue
-        sa, sb = spine(kernel, current), spine(kernel, nxt)
-        depth = 0
-        while depth < min(len(sa), len(sb)) and sa[depth] == sb[depth]:
-            depth += 1
-        if depth == 0:
-            reason = "no outer loop over the same range"
-            report.append(
-                Candidate(
-                    first=names_a,
-                    second=names_b,
-                    depth=0,
-                    fused=False,
-                    verdict="not fusable",
-                    reason=reason,
-                )
-            )
-            current = nxt
-            continue
-        broken = None
-        for d in range(depth, 0, -1):
-            broken = legality(kernel, current, nxt, d)
-            if broken is None:
-                depth = d
-                break
-        if broken is not None:
-            report.append(
-                Candidate(
-                    first=names_a,
-                    second=names_b,
-                    depth=1,
-                    fused=False,
-                    verdict="illegal",
-                    reason=broken,
-                )
-            )
-            current = nxt
-            continue
-        pays, why = profit(kernel, current, nxt, depth, target, threads)
-        if not (pays or force):
-            report.append(
-                Candidate(
-                    first=names_a,
-                    second=names_b,
-                    depth=depth,
-                    fused=False,
-                    verdict="unprofitable",
-                    reason=why,
-                )
-            )
-            current = nxt
-            continue
-        new = fused_schedules(kernel, current, nxt, depth)
-        kernel = replace(
-            kernel,
-            statements=tuple(
-                replace(s, schedule=new.get(s.name, s.schedule)) for s in kernel.statements
-            ),
-        )
-        report.append(
-            Candidate(
-                first=names_a, second=names_b, depth=depth, fused=True, verdict="fused", reason=why
-            )
-        )
-        current = [kernel.statement(n) for n in (*names_a, *names_b)]
+        new = fused_schedules(kernel, current, nxt, c.depth)
+        stmts = tuple(replace(s, schedule=new.get(s.name, s.schedule)) for s in kernel.statements)
+        kernel = replace(kernel, statements=stmts)
+        current = [kernel.statement(n) for n in (*c.first, *c.second)]
     return kernel, tuple(report)
