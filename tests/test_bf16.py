@@ -227,3 +227,17 @@ def test_nn_conv2d_on_bf16(stride, padding):
     )
     assert y.dtype == np.float32
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=2e-5)
+
+
+def test_cost_model_in_core_term_per_family():
+    """The cost model times a bf16 call by the family its CPU runs: dot pairs on a CPU with
+    AVX512-BF16 (fewer cycles than f32), widened (as f32) elsewhere; panels of 2-byte elements."""
+    from polydl.optimize.cost import call_model
+    from polydl.target import resolve
+
+    dot, plain = resolve("cooperlake"), resolve("skylake-avx512")
+    f32 = call_model(64, 64, 64, 8, dot)
+    bf = call_model(64, 64, 64, 8, dot, ab_dtype="bf16")
+    assert bf.cycles < 0.75 * f32.cycles and bf.b_panel * 2 == f32.b_panel
+    widened = call_model(64, 64, 64, 8, plain, ab_dtype="bf16")
+    assert widened.cycles == call_model(64, 64, 64, 8, plain).cycles

@@ -19,7 +19,6 @@ from importlib import resources
 
 import jinja2
 
-from .. import jit
 from ..ir import loops as L
 from ..ir.nodes import (
     DTYPE_BYTES,
@@ -441,14 +440,10 @@ class ModuleEmitter:
             b_offsets = tuple(i * mk.k * mk.n for i in range(len(mk.b_offsets)))
 
         isa = self.isa
-        if mk.ab_dtype == "bf16":  # the dot-product family where the CPU has it (vdpbf16ps)
-            from ..kernels import select_isa
+        if mk.ab_dtype == "bf16":  # vdpbf16ps where the CPU has it, else widened
+            from ..kernels.isa import bf16_family, isa_for_cpu
 
-            feats = (
-                jit.host_features() if self.cpu == jit.host_cpu() else jit.cpu_features(self.cpu)
-            )
-            best = select_isa(feats, "bf16")
-            isa = best.name if best.bf16_dot else isa
+            isa = bf16_family(self.cpu, isa or isa_for_cpu(self.cpu).name).name
         cfg = BrgemmConfig.of_call(mk, packed=packed_b is not None, isa=isa).normalized()
         sym = self.micro_symbols.get(cfg)
         if sym is None:

@@ -139,6 +139,14 @@ def select_isa(features: frozenset[str] | None = None, dtype: str = "f32") -> Is
     return max(usable, key=lambda f: f.priority)
 
 
+def bf16_family(cpu: str | None, fallback: str) -> IsaFamily:
+    """The family a bf16 contraction's calls use on LLVM CPU ``cpu`` (None: this host): the
+    dot-product family where the CPU has it, else ``fallback`` (the f32 family, widening)."""
+    host = cpu in (None, "host", "native", jit.host_cpu())
+    best = select_isa(jit.host_features() if host else jit.cpu_features(cpu), "bf16")
+    return best if best.bf16_dot else FAMILIES[fallback]
+
+
 def isa_for_cpu(cpu: str | None) -> IsaFamily:
     """The best family for code compiled for LLVM CPU ``cpu`` (None or "host": this host), e.g.
     avx512 for "skylake-avx512", avx2 for "haswell" or "znver3", generic for unknown CPUs."""

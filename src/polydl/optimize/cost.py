@@ -102,20 +102,38 @@ class Cost:
 
 
 def call_model(
-    m: int, n: int, k: int, batch: int, target: Target, *, beta: int = 1, dtype_bytes: int = 4
+    m: int,
+    n: int,
+    k: int,
+    batch: int,
+    target: Target,
+    *,
+    beta: int = 1,
+    dtype_bytes: int = 4,
+    ab_dtype: str = "f32",
 ) -> Call:
     """The in-core cycles and panel traffic of one BRGEMM call of ``m x n``, reduction ``k``
     and ``batch`` blocks, with the register blocking the microkernel generator picks on
-    ``target``'s ISA (:func:`polydl.kernels.isa.plan`)."""
+    ``target``'s ISA (:func:`polydl.kernels.isa.plan`). bf16 operands on a dot-product family
+    (vdpbf16ps) take one instruction per accumulator per k pair and, per pair, two loads and an
+    interleave of each B vector and one broadcast per A row."""
     from ..kernels import isa as kisa
     from ..kernels.config import BrgemmConfig
 
     fam = kisa.family(target.isa)
-    blocking = kisa.plan(BrgemmConfig(m=m, n=n, k=k, ldb=n, ldc=n, beta=beta), fam)
+    if ab_dtype == "bf16":
+        fam = kisa.bf16_family(target.llvm_cpu, fam.name)
+        dtype_bytes = 2
+    dot = fam.bf16_dot and ab_dtype == "bf16"
+    cfg = BrgemmConfig(m=m, n=n, k=k, ldb=n, ldc=n, beta=beta, ab_dtype=ab_dtype)
+    blocking = kisa.plan(cfg, fam)
     fma_ports, load_ports = target.fma_issue, target.load_ports
     cycles = target.call_cycles
     for g in blocking.groups:
-        per_k = max(g.mr * g.nv / fma_ports, (g.mr + g.nv) / load_ports)
+        if dot:
+            per_k = max(g.mr * g.nv / (2 * fma_ports), (g.mr / 2 + 1.5 * g.nv) / load_ports)
+        else:
+            per_k = max(g.mr * g.nv / fma_ports, (g.mr + g.nv) / load_ports)
         acc_io = g.mr * g.nv * (1 + beta) / load_ports  # store (and load, beta = 1) of C
         tile = k * batch * per_k + batch * target.batch_cycles + target.tile_cycles + acc_io
         cycles += g.i_count * g.j_count * tile

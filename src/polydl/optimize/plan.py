@@ -263,7 +263,8 @@ def _ranked_rows(kernel, c: Contraction, bm, bn, bk, target, threads, top):
         if looped is not None:
             micro[looped] = chunk
             pairs = pairs // c.extent(looped) * chunk
-        call = call_model(rows, min(bn, c.extent(c.n)), bk, pairs, target, beta=1)
+        ab = kernel.arg(c.a).dtype
+        call = call_model(rows, min(bn, c.extent(c.n)), bk, pairs, target, beta=1, ab_dtype=ab)
         found += rank(
             kernel,
             c.stmt,
