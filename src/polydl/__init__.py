@@ -8,6 +8,7 @@ from .dsl.kernel import kernel
 from .dsl.types import bf16, f32, f64
 from .errors import BoundsError, DSLError, PolyDLError, TargetError
 from .memory import aligned, empty, from_bf16, to_bf16, zeros
+from .model import compile_model
 from .partition import partition
 from .target import Target
 
@@ -16,6 +17,7 @@ __all__ = [
     "nn",
     "ops",
     "partition",
+    "compile_model",
     "compile",
     "kernel",
     "empty",

@@ -1,0 +1,117 @@
+"""``pd.compile_model``: an ONNX model as fused polydl kernels, the rest run by NumPy.
+
+The model's nodes are taken in order. Each run of nodes polydl supports becomes one
+:class:`polydl.graph.Graph` compiled into one fused kernel (conv, Gemm/MatMul, BatchNormalization
+folded into the conv or linear before it, Add/Mul, Relu/Sigmoid/Tanh, Softmax, Identity); any
+other node runs on its own through ONNX's reference implementation (NumPy), and ends the run.
+``CompiledModel.report()`` lists every node: which fused kernel it is in (and its partners) or
+that it fell back, with each step's time at the last call.
+
+    m = pd.compile_model("model.onnx", threads=2)
+    y = m(x)
+    print(m.report())
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import PolyDLError
+from .onnx_lower import Fallback, Segment, plan_steps
+
+
+class ModelError(PolyDLError):
+    """A model polydl cannot take (not an ONNX model, dynamic shapes, bad inputs)."""
+
+
+@dataclass
+class CompiledModel:
+    """A model as steps: fused polydl kernels and NumPy fallback nodes, run in order."""
+
+    inputs: list[str]
+    outputs: list[str]
+    steps: list[Segment | Fallback]
+    constants: dict[str, np.ndarray]
+    seconds: list[float] = field(default_factory=list)
+
+    def __call__(self, *arrays: np.ndarray):
+        if len(arrays) != len(self.inputs):
+            raise ModelError(
+                f"the model takes {len(self.inputs)} input(s) {self.inputs}, got {len(arrays)}"
+            )
+        env: dict[str, Any] = dict(self.constants)
+        for name, a in zip(self.inputs, arrays, strict=True):
+            env[name] = np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+        self.seconds = []
+        for step in self.steps:
+            t0 = time.perf_counter()
+            for name, value in step.run(env).items():
+                env[name] = value
+            self.seconds.append(time.perf_counter() - t0)
+        out = [env[n] for n in self.outputs]
+        return out[0] if len(out) == 1 else tuple(out)
+
+    @property
+    def fallbacks(self) -> list[Fallback]:
+        return [s for s in self.steps if isinstance(s, Fallback)]
+
+    def report(self) -> str:
+        """One line per node: its kernel (fused partners) or its fallback, and step times."""
+        lines = []
+        total = sum(self.seconds) or 1.0
+        for i, step in enumerate(self.steps):
+            t = self.seconds[i] if i < len(self.seconds) else float("nan")
+            share = f"{1000 * t:8.3f} ms {100 * t / total:5.1f}%"
+            if isinstance(step, Segment):
+                for node in step.nodes:
+                    partners = [n for n in step.nodes if n != node]
+                    lines.append(
+                        f"{node:<28} polydl kernel {i} (fused with {', '.join(partners) or 'nothing'})"
+                    )
+                lines.append(f"{'':<28} kernel {i}: {share}")
+            else:
+                lines.append(
+                    f"{step.node:<28} fallback (NumPy, ONNX reference): {step.why}  {share}"
+                )
+        n_fb = len(self.fallbacks)
+        head = f"// {len(self.steps) - n_fb} polydl kernel(s), {n_fb} fallback node(s)"
+        return "\n".join([head, *lines])
+
+
+def compile_model(
+    model, example_inputs=None, *, threads: int | None = None, target=None
+) -> CompiledModel:
+    """``model``: an ONNX file path or ``onnx.ModelProto`` with static input shapes (or
+    ``example_inputs`` giving them). Returns a :class:`CompiledModel` (NumPy in, NumPy out)."""
+    import onnx
+
+    if isinstance(model, str | Path):
+        model = onnx.load(str(model))
+    if not isinstance(model, onnx.ModelProto):
+        raise ModelError(
+            f"compile_model takes an ONNX model or its path, got {type(model).__name__}"
+        )
+    shapes = {}
+    if example_inputs is not None:
+        names = [
+            i.name
+            for i in model.graph.input
+            if i.name not in {t.name for t in model.graph.initializer}
+        ]
+        examples = example_inputs if isinstance(example_inputs, list | tuple) else [example_inputs]
+        shapes = {n: tuple(np.asarray(x).shape) for n, x in zip(names, examples, strict=False)}
+    try:
+        inputs, outputs, steps, constants = plan_steps(
+            model, shapes, threads=threads, target=target
+        )
+    except ValueError as e:
+        raise ModelError(str(e)) from None
+    return CompiledModel(inputs=inputs, outputs=outputs, steps=steps, constants=constants)
+
+
+__all__ = ["CompiledModel", "ModelError", "compile_model"]
