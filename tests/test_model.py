@@ -105,3 +105,44 @@ def test_dynamic_shapes_need_example_inputs():
         m()
     with pytest.raises(ModelError, match="ONNX model"):
         pd.compile_model(42)
+
+
+torch = pytest.importorskip("torch")
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(6, 12, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(12)
+        self.conv2 = torch.nn.Conv2d(12, 6, 1, bias=False)
+        self.fc = torch.nn.Linear(6 * 5 * 7, 9)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv1(x)))
+        y = torch.relu(self.conv2(y) + x)
+        return self.fc(torch.flatten(y, 1))
+
+
+@pytest.mark.torch
+def test_torch_module_and_the_torch_compile_backend():
+    from polydl.model.torch_backend import register
+
+    torch.manual_seed(0)
+    net = Block().eval()
+    x = torch.randn(2, 6, 5, 7)
+    with torch.no_grad():
+        want = net(x)
+    m = pd.compile_model(net, (x,))
+    got = m(x)
+    assert isinstance(got, torch.Tensor)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert "fused with" in m.report()
+    register()  # (installed, the torch_dynamo_backends entry point finds it too)
+    torch._dynamo.reset()
+    fast = torch.compile(net, backend="polydl")
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), want, rtol=1e-4, atol=1e-4)

@@ -83,12 +83,22 @@ class CompiledModel:
         return "\n".join([head, *lines])
 
 
-def compile_model(
-    model, example_inputs=None, *, threads: int | None = None, target=None
-) -> CompiledModel:
+def compile_model(model, example_inputs=None, *, threads: int | None = None, target=None):
     """``model``: an ONNX file path or ``onnx.ModelProto`` with static input shapes (or
-    ``example_inputs`` giving them). Returns a :class:`CompiledModel` (NumPy in, NumPy out)."""
+    ``example_inputs`` giving them), returning a :class:`CompiledModel` (NumPy in and out); or
+    a ``torch.nn.Module`` with ``example_inputs`` (exported to ONNX by torch), returning a
+    callable on torch tensors (:mod:`polydl.model.torch_backend`)."""
+    import sys
+
     import onnx
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        from .torch_backend import compile_module
+
+        if example_inputs is None:
+            raise ModelError("compile_model of a torch module needs example_inputs")
+        return compile_module(model, example_inputs, threads=threads, target=target)
 
     if isinstance(model, str | Path):
         model = onnx.load(str(model))
