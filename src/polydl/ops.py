@@ -388,3 +388,48 @@ def softmax(M: int, N: int) -> KernelFunction:
                 Y[i, j] = Y[i, j] / s[i]
 
     return softmax
+
+
+@functools.cache
+def max_pool2d(N: int, C: int, H: int, W: int, R: int, S: int, *, stride=1, padding=0):
+    """``O[n, c, p, q]`` = the largest of ``I[n, c, ...]`` in its ``R x S`` window (padding
+    takes no part, as in torch). Arguments ``(O, I)``."""
+    N, C, H, W, R, S = _ints(N, C, H, W, R, S)
+    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
+    P, Q = conv_shape(H, W, R, S, stride, padding)
+
+    @kernel
+    def max_pool2d(O: f32[N, C, P, Q], I: f32[N, C, H, W]):
+        for n in range(N):
+            for c in range(C):
+                for p in range(P):
+                    for q in range(Q):
+                        O[n, c, p, q] = -3.0e38
+                        for r in range(R):
+                            for s in range(S):
+                                if 0 <= sh * p + r - ph < H and 0 <= sw * q + s - pw < W:
+                                    O[n, c, p, q] = max(
+                                        O[n, c, p, q], I[n, c, sh * p + r - ph, sw * q + s - pw]
+                                    )
+
+    return max_pool2d
+
+
+@functools.cache
+def global_avg_pool(N: int, C: int, H: int, W: int):
+    """``O[n, c] = mean(I[n, c, :, :])`` (2-D out, as flattened after global pooling).
+    Arguments ``(O, I)``."""
+    N, C, H, W = _ints(N, C, H, W)
+    inv = 1.0 / (H * W)
+
+    @kernel
+    def global_avg_pool(O: f32[N, C], I: f32[N, C, H, W]):
+        for n in range(N):
+            for c in range(C):
+                O[n, c] = 0.0
+                for h in range(H):
+                    for w in range(W):
+                        O[n, c] += I[n, c, h, w]
+                O[n, c] = O[n, c] * inv
+
+    return global_avg_pool

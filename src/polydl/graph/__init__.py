@@ -49,6 +49,8 @@ OPERATORS = (
     "mul",
     "scale",
     "softmax",
+    "max_pool2d",
+    "global_avg_pool",
     "gelu",
     *UNARY,
 )
@@ -220,6 +222,25 @@ class Graph:
         if len(x.shape) != 2:
             raise GraphError(f"softmax: over the last axis of a 2-D value, got {x.shape}")
         return self._add("softmax", (x,), x.shape)
+
+    def max_pool2d(self, x: Value, kernel_size, *, stride=None, padding=0) -> Value:
+        """NCHW max pooling (``stride`` defaults to ``kernel_size``; padding takes no part)."""
+        from ..ops import _pair, conv_shape
+
+        if len(x.shape) != 4:
+            raise GraphError(f"max_pool2d: input {x.name} must be NCHW, got shape {x.shape}")
+        R, S = _pair(kernel_size, "kernel_size")
+        stride = (R, S) if stride is None else _pair(stride, "stride")
+        N, C, H, W = x.shape
+        P, Q = conv_shape(H, W, R, S, stride, padding)
+        attrs = {"kernel": (R, S), "stride": stride, "padding": _pair(padding, "padding")}
+        return self._add("max_pool2d", (x,), (N, C, P, Q), attrs=attrs)
+
+    def global_avg_pool(self, x: Value) -> Value:
+        """The mean over each channel's pixels: (N, C, H, W) -> (N, C)."""
+        if len(x.shape) != 4:
+            raise GraphError(f"global_avg_pool: input {x.name} must be NCHW, got {x.shape}")
+        return self._add("global_avg_pool", (x,), x.shape[:2])
 
     def relu(self, x: Value) -> Value:
         return self._add("relu", (x,), x.shape)

@@ -284,6 +284,16 @@ def lower(
         if nd.op == "input":
             continue
         ins = [buffer[root(v)] for v in nd.inputs]
+        if nd.op in ("max_pool2d", "global_avg_pool"):
+            out = new_buffer(nd.out, nd.op)
+            N, C, H, W = nd.inputs[0].shape
+            if nd.op == "max_pool2d":
+                (R, S), st, pad = nd.attrs["kernel"], nd.attrs["stride"], nd.attrs["padding"]
+                kern = ops.max_pool2d(N, C, H, W, R, S, stride=st, padding=pad)
+            else:
+                kern = ops.global_avg_pool(N, C, H, W)
+            b.part(kern.ir, {"O": out, "I": ins[0]}, nd, out=out)
+            continue
         if nd.op in CONTRACTIONS or nd.op == "softmax":
             out = new_buffer(nd.out, nd.op)
             if nd.op == "conv2d":

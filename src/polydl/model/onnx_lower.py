@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..graph import Graph
+from ..graph import Graph, GraphError
 
 
 @dataclass
@@ -34,10 +34,13 @@ class Segment:
     inputs: list[str]  # ONNX value names the kernel takes, in order
     outputs: list[str]  # ONNX value names it returns, in order
     compiled: Any = field(repr=False, default=None)
+    shapes: list[tuple[int, ...]] = field(default_factory=list)  # the outputs' ONNX shapes
 
     def run(self, env: dict) -> dict:
         out = self.compiled(*[env[n] for n in self.inputs])
         out = out if isinstance(out, tuple) else (out,)
+        # same elements, ONNX's shape (a global pooling's (N, C) is (N, C, 1, 1) there)
+        out = [o.reshape(s) if s else o for o, s in zip(out, self.shapes, strict=True)]
         return dict(zip(self.outputs, out, strict=True))
 
 
@@ -154,6 +157,26 @@ def _lower_node(g: Graph, node, vals: dict, consts: dict, shapes: dict) -> str |
         if len(x.shape) != 2 or a.get("axis", -1) not in (-1, 1):
             return "softmax other than over the last axis of a 2-D value"
         out = g.softmax(x)
+    elif op == "MaxPool":
+        pads = a.get("pads", [0, 0, 0, 0])
+        if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3] or a.get("ceil_mode", 0):
+            return "asymmetric padding or ceil_mode"
+        if set(a.get("dilations", [1, 1])) != {1}:
+            return "dilation"
+        ks = tuple(a["kernel_shape"])
+        out = g.max_pool2d(x, ks, stride=tuple(a.get("strides", ks)), padding=(pads[0], pads[1]))
+    elif op == "GlobalAveragePool":
+        if len(x.shape) != 4:
+            return "not NCHW"
+        out = g.global_avg_pool(x)
+        vals[node.output[0]] = out
+        # (N, C, 1, 1) in ONNX: a Flatten right after it reads the same (N, C) elements
+        return None
+    elif op == "Flatten":
+        prod = g.nodes[x.id]
+        if prod.op != "global_avg_pool" or a.get("axis", 1) != 1:
+            return "a flatten other than of a global pooling's (N, C, 1, 1)"
+        out = x
     elif op in ("Identity", "Dropout"):
         out = x
     else:
@@ -215,7 +238,13 @@ def plan_steps(model, shapes: dict, *, threads=None, target=None):
             g.output(*[vals[v] for v in outs])
             compiled = g.compile(threads=threads, target=target)
             steps.append(
-                Segment(nodes=seg["names"], inputs=seg["inputs"], outputs=outs, compiled=compiled)
+                Segment(
+                    nodes=seg["names"],
+                    inputs=seg["inputs"],
+                    outputs=outs,
+                    compiled=compiled,
+                    shapes=[shapes.get(v, ()) for v in outs],
+                )
             )
         seg = None
 
@@ -237,11 +266,14 @@ def plan_steps(model, shapes: dict, *, threads=None, target=None):
             if x and x not in vals and x not in consts and x in shapes and len(shapes[x]) in (2, 4):
                 vals[x] = g.input(f"in{len(seg['inputs'])}", shapes[x])
                 seg["inputs"].append(x)
-        why = (
-            _lower_node(g, node, vals, consts, shapes)
-            if node.output[0] in shapes
-            else "no static output shape"
-        )
+        try:
+            why = (
+                _lower_node(g, node, vals, consts, shapes)
+                if node.output[0] in shapes
+                else "no static output shape"
+            )
+        except GraphError as e:  # a shape pd.graph does not take
+            why = str(e)
         if why is None:
             seg["produced"].append(node.output[0])
             seg["members"].add(k)
