@@ -10,6 +10,7 @@ from .errors import BoundsError, DSLError, PolyDLError, TargetError
 from .memory import aligned, empty, zeros
 from .partition import partition
 from .target import Target
+from .tune import tune
 
 __all__ = [
     "graph",
@@ -17,6 +18,7 @@ __all__ = [
     "ops",
     "partition",
     "compile",
+    "tune",
     "kernel",
     "empty",
     "zeros",
