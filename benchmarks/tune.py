@@ -6,9 +6,10 @@ One thread; the measuring worker is pinned to one CPU (polydl/tune/runner.py). W
 1024^3 and ResNet-50 layers 03, 09, 12, 01, 05, 07, 14, 17 (batch 1, blocked layout, as in
 benchmarks/conv.py). Each is tuned from scratch into a fresh database (``--db`` keeps one),
 then the records that were the best after 0 trials (the cost model's pick, untuned), 8, 20
-and ``--trials`` trials, and the tuner's confirmed pick, are measured again together in
-``--rounds`` interleaved rounds (medians; ratios are medians of per-round ratios), so that the
-comparison is not the first pass's noise.
+and ``--trials`` trials, and the tuner's confirmed pick, are timed again against each other
+(``runner.compare``: one sample of each per round, the order rotating, ``--rounds`` rounds;
+GFLOPS from the medians, ratios the medians of per-round ratios), so that the comparison is
+not the first pass's noise.
 
 Columns: ``choice`` the cost model's ranked variants (1: it had no choice); GFLOPS at 0, 8, 20,
 N trials and the tuned pick; ``wall`` the tuning time (search and confirmation); ``tuned/0``
@@ -63,16 +64,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=64)
     ap.add_argument("--layers", nargs="*", default=["gemm", *LAYERS])
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the comparison")
+    ap.add_argument("--rounds", type=int, default=15, help="rounds of the comparison")
     ap.add_argument("--db", default=None, help="a database to keep (default: a fresh temp one)")
     args = ap.parse_args()
     marks = sorted({0, 8, 20, args.trials})
     tmp = tempfile.TemporaryDirectory()
     db = args.db or str(Path(tmp.name) / "tune.sqlite")
-    protocol = Measure(warmup=0.1, repeat=5, min_time=0.05)
+    protocol = Measure(warmup=0.1, min_time=0.05)
     print(
         f"threads=1, worker pinned; {args.trials} trials per workload; comparison: medians of"
-        f" {args.rounds} interleaved rounds; database {db}"
+        f" {args.rounds} rounds of one sample each; database {db}"
     )
     head = f"{'workload':<12} {'choice':>6} " + " ".join(f"{'@' + str(m):>7}" for m in marks)
     print(f"{head} {'tuned':>7} {'wall s':>7} {'tuned/0':>8} {'@20 %':>6}   (GFLOPS)", flush=True)
@@ -86,14 +87,14 @@ def main() -> None:
             picks[m] = t.record.choices() if t else picks[0]
         picks["tuned"] = r.best or picks[0]
         distinct = list({p.to_json(): p for p in picks.values()}.values())
-        times = {p.to_json(): [] for p in distinct}
         with LocalRunner() as runner:
             runner.start(Job(workload=Workload.of(kern, {}), threads=1, measure=protocol))
-            for rnd in range(args.rounds):
-                order = distinct[rnd % len(distinct) :] + distinct[: rnd % len(distinct)]
-                for p, m in zip(order, runner.measure(order, together=True), strict=True):
-                    times[p.to_json()].append(m.seconds if m.ok else np.inf)
-        t = {k: np.array(times[p.to_json()]) for k, p in picks.items()}
+            got = runner.compare(distinct, rounds=args.rounds)
+        samples = {
+            p.to_json(): np.array(m.samples if m.ok else [np.inf] * args.rounds)
+            for p, m in zip(distinct, got, strict=True)
+        }
+        t = {k: samples[p.to_json()] for k, p in picks.items()}
         gf = {k: r.flops / float(np.median(v)) / 1e9 for k, v in t.items()}
         ratio = float(np.median(t[0] / t["tuned"]))
         best = max(gf[args.trials], gf["tuned"])

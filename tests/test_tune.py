@@ -46,15 +46,18 @@ class FakeRunner:
     def start(self, job):
         self.job = job
 
-    def measure(self, records, *, together=False):
+    def measure(self, records):
         out = []
         for r in records:
-            if not together and self.stop_after is not None and len(self.asked) >= self.stop_after:
+            if self.stop_after is not None and len(self.asked) >= self.stop_after:
                 raise KeyboardInterrupt
-            if not together:
-                self.asked.append(r)
+            self.asked.append(r)
             out.append(self.clock(r))
         return out
+
+    def compare(self, records, *, rounds):
+        got = [self.clock(r) for r in records]
+        return [dataclasses.replace(m, samples=(m.seconds,) * rounds) if m.ok else m for m in got]
 
     def close(self):
         pass
@@ -75,8 +78,14 @@ def test_bench_checks_against_the_reference_and_times():
     bad = bench.measure(rec)
     assert not bad.ok and bad.seconds is None and "wrong result: C differs" in bad.error
     (c,) = rec.contractions
-    bad = bench.measure(dataclasses.replace(rec, contractions=(dataclasses.replace(c, bk=7),)))
+    wrong = dataclasses.replace(rec, contractions=(dataclasses.replace(c, bk=7),))
+    bad = bench.measure(wrong)
     assert not bad.ok and "does not replay" in bad.error and "bk=7" in bad.error
+    bench.reference["C"] = bench.reference["C"] - 1.0
+    other = dataclasses.replace(rec, contractions=(dataclasses.replace(c, bk=32),))
+    a, b, x = bench.compare([rec, wrong, other], rounds=3)  # one sample of each per round
+    assert a.ok and x.ok and len(a.samples) == len(x.samples) == 3 and a.seconds > 0
+    assert not b.ok and "bk=7" in b.error
 
 
 def test_local_runner_timeout_and_crash_fail_the_trial():
@@ -192,6 +201,35 @@ def test_failed_trials_are_never_chosen(tmp_path):
         gemm_bias_relu, trials=5, db=tmp_path / "t.sqlite", runner=FakeRunner(clock), **GEMM
     )
     assert sum(t.ok for t in r.trials) == 1 and r.best == base and r.seconds == 1.0
+
+
+def test_a_close_call_goes_to_the_untuned_pick(tmp_path):
+    """The confirmation: a record replaces the untuned pick only when it is faster in most
+    rounds of the comparison, however fast its first measurement was."""
+    base = pd.compile(gemm_bias_relu, threads=1, tuned=False, **GEMM).schedule.choices()
+
+    def clock(record):
+        s = 1.0 if record.choices() == base else 0.1
+        return Measurement(ok=True, seconds=s, samples=(s,))
+
+    class Noisy(FakeRunner):
+        def compare(self, records, *, rounds):
+            out = []
+            for r in records:
+                if r.choices() == base:
+                    s = (1.0,) * rounds
+                else:  # faster in every other round only
+                    s = tuple(self.other[i % 2] for i in range(rounds))
+                out.append(Measurement(ok=True, seconds=float(np.median(s)), samples=s))
+            return out
+
+    runner = Noisy(clock)
+    runner.other = (0.8, 1.1)
+    r = pd.tune(gemm_bias_relu, trials=3, db=tmp_path / "a.sqlite", runner=runner, **GEMM)
+    assert r.best == base and r.seconds == 1.0 and r.speedup == 1.0
+    runner.other = (0.8, 0.9)
+    r = pd.tune(gemm_bias_relu, trials=3, db=tmp_path / "b.sqlite", runner=runner, **GEMM)
+    assert r.best != base and r.baseline_seconds == 1.0 and r.speedup > 1.1
 
 
 def test_budget_and_durations(tmp_path):

@@ -6,7 +6,7 @@ from .codegen.compiled import CompiledKernel
 from .dsl.intrinsics import erf, exp, sigmoid, sqrt, tanh
 from .dsl.kernel import kernel
 from .dsl.types import f32, f64
-from .errors import BoundsError, DSLError, PolyDLError, TargetError
+from .errors import BoundsError, DSLError, PolyDLError, TargetError, TuneError
 from .memory import aligned, empty, zeros
 from .partition import partition
 from .target import Target
@@ -36,5 +36,6 @@ __all__ = [
     "DSLError",
     "BoundsError",
     "TargetError",
+    "TuneError",
 ]
 __version__ = "0.1.0"

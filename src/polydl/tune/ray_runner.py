@@ -53,8 +53,8 @@ def _actor_class():
             def measure(self, record: str) -> Measurement:
                 return self.bench.measure(Schedule.from_json(record))
 
-            def measure_many(self, records: list[str]) -> list[Measurement]:
-                return [self.measure(r) for r in records]
+            def compare(self, records: list[str], rounds: int) -> list[Measurement]:
+                return self.bench.compare([Schedule.from_json(r) for r in records], rounds)
 
         _ACTOR = ray.remote(TrialActor)
     return _ACTOR
@@ -97,21 +97,12 @@ class RayRunner:
         actor = _actor_class().options(num_cpus=self.job.threads)
         return actor.remote(self.job, index)
 
-    def measure(self, records: Sequence[Schedule], *, together: bool = False) -> list[Measurement]:
-        """Measure ``records`` spread over the actors (``together``: all on the first actor,
-        one after the other, so that their times compare)."""
+    def measure(self, records: Sequence[Schedule]) -> list[Measurement]:
+        """Measure ``records`` spread over the actors, a trial each."""
         ray = _ray()
         if not self._actors:
             raise TuneError("RayRunner.start(job) first")
         texts = [r.to_json(indent=None) for r in records]
-        if together:
-            timeout = self.job.measure.timeout * max(1, len(texts))
-            ref = self._actors[0].measure_many.remote(texts)
-            try:
-                return ray.get(ref, timeout=timeout)
-            except Exception as e:
-                self._replace(0)
-                return [failed(f"ray worker: {type(e).__name__}: {e}") for _ in texts]
         out: list[Measurement | None] = [None] * len(texts)
         queue = list(range(len(texts)))
         running: dict = {}  # object ref -> (record index, actor index, start)
@@ -145,6 +136,19 @@ class RayRunner:
                     self._replace(a)
                     free.append(a)
         return [m for m in out if m is not None]
+
+    def compare(self, records: Sequence[Schedule], *, rounds: int) -> list[Measurement]:
+        """Time ``records`` against each other on one actor (``Bench.compare``)."""
+        ray = _ray()
+        if not self._actors:
+            raise TuneError("RayRunner.start(job) first")
+        texts = [r.to_json(indent=None) for r in records]
+        ref = self._actors[0].compare.remote(texts, rounds)
+        try:
+            return ray.get(ref, timeout=self.job.measure.timeout * max(1, len(texts)))
+        except Exception as e:
+            self._replace(0)
+            return [failed(f"ray worker: {type(e).__name__}: {e}") for _ in texts]
 
     def _replace(self, a: int) -> None:
         ray = _ray()

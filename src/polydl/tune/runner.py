@@ -12,6 +12,10 @@ A trial is measured by :class:`Bench` (the same code in a local worker and in a 
 4. timing: ``repeat`` samples, each as many calls as take ``min_time`` seconds, timed with
    ``perf_counter``; the trial's time is the median sample (per call).
 
+:meth:`Bench.compare` times several records against each other (the tuner's confirmation,
+the benchmark): built, checked and warmed up like trials, then one sample of each per round,
+the order rotating, for a number of rounds.
+
 :class:`LocalRunner` runs a :class:`Bench` in a worker process of its own (``python -m
 polydl.tune._worker``: no re-import of the user's script), pinned to ``threads`` CPUs
 (``os.sched_setaffinity``, ``OMP_PROC_BIND``), ignoring Ctrl-C (the tuner stops it). The parent
@@ -173,7 +177,9 @@ class Bench:
                 self._built.popitem(last=False)
         return ck
 
-    def measure(self, record: Schedule) -> Measurement:
+    def _ready(self, record: Schedule):
+        """(call, build seconds, seconds of one call) of ``record`` built, checked and warmed
+        up, or the failed :class:`Measurement` of whichever step failed."""
         m = self.job.measure
         t0 = time.perf_counter()
         try:
@@ -192,18 +198,32 @@ class Bench:
         why = compare({n: arrays[n] for n in self.written}, self.reference, m.rtol)
         if why:
             return failed(why, build_seconds=built, wall=time.perf_counter() - t0)
+
+        def call() -> None:
+            ck(*args, **self.free)
+
         calls, w0 = 0, time.perf_counter()
         while calls == 0 or time.perf_counter() - w0 < m.warmup:
-            ck(*args, **self.free)
+            call()
             calls += 1
-        once = max((time.perf_counter() - w0) / calls, 1e-9)
-        inner = max(1, math.ceil(m.min_time / once))
-        samples = []
-        for _ in range(m.repeat):
-            s0 = time.perf_counter()
-            for _ in range(inner):
-                ck(*args, **self.free)
-            samples.append((time.perf_counter() - s0) / inner)
+        return call, built, max((time.perf_counter() - w0) / calls, 1e-9)
+
+    def _sample(self, call, once: float) -> float:
+        """Seconds per call over as many calls as take ``min_time``."""
+        inner = max(1, math.ceil(self.job.measure.min_time / once))
+        s0 = time.perf_counter()
+        for _ in range(inner):
+            call()
+        return (time.perf_counter() - s0) / inner
+
+    def measure(self, record: Schedule) -> Measurement:
+        """One trial: build, check, warm up, then ``repeat`` samples."""
+        t0 = time.perf_counter()
+        ready = self._ready(record)
+        if isinstance(ready, Measurement):
+            return ready
+        call, built, once = ready
+        samples = [self._sample(call, once) for _ in range(self.job.measure.repeat)]
         return Measurement(
             ok=True,
             seconds=float(np.median(samples)),
@@ -211,6 +231,35 @@ class Bench:
             build_seconds=built,
             wall=time.perf_counter() - t0,
         )
+
+    def compare(self, records: Sequence[Schedule], rounds: int) -> list[Measurement]:
+        """Records timed against each other: ``rounds`` rounds of one sample each, the order
+        rotating, so that a change of the machine's load falls on every record alike; sample
+        ``i`` of every record is from round ``i``."""
+        t0 = time.perf_counter()
+        out: list[Measurement | None] = [None] * len(records)
+        ready = {}
+        for i, r in enumerate(records):
+            got = self._ready(r)
+            if isinstance(got, Measurement):
+                out[i] = got
+            else:
+                ready[i] = got
+        samples: dict[int, list[float]] = {i: [] for i in ready}
+        keys = list(ready)
+        for rnd in range(rounds):
+            for i in keys[rnd % max(1, len(keys)) :] + keys[: rnd % max(1, len(keys))]:
+                call, _, once = ready[i]
+                samples[i].append(self._sample(call, once))
+        for i, (_, built, _) in ready.items():
+            out[i] = Measurement(
+                ok=True,
+                seconds=float(np.median(samples[i])),
+                samples=tuple(samples[i]),
+                build_seconds=built,
+                wall=time.perf_counter() - t0,
+            )
+        return [m for m in out if m is not None]
 
 
 class LocalRunner:
@@ -292,30 +341,41 @@ class LocalRunner:
         lines = self._err.read().decode(errors="replace").strip().splitlines()
         return (": " + " | ".join(lines[-3:])) if lines else ""
 
-    def measure(self, records: Sequence[Schedule], *, together: bool = False) -> list[Measurement]:
-        """Measure ``records`` one after the other (``together``: on one worker, so that their
-        times compare; always so here)."""
+    def _ask(self, message: tuple, timeout: float):
+        """Send one request to the worker (started or restarted as needed); its result, or
+        the error text of a timeout (worker killed) or of the worker's death."""
+        if self._proc is None or self._proc.poll() is not None or self._count >= self.recycle:
+            self.close()
+            self._spawn()
+        self._send.send_bytes(pickle.dumps(message))
+        self._count += 1
+        self.measuring = True
+        try:
+            kind, payload = self._reply(timeout)
+        finally:
+            self.measuring = False
+        if kind == "result":
+            return payload
+        self.close()
+        return f"timeout: {payload} (worker killed)" if kind == "timeout" else str(payload)
+
+    def measure(self, records: Sequence[Schedule]) -> list[Measurement]:
+        """Measure ``records`` one after the other, a trial each."""
         out = []
         for record in records:
-            if self._proc is None or self._proc.poll() is not None or self._count >= self.recycle:
-                self.close()
-                self._spawn()
             t0 = time.perf_counter()
-            self._send.send_bytes(pickle.dumps(("measure", record.to_json(indent=None))))
-            self._count += 1
-            self.measuring = True
-            try:
-                kind, payload = self._reply(self.job.measure.timeout)
-            finally:
-                self.measuring = False
-            if kind == "result":
-                out.append(payload)
-                continue
-            if kind == "timeout":
-                payload = f"timeout: {payload} (worker killed)"
-            out.append(failed(str(payload), wall=time.perf_counter() - t0))
-            self.close()
+            got = self._ask(("measure", record.to_json(indent=None)), self.job.measure.timeout)
+            out.append(
+                got if isinstance(got, Measurement) else failed(got, wall=time.perf_counter() - t0)
+            )
         return out
+
+    def compare(self, records: Sequence[Schedule], *, rounds: int) -> list[Measurement]:
+        """Time ``records`` against each other in one worker (:meth:`Bench.compare`)."""
+        texts = [r.to_json(indent=None) for r in records]
+        timeout = self.job.measure.timeout * max(1, len(texts))
+        got = self._ask(("compare", (texts, rounds)), timeout)
+        return got if isinstance(got, list) else [failed(got) for _ in texts]
 
     def close(self) -> None:
         """Stop the worker (killed if it does not stop)."""
@@ -363,5 +423,9 @@ def serve(read_fd: int, write_fd: int) -> None:
             return
         if kind == "stop":
             return
-        result = bench.measure(Schedule.from_json(payload))
+        if kind == "compare":
+            texts, rounds = payload
+            result = bench.compare([Schedule.from_json(t) for t in texts], rounds)
+        else:
+            result = bench.measure(Schedule.from_json(payload))
         send.send_bytes(pickle.dumps(("result", result)))

@@ -400,6 +400,7 @@ class KernelSpace:
         self.extra_cost = {ch.lowering: ch.extra_cost for ch in choices}
         self._ranked = {ch.lowering: ch.ranked for ch in choices}
         self.baseline = untuned(workload, threads=threads).schedule.choices()
+        self._seeds: dict[int, list[tuple[Point, str]]] = {}
 
     @property
     def lowerings(self) -> tuple[str, ...]:
@@ -439,6 +440,11 @@ class KernelSpace:
     def seeds(self, k: int) -> list[tuple[Point, str]]:
         """The untuned pick, then the cost model's next ranks (every contraction at its rank
         r, or its last), lowerings in order of predicted cost: ``[(point, origin), ...]``."""
+        if k not in self._seeds:
+            self._seeds[k] = self._ranked_points(k)
+        return list(self._seeds[k])
+
+    def _ranked_points(self, k: int) -> list[tuple[Point, str]]:
         out = [(self.point(self.baseline), "untuned pick (cost model rank 1)")]
         order = sorted(self.spaces, key=lambda lw: self._ranked[lw].cost + self.extra_cost[lw])
         for r in range(max(1, k)):

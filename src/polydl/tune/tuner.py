@@ -10,10 +10,11 @@
 3. every finished trial goes to the database at once (:mod:`.database`), so Ctrl-C keeps it;
    with ``resume=True`` the trials already there for this workload, machine and compiler
    version count toward ``trials`` and are not measured again;
-4. the end: the fastest few measured records and the untuned pick are measured again in
-   interleaved rounds (a confirmation: the first pass's fastest of many noisy medians is biased
-   low), the fastest of those is the tuned record, stored as the key's best: ``pd.compile``
-   uses it from then on.
+4. the end: the fastest few measured records and the untuned pick are timed against each other,
+   one sample of each per round, for 15 rounds (a confirmation: the first pass's fastest of
+   many noisy medians is biased low); a record replaces the untuned pick only if it was faster
+   in at least 70% of the rounds, the lowest median ratio among those winning. That is the
+   tuned record, stored as the key's best: ``pd.compile`` uses it from then on.
 
 Ctrl-C stops the search, stores the fastest finished trial as the best (no confirmation) and
 raises :class:`TuneInterrupted` (a ``KeyboardInterrupt``) carrying the result.
@@ -21,7 +22,6 @@ raises :class:`TuneInterrupted` (a ``KeyboardInterrupt``) carrying the result.
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 import time
@@ -39,7 +39,8 @@ from .runner import Job, LocalRunner, Measure
 from .space import KernelSpace, Point
 from .strategy import Evolution
 
-CONFIRM_ROUNDS = 3
+CONFIRM_ROUNDS = 15  # rounds of the confirmation (one sample of each record per round)
+WIN_SHARE = 0.7  # share of the rounds a record must win to replace the untuned pick
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,9 +185,13 @@ def tune(
             trials=trials, budget=budget, t0=t0, progress=progress, base_point=base_point,
         )  # fmt: skip
         flops = contraction_flops(space, space.baseline.lowering)
-        best, seconds, base_s = _choose(
-            space, runner, done, confirm=confirm if stopped != "interrupted" else 0
-        )
+        try:
+            best, seconds, base_s = _choose(
+                space, runner, done, confirm=confirm if stopped != "interrupted" else 0
+            )
+        except KeyboardInterrupt:  # during the confirmation: the fastest trial, unconfirmed
+            stopped = "interrupted"
+            best, seconds, base_s = _choose(space, runner, done, confirm=0)
         if best is not None:
             database.set_best(
                 key, best, seconds=seconds, baseline=base_s, trials=len(done), session=session
@@ -272,9 +277,12 @@ def _search(
 def _choose(
     space: KernelSpace, runner, done: Sequence[Trial], *, confirm: int
 ) -> tuple[Schedule | None, float | None, float | None]:
-    """(record, seconds, the untuned pick's seconds): the fastest of the ``confirm`` fastest
-    records and the untuned pick, measured again together in interleaved rounds; without a
-    confirmation, the fastest trial and the untuned pick's trial."""
+    """(record, seconds, the untuned pick's seconds). With ``confirm``: the ``confirm``
+    fastest records and the untuned pick timed against each other (``runner.compare``: one
+    sample of each per round, :data:`CONFIRM_ROUNDS` rounds); a record replaces the untuned
+    pick only when it was faster in at least :data:`WIN_SHARE` of the rounds, and of those the
+    one with the lowest median ratio to the untuned pick's time wins (a close call goes to the
+    cost model). Without: the fastest trial and the untuned pick's trial."""
     ok = sorted((t for t in done if t.ok), key=lambda t: t.seconds)
     if not ok:
         return None, None, None
@@ -282,25 +290,27 @@ def _choose(
     base = next((t.seconds for t in ok if t.key == base_key), None)
     if confirm <= 0:
         return ok[0].record.choices(), ok[0].seconds, base
-    picks: dict[str, Schedule] = {}
+    picks: dict[str, Schedule] = {base_key: space.baseline}
     for t in ok:
-        if len(picks) < confirm:
+        if len(picks) <= confirm:
             picks.setdefault(t.key, t.record.choices())
-    picks.setdefault(base_key, space.baseline)
     keys = list(picks)
-    times: dict[str, list[float]] = {k: [] for k in keys}
-    try:
-        for r in range(CONFIRM_ROUNDS):
-            order = keys[r % len(keys) :] + keys[: r % len(keys)]
-            for k, m in zip(
-                order, runner.measure([picks[k] for k in order], together=True), strict=True
-            ):
-                times[k].append(m.seconds if m.ok else math.inf)
-    except KeyboardInterrupt:
-        return ok[0].record.choices(), ok[0].seconds, base
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    best = min(keys, key=lambda k: med[k])
-    if not math.isfinite(med[best]):
-        return ok[0].record.choices(), ok[0].seconds, base
-    base_s = med[base_key] if math.isfinite(med[base_key]) else base
-    return picks[best], med[best], base_s
+    got = dict(
+        zip(keys, runner.compare([picks[k] for k in keys], rounds=CONFIRM_ROUNDS), strict=True)
+    )
+    if not got[base_key].ok:  # the untuned pick failed now: the fastest confirmed record
+        fine = [k for k in keys if got[k].ok]
+        if not fine:
+            return ok[0].record.choices(), ok[0].seconds, base
+        k = min(fine, key=lambda k: got[k].seconds)
+        return picks[k], got[k].seconds, None
+    base_t = np.array(got[base_key].samples)
+    best, best_ratio = base_key, 1.0
+    for k in keys:
+        if k == base_key or not got[k].ok:
+            continue
+        ratios = np.array(got[k].samples) / base_t
+        ratio = float(np.median(ratios))
+        if np.mean(ratios < 1.0) >= WIN_SHARE and ratio < best_ratio:
+            best, best_ratio = k, ratio
+    return picks[best], got[best].seconds, got[base_key].seconds
