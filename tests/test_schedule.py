@@ -137,3 +137,24 @@ def test_show_variants_from_records():
     assert "contraction S1 (C += A x B), running rank 1" in text
     best = dict(k.schedule.alternatives)["S1"][0]
     assert best.order in text and isinstance(best.predicted, Prediction)
+
+
+def test_pack_off_is_replayed():
+    """A record's pack=False leaves B where it is (no copy into scratch), computes the same,
+    and survives JSON; records without the field (pack on) print as before."""
+    kern = pd.ops.matmul(256, 512, 512)
+    k = pd.compile(kern, threads=1)
+    assert "copy(" in k.show("loops") and '"pack"' not in k.show("schedule")
+    rec = k.schedule.choices()
+    off = dataclasses.replace(
+        rec, contractions=tuple(dataclasses.replace(c, pack=False) for c in rec.contractions)
+    )
+    assert Schedule.from_json(off.to_json()) == off and '"pack": false' in off.to_json()
+    k2 = pd.compile(kern, threads=1, schedule=off.to_json())
+    assert "copy(" not in k2.show("loops") and k2.schedule.choices() == off
+    assert "(B not packed)" in k2.show("variants")
+    a, b = rand(256, 512), rand(512, 512)
+    out, out2 = np.zeros((256, 512), np.float32), np.zeros((256, 512), np.float32)
+    k(out, a, b)
+    k2(out2, a, b)
+    np.testing.assert_allclose(out2, out, rtol=1e-5, atol=1e-4)

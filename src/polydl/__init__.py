@@ -6,11 +6,12 @@ from .codegen.compiled import CompiledKernel
 from .dsl.intrinsics import erf, exp, sigmoid, sqrt, tanh
 from .dsl.kernel import kernel
 from .dsl.types import bf16, f32, f64
-from .errors import BoundsError, DSLError, PolyDLError, TargetError
+from .errors import BoundsError, DSLError, PolyDLError, TargetError, TuneError
 from .memory import aligned, empty, from_bf16, to_bf16, zeros
 from .model import compile_model
 from .partition import partition
 from .target import Target
+from .tune import tune
 
 __all__ = [
     "graph",
@@ -19,6 +20,7 @@ __all__ = [
     "partition",
     "compile_model",
     "compile",
+    "tune",
     "kernel",
     "empty",
     "zeros",
@@ -39,5 +41,6 @@ __all__ = [
     "DSLError",
     "BoundsError",
     "TargetError",
+    "TuneError",
 ]
 __version__ = "0.1.0"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .codegen.compiled import CompiledKernel
 from .errors import PolyDLError
+from .schedule import ScheduleError
 
 
 def compile(
@@ -17,6 +19,7 @@ def compile(
     variant: int = 0,
     schedule: Any = None,
     fuse: bool = True,
+    tuned: bool | str | os.PathLike | None = None,
     **sizes: int,
 ) -> CompiledKernel:  # noqa: A001
     """Compile ``kern`` (a ``@pd.kernel`` function) for the given size bindings.
@@ -32,6 +35,12 @@ def compile(
     recorded, checked for legality, nothing ranked. ``fuse=False`` leaves consecutive nests
     unfused (``show("fusion")`` says what fusion would decide; the elementwise statements after
     a contraction still fold into its calls).
+
+    ``tuned``: whether a record ``pd.tune`` chose for this kernel, sizes, thread count, machine
+    and compiler version is used when one is in the tuning database (``show("variants")`` then
+    says so). ``None`` (default): yes, unless the environment variable ``POLYDL_TUNED=0``;
+    ``False``: never; a path: that database file instead of the default one. An explicit
+    ``schedule=``, ``variant=``, ``target=``, ``optimize=False`` or ``fuse=False`` wins.
     """
     from .pipeline import compile_kernel
 
@@ -47,13 +56,34 @@ def compile(
                 "pd.compile: schedule= replays a record; it takes no optimize=False or variant="
             )
         record = as_schedule(schedule)
-    return compile_kernel(
-        ir,
-        sizes,
-        threads=threads,
-        target=target,
-        optimize=optimize,
-        variant=variant,
-        schedule=record,
-        fuse=fuse,
-    )
+    args = dict(threads=threads, target=target, optimize=optimize, variant=variant, fuse=fuse)
+    note = None
+    if record is None and optimize and not variant and fuse and target in (None, "host", "native"):
+        found = _tuned_record(kern, sizes, threads, tuned)
+        if found is not None:
+            try:
+                ck = compile_kernel(ir, sizes, schedule=found.record, **args)
+            except ScheduleError as e:
+                note = f"tuned record from {found.path} does not replay ({e}); ranked instead"
+            else:
+                ck.tuned = found.describe()
+                return ck
+    ck = compile_kernel(ir, sizes, schedule=record, **args)
+    ck.tuned = note
+    return ck
+
+
+def _tuned_record(kern: Any, sizes: dict, threads: int | None, tuned):
+    """The tuning database's record for this compilation (polydl/tune/database.py), or None."""
+    if tuned is False or (tuned is None and os.environ.get("POLYDL_TUNED", "1") in _OFF):
+        return None
+    from .pipeline import default_threads
+    from .tune.builder import Workload
+    from .tune.database import lookup
+
+    path = None if tuned in (None, True) else tuned
+    n = default_threads() if threads is None else int(threads)
+    return lookup(Workload.of(kern, sizes), threads=n, path=path)
+
+
+_OFF = ("0", "false", "no", "off")

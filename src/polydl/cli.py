@@ -1,4 +1,4 @@
-"""The ``polydl`` command line: ``polydl show`` and ``polydl partition``."""
+"""The ``polydl`` command line: ``polydl show``, ``polydl tune`` and ``polydl partition``."""
 
 from __future__ import annotations
 
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="polydl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_show(sub)
+    from .tune.command import add_parser as _add_tune
+
+    _add_tune(sub)
     try:
         from .partition.command import add_parser as _add_partition
     except ImportError:  # the partitioner is optional at import time

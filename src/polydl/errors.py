@@ -23,6 +23,11 @@ class DependenceError(PolyDLError):
     """A proposed schedule violates a dependence; names one violated pair."""
 
 
+class TuneError(PolyDLError):
+    """Tuning cannot proceed as asked (no contraction to tune, a reference that cannot be
+    computed, a runner that cannot start); names the kernel or what failed."""
+
+
 class PartitionError(PolyDLError):
     """A model graph cannot be partitioned as asked (bad input, infeasible memory, ...)."""
 

@@ -94,7 +94,6 @@ def compile_kernel(
     takes the variant of that rank instead of the cost model's best (0); ``schedule`` replays
     a record (:mod:`polydl.schedule`) instead of ranking; ``fuse=False`` keeps the nests apart.
     """
-    from .analysis.bounds import check_bounds
     from .analysis.deps import parallel_dims
 
     threads = default_threads() if threads is None else int(threads)
@@ -105,26 +104,12 @@ def compile_kernel(
     tgt = resolve(target)
     cpu = tgt.llvm_cpu
     with _isl_lock:
-        # 1. Every size parameter bound to a positive int.
-        bound = _checked(bind_sizes(kernel, sizes))
-        # 2. Every access provably inside its tensor (BoundsError with a witness otherwise).
-        check_bounds(bound)
-        # 3. Consecutive nests fused where isl proves it legal and the working-set model says
-        #    their shared data then stays in a smaller cache (transform/fuse.py); the nests of
-        #    contractions and of what folds into their calls are the optimiser's (step 5).
-        fusion: tuple = ()
-        if optimize and fuse:
-            bound, fusion = fuse_nests(bound, tgt, threads=threads, reserved=_reserved(bound))
-        # 4. Contraction operands strided along the output's contiguous dimension (a strided
-        #    NCHW conv's input) are gathered once into dense scratch (transform/gather.py).
-        candidates = [bound]
-        if optimize:
-            bound = candidates[0] = _checked(gather_operands(bound))
-            # a guarded contraction's operand may be gathered too (its im2col), instead of
-            # splitting its guards away: both are lowered, the cost model keeps one
-            wide = _checked(gather_operands(bound, guarded=True))
-            if wide is not bound:
-                candidates.append(wide)
+        # 1.-4. sizes bound, bounds proved, nests fused, strided operands gathered: the kernels
+        #       whose contractions step 5 lowers (one, or a guarded contraction's two ways)
+        candidates, fusion = _front(
+            kernel, sizes, tgt, threads=threads, optimize=optimize, fuse=fuse
+        )
+        bound = candidates[0]
         # 5. Contractions become BRGEMM calls on blocks; the cost model ranks the loops around
         #    them (order, tiles, parallel loops) for the target's caches and cores.
         isa = tgt.isa  # the BRGEMM family: the target's (kernels/isa.select_isa on its features)
@@ -158,7 +143,7 @@ def compile_kernel(
         # 8. Widely strided B blocks that later calls read again are copied into dense scratch
         #    buffers once (transform/pack.py), at most an L2's worth.
         if optimize:
-            tree = pack_operands(lowered, tree, max_bytes=tgt.scratch_bytes())
+            tree = pack_operands(lowered, tree, max_bytes=tgt.scratch_bytes(), skip=low.unpacked)
         # 9. Which parallel loops run as parallel regions, collapsed where that balances the
         #    threads better (transform/threads.py): every threading decision after the schedule.
         if threaded:
@@ -174,6 +159,37 @@ def compile_kernel(
         schedule=record,
         fusion=fusion,
     )
+
+
+def _front(
+    kernel: Kernel, sizes: Mapping[str, int], tgt, *, threads: int, optimize: bool, fuse: bool
+) -> tuple[list[Kernel], tuple]:
+    """Steps 1-4 of :func:`compile_kernel` (under the isl lock): the candidate kernels whose
+    contractions are lowered (the split one first, then a guarded contraction's gathered one)
+    and the fusion decisions."""
+    from .analysis.bounds import check_bounds
+
+    # 1. Every size parameter bound to a positive int.
+    bound = _checked(bind_sizes(kernel, sizes))
+    # 2. Every access provably inside its tensor (BoundsError with a witness otherwise).
+    check_bounds(bound)
+    # 3. Consecutive nests fused where isl proves it legal and the working-set model says
+    #    their shared data then stays in a smaller cache (transform/fuse.py); the nests of
+    #    contractions and of what folds into their calls are the optimiser's (step 5).
+    fusion: tuple = ()
+    if optimize and fuse:
+        bound, fusion = fuse_nests(bound, tgt, threads=threads, reserved=_reserved(bound))
+    # 4. Contraction operands strided along the output's contiguous dimension (a strided
+    #    NCHW conv's input) are gathered once into dense scratch (transform/gather.py).
+    candidates = [bound]
+    if optimize:
+        bound = candidates[0] = _checked(gather_operands(bound))
+        # a guarded contraction's operand may be gathered too (its im2col), instead of
+        # splitting its guards away: both are lowered, the cost model keeps one
+        wide = _checked(gather_operands(bound, guarded=True))
+        if wide is not bound:
+            candidates.append(wide)
+    return candidates, fusion
 
 
 def _reserved(kernel: Kernel) -> frozenset[str]:
@@ -241,6 +257,7 @@ class Lowering:
     chosen: tuple[ContractionSchedule, ...]  # the plan of each contraction, as a record
     alternatives: tuple[tuple[str, tuple[ContractionSchedule, ...]], ...]  # ranked, per stmt
     cost: float  # the chosen variants' predicted costs, summed
+    unpacked: frozenset[str] = frozenset()  # BRGEMM statements whose plan says pack=False
 
 
 def _plain_cost(lowered: Kernel, target) -> float:
@@ -274,40 +291,20 @@ def lower_contractions(
     studies and tuning; ranks past the last legal variant are refused), or the plan ``replay``
     records for it (checked for legality; ``ScheduleError`` when the record does not fit).
     """
-    from .analysis.contraction import find_all
     from .kernels import FAMILIES
     from .optimize.plan import default_plan, ranked
 
-    # The contractions of the kernel, found once: each pass below takes those of its input
-    # and returns those of its output, recognised anew only where it changed the kernel.
-    found = find_all(kernel)
-    # Guarded contractions (a padded conv written by hand): index-set splitting gives their
-    # guard-free cells nests of their own, contractions of their own (transform/split.py).
-    kernel, found = split_guards(kernel, found)
-    _checked(kernel)
-    # Columns that continue in the next row (a 1x1 stride-1 NCHW conv: p and q are one run of
-    # P*Q pixels) become one iterator, so that a call covers more than one row (coalesce.py).
-    kernel, found = coalesce_columns(kernel, found)
-    _checked(kernel)
+    kernel, found = contractions_of(kernel)
     lanes = FAMILIES[isa].vector_width
     parallel: dict[str, frozenset[int]] = {}
     chosen: list[ContractionSchedule] = []
     alternatives: list[tuple[str, tuple[ContractionSchedule, ...]]] = []
     total = 0.0
-    found = tuple(c for c in found if foldable(kernel, c))
+    unpacked: set[str] = set()
     work = {c.stmt: math.prod(hi - lo + 1 for _, (lo, hi) in c.extents) for c in found}
     for c in found:
         what = f"{c.c} += {c.a} x {c.b}"
-        # ranked on its own nest (foldable: the folded statements, in place between the others)
-        # (the folded statements of the reduction's own nest: an epilogue nest of its own is
-        # computed at the store and changes no loop's working set much)
-        pos = poly.top_position(kernel, kernel.statement(c.stmt))
-        nest = [
-            s
-            for s in kernel.statements
-            if s.name in c.folded and poly.top_position(kernel, s) == pos
-        ]
-        nest_k = replace(kernel, statements=tuple(nest))
+        nest_k = contraction_nest(kernel, c)
         if replay is not None:
             entry = replay.entry(c.stmt)
             if entry is None:
@@ -358,6 +355,8 @@ def lower_contractions(
         for s in kernel.statements:
             if s.name not in before:
                 parallel[s.name] = frozenset(range(1, 1 + n_par))
+                if not chosen[-1].pack:
+                    unpacked.add(s.name)
     if replay is not None:
         extra = {e.stmt for e in replay.contractions} - {c.stmt for c in found}
         if extra:
@@ -371,7 +370,84 @@ def lower_contractions(
         chosen=tuple(chosen),
         alternatives=tuple(alternatives),
         cost=total,
+        unpacked=frozenset(unpacked),
     )
+
+
+def contractions_of(kernel: Kernel):
+    """``(kernel, contractions)``: the foldable contractions of ``kernel`` after index-set
+    splitting and column coalescing, and the kernel they are found in (the first part of
+    :func:`lower_contractions`; the tuner's space reads them too)."""
+    from .analysis.contraction import find_all
+
+    # The contractions of the kernel, found once: each pass below takes those of its input
+    # and returns those of its output, recognised anew only where it changed the kernel.
+    found = find_all(kernel)
+    # Guarded contractions (a padded conv written by hand): index-set splitting gives their
+    # guard-free cells nests of their own, contractions of their own (transform/split.py).
+    kernel, found = split_guards(kernel, found)
+    _checked(kernel)
+    # Columns that continue in the next row (a 1x1 stride-1 NCHW conv: p and q are one run of
+    # P*Q pixels) become one iterator, so that a call covers more than one row (coalesce.py).
+    kernel, found = coalesce_columns(kernel, found)
+    _checked(kernel)
+    return kernel, tuple(c for c in found if foldable(kernel, c))
+
+
+def contraction_nest(kernel: Kernel, c) -> Kernel:
+    """The kernel of ``c``'s own nest, on which its plans are ranked and checked: the folded
+    statements in the reduction's top-level nest (foldable: in place between the others; an
+    epilogue nest of its own is computed at the store and changes no loop's working set much)."""
+    pos = poly.top_position(kernel, kernel.statement(c.stmt))
+    nest = [
+        s for s in kernel.statements if s.name in c.folded and poly.top_position(kernel, s) == pos
+    ]
+    return replace(kernel, statements=tuple(nest))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoweringChoice:
+    """One way the optimiser may lower a kernel's contractions (``Schedule.lowering``), with
+    what the tuner's space needs of it (``polydl/tune/space.py``)."""
+
+    lowering: str  # "split" or "gather"
+    kernel: Kernel  # the kernel the contractions are found in (split, coalesced)
+    nests: tuple[tuple[object, Kernel], ...]  # each contraction and its own nest
+    ranked: Lowering  # every contraction ranked by the cost model (records, alternatives)
+    extra_cost: float  # gather copies and statements left plain, cost-model units
+
+
+def lowering_choices(
+    kernel: Kernel,
+    sizes: Mapping[str, int],
+    *,
+    target=None,
+    threads: int = 1,
+    fuse: bool = True,
+) -> tuple[LoweringChoice, ...]:
+    """Every lowering ``compile_kernel`` chooses among for ``kernel`` (steps 1-5 without code:
+    split first, then a guarded contraction's gathered operand when there is one), each with
+    its contractions ranked."""
+    from .target import resolve
+
+    tgt = resolve(target)
+    out = []
+    with _isl_lock:
+        candidates, _ = _front(kernel, sizes, tgt, threads=threads, optimize=True, fuse=fuse)
+        for i, k in enumerate(candidates):
+            low = lower_contractions(k, tgt.isa, target=tgt, threads=threads, rank_all=True)
+            extra = copy_cost(k, candidates[0], tgt) + _plain_cost(low.kernel, tgt)
+            ck, found = contractions_of(k)
+            out.append(
+                LoweringChoice(
+                    lowering="gather" if i else "split",
+                    kernel=ck,
+                    nests=tuple((c, contraction_nest(ck, c)) for c in found),
+                    ranked=low,
+                    extra_cost=extra,
+                )
+            )
+    return tuple(out)
 
 
 def _record(c, what: str, var, plan, rank: int | None) -> ContractionSchedule:

@@ -35,6 +35,9 @@ from .errors import PolyDLError
 
 SCHEDULE_VERSION = 1
 LOWERINGS = ("split", "gather")
+# fields of a contraction's entry added after version 1: left out of the JSON at their
+# defaults, so that records written before them read (and print) as they did
+OPTIONAL_FIELDS = {"pack": True}
 
 
 class ScheduleError(PolyDLError):
@@ -64,6 +67,7 @@ class ContractionSchedule:
     n_parallel: int
     what: str = ""  # "C += A x B", for messages and tables
     predicted: Prediction | None = None  # None: the default plan, or written by hand
+    pack: bool = True  # False: B blocks read where they are (transform/pack.py leaves them)
 
     def __post_init__(self) -> None:
         if min(self.bm, self.bn, self.bk) < 1 or not self.loops:
@@ -122,7 +126,12 @@ class Schedule:
     # ------------------------------------------------------------ JSON
 
     def to_json(self, *, indent: int | None = 1) -> str:
-        return json.dumps(asdict(self), indent=indent)
+        d = asdict(self)
+        for c in [*d["contractions"], *(c for _, alts in d["alternatives"] for c in alts)]:
+            for name, default in OPTIONAL_FIELDS.items():
+                if c[name] == default:
+                    del c[name]
+        return json.dumps(d, indent=indent)
 
     @classmethod
     def from_json(cls, text: str) -> Schedule:
@@ -163,6 +172,7 @@ def _contraction(d: dict) -> ContractionSchedule:
         n_parallel=int(d["n_parallel"]),
         what=d.get("what", ""),
         predicted=Prediction(**p) if p else None,
+        pack=bool(d.get("pack", True)),
     )
 
 
@@ -231,14 +241,20 @@ def _order(loops) -> str:
     return " ".join(v if b == 1 else f"{v}/{b}" for v, b in loops) + " | micro"
 
 
-def format_schedule(s: Schedule) -> str:
-    """``show("variants")``: the lowering, then each contraction's ranked alternatives."""
+def format_schedule(s: Schedule, *, tuned: str | None = None) -> str:
+    """``show("variants")``: the lowering, then each contraction's ranked alternatives;
+    ``tuned`` (where a tuned record came from, or why none was used) heads the text."""
     parts = [f"lowering: {s.lowering} (kernel {s.kernel}, target {s.target}, {s.threads} threads)"]
+    if tuned:
+        parts.insert(0, f"tuned: {tuned}")
     alts = dict(s.alternatives)
     for c in s.contractions:
         rank = c.predicted.rank if c.predicted else None
         how = f"running rank {rank}" if rank else "default plan (not ranked)"
+        if tuned and not s.alternatives:
+            how = "running the tuned plan"
         rows = alts.get(c.stmt, ())
         line = f"contraction {c.stmt} ({c.what}), {how}, {c.order}"
+        line += "" if c.pack else " (B not packed)"
         parts.append(line + (":\n" + format_alternatives(rows) if rows else ""))
     return "\n\n".join(parts)

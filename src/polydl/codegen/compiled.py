@@ -51,6 +51,7 @@ class CompiledKernel:
         self.threads = threads
         self.schedule = schedule  # polydl.schedule.Schedule of the optimiser's choices (or None)
         self.fusion = fusion  # transform/fuse.Candidate of every pair of nests considered
+        self.tuned: str | None = None  # where a tuned record came from (pd.compile sets it)
         self.sizes = kernel.size_values
         self._module: jit.JitModule | None = None
         self._fn = None
@@ -97,7 +98,7 @@ class CompiledKernel:
                 return f"// {self.kernel.name}: no contraction was ranked (nothing to choose)"
             from ..schedule import format_schedule
 
-            return format_schedule(self.schedule)
+            return format_schedule(self.schedule, tuned=self.tuned)
         if what == "schedule":
             if self.schedule is None:
                 return f"// {self.kernel.name}: compiled with optimize=False (no schedule)"

@@ -250,8 +250,6 @@ def _ranked_rows(kernel, c: Contraction, bm, bn, bk, target, threads, top):
             | ({ext // 2} if b == 1 and ext >= 4 else set())
         )
     found = []
-    batch = math.prod(c.extent(v) for v in c.batch)
-    rows = min(bm, c.extent(c.m)) * c.rows_per_m
     options: list[tuple[int | None, str | None, int]] = [(kc, None, 0) for kc in k_tiles(c, bk)]
     options = options or [(None, None, 0)]
     options += batch_tiles(c, bk, min(bn, c.extent(c.n)), panel_budget(target))
@@ -259,12 +257,12 @@ def _ranked_rows(kernel, c: Contraction, bm, bn, bk, target, threads, top):
         micro = {c.m: bm, c.n: bn, **{v: c.extent(v) for v in covered}}
         if c.k is not None:
             micro[c.k] = kc
-        pairs = batch * ((kc or bk) // bk)
         if looped is not None:
             micro[looped] = chunk
-            pairs = pairs // c.extent(looped) * chunk
         ab = kernel.arg(c.a).dtype
-        call = call_model(rows, min(bn, c.extent(c.n)), bk, pairs, target, beta=1, ab_dtype=ab)
+        call = call_of(
+            c, bm=bm, bn=bn, bk=bk, kc=kc, looped=looped, chunk=chunk, target=target, ab_dtype=ab
+        )
         found += rank(
             kernel,
             c.stmt,
@@ -276,3 +274,28 @@ def _ranked_rows(kernel, c: Contraction, bm, bn, bk, target, threads, top):
             call=call,
         )
     return found
+
+
+def call_of(
+    c: Contraction,
+    *,
+    bm: int,
+    bn: int,
+    bk: int,
+    kc: int | None,
+    looped: str | None = None,
+    chunk: int = 0,
+    target,
+    ab_dtype: str = "f32",
+):
+    """The microkernel call (:func:`~polydl.optimize.cost.call_model`) of a plan's blocks:
+    ``bm`` rows (of ``rows_per_m`` each), ``bn`` columns, ``bk`` per batch element, ``kc`` of
+    the reduction per call (None: no k), and ``chunk`` values of the batch iterator ``looped``
+    when a loop steps over it (every batch iterator whole otherwise); ``ab_dtype``: the
+    operands' element type (bf16: the CPU's bf16 family)."""
+    batch = math.prod(c.extent(v) for v in c.batch)
+    rows = min(bm, c.extent(c.m)) * c.rows_per_m
+    pairs = batch * ((kc or bk) // bk)
+    if looped is not None:
+        pairs = pairs // c.extent(looped) * chunk
+    return call_model(rows, min(bn, c.extent(c.n)), bk, pairs, target, beta=1, ab_dtype=ab_dtype)

@@ -380,6 +380,26 @@ def rank(
     return tuple(sorted(out, key=_key))
 
 
+def cost_of(
+    kernel: nodes.Kernel,
+    stmt: str,
+    loops: Loops,
+    *,
+    target: Target,
+    threads: int,
+    n_parallel: int = 0,
+    call: Call | None = None,
+) -> Cost:
+    """The cost model's prediction for one given nest ``loops`` of ``stmt`` (outermost first,
+    one-trip loops left out), its ``n_parallel`` outermost loops parallel: what :func:`rank`
+    computes for each nest it visits, for a nest chosen elsewhere (the tuner's)."""
+    a = analyzer(kernel, stmt)
+    levels = a.levels(loops, target, threads)
+    return evaluate(
+        levels, a.whole(), target, n_parallel=n_parallel, threads=threads, detail=False, call=call
+    )
+
+
 def _order(loops: Loops) -> str:
     return " ".join(_label(v, b) for v, b in loops) + " | micro"
 

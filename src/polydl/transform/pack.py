@@ -111,10 +111,15 @@ def _even_spacing(offsets: tuple[int, ...]) -> int | None:
 
 
 def pack_operands(
-    kernel: Kernel, tree: tuple[L.Node, ...], *, max_bytes: int
+    kernel: Kernel,
+    tree: tuple[L.Node, ...],
+    *,
+    max_bytes: int,
+    skip: frozenset[str] = frozenset(),
 ) -> tuple[L.Node, ...]:
     """``tree`` with the B blocks of reused, widely strided BRGEMM operands copied into dense
-    buffers (see the module docstring). Pure: ``tree`` is not changed."""
+    buffers (see the module docstring); the calls of the statements in ``skip`` (a schedule
+    record's ``pack=False``) read B where it is. Pure: ``tree`` is not changed."""
     sizes = kernel.size_values
     stmts = {s.name: s for s in kernel.statements}
     written = {s.target.tensor for s in kernel.statements}
@@ -129,7 +134,7 @@ def pack_operands(
                 # blocks of iterations the guard excludes)
                 visit(n.then, stack, False)
                 visit(n.orelse, stack, False)
-            elif isinstance(n, L.Call) and clean:
+            elif isinstance(n, L.Call) and clean and n.stmt not in skip:
                 mk = stmts[n.stmt].micro
                 if mk is not None and _wide(mk, kernel) and mk.b not in written:
                     found.append((n, stack, mk))

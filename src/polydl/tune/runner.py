@@ -1,0 +1,431 @@
+"""The runner: measures candidates in a worker process, checked against the reference.
+
+A trial is measured by :class:`Bench` (the same code in a local worker and in a Ray actor):
+
+1. build: ``pd.compile(workload, schedule=record)`` (:mod:`polydl.tune.builder`), then the JIT;
+   a record that does not replay (``ScheduleError``) or does not compile fails the trial;
+2. check: one call on fresh copies of the inputs (uniform in [-1, 1), seeded), every tensor
+   the kernel writes compared with what the ``optimize=False`` build computed from the same
+   inputs: ``max |out - ref| <= rtol * max |ref|``; a wrong, non-finite or crashing result fails
+   the trial, and a failed trial is never chosen;
+3. warm-up: calls for ``warmup`` seconds (at least one);
+4. timing: ``repeat`` samples, each as many calls as take ``min_time`` seconds, timed with
+   ``perf_counter``; the trial's time is the median sample (per call).
+
+:meth:`Bench.compare` times several records against each other (the tuner's confirmation,
+the benchmark): built, checked and warmed up like trials, then one sample of each per round,
+the order rotating, for a number of rounds.
+
+:class:`LocalRunner` runs a :class:`Bench` in a worker process of its own (``python -m
+polydl.tune._worker``: no re-import of the user's script), pinned to ``threads`` CPUs
+(``os.sched_setaffinity``, ``OMP_PROC_BIND``), ignoring Ctrl-C (the tuner stops it). The parent
+waits at most ``timeout`` seconds per trial: past that the worker is killed and the trial
+fails as timed out; a worker that dies (a segfault in generated code) fails its trial with the
+exit code and the tail of its stderr. Either way the next trial gets a fresh worker.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TuneError
+from ..schedule import Schedule, ScheduleError
+from .builder import Workload, build, reference
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measure:
+    """How a trial is measured."""
+
+    warmup: float = 0.05  # seconds of calls before timing (at least one call)
+    repeat: int = 5  # timed samples; the trial's time is their median
+    min_time: float = 0.02  # seconds per sample (calls looped until this long)
+    timeout: float = 60.0  # seconds per trial (build, JIT, check, warm-up, samples)
+    rtol: float = 1e-3  # max |out - ref| <= rtol * max |ref| for every written tensor
+    seed: int = 0  # of the inputs
+
+    def __post_init__(self) -> None:
+        if self.repeat < 1 or self.timeout <= 0 or self.min_time < 0 or self.warmup < 0:
+            raise TuneError(f"measure settings out of range: {self}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """What a worker measures for: the workload, its thread count, the protocol, the CPUs."""
+
+    workload: Workload
+    threads: int
+    measure: Measure = Measure()
+    cpus: tuple[int, ...] | None = None  # pinned to these (None: the affinity inherited)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measurement:
+    """The outcome of one trial: ``ok`` with the median ``seconds`` per call, or failed with
+    ``error`` saying what failed (build, check, crash, timeout)."""
+
+    ok: bool
+    seconds: float | None = None
+    samples: tuple[float, ...] = ()
+    error: str = ""
+    build_seconds: float = 0.0
+    wall: float = 0.0
+
+
+def failed(error: str, *, build_seconds: float = 0.0, wall: float = 0.0) -> Measurement:
+    return Measurement(ok=False, error=error, build_seconds=build_seconds, wall=wall)
+
+
+def default_cpus(threads: int, index: int = 0) -> tuple[int, ...] | None:
+    """The CPUs worker ``index`` is pinned to: ``threads`` of this process's CPUs, counted from
+    the last one (None when there are not enough for it)."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    hi = len(allowed) - index * threads
+    if hi - threads < 0:
+        return None
+    return tuple(allowed[hi - threads : hi])
+
+
+def pin(cpus: tuple[int, ...] | None) -> None:
+    """Pin this process (and the threads it starts) to ``cpus``."""
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(cpus))
+
+
+def compare(got: dict[str, np.ndarray], want: dict[str, np.ndarray], rtol: float) -> str | None:
+    """Why ``got`` is not ``want`` (None: every tensor within ``rtol`` of its largest value)."""
+    for name, ref in want.items():
+        out = got[name]
+        if not np.all(np.isfinite(out)):
+            return f"wrong result: {name} has non-finite values (the reference has none)"
+        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+        err = float(np.max(np.abs(out - ref))) if ref.size else 0.0
+        if err > rtol * scale + 1e-30:
+            return (
+                f"wrong result: {name} differs from the optimize=False reference by {err:.3g}"
+                f" (max |{name}| {scale:.3g}, tolerance {rtol * scale:.3g})"
+            )
+    return None
+
+
+class Bench:
+    """A workload's inputs and reference outputs, and the measurement of one record."""
+
+    def __init__(self, job: Job) -> None:
+        from ..memory import aligned
+
+        self.job = job
+        try:
+            ref = reference(job.workload)
+        except Exception as e:
+            raise TuneError(
+                f"{job.workload.describe()}: the optimize=False reference does not compile: {e}"
+            ) from e
+        k = ref.kernel
+        self.args = k.args
+        self.free = {s: k.size_values[s] for s in k.free_sizes}
+        rng = np.random.default_rng(job.measure.seed)
+        self.inputs: dict[str, object] = {}
+        for a in k.args:
+            if hasattr(a, "shape"):
+                dt = np.float32 if a.dtype == "f32" else np.float64
+                x = rng.uniform(-1.0, 1.0, size=k.shape_of(a.name)).astype(dt)
+                self.inputs[a.name] = aligned(x)
+            else:
+                self.inputs[a.name] = float(rng.uniform(0.5, 1.5))
+        written = {s.target.tensor for s in k.statements}
+        self.written = [a.name for a in k.args if a.name in written]
+        arrays = self.fresh()
+        ref(*self._call_args(arrays), **self.free)
+        self.reference = {n: np.array(arrays[n]) for n in self.written}
+        self._built: collections.OrderedDict[str, object] = collections.OrderedDict()
+
+    def fresh(self) -> dict[str, object]:
+        """Copies of the inputs (64-byte aligned), scalars as they are."""
+        from ..memory import aligned
+
+        return {
+            n: aligned(np.array(v)) if isinstance(v, np.ndarray) else v
+            for n, v in self.inputs.items()
+        }
+
+    def _call_args(self, arrays: dict[str, object]) -> list[object]:
+        return [arrays[a.name] for a in self.args]
+
+    def _build(self, record: Schedule):
+        key = record.to_json(indent=None)
+        ck = self._built.get(key)
+        if ck is None:
+            ck = build(self.job.workload, record, threads=self.job.threads)
+            ck.load()
+            self._built[key] = ck
+            while len(self._built) > 8:  # the last few, for a confirmation's re-measurements
+                self._built.popitem(last=False)
+        return ck
+
+    def _ready(self, record: Schedule):
+        """(call, build seconds, seconds of one call) of ``record`` built, checked and warmed
+        up, or the failed :class:`Measurement` of whichever step failed."""
+        m = self.job.measure
+        t0 = time.perf_counter()
+        try:
+            ck = self._build(record)
+        except ScheduleError as e:
+            return failed(f"record does not replay: {e}", wall=time.perf_counter() - t0)
+        except Exception as e:
+            return failed(f"build failed: {type(e).__name__}: {e}", wall=time.perf_counter() - t0)
+        built = time.perf_counter() - t0
+        arrays = self.fresh()
+        args = self._call_args(arrays)
+        try:
+            ck(*args, **self.free)
+        except Exception as e:
+            return failed(f"call failed: {type(e).__name__}: {e}", build_seconds=built)
+        why = compare({n: arrays[n] for n in self.written}, self.reference, m.rtol)
+        if why:
+            return failed(why, build_seconds=built, wall=time.perf_counter() - t0)
+
+        def call() -> None:
+            ck(*args, **self.free)
+
+        calls, w0 = 0, time.perf_counter()
+        while calls == 0 or time.perf_counter() - w0 < m.warmup:
+            call()
+            calls += 1
+        return call, built, max((time.perf_counter() - w0) / calls, 1e-9)
+
+    def _sample(self, call, once: float) -> float:
+        """Seconds per call over as many calls as take ``min_time``."""
+        inner = max(1, math.ceil(self.job.measure.min_time / once))
+        s0 = time.perf_counter()
+        for _ in range(inner):
+            call()
+        return (time.perf_counter() - s0) / inner
+
+    def measure(self, record: Schedule) -> Measurement:
+        """One trial: build, check, warm up, then ``repeat`` samples."""
+        t0 = time.perf_counter()
+        ready = self._ready(record)
+        if isinstance(ready, Measurement):
+            return ready
+        call, built, once = ready
+        samples = [self._sample(call, once) for _ in range(self.job.measure.repeat)]
+        return Measurement(
+            ok=True,
+            seconds=float(np.median(samples)),
+            samples=tuple(samples),
+            build_seconds=built,
+            wall=time.perf_counter() - t0,
+        )
+
+    def compare(self, records: Sequence[Schedule], rounds: int) -> list[Measurement]:
+        """Records timed against each other: ``rounds`` rounds of one sample each, the order
+        rotating, so that a change of the machine's load falls on every record alike; sample
+        ``i`` of every record is from round ``i``."""
+        t0 = time.perf_counter()
+        out: list[Measurement | None] = [None] * len(records)
+        ready = {}
+        for i, r in enumerate(records):
+            got = self._ready(r)
+            if isinstance(got, Measurement):
+                out[i] = got
+            else:
+                ready[i] = got
+        samples: dict[int, list[float]] = {i: [] for i in ready}
+        keys = list(ready)
+        for rnd in range(rounds):
+            for i in keys[rnd % max(1, len(keys)) :] + keys[: rnd % max(1, len(keys))]:
+                call, _, once = ready[i]
+                samples[i].append(self._sample(call, once))
+        for i, (_, built, _) in ready.items():
+            out[i] = Measurement(
+                ok=True,
+                seconds=float(np.median(samples[i])),
+                samples=tuple(samples[i]),
+                build_seconds=built,
+                wall=time.perf_counter() - t0,
+            )
+        return [m for m in out if m is not None]
+
+
+class LocalRunner:
+    """Trials in a local worker process, one at a time (see the module docstring).
+
+    ``cpus``: the CPUs to pin the worker to (None: :func:`default_cpus`); ``recycle``: a fresh
+    worker after this many trials (JIT modules accumulate in a process)."""
+
+    parallelism = 1
+
+    def __init__(self, *, cpus: tuple[int, ...] | None = None, recycle: int = 100) -> None:
+        self.cpus, self.recycle = cpus, recycle
+        self.job: Job | None = None
+        self._proc: subprocess.Popen | None = None
+        self._send = self._recv = None
+        self._err = None
+        self._count = 0
+        self.measuring = False  # a trial is in the worker's hands right now
+
+    def start(self, job: Job) -> None:
+        """Measure for ``job`` from now on (the worker starts at the first trial)."""
+        if job.cpus is None:
+            job = Job(
+                workload=job.workload,
+                threads=job.threads,
+                measure=job.measure,
+                cpus=self.cpus or default_cpus(job.threads),
+            )
+        self.close()
+        self.job = job
+
+    @property
+    def worker_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def _spawn(self) -> None:
+        assert self.job is not None, "LocalRunner.start(job) first"
+        to_r, to_w = os.pipe()
+        from_r, from_w = os.pipe()
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])  # the directory holding polydl/
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env.setdefault("OMP_PROC_BIND", "true")
+        self._err = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "polydl.tune._worker", str(to_r), str(from_w)],
+            pass_fds=(to_r, from_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._err,
+            env=env,
+        )
+        os.close(to_r)
+        os.close(from_w)
+        self._send = Connection(to_w, readable=False)
+        self._recv = Connection(from_r, writable=False)
+        self._send.send_bytes(pickle.dumps(self.job))
+        setup = max(120.0, self.job.measure.timeout)
+        kind, payload = self._reply(setup)
+        if kind != "ready":
+            self.close()
+            raise TuneError(f"{self.job.workload.describe()}: the worker did not start: {payload}")
+        self._count = 0
+
+    def _reply(self, timeout: float) -> tuple[str, object]:
+        """The worker's next message, ("timeout", ...) or ("died", ...)."""
+        try:
+            if not self._recv.poll(timeout):
+                return "timeout", f"no result within {timeout:g} s"
+            return pickle.loads(self._recv.recv_bytes())
+        except (EOFError, OSError):
+            rc = self._proc.wait(timeout=10)
+            return "died", f"the worker process died (exit code {rc}){self._stderr_tail()}"
+
+    def _stderr_tail(self) -> str:
+        if self._err is None:
+            return ""
+        self._err.seek(0)
+        lines = self._err.read().decode(errors="replace").strip().splitlines()
+        return (": " + " | ".join(lines[-3:])) if lines else ""
+
+    def _ask(self, message: tuple, timeout: float):
+        """Send one request to the worker (started or restarted as needed); its result, or
+        the error text of a timeout (worker killed) or of the worker's death."""
+        if self._proc is None or self._proc.poll() is not None or self._count >= self.recycle:
+            self.close()
+            self._spawn()
+        self._send.send_bytes(pickle.dumps(message))
+        self._count += 1
+        self.measuring = True
+        try:
+            kind, payload = self._reply(timeout)
+        finally:
+            self.measuring = False
+        if kind == "result":
+            return payload
+        self.close()
+        return f"timeout: {payload} (worker killed)" if kind == "timeout" else str(payload)
+
+    def measure(self, records: Sequence[Schedule]) -> list[Measurement]:
+        """Measure ``records`` one after the other, a trial each."""
+        out = []
+        for record in records:
+            t0 = time.perf_counter()
+            got = self._ask(("measure", record.to_json(indent=None)), self.job.measure.timeout)
+            out.append(
+                got if isinstance(got, Measurement) else failed(got, wall=time.perf_counter() - t0)
+            )
+        return out
+
+    def compare(self, records: Sequence[Schedule], *, rounds: int) -> list[Measurement]:
+        """Time ``records`` against each other in one worker (:meth:`Bench.compare`)."""
+        texts = [r.to_json(indent=None) for r in records]
+        timeout = self.job.measure.timeout * max(1, len(texts))
+        got = self._ask(("compare", (texts, rounds)), timeout)
+        return got if isinstance(got, list) else [failed(got) for _ in texts]
+
+    def close(self) -> None:
+        """Stop the worker (killed if it does not stop)."""
+        if self._proc is not None:
+            try:
+                if self._proc.poll() is None:
+                    self._send.send_bytes(pickle.dumps(("stop", None)))
+                    self._proc.wait(timeout=2)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
+        for c in (self._send, self._recv):
+            if c is not None:
+                c.close()
+        if self._err is not None:
+            self._err.close()
+        self._proc = self._send = self._recv = self._err = None
+
+    def __enter__(self) -> LocalRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def serve(read_fd: int, write_fd: int) -> None:
+    """The worker's loop (``python -m polydl.tune._worker``): a Job, then records to measure."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the tuner's to handle
+    recv = Connection(read_fd, writable=False)
+    send = Connection(write_fd, readable=False)
+    job: Job = pickle.loads(recv.recv_bytes())
+    pin(job.cpus)
+    try:
+        bench = Bench(job)
+    except Exception as e:
+        send.send_bytes(pickle.dumps(("setup-failed", f"{type(e).__name__}: {e}")))
+        return
+    send.send_bytes(pickle.dumps(("ready", os.getpid())))
+    while True:
+        try:
+            kind, payload = pickle.loads(recv.recv_bytes())
+        except EOFError:
+            return
+        if kind == "stop":
+            return
+        if kind == "compare":
+            texts, rounds = payload
+            result = bench.compare([Schedule.from_json(t) for t in texts], rounds)
+        else:
+            result = bench.measure(Schedule.from_json(payload))
+        send.send_bytes(pickle.dumps(("result", result)))

@@ -1,0 +1,126 @@
+"""The search strategy: the cost model's ranking first, then model-guided evolution.
+
+1. Seeds. The untuned pick (what ``pd.compile`` runs without a tuned record) and the cost
+   model's next ranked variants (``top_k`` in all) are measured first, in rank order: the
+   analytic model is within a few per cent of the best of its own variants on most layers, so
+   its top ranks are where the good points are, and trial 0 measures the baseline the result
+   is compared with.
+2. Evolution. The ``population`` fastest measured points are the parents. Each round breeds
+   ``children`` legal, unmeasured points: a parent chosen by rank (the fastest most often),
+   crossed with another now and then (blocks from one, the nest from the other), then one to
+   three mutations (a block to a neighbouring value, another reduction chunking, a tile added,
+   changed or dropped, loops swapped or moved, the parallel count, packing). The cost model
+   (analytic plus the residual learned from every measurement so far) ranks the children and
+   the predicted fastest is measured; with probability ``explore`` a random child is measured
+   instead, so that the model's blind spots get measurements too.
+3. When the neighbourhood of the parents is exhausted, random legal points keep the search
+   going until the budget ends.
+
+Why evolution and not a bandit: the knobs interact (a tile size is good or bad with a given
+loop order and block; ``kc`` matters only with a k loop, packing only with some orders), so
+per-knob bandit arms, which score each value on its own, learn a marginal that hides the
+combinations; a bandit over whole points has too many arms to try each once. Mutation keeps
+the structure of good points and changes one decision at a time, which is what a small budget
+(tens of trials, each a compile and a measurement) can afford, and the model filters the
+children for free (an analytic cost takes milliseconds; a trial a second).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .database import Trial
+from .model import CostModel
+from .space import KernelSpace, Point
+
+
+@dataclass(frozen=True, kw_only=True)
+class Proposal:
+    """A point to measure, where it came from and what the model predicted (seconds)."""
+
+    point: Point
+    origin: str
+    predicted: float | None = None
+
+
+class Evolution:
+    """Seeded, model-guided evolutionary search over a :class:`KernelSpace`."""
+
+    def __init__(
+        self,
+        space: KernelSpace,
+        model: CostModel,
+        *,
+        seed: int = 0,
+        top_k: int = 8,
+        population: int = 8,
+        children: int = 32,
+        explore: float = 0.2,
+        cross: float = 0.2,
+    ) -> None:
+        self.space, self.model = space, model
+        self.rng = random.Random(seed)
+        self.seeds = space.seeds(top_k)
+        self.population, self.children = population, children
+        self.explore, self.cross = explore, cross
+
+    def propose(
+        self, n: int, history: Mapping[Point, Trial], pending: frozenset[Point] = frozenset()
+    ) -> list[Proposal]:
+        """Up to ``n`` points to measure next, none measured or pending (fewer only when no
+        legal unmeasured point could be found)."""
+        taken = set(history) | set(pending)
+        out: list[Proposal] = []
+
+        def take(p: Point, origin: str) -> None:
+            taken.add(p)
+            out.append(Proposal(point=p, origin=origin, predicted=self.model.seconds(p)))
+
+        for p, origin in self.seeds:
+            if len(out) < n and p not in taken:
+                take(p, origin)
+        if len(out) < n:
+            pool = self._breed(history, taken)
+            while len(out) < n and pool:
+                cands = list(pool)
+                if self.rng.random() < self.explore:
+                    p = self.rng.choice(cands)
+                    origin = f"{pool[p]}, explored"
+                else:
+                    pred = self.model.predict(cands)
+                    p = cands[int(pred.argmin())]
+                    origin = f"{pool[p]}, the model's pick"
+                del pool[p]
+                take(p, origin)
+        tries = 0
+        while len(out) < n and tries < 50 * n:
+            tries += 1
+            p = self.space.random(self.rng)
+            if p not in taken and self.space.problem(p) is None:
+                take(p, "random")
+        return out
+
+    def _breed(self, history: Mapping[Point, Trial], taken: set[Point]) -> dict[Point, str]:
+        """Legal, unmeasured children of the fastest measured points: point -> how made."""
+        ok = sorted((t.seconds, i, p) for i, (p, t) in enumerate(history.items()) if t.ok)
+        parents = [p for _, _, p in ok[: self.population]]
+        if not parents:
+            parents = [p for p, _ in self.seeds]
+        weights = [1.0 / (i + 1) for i in range(len(parents))]
+        pool: dict[Point, str] = {}
+        for _ in range(4 * self.children):
+            if len(pool) >= self.children:
+                break
+            child = self.rng.choices(parents, weights=weights)[0]
+            how = "mutation"
+            if len(parents) > 1 and self.rng.random() < self.cross:
+                child = self.space.cross(child, self.rng.choice(parents), self.rng)
+                how = "crossover + mutation"
+            for _ in range(1 + (self.rng.random() < 0.5) + (self.rng.random() < 0.25)):
+                child = self.space.mutate(child, self.rng)
+            if child in taken or child in pool or self.space.problem(child) is not None:
+                continue
+            pool[child] = how
+        return pool
