@@ -87,6 +87,17 @@ def _int(v, name: str, what: str) -> int:
     return v
 
 
+# a filter-sized copy of fewer elements runs on one thread: a parallel region costs more than
+# it saves there, and much more when another process holds a core of a shared machine (its
+# threads wait for each other)
+FEW_ELEMENTS = 1 << 16
+
+
+def _few(elements: int, threads: int | None) -> int | None:
+    """The thread count of a packing kernel copying ``elements`` elements."""
+    return 1 if elements < FEW_ELEMENTS else threads
+
+
 class _Plan:
     """What one call of a route runs, resolved once per problem, route and thread count (and
     per calling thread): the compiled kernels and the scratch buffers, kept between calls so
@@ -122,14 +133,16 @@ class _Plan:
                 )
             if T > 1:
                 self.wp = memory.zeros((K, Cg, T, S1), np.float32)
-                self.wpack = compiled(ops1d.pack_taps, K, Cg, S, stride=T, threads=threads)
+                self.wpack = compiled(
+                    ops1d.pack_taps, K, Cg, S, stride=T, threads=_few(K * Cg * S, threads)
+                )
         else:
             self.xp = memory.zeros((N, p.L, C), np.float32)
             self.pack = compiled(
                 ops1d.to_nwc, N, C, p.W, p.L, step=p.step, left=p.left, threads=threads
             )
             self.wp = memory.empty((S, Cg, K), np.float32)
-            self.wpack = compiled(ops1d.taps_nwc, K, Cg, S, threads=threads)
+            self.wpack = compiled(ops1d.taps_nwc, K, Cg, S, threads=_few(K * Cg * S, threads))
             self.o = memory.empty((N, p.Q, K), np.float32)
             self.unpack = compiled(ops1d.from_nwc, N, K, p.Q, threads=threads)
         self.conv = _kernel(p, route, threads)
@@ -196,7 +209,7 @@ def _predicted(kernel) -> float | None:
 # the Zen 4 host (2 x 4 bytes per element moved): a contiguous copy (spread, pack_phases) about
 # 0.6, a transpose (to_nwc, from_nwc: scattered stores, 32-64 channels) 3-7
 COPY_CYCLES = 0.5
-TRANSPOSE_CYCLES = 4.0
+TRANSPOSE_CYCLES = 2.0
 
 
 def copy_cost(elements: int, target, threads: int, *, transpose: bool = False) -> float:
@@ -377,7 +390,7 @@ def conv1d_backward_data(
     flip, wf = _plan(
         ("flip", w.shape, G, threads),
         lambda: (
-            compiled(ops1d.flip_taps, K, Cg, S, groups=G, threads=threads),
+            compiled(ops1d.flip_taps, K, Cg, S, groups=G, threads=_few(K * Cg * S, threads)),
             memory.empty((Cg * G, K // G, S), np.float32),
         ),
     )
@@ -450,7 +463,9 @@ class _WeightPlan:
             groups=G,
             threads=threads,
         )
-        self.unpack = compiled(ops1d.unpack_wgrad, K, Cg, S, groups=G, threads=threads)
+        self.unpack = compiled(
+            ops1d.unpack_wgrad, K, Cg, S, groups=G, threads=_few(K * Cg * S, threads)
+        )
 
     def __call__(self, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
         self.pack(self.xt, x)
