@@ -4,10 +4,12 @@ filters, ``padding`` an int, a pair or ``"same"``/``"valid"``, ``dilation``, ``g
 
 Every step is a kernel of :mod:`polydl.ops1d` compiled once per shape (``nn.compiled``):
 
-- forward, route ``"ncw"``: the input padded (and, for a stride, split into its phases:
-  :func:`~polydl.ops1d.pack_phases`; no copy at all for stride 1 without padding), then
-  :func:`~polydl.ops1d.conv1d_phases`: positions on the vector columns, output channels as rows,
-  the filter taps as the reduction of one call, the input channels as its batch. Route
+- forward, route ``"ncw"``: the input copied into zero-bordered rows
+  (:func:`~polydl.ops1d.spread`; no copy at all for stride 1 without padding), then
+  ``ops1d.conv1d`` on them (no guard is left); for a stride, the rows split into their phases
+  (:func:`~polydl.ops1d.pack_phases`) and :func:`~polydl.ops1d.conv1d_phases`. Both have the
+  positions on the vector columns, output channels as rows, the filter taps as the reduction
+  of one call, the input channels as its batch. Route
   ``"nwc"``: the input transposed to channels-innermost with its zero border
   (:func:`~polydl.ops1d.to_nwc`), ``ops1d.conv1d(layout="nwc")``, the output transposed back.
   :func:`conv1d_route` picks the route the cost model predicts cheaper: the ranked plan's cost
@@ -16,8 +18,8 @@ Every step is a kernel of :mod:`polydl.ops1d` compiled once per shape (``nn.comp
 - data gradient: a stride-1 convolution of the output gradient (spread ``stride`` positions
   apart, :func:`~polydl.ops1d.spread`, zero-padded by ``dilation*(S-1) - left``) with the
   filter's taps reversed and its channels swapped (:func:`~polydl.ops1d.flip_taps`), by the
-  same two routes. A stride ``> 1`` makes ``stride - 1`` of every ``stride`` input positions
-  zeros (computed).
+  same two routes. For a stride ``> 1`` the spread rows hold ``stride - 1`` zeros between the
+  gradient's positions, and their products are computed: ``stride`` times the work.
 - filter gradient: a BRGEMM over positions (:func:`~polydl.ops1d.conv1d_wgrad`) on the input
   transposed to NWC with its zero border; its ``[G, Kg, S, Cg]`` result unpacked to
   ``[K, Cg, S]``.
@@ -206,8 +208,8 @@ def _predicted(kernel) -> float | None:
 
 
 # cycles per element of the packing kernels (plain loops the LLVM vectoriser widens), measured on
-# the Zen 4 host (2 x 4 bytes per element moved): a contiguous copy (spread, pack_phases) about
-# 0.6, a transpose (to_nwc, from_nwc: scattered stores, 32-64 channels) 3-7
+# the Zen 4 host (15-64 channels, 1k-10k positions): a contiguous copy (spread, pack_phases)
+# about 0.6, a transpose 1.3-2 (to_nwc: whole output rows) to 2.4-2.9 (from_nwc: strided loads)
 COPY_CYCLES = 0.5
 TRANSPOSE_CYCLES = 2.0
 
