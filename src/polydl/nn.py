@@ -91,23 +91,35 @@ ROUTES = ("direct", "rows", "blocked")
 
 @functools.cache
 def conv2d_rows(
-    N: int, C: int, K: int, Hp: int, Wp: int, R: int, S: int, *, bias=False, activation=None
+    N: int,
+    C: int,
+    K: int,
+    Hp: int,
+    Wp: int,
+    R: int,
+    S: int,
+    *,
+    bias=False,
+    activation=None,
+    dilation=1,
 ) -> KernelFunction:
     """A stride-1 convolution on whole padded rows: arguments ``(O, I, Wt[, b])`` with
-    ``O[N, K, P*Wp]`` (``P = Hp - R + 1`` output rows of ``Wp`` pixels, of which the first
-    ``Q = Wp - S + 1`` are the convolution's), ``I[N, C, Hp*Wp + S - 1]`` (the zero-padded
-    input, rows of ``Wp``, ``S - 1`` trailing elements for the last row's overhang; they may
-    hold anything), ``Wt[K, C, R, S]``, ``b[K]``.
+    ``O[N, K, P*Wp]`` (``P = Hp - dh*(R - 1)`` output rows of ``Wp`` pixels, of which the first
+    ``Q = Wp - dw*(S - 1)`` are the convolution's), ``I[N, C, Hp*Wp + dw*(S - 1)]`` (the
+    zero-padded input, rows of ``Wp``, ``dw*(S - 1)`` trailing elements for the last row's
+    overhang; they may hold anything), ``Wt[K, C, R, S]``, ``b[K]``; ``dilation = (dh, dw)``.
 
-    Output pixel ``j`` reads ``I[j + Wp*r + s]``: one contiguous run of pixels, a contraction
-    with rows ``k``, columns ``j`` (``P*Wp`` of them, no guard, no row boundary) and the batch
-    ``c, r, s``. The ``S - 1`` columns past ``Q`` of each row mix two rows: they are computed
-    and dropped."""
+    Output pixel ``j`` reads ``I[j + Wp*dh*r + dw*s]``: one contiguous run of pixels, a
+    contraction with rows ``k``, columns ``j`` (``P*Wp`` of them, no guard, no row boundary)
+    and the batch ``c, r, s``. The ``dw*(S - 1)`` columns past ``Q`` of each row mix two rows:
+    they are computed and dropped."""
     relu = ops._activation(activation)
     N, C, K, Hp, Wp, R, S = ops._ints(N, C, K, Hp, Wp, R, S)
     has_bias = bool(bias)
-    P = Hp - R + 1
-    J, L = P * Wp, Hp * Wp + S - 1
+    dh, dw = ops._pair(dilation, "dilation")
+    P = Hp - dh * (R - 1)
+    J, L = P * Wp, Hp * Wp + dw * (S - 1)
+    Wr = Wp * dh  # elements from one filter row's input row to the next
 
     @kernel
     def conv2d_rows(
@@ -120,7 +132,7 @@ def conv2d_rows(
                     for c in range(C):
                         for r in range(R):
                             for s in range(S):
-                                O[n, k, j] += I[n, c, j + Wp * r + s] * Wt[k, c, r, s]
+                                O[n, k, j] += I[n, c, j + Wr * r + dw * s] * Wt[k, c, r, s]
                     if has_bias and relu:
                         O[n, k, j] = max(O[n, k, j] + b[k], 0.0)
                     elif has_bias:
@@ -131,7 +143,9 @@ def conv2d_rows(
     return conv2d_rows
 
 
-def conv_route(x_shape, w_shape, stride=1, padding=0, threads: int | None = None) -> str:
+def conv_route(
+    x_shape, w_shape, stride=1, padding=0, threads: int | None = None, dilation=1
+) -> str:
     """The kernel :func:`conv2d` runs for these shapes: ``"rows"``, ``"direct"`` or
     ``"blocked"``.
 
@@ -177,7 +191,7 @@ def conv_route(x_shape, w_shape, stride=1, padding=0, threads: int | None = None
     if not unit:
         return "direct"
     if (R, S) != (1, 1) and C >= 512:
-        P, Q = ops.conv_shape(H, W, R, S, stride, padding)
+        P, Q = ops.conv_shape(H, W, R, S, stride, padding, dilation)
         if N * P * Q >= 256:
             return "blocked"
     return "rows"
@@ -190,17 +204,19 @@ def conv2d(
     stride=1,
     padding=0,
     activation: str | None = None,
+    dilation=1,
     *,
     threads: int | None = None,
     route: str | None = None,
 ) -> np.ndarray:
-    """Like ``torch.nn.functional.conv2d`` (NCHW input, KCRS weights, no groups/dilation).
+    """Like ``torch.nn.functional.conv2d`` (NCHW input, KCRS weights, ``dilation`` an int or a
+    pair; no groups).
 
     ``route`` picks the kernel (``"rows"``, ``"direct"`` or ``"blocked"``, see
     :func:`conv_route`, which chooses when it is None); all give the same result within float
     rounding. bfloat16 inputs (``ml_dtypes``) run the direct route on bf16 (float32 result)."""
     if memory.is_bf16(np.asarray(x)) or memory.is_bf16(np.asarray(w)):
-        return _conv2d_bf16(x, w, bias, stride, padding, activation, threads)
+        return _conv2d_bf16(x, w, bias, stride, padding, activation, threads, dilation)
     x, w = _f32(x, "x", 4), _f32(w, "w", 4)
     N, C, H, W = x.shape
     K, C2, R, S = w.shape
@@ -209,12 +225,19 @@ def conv2d(
             f"conv2d: x has {C} channels (shape {x.shape}) but w expects {C2} (shape {w.shape})"
         )
     (ph, pw), st = ops._pair(padding, "padding"), ops._pair(stride, "stride")
-    P, Q = ops.conv_shape(H, W, R, S, stride, padding)
+    dil = ops._pair(dilation, "dilation")
+    if min(*st, *dil) < 1:
+        raise ValueError(
+            f"conv2d: stride {stride} and dilation {dilation} must be positive (x shape "
+            f"{x.shape}, w shape {w.shape})"
+        )
+    P, Q = ops.conv_shape(H, W, R, S, stride, padding, dil)
     if bias is not None:
         bias = _f32(bias, "bias", 1)
         if bias.shape != (K,):
             raise ValueError(f"conv2d: bias must have shape ({K},), got {bias.shape}")
-    route = conv_route(x.shape, w.shape, st, (ph, pw), threads) if route is None else route
+    if route is None:
+        route = conv_route(x.shape, w.shape, st, (ph, pw), threads, dil)
     if route not in ROUTES:
         raise ValueError(f"conv2d: route must be one of {ROUTES} or None, got {route!r}")
     pointwise = (R, S, ph, pw) == (1, 1, 0, 0)  # a strided one reads a subsample of x
@@ -229,8 +252,10 @@ def conv2d(
             xs = memory.empty((N, C, P, Q), np.float32)
             compiled(ops.subsample, N, C, H, W, st, threads=threads)(xs, x)
             x = xs
-        return _conv2d_rows(x, w, bias, (ph, pw), activation, threads, (P, Q))
-    opts = dict(stride=st, padding=(ph, pw), bias=bias is not None, activation=activation)
+        return _conv2d_rows(x, w, bias, (ph, pw), activation, threads, (P, Q), dil)
+    opts = dict(
+        stride=st, padding=(ph, pw), bias=bias is not None, activation=activation, dilation=dil
+    )
     if route == "direct":
         y = memory.empty((N, K, P, Q), np.float32)
         extra = [] if bias is None else [bias]
@@ -274,19 +299,22 @@ def _cache_share_bytes() -> int:
     return host().share_bytes()
 
 
-def _conv2d_rows(x, w, bias, pad, activation, threads, out) -> np.ndarray:
+def _conv2d_rows(x, w, bias, pad, activation, threads, out, dilation=(1, 1)) -> np.ndarray:
     """The ``"rows"`` route: zero-pad the input rows (a plain copy, no transpose), run
     :func:`conv2d_rows`, keep the first ``Q`` pixels of each output row."""
     (N, C, H, W), (K, _, R, S), (ph, pw), (P, Q) = x.shape, w.shape, pad, out
     Hp, Wp = H + 2 * ph, W + 2 * pw
+    tail = dilation[1] * (S - 1)
     if (ph, pw, S) == (0, 0, 1):
         xp = x.reshape(N, C, H * W)  # the input itself
     else:
         # a scratch buffer kept per shape and thread: its zero border stays zero, the
         # interior is overwritten by a compiled (threaded, vectorised) copy
-        xp = _scratch(("pad", N, C, Hp * Wp + S - 1))
-        compiled(ops.pad_rows, N, C, H, W, (ph, pw), S - 1, threads=threads)(xp, x)
+        xp = _scratch(("pad", N, C, Hp * Wp + tail))
+        compiled(ops.pad_rows, N, C, H, W, (ph, pw), tail, threads=threads)(xp, x)
     opts = dict(bias=bias is not None, activation=activation, threads=threads)
+    if dilation != (1, 1):
+        opts["dilation"] = dilation
     conv = compiled(conv2d_rows, N, C, K, Hp, Wp, R, S, **opts)
     if Wp == Q:
         o = memory.empty((N, K, P * Wp), np.float32)
@@ -337,14 +365,14 @@ def _bf16(x, name: str, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(x if memory.is_bf16(x) else memory.to_bf16(x))
 
 
-def _conv2d_bf16(x, w, bias, stride, padding, activation, threads) -> np.ndarray:
+def _conv2d_bf16(x, w, bias, stride, padding, activation, threads, dilation=1) -> np.ndarray:
     """:func:`conv2d` on bfloat16 input and weights (a float32 one rounded to bf16): the NCHW
     kernel of ``pd.ops.conv2d(..., dtype="bf16")``, products accumulated in float32."""
     x, w = _bf16(x, "x", 4), _bf16(w, "w", 4)
     (N, C, H, W), (K, C2, R, S) = x.shape, w.shape
     if C != C2:
         raise ValueError(f"conv2d: x has {C} channels (shape {x.shape}) but w expects {C2}")
-    P, Q = ops.conv_shape(H, W, R, S, stride, padding)
+    P, Q = ops.conv_shape(H, W, R, S, stride, padding, dilation)
     extra = []
     if bias is not None:
         bias = _f32(bias, "bias", 1)
@@ -352,7 +380,12 @@ def _conv2d_bf16(x, w, bias, stride, padding, activation, threads) -> np.ndarray
             raise ValueError(f"conv2d: bias must have shape ({K},), got {bias.shape}")
         extra = [bias]
     opts = dict(stride=stride, padding=padding, bias=bias is not None, activation=activation)
+    opts["dilation"] = dilation
     k = compiled(ops.conv2d, N, C, K, H, W, R, S, dtype="bf16", threads=threads, **opts)
     y = memory.empty((N, K, P, Q), np.float32)
     k(y, x, w, *extra)
     return y
+
+
+# 1-D convolutions and their gradients: their own module (nn1d.py), the same namespace
+from .nn1d import conv1d, conv1d_backward_data, conv1d_backward_weight, conv1d_route  # noqa: E402, F401

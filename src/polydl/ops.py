@@ -97,12 +97,17 @@ def matmul(
     return matmul
 
 
-def conv_shape(H: int, W: int, R: int, S: int, stride, padding) -> tuple[int, int]:
-    """Output height and width (P, Q) of a convolution."""
+def conv_shape(H: int, W: int, R: int, S: int, stride, padding, dilation=1) -> tuple[int, int]:
+    """Output height and width (P, Q) of a convolution (a dilated filter spans
+    ``dilation*(R-1) + 1`` rows)."""
     (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
-    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
+    dh, dw = _pair(dilation, "dilation")
+    P = (H + 2 * ph - dh * (R - 1) - 1) // sh + 1
+    Q = (W + 2 * pw - dw * (S - 1) - 1) // sw + 1
     if P < 1 or Q < 1:
-        raise ValueError(f"conv2d: empty output {P}x{Q} for input {H}x{W}, filter {R}x{S}")
+        raise ValueError(
+            f"conv2d: empty output {P}x{Q} for input {H}x{W}, filter {R}x{S}, dilation {dilation}"
+        )
     return P, Q
 
 
@@ -151,15 +156,20 @@ def conv2d(
     activation: str | None = None,
     layout: str = "nchw",
     block: int | None = None,
+    dilation=1,
     dtype: str = "f32",
 ) -> KernelFunction:
-    """A 2-D convolution kernel; arguments ``(O, I, Wt[, b])`` in the chosen layout;
+    """A 2-D convolution kernel; arguments ``(O, I, Wt[, b])`` in the chosen layout. Filter
+    tap ``(r, s)`` reads input pixel ``(sh*p + dh*r - ph, sw*q + dw*s - pw)``;
     ``dtype="bf16"``: ``I`` and ``Wt`` bfloat16, ``O`` (and ``b``) float32."""
     relu = _activation(activation)
     ab = _operand_type(dtype)
     N, C, K, H, W, R, S = _ints(N, C, K, H, W, R, S)
     (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
-    P, Q = conv_shape(H, W, R, S, stride, padding)
+    dh, dw = _pair(dilation, "dilation")
+    if min(sh, sw, dh, dw) < 1:
+        raise ValueError(f"conv2d: stride {stride} and dilation {dilation} must be positive")
+    P, Q = conv_shape(H, W, R, S, stride, padding, dilation)
     block = conv_block(Q, P) if block is None else block
     has_bias = bool(bias)
     if layout == "nchw":
@@ -179,9 +189,12 @@ def conv2d(
                             for c in range(C):
                                 for r in range(R):
                                     for s in range(S):
-                                        if 0 <= sh * p + r - ph < H and 0 <= sw * q + s - pw < W:
+                                        if (
+                                            0 <= sh * p + dh * r - ph < H
+                                            and 0 <= sw * q + dw * s - pw < W
+                                        ):
                                             O[n, k, p, q] += (
-                                                I[n, c, sh * p + r - ph, sw * q + s - pw]
+                                                I[n, c, sh * p + dh * r - ph, sw * q + dw * s - pw]
                                                 * Wt[k, c, r, s]
                                             )
                             if has_bias and relu:
@@ -218,7 +231,7 @@ def conv2d(
                                     for cv in range(CV):
                                         for kv in range(KV):
                                             O[n, kb, p, q, kv] += (
-                                                I[n, cb, sh * p + r, sw * q + s, cv]
+                                                I[n, cb, sh * p + dh * r, sw * q + dw * s, cv]
                                                 * Wt[kb, cb, r, s, cv, kv]
                                             )
                     if has_bias or relu:
@@ -433,3 +446,21 @@ def global_avg_pool(N: int, C: int, H: int, W: int):
                 O[n, c] = O[n, c] * inv
 
     return global_avg_pool
+
+
+# 1-D convolutions: their own module (ops1d.py), the same namespace
+from .ops1d import (  # noqa: E402, F401
+    conv1d,
+    conv1d_phases,
+    conv1d_wgrad,
+    conv1d_width,
+    flip_taps,
+    from_nwc,
+    pack_phases,
+    pack_taps,
+    padding1d,
+    spread,
+    taps_nwc,
+    to_nwc,
+    unpack_wgrad,
+)

@@ -301,14 +301,21 @@ def _roles(iters, lc: Linear, la: Linear, lb: Linear, box):
     return m_it, n_it, k_it, batch, outer
 
 
+# rows one call covers when rows are joined (optimize/plan.py): about this many
+CALL_ROWS = 112
+
+
 def _coalesce_rows(c: Contraction) -> Contraction:
     """Fuse an outer row iterator ``u`` above ``m`` (``u`` not in B): into one run of rows when
     ``coef(u) == extent(m) * coef(m)`` in both C and A, else into grouped rows (one group of
     ``extent(m)`` rows per value of ``u``, kernels/config.py) when the strides are positive and
-    C's groups do not overlap; among several candidates the one nearest in C (the next row)."""
+    C's groups do not overlap; among several candidates the one nearest in C (the next row).
+    Rows more than :data:`CALL_ROWS` long are left alone: a call has rows enough, and joining
+    them would make one call per ``u`` (a whole 1-D signal), leaving ``m`` no loop to tile or
+    run in parallel."""
     lc, la, lb = c.linear("C"), c.linear("A"), c.linear("B")
     ext = c.extent(c.m)
-    if c.lo(c.m) != 0:
+    if c.lo(c.m) != 0 or ext > CALL_ROWS:
         return c
     run, grouped = [], []
     for u in c.outer:

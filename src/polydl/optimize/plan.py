@@ -11,7 +11,7 @@ import itertools
 import math
 from collections.abc import Iterator
 
-from ..analysis.contraction import Contraction
+from ..analysis.contraction import CALL_ROWS, Contraction
 from ..errors import PolyDLError
 from ..kernels import BrgemmConfig
 from ..transform.brgemm import BlockPlan
@@ -46,8 +46,8 @@ def n_blocks(c: Contraction, lanes: int) -> list[int]:
     return sorted({min(ext, b) for b in (2 * lanes, 4 * lanes)}, reverse=True)
 
 
-# coalesced rows (a conv's output rows of Q pixels): one call covers whole rows, about this many
-CALL_ROWS = 112
+# coalesced rows (a conv's output rows of Q pixels): one call covers whole rows, about CALL_ROWS
+# (analysis/contraction.py: longer rows are not joined)
 
 
 def whole_rows(ext: int, per_row: int) -> int:

@@ -71,12 +71,16 @@ def copy_cost(kernel: Kernel, before: Kernel, target) -> float:
     cost = 0.0
     for t in kernel.temps:
         if t.name not in old:
-            nbytes = kernel.nbytes(t.name)
             writes = sum(1 for s in kernel.statements if s.target.tensor == t.name)
-            cost += nbytes * (
-                writes * target.byte_cost(target.fit(nbytes)) + target.byte_cost(None)
-            )
+            cost += buffer_cost(kernel.nbytes(t.name), target, writes=writes)
     return cost
+
+
+def buffer_cost(nbytes: int, target, *, writes: int = 1) -> float:
+    """The cost-model units of one copy into a buffer of ``nbytes``: its elements read once
+    from memory and written ``writes`` times to the cache that holds the buffer (the packing
+    kernels of ``pd.nn`` are costed the same way)."""
+    return nbytes * (writes * target.byte_cost(target.fit(nbytes)) + target.byte_cost(None))
 
 
 def worth_gathering(work: int, gathered: int) -> bool:

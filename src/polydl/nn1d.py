@@ -1,0 +1,477 @@
+"""NumPy-level 1-D convolutions (API.md, section 4; re-exported by :mod:`polydl.nn`):
+``conv1d`` and its two gradients, with torch's semantics (NCW input, ``[K, C/groups, S]``
+filters, ``padding`` an int, a pair or ``"same"``/``"valid"``, ``dilation``, ``groups``).
+
+Every step is a kernel of :mod:`polydl.ops1d` compiled once per shape (``nn.compiled``):
+
+- forward, route ``"ncw"``: the input copied into zero-bordered rows
+  (:func:`~polydl.ops1d.spread`; no copy at all for stride 1 without padding), then
+  ``ops1d.conv1d`` on them (no guard is left); for a stride, the rows split into their phases
+  (:func:`~polydl.ops1d.pack_phases`) and :func:`~polydl.ops1d.conv1d_phases`. Both have the
+  positions on the vector columns, output channels as rows, the filter taps as the reduction
+  of one call, the input channels as its batch. Route
+  ``"nwc"``: the input transposed to channels-innermost with its zero border
+  (:func:`~polydl.ops1d.to_nwc`), ``ops1d.conv1d(layout="nwc")``, the output transposed back.
+  :func:`conv1d_route` picks the route the cost model predicts cheaper: the ranked plan's cost
+  of the convolution kernel plus every copy (:func:`copy_cost`: cycles per element, its bytes
+  as the compiler costs its gathers). Nothing is timed.
+- data gradient: a stride-1 convolution of the output gradient (spread ``stride`` positions
+  apart, :func:`~polydl.ops1d.spread`, zero-padded by ``dilation*(S-1) - left``) with the
+  filter's taps reversed and its channels swapped (:func:`~polydl.ops1d.flip_taps`), by the
+  same two routes. For a stride ``> 1`` the spread rows hold ``stride - 1`` zeros between the
+  gradient's positions, and their products are computed: ``stride`` times the work.
+- filter gradient: a BRGEMM over positions (:func:`~polydl.ops1d.conv1d_wgrad`) on the input
+  transposed to NWC with its zero border; its ``[G, Kg, S, Cg]`` result unpacked to
+  ``[K, Cg, S]``.
+
+Intermediates (padded rows, phases, transposes) live in scratch buffers of a plan kept per shape,
+route and thread count for each calling thread (:class:`_Plan`): the elements no copy writes
+(the zero border) stay zero.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import memory, ops1d
+from .nn import _f32, compiled
+from .transform.gather import buffer_cost
+
+ROUTES = ("ncw", "nwc")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Problem:
+    """A 1-D convolution as the routes run it: source ``x[N, C, W]`` placed at positions
+    ``step*i + left`` of zero-padded rows of ``L`` positions, convolved with ``w[K, Cg, S]``
+    (stride, dilation, groups)."""
+
+    N: int
+    C: int
+    K: int
+    W: int
+    S: int
+    L: int
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+    step: int = 1
+    left: int = 0
+    bias: bool = False
+    activation: str | None = None
+
+    @property
+    def Q(self) -> int:
+        return (self.L - self.dilation * (self.S - 1) - 1) // self.stride + 1
+
+    @property
+    def Cg(self) -> int:
+        return self.C // self.groups
+
+    @property
+    def copy_free(self) -> bool:
+        """The source is the padded rows itself (stride 1, no padding, no spread)."""
+        return (self.step, self.left, self.L, self.stride) == (1, 0, self.W, 1)
+
+
+def _int(v, name: str, what: str) -> int:
+    try:
+        v = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{what}: {name} must be an int, got {v!r}") from None
+    if v < 1:
+        raise ValueError(f"{what}: {name} must be a positive int, got {v}")
+    return v
+
+
+# a filter-sized copy of fewer elements runs on one thread: a parallel region costs more than
+# it saves there, and much more when another process holds a core of a shared machine (its
+# threads wait for each other)
+FEW_ELEMENTS = 1 << 16
+
+
+def _few(elements: int, threads: int | None) -> int | None:
+    """The thread count of a packing kernel copying ``elements`` elements."""
+    return 1 if elements < FEW_ELEMENTS else threads
+
+
+class _Plan:
+    """What one call of a route runs, resolved once per problem, route and thread count (and
+    per calling thread): the compiled kernels and the scratch buffers, kept between calls so
+    that the zero elements no copy writes stay zero and the kernels find the same arrays
+    (their argument checks are then skipped)."""
+
+    def __init__(self, p: Problem, route: str, threads: int | None) -> None:
+        self.p, self.route = p, route
+        N, C, K, S, T, Cg = p.N, p.C, p.K, p.S, p.stride, p.Cg
+        S1, J = ops1d.phases(S, T, p.dilation, p.Q)
+        self.pack = self.wpack = self.unpack = None
+        if route == "ncw":
+            if p.copy_free:
+                self.xp = None
+            elif T == 1:
+                self.xp = memory.zeros((N, C, p.L), np.float32)
+                self.pack = compiled(
+                    ops1d.spread, N, C, p.W, p.L, step=p.step, left=p.left, threads=threads
+                )
+            else:
+                self.xp = memory.zeros((N, C, T, J), np.float32)
+                self.pack = compiled(
+                    ops1d.pack_phases,
+                    N,
+                    C,
+                    p.W,
+                    p.Q,
+                    S,
+                    stride=T,
+                    dilation=p.dilation,
+                    left=p.left,
+                    threads=threads,
+                )
+            if T > 1:
+                self.wp = memory.zeros((K, Cg, T, S1), np.float32)
+                self.wpack = compiled(
+                    ops1d.pack_taps, K, Cg, S, stride=T, threads=_few(K * Cg * S, threads)
+                )
+        else:
+            self.xp = memory.zeros((N, p.L, C), np.float32)
+            self.pack = compiled(
+                ops1d.to_nwc, N, C, p.W, p.L, step=p.step, left=p.left, threads=threads
+            )
+            self.wp = memory.empty((S, Cg, K), np.float32)
+            self.wpack = compiled(ops1d.taps_nwc, K, Cg, S, threads=_few(K * Cg * S, threads))
+            self.o = memory.empty((N, p.Q, K), np.float32)
+            self.unpack = compiled(ops1d.from_nwc, N, K, p.Q, threads=threads)
+        self.conv = _kernel(p, route, threads)
+
+    def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        p = self.p
+        extra = () if bias is None else (bias,)
+        if self.pack is not None:
+            self.pack(self.xp, x)
+            x = self.xp
+        if self.wpack is not None:
+            self.wpack(self.wp, w)
+            w = self.wp
+        y = memory.empty((p.N, p.K, p.Q), np.float32)
+        if self.unpack is None:
+            self.conv(y, x, w, *extra)
+        else:
+            self.conv(self.o, x, w, *extra)
+            self.unpack(y, self.o)
+        return y
+
+
+_plans = threading.local()
+MAX_PLANS = 16  # per thread: each holds scratch buffers about the size of its input
+
+
+def _plan(key: tuple, build):
+    plans = getattr(_plans, "plans", None)
+    if plans is None:
+        plans = _plans.plans = {}
+    plan = plans.get(key)
+    if plan is None:
+        if len(plans) >= MAX_PLANS:
+            plans.clear()
+        plan = plans[key] = build()
+    return plan
+
+
+def _kernel(p: Problem, route: str, threads: int | None):
+    """The compiled convolution kernel of a route: ``ops1d.conv1d`` on the padded rows (NCW,
+    stride 1: no guard is left, the domain is a box) or on NWC, ``ops1d.conv1d_phases`` for a
+    stride on NCW."""
+    opts = dict(
+        dilation=p.dilation, bias=p.bias, activation=p.activation, groups=p.groups, threads=threads
+    )
+    if route == "nwc":
+        return compiled(
+            ops1d.conv1d, p.N, p.C, p.K, p.L, p.S, stride=p.stride, layout="nwc", **opts
+        )
+    if p.stride == 1:
+        return compiled(ops1d.conv1d, p.N, p.C, p.K, p.L, p.S, **opts)
+    return compiled(ops1d.conv1d_phases, p.N, p.C, p.K, p.Q, p.S, stride=p.stride, **opts)
+
+
+def _predicted(kernel) -> float | None:
+    """The cost model's prediction for a compiled kernel's contractions (None: unranked)."""
+    preds = [c.predicted for c in kernel.schedule.contractions]
+    if not preds or any(x is None for x in preds):
+        return None
+    return sum(x.cost for x in preds)
+
+
+# cycles per element of the packing kernels (plain loops the LLVM vectoriser widens), measured on
+# the Zen 4 host (15-64 channels, 1k-10k positions): a contiguous copy (spread, pack_phases)
+# about 0.6, a transpose 1.3-2 (to_nwc: whole output rows) to 2.4-2.9 (from_nwc: strided loads)
+COPY_CYCLES = 0.5
+TRANSPOSE_CYCLES = 2.0
+
+
+def copy_cost(elements: int, target, threads: int, *, transpose: bool = False) -> float:
+    """Cost-model units of a packing kernel that copies ``elements`` float32 elements: its
+    instances as plain statements (:data:`COPY_CYCLES` or :data:`TRANSPOSE_CYCLES` each, in L1
+    bytes per cycle like the pipeline's plain statements, spread over ``threads`` cores) plus
+    its bytes, costed like a gather's copy (``transform/gather.buffer_cost``)."""
+    cycles = TRANSPOSE_CYCLES if transpose else COPY_CYCLES
+    plain = elements * cycles * target.l1_bytes_per_cycle / threads
+    return plain + buffer_cost(4 * elements, target)
+
+
+def route_costs(p: Problem, threads: int | None = None) -> dict[str, float | None]:
+    """Predicted cost of each route (cost-model units): the convolution kernel's ranked plan
+    plus the copies the route makes (:func:`copy_cost`). None: a kernel with no ranked plan."""
+    from .pipeline import default_threads
+    from .target import host
+
+    tgt, cores = host(), default_threads() if threads is None else threads
+    S1, J = ops1d.phases(p.S, p.stride, p.dilation, p.Q)
+    ncw = _predicted(_kernel(p, "ncw", threads))
+    if ncw is not None and not p.copy_free:
+        ncw += copy_cost(p.N * p.C * p.stride * J, tgt, cores)
+    if ncw is not None and p.stride > 1:
+        ncw += copy_cost(p.K * p.Cg * p.stride * S1, tgt, cores)
+    nwc = _predicted(_kernel(p, "nwc", threads))
+    if nwc is not None:
+        for elements in (p.N * p.L * p.C, p.S * p.Cg * p.K, p.N * p.Q * p.K):
+            nwc += copy_cost(elements, tgt, cores, transpose=True)
+    return {"ncw": ncw, "nwc": nwc}
+
+
+@functools.lru_cache(maxsize=256)
+def _route(p: Problem, threads: int | None) -> str:
+    costs = route_costs(p, threads)
+    if costs["nwc"] is not None and (costs["ncw"] is None or costs["nwc"] < costs["ncw"]):
+        return "nwc"
+    return "ncw"
+
+
+def _run(p: Problem, x, w, bias, threads, route) -> np.ndarray:
+    route = _route(p, threads) if route is None else route
+    if route not in ROUTES:
+        raise ValueError(f"conv1d: route must be one of {ROUTES} or None, got {route!r}")
+    return _plan((p, route, threads), lambda: _Plan(p, route, threads))(x, w, bias)
+
+
+def _problem(x_shape, w_shape, stride, padding, dilation, groups, what: str) -> Problem:
+    st = _int(stride, "stride", what)
+    d = _int(dilation, "dilation", what)
+    G = _int(groups, "groups", what)
+    (N, C, W), (K, _, S) = x_shape, w_shape
+    pl, pr = ops1d.padding1d(padding, S, d, st)
+    ops1d.conv1d_width(W, S, st, (pl, pr), d)  # a ValueError for an empty output
+    return Problem(N=N, C=C, K=K, W=W, S=S, L=W + pl + pr, stride=st, dilation=d, groups=G, left=pl)
+
+
+def conv1d_route(
+    x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, threads: int | None = None
+) -> str:
+    """The route :func:`conv1d` runs for these shapes, ``"ncw"`` or ``"nwc"``: the one whose
+    predicted cost (:func:`route_costs`) is lower."""
+    return _route(_problem(x_shape, w_shape, stride, padding, dilation, groups, "conv1d"), threads)
+
+
+def _cached(builder, *key):
+    """``builder(*key)`` through its cache (the checks and the problem of a shape are computed
+    once); unhashable arguments (a padding list) go to the builder itself."""
+    try:
+        hash(key)
+    except TypeError:
+        return builder.__wrapped__(*key)
+    return builder(*key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _forward(x_shape, w_shape, b_shape, stride, padding, dilation, groups, activation) -> Problem:
+    what = "conv1d"
+    G = _int(groups, "groups", what)
+    K, Cg, _ = w_shape
+    C = x_shape[1]
+    if Cg * G != C:
+        raise ValueError(
+            f"{what}: x has {C} channels (shape {x_shape}) but w (shape {w_shape}) with "
+            f"groups={G} expects {Cg * G}"
+        )
+    if K % G:
+        raise ValueError(
+            f"{what}: groups={G} does not divide the {K} filters of w (shape {w_shape})"
+        )
+    if b_shape is not None and b_shape != (K,):
+        raise ValueError(f"{what}: bias must have shape ({K},), got {b_shape}")
+    ops1d._relu(activation, what)
+    p = _problem(x_shape, w_shape, stride, padding, dilation, G, what)
+    return Problem(**{**p.__dict__, "bias": b_shape is not None, "activation": activation})
+
+
+def conv1d(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    activation: str | None = None,
+    *,
+    threads: int | None = None,
+    route: str | None = None,
+) -> np.ndarray:
+    """Like ``torch.nn.functional.conv1d`` (``x[N, C, W]``, ``w[K, C/groups, S]``, ``bias[K]``),
+    then ``activation`` (None or ``"relu"``); ``route`` as :func:`conv1d_route` (None: its
+    choice)."""
+    x, w = _f32(x, "x", 3), _f32(w, "w", 3)
+    bias = None if bias is None else _f32(bias, "bias", 1)
+    b_shape = None if bias is None else bias.shape
+    key = (x.shape, w.shape, b_shape, stride, padding, dilation, groups, activation)
+    return _run(_cached(_forward, *key), x, w, bias, threads, route)
+
+
+@functools.lru_cache(maxsize=1024)
+def _data(dy_shape, w_shape, width, stride, padding, dilation, groups) -> Problem:
+    """The stride-1 convolution that gives the data gradient (module docstring)."""
+    what = "conv1d_backward_data"
+    G = _int(groups, "groups", what)
+    W = _int(width, "width", what)
+    K, Cg, S = w_shape
+    N, K2, Q = dy_shape
+    if K2 != K:
+        raise ValueError(
+            f"{what}: dy has {K2} channels (shape {dy_shape}) but w has {K} filters (shape {w_shape})"
+        )
+    if K % G:
+        raise ValueError(
+            f"{what}: groups={G} does not divide the {K} filters of w (shape {w_shape})"
+        )
+    fwd = _problem((N, Cg * G, W), w_shape, stride, padding, dilation, G, what)
+    if fwd.Q != Q:
+        raise ValueError(
+            f"{what}: dy (shape {dy_shape}) has {Q} positions, but a width-{W} input gives "
+            f"{fwd.Q} with filter width {S}, stride {fwd.stride}, padding {padding!r}, "
+            f"dilation {fwd.dilation}"
+        )
+    d = fwd.dilation
+    return Problem(
+        N=N,
+        C=K,
+        K=Cg * G,
+        W=Q,
+        S=S,
+        L=W + d * (S - 1),
+        dilation=d,
+        groups=G,
+        step=fwd.stride,
+        left=d * (S - 1) - fwd.left,
+    )
+
+
+def conv1d_backward_data(
+    dy: np.ndarray,
+    w: np.ndarray,
+    width: int,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    threads: int | None = None,
+    route: str | None = None,
+) -> np.ndarray:
+    """The gradient of ``conv1d(x, w, stride=, padding=, dilation=, groups=)`` with respect to
+    ``x[N, C, width]``, given the output gradient ``dy[N, K, Q]`` (torch's
+    ``torch.nn.grad.conv1d_input``); ``route`` as for :func:`conv1d`."""
+    dy, w = _f32(dy, "dy", 3), _f32(w, "w", 3)
+    p = _cached(_data, dy.shape, w.shape, width, stride, padding, dilation, groups)
+    K, Cg, S = w.shape
+    G = p.groups
+    flip, wf = _plan(
+        ("flip", w.shape, G, threads),
+        lambda: (
+            compiled(ops1d.flip_taps, K, Cg, S, groups=G, threads=_few(K * Cg * S, threads)),
+            memory.empty((Cg * G, K // G, S), np.float32),
+        ),
+    )
+    flip(wf, w)
+    return _run(p, dy, wf, None, threads, route)
+
+
+@functools.lru_cache(maxsize=1024)
+def _weight(x_shape, dy_shape, kernel_size, stride, padding, dilation, groups) -> Problem:
+    what = "conv1d_backward_weight"
+    G = _int(groups, "groups", what)
+    S = _int(kernel_size, "kernel_size", what)
+    (N, C, _), (N2, K, Q) = x_shape, dy_shape
+    if N2 != N:
+        raise ValueError(f"{what}: dy (shape {dy_shape}) has batch {N2}, x (shape {x_shape}) {N}")
+    if C % G or K % G:
+        raise ValueError(
+            f"{what}: groups={G} must divide the channels of x (shape {x_shape}) and of dy "
+            f"(shape {dy_shape})"
+        )
+    p = _problem(x_shape, (K, C // G, S), stride, padding, dilation, G, what)
+    if p.Q != Q:
+        raise ValueError(
+            f"{what}: dy (shape {dy_shape}) has {Q} positions, but x (shape {x_shape}) gives "
+            f"{p.Q} with filter width {S}, stride {p.stride}, padding {padding!r}, dilation "
+            f"{p.dilation}"
+        )
+    return p
+
+
+def conv1d_backward_weight(
+    x: np.ndarray,
+    dy: np.ndarray,
+    kernel_size: int,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    threads: int | None = None,
+) -> np.ndarray:
+    """The gradient of ``conv1d(x, w, stride=, padding=, dilation=, groups=)`` with respect to
+    ``w[K, C/groups, kernel_size]``, given the output gradient ``dy[N, K, Q]`` (torch's
+    ``torch.nn.grad.conv1d_weight``)."""
+    x, dy = _f32(x, "x", 3), _f32(dy, "dy", 3)
+    p = _cached(_weight, x.shape, dy.shape, kernel_size, stride, padding, dilation, groups)
+    return _plan(("weight", p, threads), lambda: _WeightPlan(p, threads))(x, dy)
+
+
+class _WeightPlan:
+    """The kernels and buffers of one filter gradient (see :class:`_Plan`): the input to NWC
+    with its zero border, the BRGEMM over positions, the unpack to ``[K, Cg, S]``."""
+
+    def __init__(self, p: Problem, threads: int | None) -> None:
+        N, C, K, S, G, Cg = p.N, p.C, p.K, p.S, p.groups, p.Cg
+        self.shape = (K, Cg, S)
+        self.xt = memory.zeros((N, p.L, C), np.float32)
+        self.pack = compiled(ops1d.to_nwc, N, C, p.W, p.L, left=p.left, threads=threads)
+        self.d = memory.empty((G, K // G, S, Cg), np.float32)
+        self.wgrad = compiled(
+            ops1d.conv1d_wgrad,
+            N,
+            C,
+            K,
+            p.L,
+            p.Q,
+            S,
+            stride=p.stride,
+            dilation=p.dilation,
+            groups=G,
+            threads=threads,
+        )
+        self.unpack = compiled(
+            ops1d.unpack_wgrad, K, Cg, S, groups=G, threads=_few(K * Cg * S, threads)
+        )
+
+    def __call__(self, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+        self.pack(self.xt, x)
+        self.wgrad(self.d, dy, self.xt)
+        dw = memory.empty(self.shape, np.float32)
+        self.unpack(dw, self.d)
+        return dw
