@@ -168,18 +168,29 @@ class _Plan:
 
 
 _plans = threading.local()
-MAX_PLANS = 16  # per thread: each holds scratch buffers about the size of its input
+MAX_PLANS = 16  # per thread
+MAX_PLAN_BYTES = 1 << 30  # of scratch buffers, per thread (each plan's are about its input)
+
+
+def _scratch_bytes(plan) -> int:
+    found = plan if isinstance(plan, tuple) else tuple(vars(plan).values())
+    return sum(a.nbytes for a in found if isinstance(a, np.ndarray))
 
 
 def _plan(key: tuple, build):
+    """The plan of ``key`` for this thread (built by ``build()`` the first time); past
+    :data:`MAX_PLANS` plans or :data:`MAX_PLAN_BYTES` of their buffers, the others are
+    dropped."""
     plans = getattr(_plans, "plans", None)
     if plans is None:
         plans = _plans.plans = {}
     plan = plans.get(key)
     if plan is None:
-        if len(plans) >= MAX_PLANS:
+        plan = build()
+        held = sum(_scratch_bytes(p) for p in plans.values())
+        if len(plans) >= MAX_PLANS or held + _scratch_bytes(plan) > MAX_PLAN_BYTES:
             plans.clear()
-        plan = plans[key] = build()
+        plans[key] = plan
     return plan
 
 
