@@ -217,3 +217,45 @@ def test_users_own_padded_conv_with_sizes(threads):
     o = np.full((2, 7, 11, 13), 7.0, np.float32)
     k(o, x, w, b)
     np.testing.assert_allclose(o, conv_ref(x, w, b, 1, 2, True), rtol=1e-4, atol=1e-4)
+
+
+@pd.kernel
+def conv_chain_by_hand(
+    O: pd.f32["K", "P", "Q"],
+    I: pd.f32["C", "P", "Q"],
+    Wt: pd.f32["K", "C", "R", "S"],
+    b: pd.f32["K"],
+    g: pd.f32["K"],
+):
+    for k in range(K):
+        for p in range(P):
+            for q in range(Q):
+                O[k, p, q] = 0.0
+                for c in range(C):
+                    for r in range(R):
+                        for s in range(S):
+                            if 0 <= p + r - 1 < P and 0 <= q + s - 1 < Q:
+                                O[k, p, q] += I[c, p + r - 1, q + s - 1] * Wt[k, c, r, s]
+                O[k, p, q] = O[k, p, q] + b[k]
+                O[k, p, q] = max(O[k, p, q], 0.0)
+                O[k, p, q] = O[k, p, q] * g[k]
+
+
+def test_an_epilogue_chain_folds_into_the_split_cells():
+    # three elementwise statements after a guarded reduction: the split cells' last calls take
+    # the whole chain in their store, nothing stays on the plain path
+    sizes = dict(C=5, K=19, P=11, Q=23, R=3, S=3)
+    bound = bind_sizes(conv_chain_by_hand.ir, sizes)
+    cut, found = split_guards(bound, find_all(bound))
+    assert cut is not bound
+    # the cells writing an element last carry all three statements of the chain
+    assert any(len(c.epilogue) == 3 for c in found), found
+    k = pd.compile(conv_chain_by_hand, threads=1, **sizes)
+    micro = [s.micro for s in k.kernel.statements if s.target.tensor == "O"]
+    assert micro and all(m is not None for m in micro), k.show("loops")
+    assert any(len(m.operands) == 2 for m in micro), k.show("loops")
+    x, w, b, g = rand(5, 11, 23), rand(19, 5, 3, 3), rand(19), rand(19)
+    o = np.full((19, 11, 23), 7.0, np.float32)
+    k(o, x, w, b, g)
+    want = conv_ref(x[None], w, b, 1, 1, True)[0] * g[:, None, None]
+    np.testing.assert_allclose(o, want, rtol=1e-4, atol=1e-4)

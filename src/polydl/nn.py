@@ -133,11 +133,9 @@ def conv2d_rows(
                         for r in range(R):
                             for s in range(S):
                                 O[n, k, j] += I[n, c, j + Wr * r + dw * s] * Wt[k, c, r, s]
-                    if has_bias and relu:
-                        O[n, k, j] = max(O[n, k, j] + b[k], 0.0)
-                    elif has_bias:
+                    if has_bias:
                         O[n, k, j] = O[n, k, j] + b[k]
-                    elif relu:
+                    if relu:
                         O[n, k, j] = max(O[n, k, j], 0.0)
 
     return conv2d_rows

@@ -84,13 +84,10 @@ def matmul(
             for k in range(K):
                 for j in range(N):
                     C[i, j] += A[i, k] * B[k, j]
-            if has_bias and relu:
-                for j in range(N):
-                    C[i, j] = max(C[i, j] + bias[j], 0.0)
-            elif has_bias:
+            if has_bias:
                 for j in range(N):
                     C[i, j] = C[i, j] + bias[j]
-            elif relu:
+            if relu:
                 for j in range(N):
                     C[i, j] = max(C[i, j], 0.0)
 
@@ -197,11 +194,9 @@ def conv2d(
                                                 I[n, c, sh * p + dh * r - ph, sw * q + dw * s - pw]
                                                 * Wt[k, c, r, s]
                                             )
-                            if has_bias and relu:
-                                O[n, k, p, q] = max(O[n, k, p, q] + b[k], 0.0)
-                            elif has_bias:
+                            if has_bias:
                                 O[n, k, p, q] = O[n, k, p, q] + b[k]
-                            elif relu:
+                            if relu:
                                 O[n, k, p, q] = max(O[n, k, p, q], 0.0)
 
         return conv2d
@@ -237,11 +232,9 @@ def conv2d(
                     if has_bias or relu:
                         for q in range(Q):
                             for kv in range(KV):
-                                if has_bias and relu:
-                                    O[n, kb, p, q, kv] = max(O[n, kb, p, q, kv] + b[kb, kv], 0.0)
-                                elif has_bias:
+                                if has_bias:
                                     O[n, kb, p, q, kv] = O[n, kb, p, q, kv] + b[kb, kv]
-                                else:
+                                if relu:
                                     O[n, kb, p, q, kv] = max(O[n, kb, p, q, kv], 0.0)
 
     return conv2d

@@ -141,11 +141,9 @@ def conv1d(
                                             I[n, Cg * g + c, st * q + d * s - pl]
                                             * Wt[Kg * g + k, c, s]
                                         )
-                            if has_bias and relu:
-                                O[n, Kg * g + k, q] = max(O[n, Kg * g + k, q] + b[Kg * g + k], 0.0)
-                            elif has_bias:
+                            if has_bias:
                                 O[n, Kg * g + k, q] = O[n, Kg * g + k, q] + b[Kg * g + k]
-                            elif relu:
+                            if relu:
                                 O[n, Kg * g + k, q] = max(O[n, Kg * g + k, q], 0.0)
 
         return conv1d
@@ -170,11 +168,9 @@ def conv1d(
                                 )
                     if has_bias or relu:
                         for k in range(Kg):
-                            if has_bias and relu:
-                                O[n, q, Kg * g + k] = max(O[n, q, Kg * g + k] + b[Kg * g + k], 0.0)
-                            elif has_bias:
+                            if has_bias:
                                 O[n, q, Kg * g + k] = O[n, q, Kg * g + k] + b[Kg * g + k]
-                            else:
+                            if relu:
                                 O[n, q, Kg * g + k] = max(O[n, q, Kg * g + k], 0.0)
 
     return conv1d
@@ -234,11 +230,9 @@ def conv1d_phases(
                                     O[n, Kg * g + k, q] += (
                                         X[n, Cg * g + c, t, q + d * s] * Wt[Kg * g + k, c, t, s]
                                     )
-                        if has_bias and relu:
-                            O[n, Kg * g + k, q] = max(O[n, Kg * g + k, q] + b[Kg * g + k], 0.0)
-                        elif has_bias:
+                        if has_bias:
                             O[n, Kg * g + k, q] = O[n, Kg * g + k, q] + b[Kg * g + k]
-                        elif relu:
+                        if relu:
                             O[n, Kg * g + k, q] = max(O[n, Kg * g + k, q], 0.0)
 
     return conv1d_phases

@@ -30,7 +30,10 @@ Within the cells of one output segment the one covering all its outputs (``s = 1
 first; when there are both an init and an epilogue it is halved along its longest other
 reduction iterator, the halves going first and last. A cell takes the piece of the zero init
 that writes its outputs when no earlier cell writes them (the microkernel's ``beta = 0``), and
-the piece of the epilogue when no later one does (bias and ReLU at the final store)::
+the piece of the epilogue when no later one does (bias and ReLU at the final store; the
+epilogue is the chain of elementwise updates of the same elements that follow the
+reduction in its nest, as far as ``contraction.recognise`` folds it, e.g. ``O = O + b[k]``
+then ``O = max(O, 0.0)``)::
 
     nest 1: for n, k, p in 1..P-2, q:          S0_c0; for c < C/2, r, s = 1: S1_c0
     nest 2: for n, k, p in 1..P-2, q in 1..:   for c, r, s = 0:              S1_c1
@@ -107,9 +110,10 @@ def _split(kernel: Kernel, red: Statement, c: Contraction | None) -> Kernel | No
     i = nest.index(red)
     same = [s if s.target.tensor == red.target.tensor and s.micro is None else None for s in nest]
     init = same[i - 1] if i > 0 and same[i - 1] and same[i - 1].expr == Num(value=0.0) else None
-    epi = same[i + 1] if i + 1 < len(nest) else None
-    # the contraction without the guards (a trial kernel): its columns, and whether init /
-    # epilogue fold (on the elements it writes)
+    # the epilogue chain: the updates of the same elements that follow (bias, then ReLU, ...)
+    chain = list(itertools.takewhile(lambda s: s is not None, same[i + 1 :]))
+    # the contraction without the guards (a trial kernel): its columns, and how much of the
+    # init and the epilogue chain folds (on the elements it writes)
     access = poly.access(kernel, red, red.target)
     whole_dom = poly.box_set(dom, box)
     covered = poly.image(access, whole_dom)
@@ -118,15 +122,15 @@ def _split(kernel: Kernel, red: Statement, c: Contraction | None) -> Kernel | No
         s
         if s is whole
         else replace(s, domain=poly.named_text(poly.writers(kernel, s, covered), s.name))
-        for s in (init, whole, epi)
+        for s in (init, whole, *chain)
         if s is not None
     ]
     probe = recognise(replace(kernel, statements=tuple(probe_stmts)), whole)
     if probe is None:
         return None
     init = init if probe.init else None
-    epi = epi if probe.epilogue else None
-    cells = _cells(kernel, red, dom, box, probe.n, halve=init is not None and epi is not None)
+    epi = {s.name for s in chain} & set(probe.epilogue)
+    cells = _cells(kernel, red, dom, box, probe.n, halve=init is not None and bool(epi))
     if not cells:
         return None
 
@@ -152,7 +156,7 @@ def _split(kernel: Kernel, red: Statement, c: Contraction | None) -> Kernel | No
     for j, s in enumerate(nest):
         if s is red:
             pieces += [(s, 1 + c, d) for c, d in enumerate(cells)] + [(s, after, rest)]
-        elif s is init or s is epi:
+        elif s is init or s.name in epi:
             folds = first if s is init else last
             left = poly.domain(kernel, s)
             for c, e in enumerate(elems):
