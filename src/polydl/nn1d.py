@@ -139,10 +139,7 @@ class _Plan:
                     ops1d.pack_taps, K, Cg, S, stride=T, threads=_few(K * Cg * S, threads)
                 )
         else:
-            self.xp = memory.zeros((N, p.L, C), np.float32)
-            self.pack = compiled(
-                ops1d.to_nwc, N, C, p.W, p.L, step=p.step, left=p.left, threads=threads
-            )
+            self.xp, self.pack = _nwc_input(p, threads, step=p.step)
             self.wp = memory.empty((S, Cg, K), np.float32)
             self.wpack = compiled(ops1d.taps_nwc, K, Cg, S, threads=_few(K * Cg * S, threads))
             self.o = memory.empty((N, p.Q, K), np.float32)
@@ -165,6 +162,13 @@ class _Plan:
             self.conv(self.o, x, w, *extra)
             self.unpack(y, self.o)
         return y
+
+
+def _nwc_input(p: Problem, threads: int | None, step: int = 1):
+    """The NWC copy of an input with its zero border (``[N, L, C]``, zeroed once: the copy
+    writes only the interior) and the compiled kernel that makes it (``ops1d.to_nwc``)."""
+    buf = memory.zeros((p.N, p.L, p.C), np.float32)
+    return buf, compiled(ops1d.to_nwc, p.N, p.C, p.W, p.L, step=step, left=p.left, threads=threads)
 
 
 _plans = threading.local()
@@ -460,8 +464,7 @@ class _WeightPlan:
     def __init__(self, p: Problem, threads: int | None) -> None:
         N, C, K, S, G, Cg = p.N, p.C, p.K, p.S, p.groups, p.Cg
         self.shape = (K, Cg, S)
-        self.xt = memory.zeros((N, p.L, C), np.float32)
-        self.pack = compiled(ops1d.to_nwc, N, C, p.W, p.L, left=p.left, threads=threads)
+        self.xt, self.pack = _nwc_input(p, threads)
         self.d = memory.empty((G, K // G, S, Cg), np.float32)
         self.wgrad = compiled(
             ops1d.conv1d_wgrad,
