@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import linecache
+import textwrap
+
 import numpy as np
 
 import polydl as pd
@@ -25,11 +29,29 @@ def numpy_conv(x, w, stride, pad):
 
 
 def conv_ref(x, w, b, stride, pad, relu):
-    """:func:`numpy_conv` with an optional bias (per output channel) and ReLU."""
-    out = numpy_conv(x, w, stride, pad)
+    """:func:`numpy_conv` with an optional bias (per output channel) and ReLU; ``pad`` an int
+    or a pair (rows, columns)."""
+    ph, pw = pad if isinstance(pad, tuple) else (pad, pad)
+    out = numpy_conv(np.pad(x, ((0, 0),) * (x.ndim - 2) + ((ph, ph), (pw, pw))), w, stride, 0)
     if b is not None:
         out += b[None, :, None, None]
     return np.maximum(out, 0) if relu else out
+
+
+_ids = itertools.count()
+
+
+def define(source: str, name: str, tag: str = "generated"):
+    """The function ``name`` defined by generated source text (dedented; ``pd`` in scope),
+    its lines registered under a linecache file name ``<tag#n>`` so that DSL errors and
+    ``show()`` quote them."""
+    filename = f"<{tag}#{next(_ids)}>"
+    text = textwrap.dedent(source).lstrip("\n")
+    text += "" if text.endswith("\n") else "\n"
+    linecache.cache[filename] = (len(text), None, text.splitlines(keepends=True), filename)
+    ns: dict = {"pd": pd}
+    exec(compile(text, filename, "exec"), ns)  # noqa: S102
+    return ns[name]
 
 
 @pd.kernel

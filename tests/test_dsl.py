@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import linecache
-import textwrap
-
+import kernels
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_dsl_util import assert_domain_points, line_of, product
@@ -260,17 +258,9 @@ def test_parse_is_pure_ast_and_sizes_in_signature_order():
 # ---------------------------------------------------------------- random nests vs Python
 
 
-_ids = iter(range(10**9))
-
-
 def define(source: str, name: str = "k"):
-    """A kernel from generated source text, registered under a linecache file name."""
-    filename = f"<test_dsl.random#{next(_ids)}>"
-    text = textwrap.dedent(source).lstrip("\n")
-    linecache.cache[filename] = (len(text), None, text.splitlines(keepends=True), filename)
-    ns: dict = {"pd": pd}
-    exec(compile(text, filename, "exec"), ns)  # noqa: S102
-    return ns[name]
+    """A kernel from generated source text (``kernels.define``)."""
+    return kernels.define(source, name, "test_dsl.random")
 
 
 bound = st.sampled_from(["0", "1", "i", "i + 1", "N - i", "max(0, i - 2)", "min(N, i + 3)", "N"])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernels import define
 from scipy.special import erf
 
 import polydl as pd
@@ -362,14 +363,7 @@ def chain_kernel(ops: list[str]):
     for op in ops:
         src += ["    for i in range(M):", "        for j in range(N):"]
         src += ["            C[i, j] = " + UNARY[op][0].format(x="C[i, j]")]
-    import linecache
-
-    name = f"<test_epilogue.chain#{'-'.join(ops)}>"
-    text = "\n".join(src) + "\n"
-    linecache.cache[name] = (len(text), None, text.splitlines(True), name)
-    ns = {"pd": pd}
-    exec(compile(text, name, "exec"), ns)
-    return pd.kernel(ns["chain"])
+    return pd.kernel(define("\n".join(src), "chain", "test_epilogue.chain"))
 
 
 def apply_chain(ops, x, s, t, r):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernels import define
 
 import polydl as pd
 from polydl.ir import interp, poly
@@ -186,14 +187,7 @@ def nests_kernel(steps, M: int, N: int):
         read = READS[kind].replace("P", f"T{t}").replace("M", str(M)).replace("N", str(N))
         src += [f"    for i in range({M}):", f"        for j in range({N}):"]
         src += [f"            T{t + 1}[i, j] = {read} * {scale} + pd.tanh(T{t + 1}[i, j])"]
-    import linecache
-
-    name = f"<test_fuse.nests#{steps}-{M}x{N}>"
-    text = "\n".join(src) + "\n"
-    linecache.cache[name] = (len(text), None, text.splitlines(True), name)
-    ns = {"pd": pd}
-    exec(compile(text, name, "exec"), ns)
-    return pd.kernel(ns["nests"])
+    return pd.kernel(define("\n".join(src), "nests", "test_fuse.nests"))
 
 
 @settings(

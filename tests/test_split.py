@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from kernels import numpy_conv
+from kernels import conv_ref, numpy_conv
 
 import polydl as pd
 from polydl.analysis.contraction import find_all
@@ -32,14 +32,6 @@ rng = np.random.default_rng(11)
 
 def rand(*shape):
     return rng.uniform(-1, 1, size=shape).astype(np.float32)
-
-
-def conv_ref(x, w, b, stride, pad, relu):
-    ph, pw = pad if isinstance(pad, tuple) else (pad, pad)
-    out = numpy_conv(np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))), w, stride, 0)
-    if b is not None:
-        out += b[None, :, None, None]
-    return np.maximum(out, 0) if relu else out
 
 
 def run(kern, shapes, *, threads=1, optimize=True, bias=True):
