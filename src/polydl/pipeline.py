@@ -25,6 +25,7 @@ from .transform.coalesce import coalesce_columns
 from .transform.fuse import fuse_nests
 from .transform.gather import copy_cost, gather_operands
 from .transform.pack import pack_operands
+from .transform.prefetch import prefetch_operands
 from .transform.split import split_guards
 from .transform.threads import assign_threads
 
@@ -144,6 +145,10 @@ def compile_kernel(
         #    buffers once (transform/pack.py), at most an L2's worth.
         if optimize:
             tree = pack_operands(lowered, tree, max_bytes=tgt.scratch_bytes(), skip=low.unpacked)
+            # 8b. Widely strided B blocks that nothing packs (read once) are prefetched by the
+            #     call before, at the distance the loop nest steps B by (transform/prefetch.py).
+            if os.environ.get("POLYDL_PREFETCH", "1") != "0":
+                tree = prefetch_operands(lowered, tree)
         # 9. Which parallel loops run as parallel regions, collapsed where that balances the
         #    threads better (transform/threads.py): every threading decision after the schedule.
         if threaded:

@@ -405,7 +405,7 @@ class ModuleEmitter:
             code.append(r.code)
             env[it] = r.value
         if s.micro is not None:
-            return self.micro_call(s.micro, env, code, c.packed_b)
+            return self.micro_call(s.micro, env, code, c.packed_b, c.prefetch_b)
         st = self.k.arg(s.target.tensor).dtype  # type: ignore[union-attr]
         dt = COMPUTE[st]  # a bf16 element is computed in f32, rounded at the store
         ty = LLTYPE[dt]
@@ -430,9 +430,11 @@ class ModuleEmitter:
         env: dict[str, str],
         code: list[str],
         packed_b: tuple[str, IExpr] | None = None,
+        prefetch_b: int = 0,
     ) -> str:
         """One BRGEMM call (offset form) on the blocks at this instance's origins; B from a
-        dense scratch block when ``packed_b`` gives one (``transform/pack.py``)."""
+        dense scratch block when ``packed_b`` gives one (``transform/pack.py``), the next call's
+        B rows prefetched ``prefetch_b`` elements on (``transform/prefetch.py``)."""
         from ..kernels import BrgemmConfig
 
         b_offsets = mk.b_offsets
@@ -444,7 +446,9 @@ class ModuleEmitter:
             from ..kernels.isa import bf16_family, isa_for_cpu
 
             isa = bf16_family(self.cpu, isa or isa_for_cpu(self.cpu).name).name
-        cfg = BrgemmConfig.of_call(mk, packed=packed_b is not None, isa=isa).normalized()
+        cfg = BrgemmConfig.of_call(
+            mk, packed=packed_b is not None, isa=isa, prefetch_b=prefetch_b
+        ).normalized()
         sym = self.micro_symbols.get(cfg)
         if sym is None:
             sym, declarations, definition = _micro_ir(cfg)

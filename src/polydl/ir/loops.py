@@ -44,12 +44,15 @@ class Call:
 
     ``packed_b``: for a BRGEMM statement whose B blocks were copied by a :class:`Copy` nest
     (``transform/pack.py``), the buffer and the element offset of this call's block in it; the
-    block is then dense (``ldb = n``, batch element ``b`` at ``b * k * n``).
+    block is then dense (``ldb = n``, batch element ``b`` at ``b * k * n``). ``prefetch_b``: the
+    element distance from this call's B rows to the next call's, which the microkernel
+    prefetches while it reads them (``transform/prefetch.py``; 0: none).
     """
 
     stmt: str
     args: tuple[IExpr, ...]
     packed_b: tuple[str, IExpr] | None = None
+    prefetch_b: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,5 +184,7 @@ def to_c(nodes: tuple[Node, ...], stmt_text: dict[str, str] | None = None, inden
                 call += f"  // {stmt_text[n.stmt]}"
             if n.packed_b is not None:
                 call += f"  [B from {n.packed_b[0]} + {n.packed_b[1]}]"
+            if n.prefetch_b:
+                call += f"  [prefetch B {n.prefetch_b:+d}]"
             out.append(pad + call)
     return "\n".join(line for line in out if line)

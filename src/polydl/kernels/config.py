@@ -79,6 +79,9 @@ class BrgemmConfig:
     ldc_group: int | None = None  # C offset between the first rows of consecutive groups
     epilogue: Epilogue | None = None  # what the final store computes (None: the element itself)
     ab_dtype: str = "f32"  # A and B elements: "f32", or "bf16" (products accumulated in f32)
+    # software prefetch: while reading a B row, prefetch (into L1) the line this many elements
+    # further on, where the next call reads (transform/prefetch.py); 0: none
+    prefetch_b: int = 0
 
     def __post_init__(self) -> None:
         for name in ("m", "n", "k"):
@@ -101,6 +104,8 @@ class BrgemmConfig:
             raise PolyDLError("BRGEMM takes an epilogue or the bias/relu shorthands, not both")
         if self.ab_dtype not in ("f32", "bf16"):
             raise PolyDLError(f"BRGEMM ab_dtype must be 'f32' or 'bf16', got {self.ab_dtype!r}")
+        if isinstance(self.prefetch_b, bool) or not isinstance(self.prefetch_b, int):
+            raise PolyDLError(f"BRGEMM prefetch_b must be an int, got {self.prefetch_b!r}")
         if self.epilogue is not None and not isinstance(self.epilogue, Epilogue):
             raise PolyDLError(f"BRGEMM epilogue must be an Epilogue, got {self.epilogue!r}")
         for name in ("stride_a", "stride_b"):
@@ -134,9 +139,12 @@ class BrgemmConfig:
             raise PolyDLError("BRGEMM lda_group/ldc_group need row_group")
 
     @classmethod
-    def of_call(cls, mk, *, packed: bool = False, isa: str | None = None) -> BrgemmConfig:
+    def of_call(
+        cls, mk, *, packed: bool = False, isa: str | None = None, prefetch_b: int = 0
+    ) -> BrgemmConfig:
         """The offset-form kernel of one BRGEMM statement (an ``ir.nodes.Micro``); ``packed``:
-        its B blocks read from a dense copy (``ldb = n``, ``transform/pack.py``)."""
+        its B blocks read from a dense copy (``ldb = n``, ``transform/pack.py``); ``prefetch_b``:
+        the call's B prefetch distance (``transform/prefetch.py``)."""
         return cls(
             m=mk.m,
             n=mk.n,
@@ -154,6 +162,7 @@ class BrgemmConfig:
             row_group=mk.row_group,
             lda_group=mk.lda_group,
             ldc_group=mk.ldc_group,
+            prefetch_b=prefetch_b,
         )
 
     def normalized(self) -> BrgemmConfig:

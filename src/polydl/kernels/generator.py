@@ -32,6 +32,11 @@ from .isa import Blocking, IsaFamily, TileGroup, effective, family, plan
 _SYMBOL = re.compile(r"^[A-Za-z_.$][A-Za-z0-9_.$]*$")
 
 
+# llvm.prefetch(address, rw = 0: read, locality = 3: keep in every level (prefetcht0), cache
+# type = 1: data)
+PREFETCH_DECL = "declare void @llvm.prefetch.p0(ptr, i32 immarg, i32 immarg, i32 immarg)"
+
+
 def _load_template(name: str) -> str | None:
     """Template source from the installed package (``polydl/microkernels``); None if missing."""
     res = importlib.resources.files("polydl").joinpath("microkernels", *name.split("/"))
@@ -371,6 +376,7 @@ def generate(
         *math_declarations(math, needs),
         *([f"declare {hty} @{mload16}(ptr, i32 immarg, {mty}, {hty})"] if bf16 else []),
         *([f"declare {vty} @{dot_fn}({vty}, {bty16}, {bty16})"] if dot else []),
+        *([PREFETCH_DECL] if cfg.prefetch_b else []),
     )
     params, c_params = _params(cfg)
     groups = [_group_ctx(gi, g, cfg, fam) for gi, g in enumerate(blocking.groups)]
@@ -421,6 +427,7 @@ def generate(
         "counters": counters,
         "accs": [a for g in groups for a in g["acc_list"]],
         "groups": groups,
+        "prefetch_b": cfg.prefetch_b,
     }
     text = environment().get_template(fam.template).render(**ctx)
     signature = f"void {name}({c_params})"
