@@ -54,8 +54,13 @@ def spec(config: BrgemmConfig) -> KernelSpec:
     cfg = replace(config.normalized(), isa=fam.name)
     layouts = (
         ("A", f"row-major {cfg.m}x{cfg.k}, lda={cfg.lda}"),
-        ("B", f"row-major {cfg.k}x{cfg.n}, ldb={cfg.ldb}"),
-        ("C", f"row-major {cfg.m}x{cfg.n}, ldc={cfg.ldc}"),
+        (
+            "B",
+            f"VNNI-2 {-(-cfg.k // 2)}x{cfg.n}x2, ldb={cfg.ldb}"
+            if cfg.b_vnni
+            else f"row-major {cfg.k}x{cfg.n}, ldb={cfg.ldb}",
+        ),
+        ("C", f"row-major {cfg.m}x{cfg.n} {cfg.c_dtype}, ldc={cfg.ldc}"),
         *(
             (
                 f"e{t} ({o.name})",
@@ -142,7 +147,7 @@ class BrgemmKernel:
         ``address`` takes sequences of per-pair arrays. ``operands`` are the epilogue's tensors
         (``bias=`` for the bias shorthand). Every access is bounds-checked first."""
         cfg = self.spec.config
-        _f32(c, "C", cfg.c_extent(), writable=True)
+        _f32(c, "C", cfg.c_extent(), writable=True, dtype=cfg.c_dtype)
         keep: list = []
         if cfg.form == "stride":
             if batch is None or batch < 0:
