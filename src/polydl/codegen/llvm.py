@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 
 import jinja2
@@ -453,11 +453,12 @@ class ModuleEmitter:
         from ..kernels import BrgemmConfig
 
         isa = self.isa
-        if mk.ab_dtype == "bf16":  # vdpbf16ps where the CPU has it, else widened
+        cfg = BrgemmConfig.of_call(mk, packed=packed_b is not None, vnni=vnni, isa=isa).normalized()
+        if mk.ab_dtype == "bf16":  # AMX tiles or vdpbf16ps where the CPU has them, else widened
             from ..kernels.isa import bf16_family, isa_for_cpu
 
-            isa = bf16_family(self.cpu, isa or isa_for_cpu(self.cpu).name).name
-        cfg = BrgemmConfig.of_call(mk, packed=packed_b is not None, vnni=vnni, isa=isa).normalized()
+            fam = bf16_family(self.cpu, isa or isa_for_cpu(self.cpu).name, cfg)
+            cfg = replace(cfg, isa=fam.name)
         b_offsets = mk.b_offsets
         if packed_b is not None:  # dense blocks, one after the other
             b_offsets = tuple(i * cfg.b_rows * mk.n for i in range(len(mk.b_offsets)))

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import jinja2
 
+from . import amx
 from .config import BrgemmConfig
 from .epilogue import BINARY, Epilogue
 from .isa import Blocking, IsaFamily, TileGroup, effective, family, plan
@@ -364,6 +365,8 @@ def generate(
     if not bf16 and "f32" not in fam.dtypes:
         raise ValueError(f"family {fam.name} takes bf16 operands only")
     dot = fam.bf16_dot and bf16
+    if fam.amx and amx.supports(cfg) is not None:
+        raise ValueError(f"family {fam.name}: {amx.supports(cfg)}")
     if cfg.b_vnni and not dot:
         raise ValueError(f"family {fam.name} reads no VNNI-2 B (a bf16 dot-product family does)")
     c_bf16 = cfg.c_dtype == "bf16"
@@ -381,10 +384,13 @@ def generate(
         *([f"declare {hty} @{mload16}(ptr, i32 immarg, {mty}, {hty})"] if bf16 or c_bf16 else []),
         *([f"declare void @{mstore16}({hty}, ptr, i32 immarg, {mty})"] if c_bf16 else []),
         *([f"declare {ity} @{mload32}(ptr, i32 immarg, {mty}, {ity})"] if cfg.b_vnni else []),
-        *([f"declare {vty} @{dot_fn}({vty}, {bty16}, {bty16})"] if dot else []),
+        *([f"declare {vty} @{dot_fn}({vty}, {bty16}, {bty16})"] if dot and not fam.amx else []),
+        *(amx.DECLARATIONS if fam.amx else ()),
     )
     params, c_params = _params(cfg)
-    groups = [_group_ctx(gi, g, cfg, fam) for gi, g in enumerate(blocking.groups)]
+    groups = (
+        [] if fam.amx else [_group_ctx(gi, g, cfg, fam) for gi, g in enumerate(blocking.groups)]
+    )
     counters = [f"{g['p']}.{lvl}" for g in groups for lvl in ("j", "i", "b", "k", "q")]
     ctx = {
         "name": name,
@@ -441,6 +447,7 @@ def generate(
         "counters": counters,
         "accs": [a for g in groups for a in g["acc_list"]],
         "groups": groups,
+        **(amx.context(cfg, _mask, params) if fam.amx else {}),
     }
     text = environment().get_template(fam.template).render(**ctx)
     signature = f"void {name}({c_params})"

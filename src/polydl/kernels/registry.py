@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import jit
 from ..errors import PolyDLError
+from . import amx
 from .config import BrgemmConfig
 from .generator import KernelIR, generate
 from .isa import Blocking, IsaFamily, compile_target, family, plan
@@ -238,6 +239,8 @@ def compile_brgemm(config: BrgemmConfig, *, target: str | None = None) -> Brgemm
     ir = generate(sp.config, name=symbol_for(sp.config))
     t0 = time.perf_counter()
     mod = jit.build(ir.module(), target=compile_target(sp.family, target), name=ir.name)
+    if sp.family.amx:  # before the first tile instruction (kernels/amx.py)
+        amx.request_permission()
     addr = mod.address(ir.name)
     seconds = time.perf_counter() - t0
     fn = ctypes.CFUNCTYPE(None, *_argtypes(sp.config))(addr)

@@ -126,7 +126,8 @@ def call_model(
 
     fam = kisa.family(target.isa)
     if ab_dtype == "bf16":
-        fam = kisa.bf16_family(target.llvm_cpu, fam.name)
+        plain = None if b_vnni is not False else BrgemmConfig(m=m, n=n, k=k, ab_dtype="bf16")
+        fam = kisa.bf16_family(target.llvm_cpu, fam.name, plain)  # no AMX without VNNI-2 B
         dtype_bytes = 2
     dot = fam.bf16_dot and ab_dtype == "bf16"
     if b_vnni is None:
@@ -137,6 +138,13 @@ def call_model(
     fma_ports, load_ports = target.fma_issue, target.load_ports
     cycles = target.call_cycles
     for g in blocking.groups:
+        if fam.amx:  # tiles: tdpbf16ps per 32 k (kernels/amx.call_cycles), B in VNNI-2
+            from ..kernels import amx
+
+            acc_io = g.mr * g.nv * (2 + beta) / load_ports  # tiles stored, C (re)read, stored
+            tile = amx.call_cycles(g, k, batch) + batch * target.batch_cycles + acc_io
+            cycles += g.i_count * g.j_count * (tile + target.tile_cycles)
+            continue
         if dot:
             # per B vector per k pair: one load of a VNNI-2 pair vector, or two loads and the
             # interleave, a shuffle that issues on the vector ports the dot products use
@@ -187,8 +195,12 @@ def vnni_pays(m: int, n: int, k: int, batch: int, target: Target, *, reuse: int 
     """Whether copying a bf16 call's B blocks (``batch`` of ``k x n``) into VNNI-2 pairs once
     pays on ``target``: the cycles it saves in each of the ``reuse`` calls that read the copy
     (each row tile loads a pair vector where it interleaved two rows) against the copy's."""
+    from ..kernels import isa as kisa
+
     if not vnni_target(target):
         return False
+    if kisa.bf16_family(target.llvm_cpu, target.isa).amx:
+        return True  # tiles take B in VNNI-2 pairs only
     plain = call_model(m, n, k, batch, target, ab_dtype="bf16", b_vnni=False)
     packed = call_model(m, n, k, batch, target, ab_dtype="bf16", b_vnni=True)
     copy = vnni_copy_cycles(k * batch * n, target)

@@ -341,6 +341,10 @@ def _rewrite(kernel, tree, plans: dict[int, _Plan], found, vnni: set[int]) -> tu
                 copy = (replace(f, body=copy, parallel=False),)
             # right before the level's child holding the first call that reads the buffer
             h = next((i for i, f in enumerate(stack) if f is p.level), -1)
+            if pk and not any(f.parallel for f in stack[: h + 1]) and isinstance(copy[0], L.For):
+                # a pair copy outside the threads' loops: its blocks are split among the
+                # threads too (they write disjoint parts of the buffer)
+                copy = (replace(copy[0], parallel=True), *copy[1:])
             anchor = stack[h + 1] if h + 1 < len(stack) else call
             inserts.setdefault(id(anchor), []).extend(
                 [L.Buffer(name=buf, elems=elems * max(1, math.prod(p.trips)), dtype=dtype), *copy]
