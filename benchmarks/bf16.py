@@ -3,8 +3,11 @@ kernel of the same shape and against torch's bf16 and f32 matmuls (oneDNN), in t
 
     python benchmarks/bf16.py [--threads 1 2]
 
-The bf16 kernel multiplies k pairs with ``vdpbf16ps`` where the host has AVX512-BF16 (family
-``avx512_bf16``), else widens bf16 to f32 at the loads. Threads pinned on both sides; contenders
+The bf16 kernel runs on AMX tiles (family ``amx_bf16``) where the host has them, multiplies k
+pairs with ``vdpbf16ps`` where it has AVX512-BF16 (family ``avx512_bf16``), else widens bf16 to
+f32 at the loads; B is copied into VNNI-2 pairs where the family takes them (printed per shape).
+On an AMX host the AMX bf16 peak is measured by a tile loop in the same run (4 independent C
+tiles, ``tdpbf16ps``) and each shape's % of it (times the threads) is printed. Threads pinned on both sides; contenders
 timed in interleaved rounds (``common.interleaved``); ratios are medians of per-round ratios
 (``> 1``: polydl bf16 faster).
 """
@@ -12,7 +15,9 @@ timed in interleaved rounds (``common.interleaved``); ratios are medians of per-
 from __future__ import annotations
 
 import argparse
+import ctypes
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +27,36 @@ from common import geomean, interleaved  # noqa: E402
 
 import polydl as pd  # noqa: E402
 from polydl import jit  # noqa: E402
+from polydl.ir import loops as L  # noqa: E402
+from polydl.kernels import FAMILIES, amx  # noqa: E402
+from polydl.kernels.generator import environment  # noqa: E402
+from polydl.kernels.isa import bf16_family  # noqa: E402
 
 SHAPES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (128, 3072, 768), (3136, 64, 576)]
+
+
+def amx_peak() -> float:
+    """GFLOPS of one core's AMX bf16 tiles: a loop of tdpbf16ps on 4 independent C tiles."""
+    tiles = 4
+    ir = environment().get_template("bench/amx_peak.ll.j2").render(name="amx_peak", tiles=tiles)
+    mod = jit.build(ir, name="amx_peak")
+    amx.request_permission()
+    fn = mod.cfunc("amx_peak", None, ctypes.c_int64, ctypes.c_void_p)
+    buf = np.zeros((tiles + 1) * 1024 // 4, np.float32)
+    iters, best = 200_000, float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        fn(iters, buf.ctypes.data)
+        best = min(best, time.perf_counter() - t0)
+    return iters * tiles * 16 * 16 * 32 * 2 / best / 1e9
+
+
+def route(kern) -> str:
+    """The family the bf16 kernel's calls run, and whether B is copied into VNNI-2 pairs."""
+    fam = bf16_family(None, "avx512")
+    calls = [n for n in L.walk(kern.tree) if isinstance(n, L.Call) and n.packed_b is not None]
+    vnni = any(c.packed_vnni for c in calls)
+    return f"{fam.name}{'+vnni' if vnni else ''}"
 
 
 def main() -> None:
@@ -35,13 +68,19 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     dot = "avx512bf16" in jit.host_features()
+    has_amx = FAMILIES["amx_bf16"].required_features <= jit.host_features()
     print(f"# host {jit.host_cpu()}, AVX512-BF16: {'yes (vdpbf16ps)' if dot else 'no (widened)'}")
+    print(f"# AMX (amx-tile, amx-bf16): {'yes' if has_amx else 'no'}")
+    peak = amx_peak() if has_amx else None
+    if peak is not None:
+        print(f"# AMX bf16 peak (tile loop, one core): {peak:.1f} GFLOPS")
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"\nthreads={threads}  (GFLOPS; ratios = other time / polydl bf16 time)")
         print(
             f"{'M':>5} {'N':>5} {'K':>5} {'pd bf16':>8} {'pd f32':>7} {'torch bf16':>10} {'torch f32':>9} "
-            f"{'/pd f32':>7} {'/t bf16':>7} {'/t f32':>6} {'err':>8}"
+            f"{'/pd f32':>7} {'/t bf16':>7} {'/t f32':>6} {'err':>8}  family"
+            + ("  %AMX" if peak else "")
         )
         cols: dict[str, list[float]] = {"pd_f32": [], "t_bf16": [], "t_f32": []}
         for M, N, K in SHAPES:
@@ -76,7 +115,9 @@ def main() -> None:
             gf = {k: 2.0 * M * N * K / float(np.median(v)) / 1e9 for k, v in times.items()}
             print(
                 f"{M:5d} {N:5d} {K:5d} {gf['pd_bf16']:8.1f} {gf['pd_f32']:7.1f} {gf['t_bf16']:10.1f} "
-                f"{gf['t_f32']:9.1f} {ratio['pd_f32']:7.2f} {ratio['t_bf16']:7.2f} {ratio['t_f32']:6.2f} {err:8.1e}",
+                f"{gf['t_f32']:9.1f} {ratio['pd_f32']:7.2f} {ratio['t_bf16']:7.2f} {ratio['t_f32']:6.2f} {err:8.1e}"
+                f"  {route(kb)}"
+                + (f"  {100 * gf['pd_bf16'] / (peak * threads):5.1f}" if peak else ""),
                 flush=True,
             )
         print(

@@ -142,9 +142,12 @@ def compile_kernel(
         sched = poly.union(poly.schedule(lowered, s) for s in lowered.statements)
         tree = poly.ast(sched, poly.context(lowered), parallel)
         # 8. Widely strided B blocks that later calls read again are copied into dense scratch
-        #    buffers once (transform/pack.py), at most an L2's worth.
+        #    buffers once (transform/pack.py), at most an L2's worth; bf16 B blocks into VNNI-2
+        #    pairs where the target's bf16 kernels multiply pairs and the cost model says so.
         if optimize:
-            tree = pack_operands(lowered, tree, max_bytes=tgt.scratch_bytes(), skip=low.unpacked)
+            tree = pack_operands(
+                lowered, tree, max_bytes=tgt.scratch_bytes(), skip=low.unpacked, target=tgt
+            )
             # 8b. Widely strided B blocks that nothing packs (read once) are prefetched by the
             #     call before, at the distance the loop nest steps B by (transform/prefetch.py).
             if os.environ.get("POLYDL_PREFETCH", "1") != "0":

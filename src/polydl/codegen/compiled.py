@@ -11,6 +11,8 @@ import numpy as np
 from .. import jit
 from ..ir import loops as L
 from ..ir.nodes import Kernel, ScalarArg, TensorArg
+from ..kernels import amx
+from ..kernels.amx import MARK as AMX_MARK
 from .llvm import ENTRY
 
 NP_DTYPE = {
@@ -72,6 +74,8 @@ class CompiledKernel:
             with self._lock:
                 if self._fn is None:
                     self._module = jit.build(self.llvm_ir, target=self.cpu, name=self.kernel.name)
+                    if AMX_MARK in self.llvm_ir:  # Linux hands out the tile state on request
+                        amx.request_permission()
                     self._fn = self._module.cfunc(
                         ENTRY, None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32
                     )

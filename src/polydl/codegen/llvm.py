@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 
 import jinja2
@@ -284,9 +284,25 @@ class ModuleEmitter:
         dst = self.fresh("a")
         code.append(f"  {dst} = getelementptr inbounds {ty}, ptr %buf.{n.buf}, i64 {off.value}")
         v = self.fresh()
+        align = DTYPE_BYTES[self.k.arg(n.tensor).dtype]  # type: ignore[union-attr]
+        vt = f"<{n.count} x {ty}>"
+        code.append(f"  {v} = load {vt}, ptr {src}, align {align}")
+        if n.kind == "rows":
+            code.append(f"  store {vt} {v}, ptr {dst}, align {align}")
+            return "\n".join(x for x in code if x)
+        # VNNI-2: element j of the row and of its mate (the next row, or zeros) side by side
+        mate = "zeroinitializer"
+        if n.kind == "pairs":
+            q, mate = self.fresh("a"), self.fresh()
+            code += [
+                f"  {q} = getelementptr inbounds {ty}, ptr {src}, i64 {n.ld}",
+                f"  {mate} = load {vt}, ptr {q}, align {align}",
+            ]
+        lanes = ", ".join(f"i32 {x}" for j in range(n.count) for x in (j, j + n.count))
+        w = self.fresh()
         code += [
-            f"  {v} = load <{n.count} x {ty}>, ptr {src}, align 4",
-            f"  store <{n.count} x {ty}> {v}, ptr {dst}, align 4",
+            f"  {w} = shufflevector {vt} {v}, {vt} {mate}, <{2 * n.count} x i32> <{lanes}>",
+            f"  store <{2 * n.count} x {ty}> {w}, ptr {dst}, align {align}",
         ]
         return "\n".join(x for x in code if x)
 
@@ -405,7 +421,7 @@ class ModuleEmitter:
             code.append(r.code)
             env[it] = r.value
         if s.micro is not None:
-            return self.micro_call(s.micro, env, code, c.packed_b, c.prefetch_b)
+            return self.micro_call(s.micro, env, code, c.packed_b, c.packed_vnni, c.prefetch_b)
         st = self.k.arg(s.target.tensor).dtype  # type: ignore[union-attr]
         dt = COMPUTE[st]  # a bf16 element is computed in f32, rounded at the store
         ty = LLTYPE[dt]
@@ -430,25 +446,27 @@ class ModuleEmitter:
         env: dict[str, str],
         code: list[str],
         packed_b: tuple[str, IExpr] | None = None,
+        vnni: bool = False,
         prefetch_b: int = 0,
     ) -> str:
         """One BRGEMM call (offset form) on the blocks at this instance's origins; B from a
-        dense scratch block when ``packed_b`` gives one (``transform/pack.py``), the next call's
-        B rows prefetched ``prefetch_b`` elements on (``transform/prefetch.py``)."""
+        dense scratch block when ``packed_b`` gives one (``transform/pack.py``; ``vnni``: in
+        VNNI-2 pairs of rows), the next call's B rows prefetched ``prefetch_b`` elements on
+        (``transform/prefetch.py``)."""
         from ..kernels import BrgemmConfig
 
-        b_offsets = mk.b_offsets
-        if packed_b is not None:
-            b_offsets = tuple(i * mk.k * mk.n for i in range(len(mk.b_offsets)))
-
         isa = self.isa
-        if mk.ab_dtype == "bf16":  # vdpbf16ps where the CPU has it, else widened
+        cfg = BrgemmConfig.of_call(
+            mk, packed=packed_b is not None, vnni=vnni, isa=isa, prefetch_b=prefetch_b
+        ).normalized()
+        if mk.ab_dtype == "bf16":  # AMX tiles or vdpbf16ps where the CPU has them, else widened
             from ..kernels.isa import bf16_family, isa_for_cpu
 
-            isa = bf16_family(self.cpu, isa or isa_for_cpu(self.cpu).name).name
-        cfg = BrgemmConfig.of_call(
-            mk, packed=packed_b is not None, isa=isa, prefetch_b=prefetch_b
-        ).normalized()
+            fam = bf16_family(self.cpu, isa or isa_for_cpu(self.cpu).name, cfg)
+            cfg = replace(cfg, isa=fam.name)
+        b_offsets = mk.b_offsets
+        if packed_b is not None:  # dense blocks, one after the other
+            b_offsets = tuple(i * cfg.b_rows * mk.n for i in range(len(mk.b_offsets)))
         sym = self.micro_symbols.get(cfg)
         if sym is None:
             sym, declarations, definition = _micro_ir(cfg)

@@ -99,7 +99,15 @@ class _Machine:
             self.buffers[n.name] = np.full(n.elems, np.nan, np.float32)
         elif isinstance(n, L.Copy):
             src, dst = eval_int(n.src, env), eval_int(n.dst, env)
-            self.buffers[n.buf][dst : dst + n.count] = self.flat[n.tensor][src : src + n.count]
+            row = self.flat[n.tensor][src : src + n.count]
+            if n.kind == "rows":
+                self.buffers[n.buf][dst : dst + n.count] = row
+            else:
+                mate = self.flat[n.tensor][src + n.ld : src + n.ld + n.count]
+                self.buffers[n.buf][dst : dst + 2 * n.count : 2] = row
+                self.buffers[n.buf][dst + 1 : dst + 2 * n.count : 2] = (
+                    mate if n.kind == "pairs" else 0.0
+                )
         elif isinstance(n, L.Call):
             self.call(n, env)
         else:  # pragma: no cover - every node kind is handled above
@@ -109,7 +117,7 @@ class _Machine:
         s = self.stmts[c.stmt]
         it = {**env, **{v: eval_int(a, env) for v, a in zip(s.iterators, c.args, strict=True)}}
         if s.micro is not None:
-            self.micro(s.micro, it, c.packed_b)
+            self.micro(s.micro, it, c.packed_b, c.packed_vnni)
             return
         off = self.offset(s.target, it)
         value = self.expr(s.expr, it)
@@ -136,7 +144,7 @@ class _Machine:
             return _UN[e.op](self.expr(e.a, env))
         raise TypeError(f"interp: unknown expression {e!r}")  # pragma: no cover
 
-    def micro(self, mk: Micro, env: dict[str, int], packed_b) -> None:
+    def micro(self, mk: Micro, env: dict[str, int], packed_b, vnni: bool = False) -> None:
         from ..kernels import BrgemmConfig, reference
 
         a0, b0, c0 = (eval_int(x, env) for x in (mk.a_origin, mk.b_origin, mk.c_origin))
@@ -144,8 +152,9 @@ class _Machine:
         if packed_b is not None:
             buf, at = packed_b
             b_src = self.buffers[buf][eval_int(at, env) :]
-            b_offs = tuple(i * mk.k * mk.n for i in range(len(mk.b_offsets)))
-        cfg = BrgemmConfig.of_call(mk, packed=packed_b is not None)
+        cfg = BrgemmConfig.of_call(mk, packed=packed_b is not None, vnni=vnni)
+        if packed_b is not None:
+            b_offs = tuple(i * cfg.b_rows * mk.n for i in range(len(mk.b_offsets)))
         operands = [self.flat[t][eval_int(at, env) :] for t, at in mk.operands]
         c = self.flat[mk.c]
         out = reference(

@@ -44,14 +44,17 @@ class Call:
 
     ``packed_b``: for a BRGEMM statement whose B blocks were copied by a :class:`Copy` nest
     (``transform/pack.py``), the buffer and the element offset of this call's block in it; the
-    block is then dense (``ldb = n``, batch element ``b`` at ``b * k * n``). ``prefetch_b``: the
-    element distance from this call's B rows to the next call's, which the microkernel
-    prefetches while it reads them (``transform/prefetch.py``; 0: none).
+    block is then dense (``ldb = n``, batch element ``b`` at ``b * k * n``); ``packed_vnni``:
+    the copy holds VNNI-2 pairs of rows (``kernels/config.py``; batch element ``b`` at
+    ``b * 2*ceil(k/2) * n``). ``prefetch_b``: the element distance from this call's B rows to the
+    next call's, which the microkernel prefetches while it reads them
+    (``transform/prefetch.py``; 0: none).
     """
 
     stmt: str
     args: tuple[IExpr, ...]
     packed_b: tuple[str, IExpr] | None = None
+    packed_vnni: bool = False
     prefetch_b: int = 0
 
 
@@ -67,13 +70,21 @@ class Buffer:
 
 @dataclass(frozen=True, kw_only=True)
 class Copy:
-    """``buf[dst : dst + count] = tensor[src : src + count]`` (element offsets)."""
+    """``buf[dst : dst + count] = tensor[src : src + count]`` (element offsets), by ``kind``:
+
+    * ``"rows"``: that one run of ``count`` elements;
+    * ``"pairs"``: two rows, at ``src`` and ``src + ld``, interleaved element by element into
+      ``2 * count`` (``buf[dst + 2*j + h] = tensor[src + h*ld + j]``: a VNNI-2 pair row);
+    * ``"last"``: the unpaired last row of an odd ``k``, interleaved with zeros.
+    """
 
     buf: str
     dst: IExpr
     tensor: str
     src: IExpr
     count: int
+    kind: str = "rows"
+    ld: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,15 +186,27 @@ def to_c(nodes: tuple[Node, ...], stmt_text: dict[str, str] | None = None, inden
         elif isinstance(n, Buffer):
             out.append(f"{pad}{n.dtype} {n.name}[{n.elems}];  // scratch")
         elif isinstance(n, Copy):
-            out.append(
-                f"{pad}copy({n.buf} + {n.dst}, {n.tensor} + {n.src}, {n.count});  // packs operand rows"
-            )
+            if n.kind == "pairs":
+                out.append(
+                    f"{pad}copy_pairs({n.buf} + {n.dst}, {n.tensor} + {n.src}, {n.ld}, {n.count});"
+                    "  // VNNI-2: rows src, src + ld interleaved"
+                )
+            elif n.kind == "last":
+                out.append(
+                    f"{pad}copy_pairs({n.buf} + {n.dst}, {n.tensor} + {n.src}, zeros, {n.count});"
+                    "  // VNNI-2: the odd last row, zero partner"
+                )
+            else:
+                out.append(
+                    f"{pad}copy({n.buf} + {n.dst}, {n.tensor} + {n.src}, {n.count});  // packs operand rows"
+                )
         else:
             call = f"{n.stmt}({', '.join(map(str, n.args))});"
             if stmt_text and n.stmt in stmt_text:
                 call += f"  // {stmt_text[n.stmt]}"
             if n.packed_b is not None:
-                call += f"  [B from {n.packed_b[0]} + {n.packed_b[1]}]"
+                vnni = ", VNNI-2" if n.packed_vnni else ""
+                call += f"  [B from {n.packed_b[0]} + {n.packed_b[1]}{vnni}]"
             if n.prefetch_b:
                 call += f"  [prefetch B {n.prefetch_b:+d}]"
             out.append(pad + call)

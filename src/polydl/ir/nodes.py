@@ -201,6 +201,7 @@ class Micro:
     operands: tuple[tuple[str, IExpr], ...] = ()  # the epilogue's tensors and their origins
     alpha_arg: str | None = None  # scalar argument multiplying the products, at run time
     ab_dtype: str = "f32"  # A and B elements ("bf16": products accumulated in f32)
+    c_dtype: str = "f32"  # C elements ("bf16": the store rounds to nearest even)
     # grouped rows (kernels/config.py): groups of ``row_group`` rows, ``lda_group``/``ldc_group``
     # from one group's first row to the next one's (None: one run of rows)
     row_group: int | None = None

@@ -5,6 +5,7 @@ see :mod:`polydl.kernels.config` for the layout contract, :mod:`polydl.kernels.i
 selection and blocking rules, :mod:`polydl.kernels.generator` for the IR signatures.
 """
 
+from . import amx
 from .config import FORMS, BrgemmConfig
 from .generator import KernelIR, generate, merge_declarations
 from .isa import FAMILIES, Blocking, IsaFamily, TileGroup, isa_for_cpu, plan, select_isa
@@ -22,6 +23,7 @@ from .registry import (
 
 __all__ = [
     "FORMS",
+    "amx",
     "FAMILIES",
     "Blocking",
     "BrgemmConfig",

@@ -17,6 +17,16 @@ and ``ldc_group = row_group*ldc``) the rows are one run, the form above.
 Rows of A and B may overlap (``lda < k``, ``ldb < n``: a direct convolution on NCHW data reads
 input rows one element apart); rows of C may not (``ldc >= n``).
 
+VNNI-2 B (``b_vnni=True``, bf16 only): B's rows come in pairs ``(2q, 2q + 1)`` interleaved
+element by element, ``ldb`` (>= n) columns apart: ``B[p, j]`` is ``B + (p//2)*2*ldb + 2*j + p%2``,
+``ceil(k/2)`` pair rows (``[k/2][ldb][2]``), what ``vdpbf16ps`` and AMX's ``tdpbf16ps`` load as
+one vector. Of an odd ``k`` the last pair row holds row ``k - 1`` and a pad the kernels never
+let count (it is read: ``transform/pack.py`` writes zeros there).
+
+``c_dtype="bf16"``: C holds bfloat16; a ``beta = 1`` kernel reads it widened, every product is
+still accumulated in f32, and the store rounds the epilogue's result to nearest even (a NaN
+stays a quiet NaN).
+
 ``n`` is the contiguous (vector) dimension. The kernel computes, for a batch of ``batch`` pairs::
 
     C[i, j] = f( beta*C[i, j] + alpha * sum_b sum_p A_b[i, p] * B_b[p, j], in_0[i, j], ... )
@@ -79,6 +89,8 @@ class BrgemmConfig:
     ldc_group: int | None = None  # C offset between the first rows of consecutive groups
     epilogue: Epilogue | None = None  # what the final store computes (None: the element itself)
     ab_dtype: str = "f32"  # A and B elements: "f32", or "bf16" (products accumulated in f32)
+    b_vnni: bool = False  # B in VNNI-2 pairs of rows (bf16 only; see the module docstring)
+    c_dtype: str = "f32"  # C elements: "f32", or "bf16" (the store rounds to nearest even)
     # software prefetch: while reading a B row, prefetch (into L1) the line this many elements
     # further on, where the next call reads (transform/prefetch.py); 0: none
     prefetch_b: int = 0
@@ -104,6 +116,12 @@ class BrgemmConfig:
             raise PolyDLError("BRGEMM takes an epilogue or the bias/relu shorthands, not both")
         if self.ab_dtype not in ("f32", "bf16"):
             raise PolyDLError(f"BRGEMM ab_dtype must be 'f32' or 'bf16', got {self.ab_dtype!r}")
+        if self.c_dtype not in ("f32", "bf16"):
+            raise PolyDLError(f"BRGEMM c_dtype must be 'f32' or 'bf16', got {self.c_dtype!r}")
+        if self.b_vnni and self.ab_dtype != "bf16":
+            raise PolyDLError("BRGEMM b_vnni (VNNI-2 pairs of B rows) needs ab_dtype='bf16'")
+        if self.b_vnni and self.ldb is not None and self.ldb < self.n:
+            raise PolyDLError(f"BRGEMM VNNI-2 B needs ldb >= n, got ldb={self.ldb}, n={self.n}")
         if isinstance(self.prefetch_b, bool) or not isinstance(self.prefetch_b, int):
             raise PolyDLError(f"BRGEMM prefetch_b must be an int, got {self.prefetch_b!r}")
         if self.epilogue is not None and not isinstance(self.epilogue, Epilogue):
@@ -140,11 +158,18 @@ class BrgemmConfig:
 
     @classmethod
     def of_call(
-        cls, mk, *, packed: bool = False, isa: str | None = None, prefetch_b: int = 0
+        cls,
+        mk,
+        *,
+        packed: bool = False,
+        vnni: bool = False,
+        isa: str | None = None,
+        prefetch_b: int = 0,
     ) -> BrgemmConfig:
         """The offset-form kernel of one BRGEMM statement (an ``ir.nodes.Micro``); ``packed``:
-        its B blocks read from a dense copy (``ldb = n``, ``transform/pack.py``); ``prefetch_b``:
-        the call's B prefetch distance (``transform/prefetch.py``)."""
+        its B blocks read from a dense copy (``ldb = n``, ``transform/pack.py``), ``vnni``: a
+        copy in VNNI-2 pairs of rows; ``prefetch_b``: the call's B prefetch distance
+        (``transform/prefetch.py``)."""
         return cls(
             m=mk.m,
             n=mk.n,
@@ -157,6 +182,8 @@ class BrgemmConfig:
             form="offset",
             epilogue=mk.epilogue,
             ab_dtype=mk.ab_dtype,
+            b_vnni=vnni,
+            c_dtype=mk.c_dtype,
             isa=isa,
             alpha_arg=mk.alpha_arg is not None,
             row_group=mk.row_group,
@@ -173,7 +200,7 @@ class BrgemmConfig:
         ldc = self.ldc if self.ldc is not None else self.n
         if self.form == "stride":
             sa = self.stride_a if self.stride_a is not None else self.m * lda
-            sb = self.stride_b if self.stride_b is not None else self.k * ldb
+            sb = self.stride_b if self.stride_b is not None else self.b_rows * ldb
         else:
             sa = sb = 0
         group, lda_g, ldc_g = self.row_group, self.lda_group, self.ldc_group
@@ -240,8 +267,16 @@ class BrgemmConfig:
         """Elements one A block spans from its first element."""
         return max(self.a_row(i) for i in (0, self.m - 1, *self._group_ends())) + self.k
 
+    @property
+    def b_rows(self) -> int:
+        """Rows of a B block in memory, ``ldb`` elements each: ``k``, or with VNNI-2 pairs
+        ``2*ceil(k/2)`` (a pair row is ``2*ldb`` elements)."""
+        return 2 * -(-self.k // 2) if self.b_vnni else self.k
+
     def b_extent(self) -> int:
         ldb = self.ldb if self.ldb is not None else self.n
+        if self.b_vnni:
+            return (self.b_rows - 2) * ldb + 2 * self.n
         return (self.k - 1) * ldb + self.n
 
     def c_extent(self) -> int:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import jinja2
 
+from . import amx
 from .config import BrgemmConfig
 from .epilogue import BINARY, Epilogue
 from .isa import Blocking, IsaFamily, TileGroup, effective, family, plan
@@ -84,7 +85,7 @@ def _params(cfg: BrgemmConfig) -> tuple[str, str]:
     ir = ["ptr %A", "ptr %B", "ptr noalias %C", "i64 %batch"]
     a_c = "const float *const *A" if cfg.form == "address" else "const float *A"
     b_c = "const float *const *B" if cfg.form == "address" else "const float *B"
-    c = [a_c, b_c, "float *C", "int64_t batch"]
+    c = [a_c, b_c, "uint16_t *C" if cfg.c_dtype == "bf16" else "float *C", "int64_t batch"]
     if cfg.form == "offset":
         ir += ["ptr %a_offs", "ptr %b_offs"]
         c += ["const int64_t *a_offs", "const int64_t *b_offs"]
@@ -272,7 +273,10 @@ def math_code(fn: str, prefix: str, src: str, dst: str) -> tuple[str, list[str]]
 def _group_ctx(gi: int, g: TileGroup, cfg: BrgemmConfig, fam: IsaFamily) -> dict:
     p = f"g{gi}"
     v = fam.vector_width
-    cols = [{"c": c, "off": c * v, "mask": _mask(v, lanes)} for c, lanes in enumerate(g.lanes)]
+    cols = [
+        {"c": c, "off": c * v, "mask": _mask(v, lanes), "lanes": lanes}
+        for c, lanes in enumerate(g.lanes)
+    ]
     row_setup: list[str] = []
     if cfg.row_group is None:  # one run of rows: offsets from the tile's first row
         rows = [{"r": r, "a_off": r * cfg.lda, "c_off": f"{r * cfg.ldc}"} for r in range(g.mr)]
@@ -366,20 +370,33 @@ def generate(
     if not bf16 and "f32" not in fam.dtypes:
         raise ValueError(f"family {fam.name} takes bf16 operands only")
     dot = fam.bf16_dot and bf16
+    if fam.amx and amx.supports(cfg) is not None:
+        raise ValueError(f"family {fam.name}: {amx.supports(cfg)}")
+    if cfg.b_vnni and not dot:
+        raise ValueError(f"family {fam.name} reads no VNNI-2 B (a bf16 dot-product family does)")
+    c_bf16 = cfg.c_dtype == "bf16"
     hty, pty, bty16 = f"<{v} x i16>", f"<{2 * v} x i16>", f"<{2 * v} x bfloat>"
+    ity = f"<{v} x i32>"
     mload16 = f"llvm.masked.load.v{v}i16.p0"
+    mstore16 = f"llvm.masked.store.v{v}i16.p0"
+    mload32 = f"llvm.masked.load.v{v}i32.p0"
     dot_fn = f"llvm.x86.avx512bf16.dpbf16ps.{32 * v}"
     declarations = (
         f"declare {vty} @{fma}({vty}, {vty}, {vty})",
         f"declare {vty} @{mload}(ptr, i32 immarg, {mty}, {vty})",
         f"declare void @{mstore}({vty}, ptr, i32 immarg, {mty})",
         *math_declarations(math, needs),
-        *([f"declare {hty} @{mload16}(ptr, i32 immarg, {mty}, {hty})"] if bf16 else []),
-        *([f"declare {vty} @{dot_fn}({vty}, {bty16}, {bty16})"] if dot else []),
+        *([f"declare {hty} @{mload16}(ptr, i32 immarg, {mty}, {hty})"] if bf16 or c_bf16 else []),
+        *([f"declare void @{mstore16}({hty}, ptr, i32 immarg, {mty})"] if c_bf16 else []),
+        *([f"declare {ity} @{mload32}(ptr, i32 immarg, {mty}, {ity})"] if cfg.b_vnni else []),
+        *([f"declare {vty} @{dot_fn}({vty}, {bty16}, {bty16})"] if dot and not fam.amx else []),
+        *(amx.DECLARATIONS if fam.amx else ()),
         *([PREFETCH_DECL] if cfg.prefetch_b else []),
     )
     params, c_params = _params(cfg)
-    groups = [_group_ctx(gi, g, cfg, fam) for gi, g in enumerate(blocking.groups)]
+    groups = (
+        [] if fam.amx else [_group_ctx(gi, g, cfg, fam) for gi, g in enumerate(blocking.groups)]
+    )
     counters = [f"{g['p']}.{lvl}" for g in groups for lvl in ("j", "i", "b", "k", "q")]
     ctx = {
         "name": name,
@@ -421,12 +438,22 @@ def generate(
         "pty": pty,
         "bty16": bty16,
         "mload16": mload16,
+        "mstore16": mstore16,
+        "mload32": mload32,
+        "b_vnni": cfg.b_vnni,
+        "low16": _vec_const("i32", ["65535"] * v),
+        "c_bf16": c_bf16,
+        "cty": "i16" if c_bf16 else "float",
+        "round_bias": _vec_const("i32", ["32767"] * v),
+        "quiet": _vec_const("i32", ["64"] * v),
+        "even_lanes": f"<{v} x i32> " + _vec_const("i32", [str(2 * j) for j in range(v)]),
         "shift16": _vec_const("i32", ["16"] * v),
         "pair_mask": f"<{2 * v} x i32> "
         + _vec_const("i32", [str(x) for j in range(v) for x in (j, j + v)]),
         "counters": counters,
         "accs": [a for g in groups for a in g["acc_list"]],
         "groups": groups,
+        **(amx.context(cfg, _mask, params) if fam.amx else {}),
         "prefetch_b": cfg.prefetch_b,
     }
     text = environment().get_template(fam.template).render(**ctx)

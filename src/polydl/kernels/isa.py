@@ -54,6 +54,7 @@ class IsaFamily:
     # loads; a ``bf16_dot`` family multiplies bf16 pairs into f32 (vdpbf16ps) at twice the rate
     dtypes: frozenset[str] = frozenset({"f32", "bf16"})
     bf16_dot: bool = False
+    amx: bool = False  # AMX tiles (kernels/amx.py): bf16 A, B in VNNI-2 pairs only
 
     @property
     def vty(self) -> str:
@@ -99,6 +100,19 @@ FAMILIES: dict[str, IsaFamily] = {
             dtypes=frozenset({"bf16"}),
             bf16_dot=True,
         ),
+        # AMX tiles: bf16 A times VNNI-2 B (kernels/amx.py); the epilogue on zmm vectors
+        replace(
+            _AVX512,
+            name="amx_bf16",
+            required_features=_AVX512.required_features | {"avx512bf16", "amx-tile", "amx-bf16"},
+            canonical_cpu="sapphirerapids",
+            priority=50,
+            template="amx/brgemm.ll.j2",
+            narrow_width=None,
+            dtypes=frozenset({"bf16"}),
+            bf16_dot=True,
+            amx=True,
+        ),
         IsaFamily(
             name="avx2",
             vector_width=8,
@@ -139,11 +153,22 @@ def select_isa(features: frozenset[str] | None = None, dtype: str = "f32") -> Is
     return max(usable, key=lambda f: f.priority)
 
 
-def bf16_family(cpu: str | None, fallback: str) -> IsaFamily:
+def bf16_family(cpu: str | None, fallback: str, cfg: BrgemmConfig | None = None) -> IsaFamily:
     """The family a bf16 contraction's calls use on LLVM CPU ``cpu`` (None: this host): the
-    dot-product family where the CPU has it, else ``fallback`` (the f32 family, widening)."""
+    dot-product family where the CPU has it (AMX tiles first, for a call ``cfg`` they take:
+    kernels/amx.supports), else ``fallback`` (the f32 family, widening)."""
+    from . import amx
+
     host = cpu in (None, "host", "native", jit.host_cpu())
-    best = select_isa(jit.host_features() if host else jit.cpu_features(cpu), "bf16")
+    feats = jit.host_features() if host else jit.cpu_features(cpu)
+    usable = [
+        f
+        for f in FAMILIES.values()
+        if f.required_features <= feats
+        and "bf16" in f.dtypes
+        and not (f.amx and cfg is not None and amx.supports(cfg.normalized()) is not None)
+    ]
+    best = max(usable, key=lambda f: f.priority)
     return best if best.bf16_dot else FAMILIES[fallback]
 
 
@@ -252,7 +277,12 @@ def _row_tiles(m: int, mr: int) -> list[tuple[int, int, int]]:
 
 
 def plan(cfg: BrgemmConfig, fam: IsaFamily) -> Blocking:
-    """Register blocking of ``cfg`` for ``fam`` (see the module docstring for the rule)."""
+    """Register blocking of ``cfg`` for ``fam`` (see the module docstring for the rule; AMX:
+    blocks of 2 x 2 tiles, :func:`polydl.kernels.amx.plan`)."""
+    if fam.amx:
+        from . import amx
+
+        return amx.plan(cfg.normalized(), fam)
     fam = effective(fam, cfg)
     v = fam.vector_width
     nv = min(math.ceil(cfg.n / v), fam.max_col_vectors)

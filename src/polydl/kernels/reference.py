@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..memory import from_bf16
 from .config import BrgemmConfig
 from .epilogue import evaluate
 
@@ -24,6 +25,27 @@ def block(flat: np.ndarray, offset: int, rows, cols: int, ld: int = 0) -> np.nda
     if out.dtype == np.uint16:
         return (out.astype(np.uint32) << 16).view(np.float32)
     return out
+
+
+def _b_block(c: BrgemmConfig, flat: np.ndarray, offset: int) -> np.ndarray:
+    """The ``k x n`` B block at ``offset``: rows ``ldb`` apart, or VNNI-2 pairs of rows
+    (``B[p, j]`` at ``(p//2)*2*ldb + 2*j + p%2``)."""
+    if not c.b_vnni:
+        return block(flat, offset, c.k, c.n, c.ldb)
+    p = np.arange(c.k)
+    rows = (p // 2) * 2 * c.ldb + p % 2
+    idx = offset + rows[:, None] + 2 * np.arange(c.n)[None, :]
+    out = flat.reshape(-1)[idx]
+    return from_bf16(out)
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 ``x`` rounded to bfloat16 bits (uint16; to nearest, ties to even, NaN quiet):
+    what a ``c_dtype="bf16"`` kernel stores."""
+    b = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    up = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(np.asarray(x, np.float32))
+    return np.where(nan, ((b >> 16) | 0x40).astype(np.uint16), up)
 
 
 def pairs(
@@ -45,7 +67,7 @@ def pairs(
             fa, oa, fb, ob = a, int(a_offsets[i]), b, int(b_offsets[i])
         else:
             fa, oa, fb, ob = a[i], 0, b[i], 0
-        out.append((block(fa, oa, a_rows, c.k), block(fb, ob, c.k, c.n, c.ldb)))
+        out.append((block(fa, oa, a_rows, c.k), _b_block(c, fb, ob)))
     return out
 
 
@@ -77,7 +99,7 @@ def reference(
     idx = np.array([n.c_row(i) for i in range(n.m)])[:, None] + np.arange(n.n)[None, :]
     res = (float(np.float32(alpha)) if n.alpha_arg else n.alpha) * acc
     if n.beta == 1:
-        res = res + flat[idx].astype(np.float64)
+        res = res + (from_bf16(flat[idx]) if n.c_dtype == "bf16" else flat[idx]).astype(np.float64)
     if n.epilogue is not None:
         ins = list(operands) if operands is not None else ([bias] if bias is not None else [])
         blocks = []
@@ -86,5 +108,6 @@ def reference(
             at = np.array(rows)[:, None] + op.col * np.arange(n.n)[None, :]
             blocks.append(np.asarray(x).reshape(-1)[at].astype(np.float64))
         res = evaluate(n.epilogue.expr, res, blocks)
-    flat[idx] = res.astype(np.float32)
+    res32 = res.astype(np.float32)
+    flat[idx] = round_bf16(res32).view(flat.dtype) if n.c_dtype == "bf16" else res32
     return out

@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import jit
 from ..errors import PolyDLError
+from . import amx
 from .config import BrgemmConfig
 from .generator import KernelIR, generate
 from .isa import Blocking, IsaFamily, compile_target, family, plan
@@ -54,8 +55,13 @@ def spec(config: BrgemmConfig) -> KernelSpec:
     cfg = replace(config.normalized(), isa=fam.name)
     layouts = (
         ("A", f"row-major {cfg.m}x{cfg.k}, lda={cfg.lda}"),
-        ("B", f"row-major {cfg.k}x{cfg.n}, ldb={cfg.ldb}"),
-        ("C", f"row-major {cfg.m}x{cfg.n}, ldc={cfg.ldc}"),
+        (
+            "B",
+            f"VNNI-2 {-(-cfg.k // 2)}x{cfg.n}x2, ldb={cfg.ldb}"
+            if cfg.b_vnni
+            else f"row-major {cfg.k}x{cfg.n}, ldb={cfg.ldb}",
+        ),
+        ("C", f"row-major {cfg.m}x{cfg.n} {cfg.c_dtype}, ldc={cfg.ldc}"),
         *(
             (
                 f"e{t} ({o.name})",
@@ -142,7 +148,7 @@ class BrgemmKernel:
         ``address`` takes sequences of per-pair arrays. ``operands`` are the epilogue's tensors
         (``bias=`` for the bias shorthand). Every access is bounds-checked first."""
         cfg = self.spec.config
-        _f32(c, "C", cfg.c_extent(), writable=True)
+        _f32(c, "C", cfg.c_extent(), writable=True, dtype=cfg.c_dtype)
         keep: list = []
         if cfg.form == "stride":
             if batch is None or batch < 0:
@@ -233,6 +239,8 @@ def compile_brgemm(config: BrgemmConfig, *, target: str | None = None) -> Brgemm
     ir = generate(sp.config, name=symbol_for(sp.config))
     t0 = time.perf_counter()
     mod = jit.build(ir.module(), target=compile_target(sp.family, target), name=ir.name)
+    if sp.family.amx:  # before the first tile instruction (kernels/amx.py)
+        amx.request_permission()
     addr = mod.address(ir.name)
     seconds = time.perf_counter() - t0
     fn = ctypes.CFUNCTYPE(None, *_argtypes(sp.config))(addr)

@@ -111,32 +111,55 @@ def call_model(
     beta: int = 1,
     dtype_bytes: int = 4,
     ab_dtype: str = "f32",
+    b_vnni: bool | None = False,
 ) -> Call:
     """The in-core cycles and panel traffic of one BRGEMM call of ``m x n``, reduction ``k``
     and ``batch`` blocks, with the register blocking the microkernel generator picks on
     ``target``'s ISA (:func:`polydl.kernels.isa.plan`). bf16 operands on a dot-product family
-    (vdpbf16ps) take one instruction per accumulator per k pair and, per pair, two loads and an
-    interleave of each B vector and one broadcast per A row."""
+    (vdpbf16ps) take one instruction per accumulator per k pair and, per pair, one broadcast
+    per A row and per B vector two loads and an interleave, or with ``b_vnni`` (B copied into
+    VNNI-2 pairs first, ``transform/pack.py``) one load, plus the copy (:func:`vnni_copy_cycles`)
+    in the call's cycles. ``b_vnni=None``: as the packing pass would choose for one call
+    (:func:`vnni_pays` with no reuse across calls)."""
     from ..kernels import isa as kisa
     from ..kernels.config import BrgemmConfig
 
     fam = kisa.family(target.isa)
     if ab_dtype == "bf16":
-        fam = kisa.bf16_family(target.llvm_cpu, fam.name)
+        plain = None if b_vnni is not False else BrgemmConfig(m=m, n=n, k=k, ab_dtype="bf16")
+        fam = kisa.bf16_family(target.llvm_cpu, fam.name, plain)  # no AMX without VNNI-2 B
         dtype_bytes = 2
     dot = fam.bf16_dot and ab_dtype == "bf16"
+    if b_vnni is None:
+        b_vnni = dot and vnni_pays(m, n, k, batch, target, reuse=1)
+    b_vnni = b_vnni and dot
     cfg = BrgemmConfig(m=m, n=n, k=k, ldb=n, ldc=n, beta=beta, ab_dtype=ab_dtype)
     blocking = kisa.plan(cfg, fam)
     fma_ports, load_ports = target.fma_issue, target.load_ports
     cycles = target.call_cycles
     for g in blocking.groups:
+        if fam.amx:  # tiles: tdpbf16ps per 32 k (kernels/amx.call_cycles), B in VNNI-2
+            from ..kernels import amx
+
+            acc_io = g.mr * g.nv * (2 + beta) / load_ports  # tiles stored, C (re)read, stored
+            tile = amx.call_cycles(g, k, batch) + batch * target.batch_cycles + acc_io
+            cycles += g.i_count * g.j_count * (tile + target.tile_cycles)
+            continue
         if dot:
-            per_k = max(g.mr * g.nv / (2 * fma_ports), (g.mr / 2 + 1.5 * g.nv) / load_ports)
+            # per B vector per k pair: one load of a VNNI-2 pair vector, or two loads and the
+            # interleave, a shuffle that issues on the vector ports the dot products use
+            b_loads, shuffles = (1, 0) if b_vnni else (2, 1)
+            per_k = max(
+                (g.mr * g.nv + shuffles * g.nv) / (2 * fma_ports),
+                (g.mr + (b_loads + shuffles) * g.nv) / (2 * load_ports),
+            )
         else:
             per_k = max(g.mr * g.nv / fma_ports, (g.mr + g.nv) / load_ports)
         acc_io = g.mr * g.nv * (1 + beta) / load_ports  # store (and load, beta = 1) of C
         tile = k * batch * per_k + batch * target.batch_cycles + target.tile_cycles + acc_io
         cycles += g.i_count * g.j_count * tile
+    if b_vnni:
+        cycles += vnni_copy_cycles(k * batch * n, target)
     first_cols = blocking.groups[0].j_start
     row_tiles = sum(g.i_count for g in blocking.groups if g.j_start == first_cols)
     col_tiles = sum(g.j_count for g in blocking.groups if g.i_start == 0)
@@ -150,6 +173,38 @@ def call_model(
         b_panel=k * batch * min(n, width) * dtype_bytes,
         tile=blocking.tile,
     )
+
+
+def vnni_target(target: Target) -> bool:
+    """Whether ``target``'s bf16 family multiplies pairs (its calls take VNNI-2 B)."""
+    from ..kernels import isa as kisa
+
+    return kisa.bf16_family(target.llvm_cpu, target.isa).bf16_dot
+
+
+def vnni_copy_cycles(elems: int, target: Target) -> float:
+    """Cycles of copying ``elems`` bf16 B elements into VNNI-2 pairs, beyond what the calls
+    reading B in place cost: the copy is written to the cache that holds it and read from
+    there once more (the first read of B, from wherever it is, is the calls' either way), in
+    L1-byte units (``Target.byte_cost``) over the bytes a core loads from L1 per cycle."""
+    nbytes = 2 * elems
+    return 2 * nbytes * target.byte_cost(target.fit(nbytes)) / target.l1_bytes_per_cycle
+
+
+def vnni_pays(m: int, n: int, k: int, batch: int, target: Target, *, reuse: int = 1) -> bool:
+    """Whether copying a bf16 call's B blocks (``batch`` of ``k x n``) into VNNI-2 pairs once
+    pays on ``target``: the cycles it saves in each of the ``reuse`` calls that read the copy
+    (each row tile loads a pair vector where it interleaved two rows) against the copy's."""
+    from ..kernels import isa as kisa
+
+    if not vnni_target(target):
+        return False
+    if kisa.bf16_family(target.llvm_cpu, target.isa).amx:
+        return True  # tiles take B in VNNI-2 pairs only
+    plain = call_model(m, n, k, batch, target, ab_dtype="bf16", b_vnni=False)
+    packed = call_model(m, n, k, batch, target, ab_dtype="bf16", b_vnni=True)
+    copy = vnni_copy_cycles(k * batch * n, target)
+    return reuse * (plain.cycles - (packed.cycles - copy)) > copy
 
 
 def evaluate(

@@ -298,4 +298,6 @@ def call_of(
     pairs = batch * ((kc or bk) // bk)
     if looped is not None:
         pairs = pairs // c.extent(looped) * chunk
-    return call_model(rows, min(bn, c.extent(c.n)), bk, pairs, target, beta=1, ab_dtype=ab_dtype)
+    n = min(bn, c.extent(c.n))
+    # bf16: B in VNNI-2 pairs where the packing pass would copy them for one call
+    return call_model(rows, n, bk, pairs, target, beta=1, ab_dtype=ab_dtype, b_vnni=None)
