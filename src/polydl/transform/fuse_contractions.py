@@ -43,7 +43,8 @@ from ..analysis.reuse import fmt_bytes
 from ..ir import poly
 from ..ir.nodes import BinOp, Expr, Int, Kernel, Load, Statement, UnOp, Var, substitute
 from ..target import Target
-from .fuse import Candidate, fused_schedules, legality as loop_legality, spine
+from .fuse import Candidate, fused_schedules, spine
+from .fuse import legality as loop_legality
 
 
 @dataclass(frozen=True, kw_only=True)
