@@ -91,13 +91,14 @@ def compile_kernel(
     optimize: bool = True,
     variant: int = 0,
     schedule: Schedule | None = None,
-    fuse: bool = True,
+    fuse: bool | str = True,
 ) -> CompiledKernel:
     """Compile a parsed DSL kernel for the given sizes, thread count and target CPU.
 
     ``optimize=False`` keeps the plain schedule of the source (the oracle path); ``variant``
     takes the variant of that rank instead of the cost model's best (0); ``schedule`` replays
-    a record (:mod:`polydl.schedule`) instead of ranking; ``fuse=False`` keeps the nests apart.
+    a record (:mod:`polydl.schedule`) instead of ranking; ``fuse=False`` keeps the nests apart,
+    ``fuse="always"`` fuses conv -> conv pairs wherever legal (cost-model studies).
     """
     from .analysis.deps import parallel_dims
 
@@ -174,7 +175,13 @@ def compile_kernel(
 
 
 def _front(
-    kernel: Kernel, sizes: Mapping[str, int], tgt, *, threads: int, optimize: bool, fuse: bool
+    kernel: Kernel,
+    sizes: Mapping[str, int],
+    tgt,
+    *,
+    threads: int,
+    optimize: bool,
+    fuse: bool | str,
 ) -> tuple[list[Kernel], tuple, tuple]:
     """Steps 1-4 of :func:`compile_kernel` (under the isl lock): the candidate kernels whose
     contractions are lowered (the split one first, then a guarded contraction's gathered one),
@@ -196,6 +203,8 @@ def _front(
         #     feeding a conv): legal pairs offered to step 5, which scores them with the ranked
         #     costs and shares their batch loop (transform/fuse_contractions.py).
         groups, refused = offer_contractions(bound, tgt, threads=threads)
+        if fuse == "always":
+            groups = tuple(replace(g, forced=True) for g in groups)
         fusion = (*fusion, *refused)
     # 4. Contraction operands strided along the output's contiguous dimension (a strided
     #    NCHW conv's input) are gathered once into dense scratch (transform/gather.py).

@@ -60,6 +60,7 @@ class Group:
     unfused_level: str  # where the whole intermediate lives between the nests
     fused_level: str  # where one image of it lives per core
     saved: float  # cost-model units of intermediate traffic fusion saves (slowest core)
+    forced: bool = False  # fused wherever legal (``fuse="always"``: cost-model studies)
 
     def candidate(self, fused: bool, verdict: str, reason: str) -> Candidate:
         return Candidate(
@@ -190,6 +191,8 @@ def score(group: Group, contraction_cost: float, threads: int) -> tuple[bool, st
         f"{', one copy per thread' if group.scratch else ''}); no recompute (whole images)"
     )
     costs = f"predicted {fused:.3g} fused vs {contraction_cost:.3g} unfused"
+    if group.forced:
+        return True, f"{where}: {costs} (forced: fuse='always')", fused
     if group.saved <= 0:
         return False, f"{where}: no cache level saved; {costs}", fused
     if fused >= contraction_cost:
