@@ -2,6 +2,7 @@
 chain one kernel per operator (``fuse=False``), torch eager (oneDNN) and torch.compile (Inductor).
 
     python benchmarks/fusion.py [--threads 1 2] [--batch 1 8] [--no-inductor] [--chains res2 ...]
+                                [--conv-only]
 
 Chains:
 
@@ -12,6 +13,13 @@ Chains:
   Inductor folds what it can on its own).
 * ``bert128``, ``bert512``: ``gelu(x @ W1 + b1)`` of a BERT-base feed-forward layer (768 ->
   3072) at sequence lengths 128 and 512 (batch 1).
+* conv -> conv (``res2-1x1-3x3``, ``res2-3x3-1x1``, ``res3-1x1-3x3``, ``res3-3x3-1x1``): the
+  middle of a ResNet-50 bottleneck, ``relu(conv3x3(relu(conv1x1(x) + b)))`` (56x56 64 -> 64 ->
+  64; 28x28 128 -> 128 -> 128) and ``conv1x1(relu(conv3x3(x) + b))`` (56x56 64 -> 64 -> 256;
+  28x28 128 -> 128 -> 512), batch 1 and 8, in a table of their own: the cost model's verdict
+  (``transform/fuse_contractions.py``), the graph as compiled (``auto``: fused where that
+  verdict says so), the same one kernel with conv -> conv fusion off (``off``) and forced on
+  (``forced``, ``fuse="always"``), torch eager; ``forced/off``: what fusion gives on this host.
 
 Threads pinned on both sides (``torch.set_num_threads``, polydl ``threads=``); contenders timed
 in interleaved rounds (``common.interleaved``); ratios are medians of per-round ratios
@@ -87,6 +95,119 @@ def gelu_chain(seq: int, rng):
     return g, (x,), (w, b), torch_fn, 2.0 * seq * d * f
 
 
+CONVCONV = {
+    "res2-1x1-3x3": (56, 64, 64, 64, "1x1-3x3"),
+    "res2-3x3-1x1": (56, 64, 64, 256, "3x3-1x1"),
+    "res3-1x1-3x3": (28, 128, 128, 128, "1x1-3x3"),
+    "res3-3x3-1x1": (28, 128, 128, 512, "3x3-1x1"),
+}
+
+
+def convconv_chain(batch: int, hw: int, c: int, mid: int, out: int, kind: str, rng):
+    """``kind`` "1x1-3x3": relu(conv3x3(relu(conv1x1(x) + b1))); "3x3-1x1":
+    conv1x1(relu(conv3x3(x) + b1)) (padding 1 on the 3x3)."""
+    first, second = ((1, 0), (3, 1)) if kind == "1x1-3x3" else ((3, 1), (1, 0))
+    x = rng.standard_normal((batch, c, hw, hw), dtype=np.float32)
+    w1 = (rng.standard_normal((mid, c, first[0], first[0])) / np.sqrt(c * first[0] ** 2)).astype(
+        np.float32
+    )
+    b1 = rng.standard_normal(mid, dtype=np.float32)
+    w2 = (
+        rng.standard_normal((out, mid, second[0], second[0])) / np.sqrt(mid * second[0] ** 2)
+    ).astype(np.float32)
+    g = pd.graph.Graph(f"conv{kind}")
+    gx = g.input("x", x.shape)
+    y = g.conv2d(g.relu(g.conv2d(gx, w1, b1, padding=first[1])), w2, padding=second[1])
+    g.output(g.relu(y) if kind == "1x1-3x3" else y)
+
+    def torch_fn(tx, tw1, tb1, tw2):
+        import torch
+        import torch.nn.functional as F
+
+        y = F.conv2d(torch.relu(F.conv2d(tx, tw1, tb1, padding=first[1])), tw2, padding=second[1])
+        return torch.relu(y) if kind == "1x1-3x3" else y
+
+    flops = 2.0 * batch * hw * hw * (c * mid * first[0] ** 2 + mid * out * second[0] ** 2)
+    return g, (x,), (w1, b1, w2), torch_fn, flops
+
+
+def one_kernel(g, threads: int, fuse):
+    """The graph as one kernel compiled with ``fuse`` (True, False, "always"): the epilogues
+    folded either way, conv -> conv fusion as ``fuse`` says; ``f(x) -> y``."""
+    from polydl.graph.lower import fold_batch_norms, lower
+    from polydl.pipeline import compile_kernel
+
+    nodes, same = fold_batch_norms(list(g.nodes), g.outputs)
+    kernel, params = lower(g.name, nodes, g.inputs, g.outputs, g.filename, g.line, same)
+    ck = compile_kernel(kernel, {}, threads=threads, fuse=fuse)
+    arrays = [p for _, p in params]
+    shape = g.outputs[0].shape
+
+    def f(x):
+        y = pd.empty(shape)
+        ck(x, *arrays, y)
+        return y
+
+    return ck, f
+
+
+def convconv(args, rng) -> None:
+    import torch
+
+    cases = [
+        (f"{name} N={b}", name, b, spec)
+        for name, spec in CONVCONV.items()
+        for b in args.batch
+        if not args.chains or name in args.chains
+    ]
+    if not cases:
+        return
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"\nconv -> conv, threads={threads}  (GFLOPS of both convs; ratios = time / time)")
+        print(
+            f"{'chain':<20} {'verdict':<12} {'auto GF':>7} {'off':>7} {'forced':>7} {'eager':>7}"
+            f" {'forced/off':>10} {'auto/eager':>10} {'err':>8}"
+        )
+        for label, _, batch, (hw, c, mid, out, kind) in cases:
+            g, inputs, params, torch_fn, flops = convconv_chain(batch, hw, c, mid, out, kind, rng)
+            auto, f_auto = one_kernel(g, threads, True)
+            _, f_off = one_kernel(g, threads, False)
+            _, f_forced = one_kernel(g, threads, "always")
+            verdict = next(
+                (
+                    ln.split(": ")[1].split(" at")[0]
+                    for ln in auto.show("fusion").splitlines()
+                    if "depth 1" in ln
+                ),
+                "none",
+            )
+            t_in = [torch.from_numpy(a) for a in inputs]
+            t_par = [torch.from_numpy(p) for p in params]
+            with torch.no_grad():
+                want = torch_fn(*t_in, *t_par).numpy()
+            err = max(
+                float(np.abs(f(*inputs) - want).max() / max(np.abs(want).max(), 1e-30))
+                for f in (f_auto, f_off, f_forced)
+            )
+            contenders = {
+                "auto": lambda f=f_auto: f(*inputs),
+                "off": lambda f=f_off: f(*inputs),
+                "forced": lambda f=f_forced: f(*inputs),
+                "eager": lambda: torch_fn(*t_in, *t_par),
+            }
+            with torch.no_grad():
+                times = interleaved(contenders, rounds=args.rounds, repeat=args.repeat)
+            gf = {k: flops / float(np.median(v)) / 1e9 for k, v in times.items()}
+            fo = float(np.median(times["off"] / times["forced"]))
+            ae = float(np.median(times["eager"] / times["auto"]))
+            print(
+                f"{label:<20} {verdict:<12} {gf['auto']:7.1f} {gf['off']:7.1f} "
+                f"{gf['forced']:7.1f} {gf['eager']:7.1f} {fo:10.2f} {ae:10.2f} {err:8.1e}",
+                flush=True,
+            )
+
+
 def main() -> None:
     import torch
 
@@ -97,8 +218,12 @@ def main() -> None:
     ap.add_argument("--no-inductor", action="store_true", help="leave torch.compile out")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--conv-only", action="store_true", help="only the conv -> conv table")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
+    convconv(args, rng)
+    if args.conv_only:
+        return
     cases = []
     for name, (cin, cout, hw) in RES.items():
         for batch in args.batch:

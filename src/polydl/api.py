@@ -18,7 +18,7 @@ def compile(
     optimize: bool = True,
     variant: int = 0,
     schedule: Any = None,
-    fuse: bool = True,
+    fuse: bool | str = True,
     tuned: bool | str | os.PathLike | None = None,
     **sizes: int,
 ) -> CompiledKernel:  # noqa: A001
@@ -34,7 +34,12 @@ def compile(
     path; ``CompiledKernel.schedule``, ``show("schedule")``): each contraction's plan exactly as
     recorded, checked for legality, nothing ranked. ``fuse=False`` leaves consecutive nests
     unfused (``show("fusion")`` says what fusion would decide; the elementwise statements after
-    a contraction still fold into its calls).
+    a contraction still fold into its calls). It also turns off conv -> conv fusion: two
+    contractions where the second multiplies the first's output (a conv feeding a conv), which
+    with fusion on run image by image under their batch loop, the intermediate in a per-thread
+    scratch buffer of one image, when the cost model predicts that cheaper
+    (``transform/fuse_contractions.py``; ``fuse="always"``: wherever legal, for cost-model
+    studies; a replayed or tuned schedule fuses no such pair).
 
     ``tuned``: whether a record ``pd.tune`` chose for this kernel, sizes, thread count, machine
     and compiler version is used when one is in the tuning database (``show("variants")`` then

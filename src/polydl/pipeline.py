@@ -23,6 +23,11 @@ from .schedule import ContractionSchedule, Prediction, Schedule, ScheduleError
 from .transform.brgemm import BlockPlan, foldable, lower
 from .transform.coalesce import coalesce_columns
 from .transform.fuse import fuse_nests
+from .transform.fuse_contractions import batch_first, members, score
+from .transform.fuse_contractions import contract as contract_tensor
+from .transform.fuse_contractions import nest as share_batch_loop
+from .transform.fuse_contractions import offer as offer_contractions
+from .transform.fuse_contractions import private as private_tensor
 from .transform.gather import copy_cost, gather_operands
 from .transform.pack import pack_operands
 from .transform.prefetch import prefetch_operands
@@ -87,13 +92,14 @@ def compile_kernel(
     optimize: bool = True,
     variant: int = 0,
     schedule: Schedule | None = None,
-    fuse: bool = True,
+    fuse: bool | str = True,
 ) -> CompiledKernel:
     """Compile a parsed DSL kernel for the given sizes, thread count and target CPU.
 
     ``optimize=False`` keeps the plain schedule of the source (the oracle path); ``variant``
     takes the variant of that rank instead of the cost model's best (0); ``schedule`` replays
-    a record (:mod:`polydl.schedule`) instead of ranking; ``fuse=False`` keeps the nests apart.
+    a record (:mod:`polydl.schedule`) instead of ranking; ``fuse=False`` keeps the nests apart,
+    ``fuse="always"`` fuses conv -> conv pairs wherever legal (cost-model studies).
     """
     from .analysis.deps import parallel_dims
 
@@ -107,7 +113,7 @@ def compile_kernel(
     with _isl_lock:
         # 1.-4. sizes bound, bounds proved, nests fused, strided operands gathered: the kernels
         #       whose contractions step 5 lowers (one, or a guarded contraction's two ways)
-        candidates, fusion = _front(
+        candidates, fusion, groups = _front(
             kernel, sizes, tgt, threads=threads, optimize=optimize, fuse=fuse
         )
         bound = candidates[0]
@@ -117,9 +123,16 @@ def compile_kernel(
         record = None
         if optimize:
             bound, low = _cheapest(
-                candidates, isa, target=tgt, threads=threads, variant=variant, replay=schedule
+                candidates,
+                isa,
+                target=tgt,
+                threads=threads,
+                variant=variant,
+                replay=schedule,
+                groups=groups,
             )
             lowered, micro_par = low.kernel, low.parallel
+            fusion = (*fusion, *low.fusion)
             record = Schedule(
                 kernel=kernel.name,
                 sizes=tuple(sorted(bound.size_values.items())),
@@ -170,11 +183,17 @@ def compile_kernel(
 
 
 def _front(
-    kernel: Kernel, sizes: Mapping[str, int], tgt, *, threads: int, optimize: bool, fuse: bool
-) -> tuple[list[Kernel], tuple]:
+    kernel: Kernel,
+    sizes: Mapping[str, int],
+    tgt,
+    *,
+    threads: int,
+    optimize: bool,
+    fuse: bool | str,
+) -> tuple[list[Kernel], tuple, tuple]:
     """Steps 1-4 of :func:`compile_kernel` (under the isl lock): the candidate kernels whose
-    contractions are lowered (the split one first, then a guarded contraction's gathered one)
-    and the fusion decisions."""
+    contractions are lowered (the split one first, then a guarded contraction's gathered one),
+    the fusion decisions, and the legal conv -> conv groups step 5 scores."""
     from .analysis.bounds import check_bounds
 
     # 1. Every size parameter bound to a positive int.
@@ -185,8 +204,16 @@ def _front(
     #    their shared data then stays in a smaller cache (transform/fuse.py); the nests of
     #    contractions and of what folds into their calls are the optimiser's (step 5).
     fusion: tuple = ()
+    groups: tuple = ()
     if optimize and fuse:
         bound, fusion = fuse_nests(bound, tgt, threads=threads, reserved=_reserved(bound))
+        # 3b. Consecutive contraction nests, the second multiplying the first's output (a conv
+        #     feeding a conv): legal pairs offered to step 5, which scores them with the ranked
+        #     costs and shares their batch loop (transform/fuse_contractions.py).
+        groups, refused = offer_contractions(bound, tgt, threads=threads)
+        if fuse == "always":
+            groups = tuple(replace(g, forced=True) for g in groups)
+        fusion = (*fusion, *refused)
     # 4. Contraction operands strided along the output's contiguous dimension (a strided
     #    NCHW conv's input) are gathered once into dense scratch (transform/gather.py).
     candidates = [bound]
@@ -197,7 +224,7 @@ def _front(
         wide = _checked(gather_operands(bound, guarded=True))
         if wide is not bound:
             candidates.append(wide)
-    return candidates, fusion
+    return candidates, fusion, groups
 
 
 def _reserved(kernel: Kernel) -> frozenset[str]:
@@ -225,6 +252,7 @@ def _cheapest(
     threads: int,
     variant: int,
     replay: Schedule | None = None,
+    groups: tuple = (),
 ) -> tuple[Kernel, Lowering]:
     """(kernel, lowering) of the candidate whose lowered contractions plus gather copies the
     cost model predicts cheapest; with one candidate, its lowering (small cells unranked);
@@ -239,12 +267,21 @@ def _cheapest(
         return k, lower_contractions(k, isa, target=target, threads=threads, replay=replay)
     if len(candidates) == 1:
         k = candidates[0]
-        return k, lower_contractions(k, isa, target=target, threads=threads, variant=variant)
+        low = lower_contractions(
+            k, isa, target=target, threads=threads, variant=variant, groups=groups
+        )
+        return k, low
     best = None
     for k in candidates:
         try:
             low = lower_contractions(
-                k, isa, target=target, threads=threads, variant=variant, rank_all=True
+                k,
+                isa,
+                target=target,
+                threads=threads,
+                variant=variant,
+                rank_all=True,
+                groups=groups,
             )
         except ValueError:  # fewer ranked variants than ``variant`` on this candidate
             continue
@@ -266,6 +303,7 @@ class Lowering:
     alternatives: tuple[tuple[str, tuple[ContractionSchedule, ...]], ...]  # ranked, per stmt
     cost: float  # the chosen variants' predicted costs, summed
     unpacked: frozenset[str] = frozenset()  # BRGEMM statements whose plan says pack=False
+    fusion: tuple = ()  # transform/fuse_contractions verdicts (fuse.Candidate) of the groups
 
 
 def _plain_cost(lowered: Kernel, target) -> float:
@@ -291,6 +329,7 @@ def lower_contractions(
     variant: int = 0,
     rank_all: bool = False,
     replay: Schedule | None = None,
+    groups: tuple = (),
 ) -> Lowering:
     """Every foldable contraction of ``kernel`` computed by BRGEMM calls (:class:`Lowering`).
 
@@ -298,6 +337,9 @@ def lower_contractions(
     summed cost covers every call) and takes the variant of rank ``variant`` (cost-model
     studies and tuning; ranks past the last legal variant are refused), or the plan ``replay``
     records for it (checked for legality; ``ScheduleError`` when the record does not fit).
+    ``groups`` (``transform/fuse_contractions.offer``): pairs of contraction nests that may share
+    their batch loop; each is scored with the ranked costs and, when it pays, lowered image by
+    image (a replayed schedule fuses none).
     """
     from .kernels import FAMILIES
     from .optimize.plan import default_plan, ranked
@@ -310,6 +352,7 @@ def lower_contractions(
     total = 0.0
     unpacked: set[str] = set()
     work = {c.stmt: math.prod(hi - lo + 1 for _, (lo, hi) in c.extents) for c in found}
+    plans: list[tuple] = []  # (contraction, plan, parallel loops, predicted cost)
     for c in found:
         what = f"{c.c} += {c.a} x {c.b}"
         nest_k = contraction_nest(kernel, c)
@@ -324,6 +367,7 @@ def lower_contractions(
             plan = _replayed_plan(nest_k, c, entry)
             chosen.append(replace(entry, what=what))
             n_par = entry.n_parallel
+            predicted = 0.0
         else:
             top = max(10, variant + 1)
             # the small cells of a split nest (a border row of a padded conv) take the default
@@ -341,16 +385,27 @@ def lower_contractions(
                 pick = min(variant, len(choices) - 1)
                 (var, plan), record = choices[pick], records[pick]
                 n_par = var.n_parallel
-                total += var.cost.total
+                predicted = var.cost.total
+                total += predicted
             else:
                 plan = default_plan(c, lanes)
                 if plan is None:
                     continue
                 n_par = len(plan.loops)
+                predicted = 0.0
                 record = _record(c, what, None, plan, None)
             chosen.append(record)
             if records:
                 alternatives.append((c.stmt, tuple(records)))
+        plans.append((c, plan, n_par, predicted))
+    # Conv -> conv groups: scored on the ranked costs; the fused ones run their contractions
+    # image by image (the batch loop first in every plan, parallel alone), shared below.
+    verdicts, fused, plans, chosen, saved = _score_groups(
+        kernel, groups if replay is None else (), plans, chosen, threads
+    )
+    total -= saved
+    for i, (c, plan, n_par, _) in enumerate(plans):
+        what = f"{c.c} += {c.a} x {c.b}"
         before = {s.name for s in kernel.statements}
         try:
             kernel = _checked(lower(kernel, c, plan))
@@ -363,8 +418,19 @@ def lower_contractions(
         for s in kernel.statements:
             if s.name not in before:
                 parallel[s.name] = frozenset(range(1, 1 + n_par))
-                if not chosen[-1].pack:
+                if not chosen[i].pack:
                     unpacked.add(s.name)
+    for group, span in fused:
+        shared = share_batch_loop(kernel, span)
+        if shared is None:  # checked by _score_groups before lowering
+            raise AssertionError(f"{group.first} | {group.second}: no batch loop to share")
+        kernel, moved = shared
+        for name in moved:
+            parallel[name] = frozenset({1}) if threads > 1 else frozenset()
+        if group.scratch and private_tensor(
+            kernel, [kernel.statement(n) for n in moved], group.tensor
+        ):
+            kernel = _checked(contract_tensor(kernel, group.tensor, moved))
     if replay is not None:
         extra = {e.stmt for e in replay.contractions} - {c.stmt for c in found}
         if extra:
@@ -379,7 +445,52 @@ def lower_contractions(
         alternatives=tuple(alternatives),
         cost=total,
         unpacked=frozenset(unpacked),
+        fusion=verdicts,
     )
+
+
+def _score_groups(kernel: Kernel, groups: tuple, plans: list, chosen: list, threads: int):
+    """The conv -> conv groups (transform/fuse_contractions.py) scored on the contractions'
+    ranked costs: (verdicts, [(group, nest positions)] of the fused ones, the plans and records
+    with the fused contractions' batch loop first and alone parallel, cost units saved)."""
+    verdicts, fused, saved = [], [], 0.0
+    plans, chosen = list(plans), list(chosen)
+    for g in groups:
+        span = members(kernel, g)
+        if span is None:
+            continue
+        lo, hi = span
+        inside = [
+            i
+            for i, (c, *_) in enumerate(plans)
+            if lo <= poly.top_position(kernel, kernel.statement(c.stmt)) <= hi
+        ]
+        tops = {s.name: poly.top_position(kernel, s) for s in kernel.statements}
+        stmts = [
+            s for s in kernel.statements if tops[s.name] is not None and lo <= tops[s.name] <= hi
+        ]
+        batch = {
+            i: poly.dim_iterator(kernel, kernel.statement(plans[i][0].stmt), 1) for i in inside
+        }
+        loose = [s.name for s in stmts if poly.dim_iterator(kernel, s, 1) is None]
+        loose += [plans[i][0].stmt for i, v in batch.items() if v not in plans[i][0].outer]
+        if loose:
+            why = f"{g.tensor}: {', '.join(loose)} after splitting: outermost loop not the batch"
+            verdicts.append(g.candidate(False, "not fusable", why))
+            continue
+        cost = sum(plans[i][3] for i in inside)
+        pays, why, fused_cost = score(g, cost, threads)
+        verdicts.append(g.candidate(pays, "fused" if pays else "unprofitable", why))
+        if not pays:
+            continue
+        saved += cost - fused_cost
+        fused.append((g, span))
+        for i in inside:
+            c, plan, _, predicted = plans[i]
+            plan = replace(plan, loops=batch_first(plan.loops, batch[i]))
+            plans[i] = (c, plan, 1, predicted)
+            chosen[i] = replace(chosen[i], loops=plan.loops, n_parallel=1)
+    return tuple(verdicts), fused, plans, chosen, saved
 
 
 def contractions_of(kernel: Kernel):
@@ -441,7 +552,7 @@ def lowering_choices(
     tgt = resolve(target)
     out = []
     with _isl_lock:
-        candidates, _ = _front(kernel, sizes, tgt, threads=threads, optimize=True, fuse=fuse)
+        candidates, _, _ = _front(kernel, sizes, tgt, threads=threads, optimize=True, fuse=fuse)
         for i, k in enumerate(candidates):
             low = lower_contractions(k, tgt.isa, target=tgt, threads=threads, rank_all=True)
             extra = copy_cost(k, candidates[0], tgt) + _plain_cost(low.kernel, tgt)

@@ -12,6 +12,7 @@ only lay out blocks.
 from __future__ import annotations
 
 import functools
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -187,7 +188,7 @@ class ModuleEmitter:
         for t in self.k.temps:
             self.decls.add("declare noalias ptr @aligned_alloc(i64, i64)")
             self.decls.add("declare void @free(ptr)")
-            nbytes = self.k.nbytes(t.name)
+            nbytes = self.k.nbytes(t.name) * self.copies(t)
             alloc.append(
                 f"%t.{t.name} = call ptr @aligned_alloc(i64 64, i64 {-(-nbytes // 64) * 64})"
             )
@@ -506,14 +507,34 @@ class ModuleEmitter:
             self.offset_tables[offsets] = name
         return name
 
+    def copies(self, t: TensorArg) -> int:
+        """Copies of a scratch tensor the nest allocates: one per thread for a per-thread one
+        in a parallel module, else one."""
+        return self.threads if t.per_thread and self.parallel else 1
+
     def flat_pointer(self, tensor: str, flat: IExpr, env: dict[str, str], code: list[str]) -> str:
         t = self.k.arg(tensor)
         assert isinstance(t, TensorArg)
         off = self.int_code(flat, env)
         code.append(off.code)
+        base = f"%t.{t.name}"
+        if self.copies(t) > 1:
+            # this thread's copy (thread 0 outside a parallel region)
+            self.decls.add(_DECLS["omp_thread"])
+            tid, wide, at = self.fresh("tid"), self.fresh("tid"), self.fresh("a")
+            elems = math.prod(self.k.shape_of(t.name))
+            code += [
+                f"  {tid} = call i32 @omp_get_thread_num()",
+                f"  {wide} = sext i32 {tid} to i64",
+                f"  {at} = mul i64 {wide}, {elems}",
+            ]
+            base = self.fresh("a")
+            code.append(
+                f"  {base} = getelementptr inbounds {LLTYPE[t.dtype]}, ptr %t.{t.name}, i64 {at}"
+            )
         p = self.fresh("a")
         code.append(
-            f"  {p} = getelementptr inbounds {LLTYPE[t.dtype]}, ptr %t.{t.name}, i64 {off.value}"
+            f"  {p} = getelementptr inbounds {LLTYPE[t.dtype]}, ptr {base}, i64 {off.value}"
         )
         return p
 

@@ -260,7 +260,7 @@ class Graph:
         return self._add("tanh", (x,), x.shape)
 
     # ------------------------------------------------------------ compiling
-    def compile(self, *, threads: int | None = None, target=None, fuse: bool = True):
+    def compile(self, *, threads: int | None = None, target=None, fuse: bool | str = True):
         """One kernel of the whole graph (:class:`polydl.graph.lower.CompiledGraph`)."""
         from .lower import compile_graph
 

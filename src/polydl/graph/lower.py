@@ -431,7 +431,9 @@ class CompiledGraph:
         return "\n".join(ck.show(what) for ck, *_ in self.parts)
 
 
-def compile_graph(graph: Graph, *, threads=None, target=None, fuse: bool = True) -> CompiledGraph:
+def compile_graph(
+    graph: Graph, *, threads=None, target=None, fuse: bool | str = True
+) -> CompiledGraph:
     """The graph as one fused kernel (``fuse=False``: one kernel per operator, each value
     materialised: the unfused baseline)."""
     from ..pipeline import compile_kernel

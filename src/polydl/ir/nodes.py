@@ -162,6 +162,9 @@ class TensorArg:
     name: str
     dtype: str  # "f32" | "f64"
     shape: tuple[IExpr, ...]  # Var (a size parameter) or Int per dimension
+    # a scratch tensor (Kernel.temps) of which each thread of a parallel region has a copy of
+    # its own (transform/fuse_contractions.py: an intermediate contracted to one image)
+    per_thread: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

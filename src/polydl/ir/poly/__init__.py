@@ -61,9 +61,11 @@ from .relations import (  # noqa: F401
     writers,
 )
 from .schedules import (  # noqa: F401
+    dim_iterator,
     embed_schedule,
     fuse_dims,
     map_ndim,
+    nested_schedule,
     pad_schedule,
     piecewise_schedule,
     placed_schedule,

@@ -156,3 +156,24 @@ def fuse_dims(text: str, outer: str, inner: str, extent: int, fused: str) -> str
     for i, d in enumerate(new):
         out = out.set_dim_name(_IN if is_map else _SET, i, d)
     return out.coalesce().to_str()
+
+
+@functools.lru_cache(maxsize=4096)
+def nested_schedule(text: str, first: int, group: int) -> str:
+    """Schedule map ``text`` moved under a loop shared with other nests: output dimension 0
+    becomes the constant ``first`` (the shared nest's position) and the constant ``group``
+    is inserted after dimension 1 (the shared loop), so that the nests shared under it run in
+    ``group`` order at each of its iterations (one more output dimension)."""
+    m = Map(text).project_out(_OUT, 0, 1).insert_dims(_OUT, 0, 1).fix_val(_OUT, 0, first)
+    return m.insert_dims(_OUT, 2, 1).fix_val(_OUT, 2, group).to_str()
+
+
+def dim_iterator(kernel: Kernel, s: Statement, i: int) -> str | None:
+    """The iterator of ``s`` whose value schedule output dimension ``i`` is on every point of
+    its domain (None: no iterator is)."""
+    m = schedule(kernel, s)
+    for j, v in enumerate(names(m, "in")):
+        eq = m.copy().equate(_IN, j, _OUT, i)
+        if eq.is_equal(m):
+            return v
+    return None
