@@ -4,7 +4,9 @@
 
 Columns: GFLOPS of ``pd.nn.conv2d`` (the route it picks per layer, see ``nn.conv_route``), of
 torch's faster of NCHW and channels_last (``torch.nn.functional.conv2d``, threads pinned with
-``torch.set_num_threads``), their ratio (torch time / polydl time, > 1: polydl faster) and the
+``torch.set_num_threads``), their ratio (torch time / polydl time, > 1: polydl faster), the
+ratio against torch on the NCHW tensors themselves (``r nchw``: oneDNN's reorders inside the
+call, as polydl's are; the channels_last contender gets its input converted before timing), the
 largest error against torch relative to its largest output. ``--routes`` also times every route
 of ``pd.nn.conv2d`` (``nn.ROUTES``): "direct" (``ops.conv2d`` on NCHW: guards split or
 gathered, strided inputs gathered, by the compiler), "rows" (``nn.conv2d_rows``: zero-padded
@@ -42,13 +44,16 @@ def main() -> None:
         torch.set_num_threads(threads)
         for batch in args.batch:
             print(f"\nthreads={threads} batch={batch}  (GFLOPS; ratio = torch time / polydl time)")
-            head = f"{'layer':<10} {'route':>7} {'polydl':>7} {'torch':>7} {'ratio':>6}"
+            head = (
+                f"{'layer':<10} {'route':>7} {'polydl':>7} {'torch':>7} {'ratio':>6} {'r nchw':>6}"
+            )
             if args.routes:
                 head += "".join(f" {r:>8}" for r in routes) + "".join(
                     f" {'r ' + r[:3]:>6}" for r in routes
                 )
             print(head + f" {'err':>8}")
             ratios: list[float] = []
+            vs_nchw: list[float] = []
             by_route: dict[str, list[float]] = {r: [] for r in routes}
             for row in layers:
                 C, K, H, W, R, S = (int(row[x]) for x in "CKHWRS")
@@ -79,12 +84,14 @@ def main() -> None:
                     ref = F.conv2d(tx, tw, stride=st, padding=pad).numpy()
                 t_torch = np.minimum(times["nchw"], times["cl"])
                 ratio = float(np.median(t_torch / times["polydl"]))
+                r_nchw = float(np.median(times["nchw"] / times["polydl"]))
+                vs_nchw.append(r_nchw)
                 err = float(np.abs(run() - ref).max() / np.abs(ref).max())
                 ratios.append(ratio)
                 gf = lambda t: flops / float(np.median(t)) / 1e9  # noqa: E731
                 line = (
                     f"{row['name']:<10} {route:>7} {gf(times['polydl']):7.1f} "
-                    f"{gf(t_torch):7.1f} {ratio:6.2f}"
+                    f"{gf(t_torch):7.1f} {ratio:6.2f} {r_nchw:6.2f}"
                 )
                 if args.routes:
                     rr = {
@@ -98,7 +105,10 @@ def main() -> None:
                     )
                     line += "".join(f" {rr[r]:6.2f}" for r in routes)
                 print(line + f" {err:8.1e}", flush=True)
-            tail = f"geomean ratio {geomean(ratios):.3f} (min {min(ratios):.2f})"
+            tail = (
+                f"geomean ratio {geomean(ratios):.3f} (min {min(ratios):.2f}); vs torch on NCHW "
+                f"tensors {geomean(vs_nchw):.3f} (min {min(vs_nchw):.2f})"
+            )
             if args.routes:
                 tail += "".join(
                     f", {r} {geomean(v):.3f} over {len(v)}" for r, v in by_route.items()
