@@ -293,3 +293,31 @@ def test_even_row_blocks_ranked(threads):
         out = np.zeros((256, 196), np.float32)
         pd.compile(kern, threads=threads, variant=rank)(out, a, b)
         np.testing.assert_allclose(out, a @ b, rtol=1e-4)
+
+
+def test_one_row_block_is_split_for_two_threads_when_there_is_work():
+    """A filter gradient with 64 output channels: one 64-row block, 3 column tiles, which two
+    threads share 2:1. Two 32-row blocks share evenly; the cost model ranks both (tiny
+    contractions keep one block: a parallel region would cost more than it shares)."""
+    from polydl.optimize.plan import row_blocks
+    from polydl.pipeline import bind_sizes
+
+    big = bind_sizes(pd.ops1d.conv1d_wgrad(1, 64, 64, 1002, 1000, 3).ir, {})
+    (c,) = find_all(big)
+    assert c.extent(c.m) == 64
+    assert row_blocks(c, 64, 2) == [64, 32]
+    assert row_blocks(c, 64, 1) == [64]
+    small = bind_sizes(pd.ops.matmul(64, 49, 32).ir, {})
+    (s,) = find_all(small)
+    assert row_blocks(s, 64, 2) == [64]
+    # at two threads the gradient's rows are split, and the result is unchanged
+    k = pd.compile(pd.ops1d.conv1d_wgrad(1, 64, 64, 1002, 1000, 3), threads=2)
+    assert k.schedule.contractions[0].bm == 32, k.show("variants")
+    rng = np.random.default_rng(5)
+    dO, Xt = rng.random((1, 64, 1000), np.float32), rng.random((1, 1002, 64), np.float32)
+    D = np.zeros((1, 64, 3, 64), np.float32)
+    k(D, dO, Xt)
+    want = np.einsum(
+        "kq,sqc->ksc", dO[0].astype(np.float64), np.stack([Xt[0, s : s + 1000] for s in range(3)])
+    )
+    np.testing.assert_allclose(D[0], want, rtol=1e-4)

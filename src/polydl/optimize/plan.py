@@ -113,6 +113,8 @@ def default_plan(c: Contraction, lanes: int) -> BlockPlan | None:
 
 MAX_BM = 96  # rows of one call: 16 tiles of 6 rows (8 of 12)
 MAX_BM_EVEN = 128  # rows of one call when that divides the rows evenly (row_blocks)
+# multiply-adds per thread below which whole row blocks are not split for balance (row_blocks)
+MIN_SHARED_WORK = 1 << 22
 
 
 def micro_blocks(c: Contraction, lanes: int) -> tuple[int, int, int]:
@@ -223,18 +225,29 @@ def ranked(kernel, c: Contraction, *, target, threads: int, top: int = 10):
 
 def row_blocks(c: Contraction, bm: int, threads: int) -> list[int]:
     """Rows of one call to rank: :func:`micro_blocks`' ``bm`` and, when that leaves an edge
-    block, the largest divisor of the rows in [32, MAX_BM_EVEN] (a multiple of 8) that splits
+    block or a number of row blocks that the threads do not share evenly (one block of 64 rows
+    for two threads: the columns alone must then balance them, which a few column tiles do
+    not), the largest divisor of the rows in [32, MAX_BM_EVEN] (a multiple of 8) that splits
     them into a multiple of ``threads`` blocks: no edge statement (a nest, and a parallel
-    region, of its own) and every thread the same number of blocks."""
+    region, of its own) and every thread the same number of blocks. The cost model then
+    weighs the smaller calls against the balance."""
     ext = c.extent(c.m)
-    if c.rows_per_m > 1 or ext <= bm or ext % bm == 0:
+    if c.rows_per_m > 1:
         return [bm]
+    if ext % bm == 0 and (ext // bm) % threads == 0:
+        return [bm]
+    if ext <= bm and threads == 1:
+        return [bm]
+    if ext % bm == 0 and math.prod(hi - lo + 1 for _, (lo, hi) in c.extents) < (
+        threads * MIN_SHARED_WORK
+    ):
+        return [bm]  # too little work to share out row blocks (a parallel region costs too)
     even = [
         d
         for d in range(MAX_BM_EVEN, 31, -1)
         if ext % d == 0 and (ext // d) % threads == 0 and d % 8 == 0
     ]
-    return [bm, even[0]] if even else [bm]
+    return [bm, even[0]] if even and even[0] != bm else [bm]
 
 
 def _ranked_rows(kernel, c: Contraction, bm, bn, bk, target, threads, top):
