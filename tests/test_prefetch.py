@@ -85,3 +85,23 @@ def test_the_microkernel_prefetches_each_b_line_at_the_distance():
     assert "prefetch" not in plain
     with pytest.raises(pd.PolyDLError):
         BrgemmConfig(m=6, n=32, k=4, prefetch_b=1.5)
+
+
+def test_batch_blocks_far_apart_are_prefetched():
+    # a 1-D convolution on NCW: each call's B rows are the taps, 8 elements apart (dilation 8),
+    # but its batch elements are the input channels, a whole signal apart; the next call reads
+    # the next 64 positions of each
+    L, S, d = 4000 + 8 * 2, 3, 8
+    k = pd.compile(pd.ops1d.conv1d(1, 16, 32, L, S, dilation=d), threads=1)
+    dists = {c.prefetch_b for c in calls(k.tree) if k.kernel.statement(c.stmt).micro}
+    assert 0 < max(dists) <= 64, k.show("loops")
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 16, L), dtype=np.float32)
+    w = rng.standard_normal((32, 16, S), dtype=np.float32)
+    o = np.zeros((1, 32, 4000), np.float32)
+    k(o, x, w)
+    want = sum(
+        np.einsum("kc,cq->kq", w[:, :, s].astype(np.float64), x[0, :, d * s : d * s + 4000])
+        for s in range(S)
+    )
+    np.testing.assert_allclose(o[0], want, rtol=1e-4, atol=1e-4)

@@ -1,9 +1,10 @@
 """Software prefetch of the next call's B block: one pure pass, tree -> tree.
 
 A BRGEMM call whose B rows are widely strided (``transform/pack.WIDE_ROW_BYTES`` apart: one
-channel plane of a large NCHW image per row) and that no copy packs (its block is read once:
-a 1x1 convolution with all its output channels in one call) streams each row from a different
-page. The hardware prefetchers do not follow such rows, so every call waits for its block from
+channel plane of a large NCHW image per row), or whose batch elements' blocks are that far
+apart (a 1-D convolution on NCW: each input channel's taps a few elements apart, the channels a
+whole signal apart), and that no copy packs (its block is read once: a 1x1 convolution with
+all its output channels in one call) streams each row from a different page. The hardware prefetchers do not follow such rows, so every call waits for its block from
 L3 or memory. The calls of a loop nest step through B with a constant distance, which the
 microkernel can prefetch for: while it reads row ``r`` of its block it asks for the same line
 ``prefetch_b`` elements on, where the next call reads (``llvm.prefetch``, into L1).
@@ -31,8 +32,21 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..ir import loops as L
-from ..ir.nodes import Int, IntOp, Kernel, Var, affine, substitute
-from .pack import _b_source, _wide, max_trips
+from ..ir.nodes import DTYPE_BYTES, Int, IntOp, Kernel, Var, affine, substitute
+from .pack import WIDE_ROW_BYTES, _b_source, _wide, max_trips
+
+
+def _scattered(mk, kernel: Kernel) -> bool:
+    """Whether a call's B block lies in rows or batch blocks at least ``WIDE_ROW_BYTES`` apart
+    (each in page regions of its own): widely strided rows (``pack._wide``), or the blocks of
+    consecutive batch elements that far apart (a 1-D convolution's input channels, whose taps
+    are a few elements apart in each)."""
+    if _wide(mk, kernel):
+        return True
+    offs = sorted(set(mk.b_offsets))
+    eb = DTYPE_BYTES[kernel.arg(mk.b).dtype]
+    gaps = [b - a for a, b in zip(offs, offs[1:])]
+    return bool(gaps) and min(gaps) * eb >= WIDE_ROW_BYTES
 
 
 def prefetch_operands(kernel: Kernel, tree: tuple[L.Node, ...]) -> tuple[L.Node, ...]:
@@ -44,7 +58,7 @@ def prefetch_operands(kernel: Kernel, tree: tuple[L.Node, ...]) -> tuple[L.Node,
     def distance(call: L.Call, stack: tuple[L.For, ...]) -> int:
         s = stmts[call.stmt]
         mk = s.micro
-        if mk is None or call.packed_b is not None or not _wide(mk, kernel):
+        if mk is None or call.packed_b is not None or not _scattered(mk, kernel):
             return 0
         src = _b_source(mk, call, s.iterators)
         for f in reversed(stack):
