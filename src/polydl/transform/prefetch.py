@@ -29,6 +29,7 @@ Run after ``pack_operands`` (a packed call reads its dense copy) and before
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 from ..ir import loops as L
@@ -38,14 +39,17 @@ from .pack import WIDE_ROW_BYTES, _b_source, _wide, max_trips
 
 def _scattered(mk, kernel: Kernel) -> bool:
     """Whether a call's B block lies in rows or batch blocks at least ``WIDE_ROW_BYTES`` apart
-    (each in page regions of its own): widely strided rows (``pack._wide``), or the blocks of
-    consecutive batch elements that far apart (a 1-D convolution's input channels, whose taps
-    are a few elements apart in each)."""
+    (each in page regions of its own): widely strided rows (``pack._wide``), or short blocks
+    (all ``k`` rows of one within ``WIDE_ROW_BYTES``) of consecutive batch elements that far
+    apart (a 1-D convolution's input channels, whose taps are a few elements apart in each). A
+    GEMM's batch blocks are long runs of rows, which the hardware streams."""
     if _wide(mk, kernel):
         return True
-    offs = sorted(set(mk.b_offsets))
     eb = DTYPE_BYTES[kernel.arg(mk.b).dtype]
-    gaps = [b - a for a, b in zip(offs, offs[1:])]
+    if mk.k * mk.ldb * eb >= WIDE_ROW_BYTES:
+        return False
+    offs = sorted(set(mk.b_offsets))
+    gaps = [b - a for a, b in itertools.pairwise(offs)]
     return bool(gaps) and min(gaps) * eb >= WIDE_ROW_BYTES
 
 
