@@ -144,8 +144,8 @@ def test_batch_norm_not_after_a_contraction_is_an_affine_nest():
 def test_unsupported_operator_and_shape_errors_name_the_op():
     g = pd.graph.Graph()
     x = g.input("x", (4, 4))
-    with pytest.raises(GraphError, match="no operator 'layer_norm'.*supports"):
-        g.layer_norm(x)
+    with pytest.raises(GraphError, match="no operator 'group_norm'.*supports"):
+        g.group_norm(x)
     with pytest.raises(GraphError, match="add: shapes"):
         g.add(x, g.input("y", (4, 5)))
     with pytest.raises(GraphError, match="linear.*does not multiply"):

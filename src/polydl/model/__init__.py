@@ -60,26 +60,60 @@ class CompiledModel:
     def fallbacks(self) -> list[Fallback]:
         return [s for s in self.steps if isinstance(s, Fallback)]
 
+    @property
+    def polydl_share(self) -> float:
+        """The fraction of the last call's time spent in polydl kernels (not fallbacks)."""
+        total = sum(self.seconds)
+        ours = sum(
+            t for t, s in zip(self.seconds, self.steps, strict=False) if isinstance(s, Segment)
+        )
+        return ours / total if total else 0.0
+
     def report(self) -> str:
-        """One line per node: its kernel (fused partners) or its fallback, and step times."""
+        """One line per node: its kernel (its fused partners) or its fallback, each kernel's
+        and fallback's time at the last call and its share of the whole."""
         lines = []
         total = sum(self.seconds) or 1.0
+        n_kernels, distinct = 0, set()
+
+        def share(t: float) -> str:
+            return f"{1000 * t:9.3f} ms {100 * t / total:5.1f}%"
+
         for i, step in enumerate(self.steps):
-            t = self.seconds[i] if i < len(self.seconds) else float("nan")
-            share = f"{1000 * t:8.3f} ms {100 * t / total:5.1f}%"
-            if isinstance(step, Segment):
-                for node in step.nodes:
-                    partners = [n for n in step.nodes if n != node]
-                    lines.append(
-                        f"{node:<28} polydl kernel {i} (fused with {', '.join(partners) or 'nothing'})"
-                    )
-                lines.append(f"{'':<28} kernel {i}: {share}")
-            else:
-                lines.append(
-                    f"{step.node:<28} fallback (NumPy, ONNX reference): {step.why}  {share}"
-                )
+            if isinstance(step, Fallback):
+                t = self.seconds[i] if i < len(self.seconds) else float("nan")
+                head = f"{step.node:<28} fallback (NumPy, ONNX reference)"
+                lines.append(f"{head:<72} {share(t)}  {step.why}")
+                continue
+            cg = step.compiled
+            real = [j for j, (ck, *_) in enumerate(cg.parts) if ck is not None]
+            n_kernels += len(real)
+            distinct |= {id(cg.parts[j][0]) for j in real}
+            members: dict[int, list[str]] = {}
+            for node in step.nodes:
+                for j in step.kernels_of(node):
+                    members.setdefault(j, []).append(node)
+            first_of = {id(cg.parts[j][0]): j for j in reversed(real)}
+            for node in step.nodes:
+                mine = [j for j in step.kernels_of(node) if cg.parts[j][0] is not None]
+                if not mine:
+                    lines.append(f"{node:<28} a view (no kernel, no copy)")
+                    continue
+                for j in mine:
+                    names = members[j]
+                    again = first_of[id(cg.parts[j][0])]
+                    code = f", the code of kernel {i}.{again}" if again != j else ""
+                    partners = ", ".join(n for n in names if n != node) or "nothing"
+                    head = f"{node:<28} kernel {i}.{j} (fused with {partners}{code})"
+                    if names[0] == node:  # the kernel's time, on its first node's line
+                        t = cg.seconds[j] if j < len(cg.seconds) else float("nan")
+                        head = f"{head:<72} {share(t)}"
+                    lines.append(head)
         n_fb = len(self.fallbacks)
-        head = f"// {len(self.steps) - n_fb} polydl kernel(s), {n_fb} fallback node(s)"
+        head = (
+            f"// {n_kernels} polydl kernel(s) ({len(distinct)} compiled), {n_fb} fallback "
+            f"node(s); {100 * self.polydl_share:.1f}% of the last call in polydl kernels"
+        )
         return "\n".join([head, *lines])
 
 
