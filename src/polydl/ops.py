@@ -281,7 +281,9 @@ def conv2d(
 
 def _grouped_conv2d(N, C, K, H, W, R, S, stride, padding, dilation, G, has_bias, relu, ab):
     """The NCHW convolution of :func:`conv2d` in ``G`` groups (``Cg`` input and ``Kg`` output
-    channels each): the group an outer loop, channels indexed ``Cg*g + c`` and ``Kg*g + k``."""
+    channels each): output channel ``k`` reads input channels ``Cg*(k // Kg) + c``. The loops
+    are :func:`conv2d`'s (``n, k, p, q`` outermost), so that what follows in the output's
+    elements (a bias, an activation) runs in the same nest."""
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     P, Q = conv_shape(H, W, R, S, stride, padding, dilation)
     Cg, Kg = C // G, K // G
@@ -294,35 +296,32 @@ def _grouped_conv2d(N, C, K, H, W, R, S, stride, padding, dilation, G, has_bias,
         b: f32[K] if has_bias else None,
     ):
         for n in range(N):
-            for g in range(G):
-                for k in range(Kg):
-                    for p in range(P):
-                        for q in range(Q):
-                            O[n, Kg * g + k, p, q] = 0.0
-                            for c in range(Cg):
-                                for r in range(R):
-                                    for s in range(S):
-                                        if (
-                                            0 <= sh * p + dh * r - ph < H
-                                            and 0 <= sw * q + dw * s - pw < W
-                                        ):
-                                            O[n, Kg * g + k, p, q] += (
-                                                I[
-                                                    n,
-                                                    Cg * g + c,
-                                                    sh * p + dh * r - ph,
-                                                    sw * q + dw * s - pw,
-                                                ]
-                                                * Wt[Kg * g + k, c, r, s]
-                                            )
-                            if has_bias and relu:
-                                O[n, Kg * g + k, p, q] = max(
-                                    O[n, Kg * g + k, p, q] + b[Kg * g + k], 0.0
-                                )
-                            elif has_bias:
-                                O[n, Kg * g + k, p, q] = O[n, Kg * g + k, p, q] + b[Kg * g + k]
-                            elif relu:
-                                O[n, Kg * g + k, p, q] = max(O[n, Kg * g + k, p, q], 0.0)
+            for k in range(K):
+                for p in range(P):
+                    for q in range(Q):
+                        O[n, k, p, q] = 0.0
+                        for c in range(Cg):
+                            for r in range(R):
+                                for s in range(S):
+                                    if (
+                                        0 <= sh * p + dh * r - ph < H
+                                        and 0 <= sw * q + dw * s - pw < W
+                                    ):
+                                        O[n, k, p, q] += (
+                                            I[
+                                                n,
+                                                Cg * (k // Kg) + c,
+                                                sh * p + dh * r - ph,
+                                                sw * q + dw * s - pw,
+                                            ]
+                                            * Wt[k, c, r, s]
+                                        )
+                        if has_bias and relu:
+                            O[n, k, p, q] = max(O[n, k, p, q] + b[k], 0.0)
+                        elif has_bias:
+                            O[n, k, p, q] = O[n, k, p, q] + b[k]
+                        elif relu:
+                            O[n, k, p, q] = max(O[n, k, p, q], 0.0)
 
     return conv2d
 

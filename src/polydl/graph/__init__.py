@@ -49,6 +49,7 @@ OPERATORS = (
     "mul",
     "scale",
     "shift",
+    "clip",
     "softmax",
     "layer_norm",
     "max_pool2d",
@@ -245,6 +246,12 @@ class Graph:
     def shift(self, x: Value, offset: float) -> Value:
         """``x + offset`` (a scalar)."""
         return self._add("shift", (x,), x.shape, attrs={"offset": float(offset)})
+
+    def clip(self, x: Value, lo: float | None = None, hi: float | None = None) -> Value:
+        """``x`` clamped to ``[lo, hi]`` (ReLU6: ``clip(x, 0, 6)``)."""
+        lo = -3.0e38 if lo is None else float(lo)
+        hi = 3.0e38 if hi is None else float(hi)
+        return self._add("clip", (x,), x.shape, attrs={"lo": lo, "hi": hi})
 
     def softmax(self, x: Value) -> Value:
         if len(x.shape) != 2:

@@ -28,7 +28,7 @@ from dataclasses import replace
 
 from . import UNARY, VIEWS, Node, Value
 
-ELEMENTWISE = frozenset({*UNARY, "add", "mul", "scale", "shift", "bias_add", "batch_norm"})
+ELEMENTWISE = frozenset({*UNARY, "add", "mul", "scale", "shift", "clip", "bias_add", "batch_norm"})
 # what joins the group computing its input: elementwise nodes, and row-wise ones whose nests
 # the compiler may fuse with the contraction's rows
 JOINS = ELEMENTWISE | {"softmax", "layer_norm"}

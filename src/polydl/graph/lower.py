@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import ops
 from ..ir import poly
-from ..ir.nodes import BinOp, Expr, Int, Kernel, Load, Num, Statement, TensorArg, UnOp, Var
+from ..ir.nodes import BinOp, Expr, Int, IntOp, Kernel, Load, Num, Statement, TensorArg, UnOp, Var
 from ..transform.fuse import fused_schedules, spine
 from . import VIEWS, Graph, GraphError, Node, Value
 
@@ -243,6 +243,8 @@ def _value(op: str, x: Load, other: Load | None, channel: Load | None, attrs: di
             return b("*", x, UnOp(op="sigmoid", a=x))
         case "sigmoid" | "tanh" | "erf" | "sqrt":
             return UnOp(op=op, a=x)
+        case "clip":
+            return b("max", b("min", x, n(attrs["hi"])), n(attrs["lo"]))
         case "shift":
             return b("+", x, n(attrs["offset"]))
         case "add":
@@ -346,7 +348,7 @@ def lower(
                 for v, src_name in zip(nd.inputs, ins, strict=True):
                     idx = list(its)
                     if offset:
-                        idx[axis] = BinOp(op="+", a=its[axis], b=Int(value=offset))
+                        idx[axis] = IntOp(op="+", a=its[axis], b=Int(value=offset))
                     b.copy(
                         nd,
                         Load(tensor=out, index=tuple(idx)),

@@ -129,6 +129,13 @@ def lower_node(g: Graph, node, vals: dict, consts: dict, shapes: dict) -> str | 
             return "B is neither a 2-D constant nor a value of the same batch shape"
     elif op in UNARY:
         out = getattr(g, UNARY[op])(x)
+    elif op == "Clip":
+        lo, hi = const(1), const(2)
+        if (len(ins) > 1 and ins[1] and lo is None) or (len(ins) > 2 and ins[2] and hi is None):
+            return "bounds not constant"
+        lo = a.get("min") if lo is None else float(lo.reshape(-1)[0])
+        hi = a.get("max") if hi is None else float(hi.reshape(-1)[0])
+        out = g.clip(x, lo, hi)
     elif op == "BatchNormalization":
         s, b, m, v = (const(i) for i in range(1, 5))
         if any(t is None for t in (s, b, m, v)):

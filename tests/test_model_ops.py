@@ -1,0 +1,198 @@
+"""pd.compile_model's operators beyond conv/linear chains, against ONNX's reference evaluator
+(float32, 1e-4 relative) on odd sizes, and a MobileNet-style depthwise net and a BERT-style
+encoder layer built in torch, against torch (no fallback node in either)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from onnx import helper as h
+from test_model import check, const, model_of
+
+import polydl as pd
+
+rng = np.random.default_rng(11)
+
+
+def r(*shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def no_fallback(m):
+    assert not m.fallbacks, m.report()
+    return m
+
+
+@pytest.mark.parametrize(
+    "C,K,groups,stride,dilation", [(6, 9, 3, 1, 1), (5, 5, 5, 2, 1), (4, 8, 4, 1, 2)]
+)
+def test_grouped_and_depthwise_conv(C, K, groups, stride, dilation):
+    N, H, W = 2, 9, 7
+    inits = [const("w", r(K, C // groups, 3, 3, scale=0.3)), const("b", r(K))]
+    nodes = [
+        h.make_node(
+            "Conv",
+            ["x", "w", "b"],
+            ["c"],
+            group=groups,
+            strides=[stride, stride],
+            dilations=[dilation, dilation],
+            pads=[dilation] * 4,
+        ),
+        h.make_node("Clip", ["c", "lo", "hi"], ["y"]),
+    ]
+    inits += [const("lo", np.float32(0.0)), const("hi", np.float32(0.5))]
+    no_fallback(check(model_of(nodes, [("x", [N, C, H, W])], inits), r(N, C, H, W)))
+
+
+@pytest.mark.parametrize("include_pad", [0, 1])
+def test_avg_pool_and_concat(include_pad):
+    N, C, H, W = 1, 3, 7, 6
+    inits = [const("w", r(5, C, 1, 1))]
+    nodes = [
+        h.make_node(
+            "AveragePool",
+            ["x"],
+            ["p"],
+            kernel_shape=[3, 3],
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+            count_include_pad=include_pad,
+        ),
+        h.make_node("Conv", ["x", "w"], ["c"], strides=[2, 2]),
+        h.make_node("Concat", ["p", "c"], ["y"], axis=1),
+    ]
+    no_fallback(check(model_of(nodes, [("x", [N, C, H, W])], inits), r(N, C, H, W)))
+
+
+def test_views_transpose_batched_matmul_layer_norm():
+    B, S, D, Hd = 2, 5, 12, 3
+    inits = [
+        const("wq", r(D, D, scale=0.3)),
+        h.make_tensor("shape", 7, [4], [B, S, Hd, D // Hd]),  # int64
+        const("g", r(D)),
+        const("bb", r(D)),
+        const("two", np.float32(2.0)),
+    ]
+    nodes = [
+        h.make_node("MatMul", ["x", "wq"], ["q"]),
+        h.make_node("Reshape", ["q", "shape"], ["q4"]),
+        h.make_node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),  # B, H, S, d
+        h.make_node("Transpose", ["q4"], ["kt"], perm=[0, 2, 3, 1]),  # B, H, d, S
+        h.make_node("MatMul", ["qt", "kt"], ["sc"]),  # B, H, S, S
+        h.make_node("Div", ["sc", "two"], ["sd"]),
+        h.make_node("Softmax", ["sd"], ["a"], axis=-1),
+        h.make_node("MatMul", ["a", "qt"], ["o"]),  # B, H, S, d
+        h.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+        h.make_node("Flatten", ["ot"], ["of"], axis=2),  # B*S, D
+        h.make_node("Sub", ["of", "two"], ["os"]),
+        h.make_node("LayerNormalization", ["os", "g", "bb"], ["y"], axis=-1, epsilon=1e-5),
+    ]
+    m = check(model_of(nodes, [("x", [B, S, D])], inits), r(B, S, D))
+    no_fallback(m)
+    assert "a view (no kernel, no copy)" in m.report()
+
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin, cout, stride, expand):
+        super().__init__()
+        mid = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU6(),
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False),  # depthwise
+            nn.BatchNorm2d(mid),
+            nn.ReLU6(),
+            nn.Conv2d(mid, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x):
+        y = self.body(x)
+        return x + y if self.use_res else y
+
+
+class MobileNetish(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6()
+        )
+        self.blocks = nn.Sequential(
+            InvertedResidual(8, 8, 1, 2),
+            InvertedResidual(8, 12, 2, 3),
+            InvertedResidual(12, 12, 1, 2),
+            InvertedResidual(12, 12, 1, 2),
+        )
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        y = self.blocks(self.stem(x))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+class EncoderLayer(nn.Module):
+    """BERT's: self-attention (heads), residual and layer norm, GELU feed-forward, again."""
+
+    def __init__(self, d=24, heads=4, ff=40):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.up, self.down = nn.Linear(d, ff), nn.Linear(ff, d)
+
+    def forward(self, x):
+        B, S, D = x.shape
+
+        def split(t):
+            return t.reshape(B, S, self.heads, D // self.heads).transpose(1, 2)
+
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        a = torch.softmax(q @ k.transpose(-1, -2) / (D // self.heads) ** 0.5, dim=-1)
+        y = (a @ v).transpose(1, 2).reshape(B, S, D)
+        x = self.ln1(x + self.o(y))
+        return self.ln2(x + self.down(nn.functional.gelu(self.up(x))))
+
+
+def randomise_norms(net):
+    with torch.no_grad():
+        for mod in net.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+            if isinstance(mod, nn.BatchNorm2d | nn.LayerNorm):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "build,shape",
+    [(MobileNetish, (2, 3, 19, 17)), (EncoderLayer, (2, 7, 24))],
+    ids=["mobilenet", "bert"],
+)
+def test_torch_models_compile_without_fallbacks(build, shape):
+    torch.manual_seed(3)
+    net = randomise_norms(build())
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        want = net(x)
+    m = pd.compile_model(net, (x,), threads=2)
+    torch.testing.assert_close(m(x), want, rtol=1e-4, atol=1e-4)
+    no_fallback(m.compiled)
+    report = m.report()
+    if build is MobileNetish:
+        # identical blocks' kernels compiled once: fewer compiled than run
+        run, compiled = map(int, re.match(r"// (\d+) polydl kernel\(s\) \((\d+)", report).groups())
+        assert compiled < run, report
+    else:
+        assert "/Erf" in report and "LayerNormalization" in report
