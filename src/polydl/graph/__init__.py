@@ -20,11 +20,15 @@ tensors of the call. The compiler then folds the elementwise updates after a con
 its BRGEMM calls (bias, batch norm, residual add, activations) and fuses the other nests where
 legal and profitable (softmax rows): :meth:`CompiledGraph.show` ``("fusion")`` says which.
 
-Operators: ``conv2d`` (NCHW, stride, padding), ``linear`` (``x @ w (+ b)``, ``w`` of shape
-``(in, out)``), ``matmul``, ``batch_norm`` (per channel, inference), ``bias_add``, ``relu``,
-``gelu`` (erf or tanh), ``silu``, ``sigmoid``, ``tanh``, ``add``, ``mul``, ``scale``,
-``softmax`` (last axis of a 2-D value). Anything else raises :class:`GraphError` naming the
-operator.
+Operators: ``conv2d`` (NCHW, stride, padding, dilation, groups: depthwise), ``linear``
+(``x @ w (+ b)``, ``w`` of shape ``(in, out)``), ``matmul`` (2-D or batched 3-D),
+``batch_norm`` (per channel, inference), ``bias_add``, ``relu``, ``gelu`` (erf or tanh),
+``silu``, ``sigmoid``, ``tanh``, ``erf``, ``sqrt``, ``clip``, ``add``, ``mul``, ``scale``,
+``shift``, ``softmax`` and ``layer_norm`` (last axis of a 2-D value), ``max_pool2d``,
+``avg_pool2d``, ``global_avg_pool``, ``concat``, ``transpose`` and ``reshape`` (a view, no
+kernel). Anything else raises :class:`GraphError` naming the operator.
+``compile(kernels="contraction")``: a kernel per contraction and its elementwise chain,
+identical ones compiled once (:mod:`polydl.graph.groups`).
 """
 
 from __future__ import annotations

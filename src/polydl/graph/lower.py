@@ -20,6 +20,7 @@ producer's on the same elements, where the compiler folds it into the BRGEMM sto
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -544,6 +545,14 @@ class CompiledGraph:
         return "\n".join(ck.show(what) for ck, *_ in self.parts if ck is not None)
 
 
+@functools.cache
+def _jit_thread():
+    """One thread JIT-compiling the kernels of a graph behind its compilation."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="polydl-jit")
+
+
 def compile_graph(
     graph: Graph,
     *,
@@ -586,7 +595,7 @@ def compile_graph(
     else:
         groups = [(graph.name, nodes, list(graph.inputs), outputs)]
     cache = {} if cache is None else cache
-    parts = []
+    parts, jitted = [], []
     for name, nds, ins, outs in groups:
         if nds[0].op in VIEWS:  # no kernel: the array under the new shape
             parts.append((None, [v.id for v in ins], [], [(v.id, v.shape) for v in outs]))
@@ -596,8 +605,12 @@ def compile_graph(
         ck = cache.get(key) if kernels == "contraction" else None
         if ck is None:
             ck = compile_kernel(kernel, {}, threads=threads, target=target, fuse=fuse)
+            # LLVM (which lets go of the GIL) builds it while the next group is compiled
+            jitted.append(_jit_thread().submit(ck.load))
             if kernels == "contraction":
                 cache[key] = ck
         parts.append((ck, [v.id for v in ins], params, [(v.id, v.shape) for v in outs]))
+    for done in jitted:
+        done.result()
     part_of = {nd.out.id: i for i, (_, nds, _, _) in enumerate(groups) for nd in nds}
     return CompiledGraph(graph, parts, outputs, same, part_of)

@@ -1,11 +1,12 @@
 """``pd.compile_model``: an ONNX model as fused polydl kernels, the rest run by NumPy.
 
-The model's nodes are taken in order. Each run of nodes polydl supports becomes one
-:class:`polydl.graph.Graph` compiled into one fused kernel (conv, Gemm/MatMul, BatchNormalization
-folded into the conv or linear before it, Add/Mul, Relu/Sigmoid/Tanh, Softmax, Identity); any
-other node runs on its own through ONNX's reference implementation (NumPy), and ends the run.
-``CompiledModel.report()`` lists every node: which fused kernel it is in (and its partners) or
-that it fell back, with each step's time at the last call.
+The model's nodes are taken in order (those of constant inputs folded at compile time). Each
+run of nodes polydl supports (:mod:`polydl.model.onnx_ops`) becomes one
+:class:`polydl.graph.Graph` compiled a kernel per contraction and the elementwise chain after it
+(BatchNormalization folded into the conv or linear before it), identical kernels compiled once
+for the whole model; any other node runs on its own through ONNX's reference implementation
+(NumPy), and ends the run. ``CompiledModel.report()`` lists every node: which kernel it is in
+(and its partners), a view, or that it fell back, with each kernel's time at the last call.
 
     m = pd.compile_model("model.onnx", threads=2)
     y = m(x)

@@ -1,19 +1,20 @@
-"""ONNX nodes as steps: runs of supported nodes as fused :mod:`polydl.graph` kernels, every other
+"""ONNX nodes as steps: runs of supported nodes as :mod:`polydl.graph` kernels, every other
 node a NumPy fallback (ONNX's reference implementation of that one node).
 
 Before (ONNX)::
 
-    Conv -> BatchNormalization -> Relu -> Conv -> Add -> Relu -> GlobalAveragePool -> Flatten -> Gemm
+    Conv -> BatchNormalization -> Relu -> Conv -> Add -> Relu -> TopK -> Gemm
 
 After (steps)::
 
-    Segment 0: conv2d, batch_norm (folded), relu, conv2d, add, relu     one fused kernel
-    Fallback:  GlobalAveragePool                                          NumPy
-    Fallback:  Flatten                                                    NumPy
-    Segment 1: linear                                                     one kernel
+    Segment 0: kernel 0.0  conv2d, batch_norm (folded), relu      a kernel per contraction
+               kernel 0.1  conv2d, add, relu                      and its elementwise chain
+    Fallback:  TopK                                               NumPy
+    Segment 2: kernel 2.0  linear
 
 Shapes come from the model's static input shapes (or the example inputs) through ONNX shape
-inference; constants are the initializers (and Constant nodes).
+inference; constants are the initializers, Constant nodes and the outputs of nodes whose inputs
+are all constants (folded once, here).
 """
 
 from __future__ import annotations
