@@ -3,12 +3,12 @@
 
     python benchmarks/models.py [--threads 1 2] [--batch 1 8] [--models resnet50 bert] [--no-inductor]
 
-torchvision does not install beside the torch wheel here, so the models are built in this file:
-ResNet-50 (torchvision's layout: bottlenecks 3-4-6-3, stride on the 3x3) and a BERT-base encoder
-layer's feed-forward block (768 -> 3072 -> 768 with GELU, sequence 128). Weights are random,
-batch norms with random running statistics, evaluation mode. Prints latency (median of
-interleaved rounds), the ratios, the model compile time, and the share of time in polydl
-kernels against fallback nodes (``CompiledModel.report``).
+The models are the built-in ones of ``polydl.model.zoo`` (torchvision does not install beside
+the torch wheel here): ResNet-50 (torchvision's layout) and a BERT-base encoder layer (d=768,
+12 heads, feed-forward 3072, GELU, layer norms) at sequence 128 (``--batch`` sequences).
+Weights are random, norms with random statistics, evaluation mode. Prints latency (median of
+interleaved rounds), the ratios, the model compile time (export, compile and the first call),
+and the share of time in polydl kernels against fallback nodes (``CompiledModel.report``).
 """
 
 from __future__ import annotations
@@ -24,80 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved  # noqa: E402
 
 import polydl as pd  # noqa: E402
-
-
-def resnet50():
-    import torch
-    from torch import nn
-
-    class Bottleneck(nn.Module):
-        def __init__(self, cin, width, stride):
-            super().__init__()
-            cout = 4 * width
-            self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
-            self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-            self.bn2 = nn.BatchNorm2d(width)
-            self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)
-            self.down = None
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
-                )
-
-        def forward(self, x):
-            y = torch.relu(self.bn1(self.conv1(x)))
-            y = torch.relu(self.bn2(self.conv2(y)))
-            y = self.bn3(self.conv3(y))
-            return torch.relu(y + (x if self.down is None else self.down(x)))
-
-    class ResNet50(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Sequential(
-                nn.Conv2d(3, 64, 7, 2, 3, bias=False),
-                nn.BatchNorm2d(64),
-                nn.ReLU(),
-                nn.MaxPool2d(3, 2, 1),
-            )
-            blocks, cin = [], 64
-            for width, n, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-                for i in range(n):
-                    blocks.append(Bottleneck(cin, width, stride if i == 0 else 1))
-                    cin = 4 * width
-            self.blocks = nn.Sequential(*blocks)
-            self.fc = nn.Linear(2048, 1000)
-
-        def forward(self, x):
-            y = self.blocks(self.stem(x))
-            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
-
-    net = ResNet50()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.0)
-    return net.eval()
-
-
-def bert_ffn():
-    from torch import nn
-
-    class FFN(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.up, self.down = nn.Linear(768, 3072), nn.Linear(3072, 768)
-
-        def forward(self, x):
-            return self.down(nn.functional.gelu(self.up(x)))
-
-    return FFN().eval()
-
+from polydl.model import zoo  # noqa: E402
 
 MODELS = {
-    "resnet50": (resnet50, lambda b: (b, 3, 224, 224)),
-    "bert": (bert_ffn, lambda b: (128 * b, 768)),
+    "resnet50": (zoo.resnet50, lambda b: (b, 3, 224, 224)),
+    "bert": (zoo.bert, lambda b: (b, 128, 768)),
 }
 
 
@@ -140,11 +71,7 @@ def main() -> None:
                 ratio = {
                     k: float(np.median(times[k] / times["polydl"])) for k in times if k != "polydl"
                 }
-                steps = m.compiled.seconds
-                in_pd = sum(
-                    t for t, s in zip(steps, m.compiled.steps, strict=True) if not hasattr(s, "why")
-                )
-                share = 100 * in_pd / max(sum(steps), 1e-12)
+                share = 100 * m.compiled.polydl_share
                 line = f"{name} batch={batch} threads={threads}: polydl {1000 * med['polydl']:.2f} ms, eager {1000 * med['eager']:.2f} ms"
                 line += f" (x{ratio['eager']:.2f})"
                 if "inductor" in ratio:

@@ -96,93 +96,21 @@ def test_views_transpose_batched_matmul_layer_norm():
 
 
 torch = pytest.importorskip("torch")
-nn = torch.nn
-
-
-class InvertedResidual(nn.Module):
-    def __init__(self, cin, cout, stride, expand):
-        super().__init__()
-        mid = cin * expand
-        self.use_res = stride == 1 and cin == cout
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, mid, 1, bias=False),
-            nn.BatchNorm2d(mid),
-            nn.ReLU6(),
-            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False),  # depthwise
-            nn.BatchNorm2d(mid),
-            nn.ReLU6(),
-            nn.Conv2d(mid, cout, 1, bias=False),
-            nn.BatchNorm2d(cout),
-        )
-
-    def forward(self, x):
-        y = self.body(x)
-        return x + y if self.use_res else y
-
-
-class MobileNetish(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6()
-        )
-        self.blocks = nn.Sequential(
-            InvertedResidual(8, 8, 1, 2),
-            InvertedResidual(8, 12, 2, 3),
-            InvertedResidual(12, 12, 1, 2),
-            InvertedResidual(12, 12, 1, 2),
-        )
-        self.head = nn.Linear(12, 5)
-
-    def forward(self, x):
-        y = self.blocks(self.stem(x))
-        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
-
-
-class EncoderLayer(nn.Module):
-    """BERT's: self-attention (heads), residual and layer norm, GELU feed-forward, again."""
-
-    def __init__(self, d=24, heads=4, ff=40):
-        super().__init__()
-        self.heads = heads
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.up, self.down = nn.Linear(d, ff), nn.Linear(ff, d)
-
-    def forward(self, x):
-        B, S, D = x.shape
-
-        def split(t):
-            return t.reshape(B, S, self.heads, D // self.heads).transpose(1, 2)
-
-        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        a = torch.softmax(q @ k.transpose(-1, -2) / (D // self.heads) ** 0.5, dim=-1)
-        y = (a @ v).transpose(1, 2).reshape(B, S, D)
-        x = self.ln1(x + self.o(y))
-        return self.ln2(x + self.down(nn.functional.gelu(self.up(x))))
-
-
-def randomise_norms(net):
-    with torch.no_grad():
-        for mod in net.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 1.5)
-            if isinstance(mod, nn.BatchNorm2d | nn.LayerNorm):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.3, 0.3)
-    return net.eval()
 
 
 @pytest.mark.torch
 @pytest.mark.parametrize(
-    "build,shape",
-    [(MobileNetish, (2, 3, 19, 17)), (EncoderLayer, (2, 7, 24))],
-    ids=["mobilenet", "bert"],
+    "name,sizes,shape",
+    [
+        ("mobilenet", {"width": 8}, (2, 3, 19, 17)),
+        ("bert", {"d": 24, "heads": 4, "ff": 40}, (2, 7, 24)),
+    ],
 )
-def test_torch_models_compile_without_fallbacks(build, shape):
+def test_torch_models_compile_without_fallbacks(name, sizes, shape):
+    from polydl.model import zoo
+
     torch.manual_seed(3)
-    net = randomise_norms(build())
+    net = zoo.MODELS[name](**sizes)
     x = torch.randn(*shape)
     with torch.no_grad():
         want = net(x)
@@ -190,9 +118,17 @@ def test_torch_models_compile_without_fallbacks(build, shape):
     torch.testing.assert_close(m(x), want, rtol=1e-4, atol=1e-4)
     no_fallback(m.compiled)
     report = m.report()
-    if build is MobileNetish:
-        # identical blocks' kernels compiled once: fewer compiled than run
+    if name == "mobilenet":
+        # the two identical blocks' kernels compiled once: fewer compiled than run
         run, compiled = map(int, re.match(r"// (\d+) polydl kernel\(s\) \((\d+)", report).groups())
         assert compiled < run, report
+        assert "the code of kernel" in report
     else:
         assert "/Erf" in report and "LayerNormalization" in report
+
+
+def test_built_in_names():
+    from polydl.model import ModelError
+
+    with pytest.raises(ModelError, match="no built-in model 'resnet5'.*mobilenet"):
+        pd.compile_model("resnet5", (np.zeros((1, 3, 8, 8), np.float32),))

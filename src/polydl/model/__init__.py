@@ -121,8 +121,9 @@ class CompiledModel:
 def compile_model(model, example_inputs=None, *, threads: int | None = None, target=None):
     """``model``: an ONNX file path or ``onnx.ModelProto`` with static input shapes (or
     ``example_inputs`` giving them), returning a :class:`CompiledModel` (NumPy in and out); or
-    a ``torch.nn.Module`` with ``example_inputs`` (exported to ONNX by torch), returning a
-    callable on torch tensors (:mod:`polydl.model.torch_backend`)."""
+    a ``torch.nn.Module`` with ``example_inputs`` (exported to ONNX by torch), or the name of a
+    built-in one (``"resnet50"``, ``"mobilenet"``, ``"bert"``: :mod:`polydl.model.zoo`, random
+    weights), returning a callable on torch tensors (:mod:`polydl.model.torch_backend`)."""
     import sys
 
     import onnx
@@ -135,6 +136,15 @@ def compile_model(model, example_inputs=None, *, threads: int | None = None, tar
             raise ModelError("compile_model of a torch module needs example_inputs")
         return compile_module(model, example_inputs, threads=threads, target=target)
 
+    if isinstance(model, str) and not Path(model).exists():
+        from .zoo import MODELS, build
+
+        if model in MODELS or not model.endswith(".onnx"):
+            if example_inputs is None:
+                raise ModelError(f"compile_model of the built-in {model!r} needs example_inputs")
+            from .torch_backend import compile_module
+
+            return compile_module(build(model), example_inputs, threads=threads, target=target)
     if isinstance(model, str | Path):
         model = onnx.load(str(model))
     if not isinstance(model, onnx.ModelProto):
