@@ -159,3 +159,31 @@ def test_unsupported_operator_and_shape_errors_name_the_op():
     f.output(f.relu(v))
     with pytest.raises(GraphError, match="expected float32"):
         f.compile()(np.zeros((2, 3), np.float32))
+
+
+def test_kernels_per_contraction_share_identical_groups():
+    """Two bottlenecks of one shape: a kernel per conv and its chain, the second bottleneck's
+    kernels the first's code with its own weights; views split even the one-kernel mode."""
+    N, C, K, H, W = 1, 6, 10, 7, 5
+    g = pd.graph.Graph("twice")
+    x = g.input("x", (N, C, H, W))
+    y, refs = x, []
+    for _ in range(2):
+        w1, w2 = r(K, C, 3, 3, scale=0.2), r(C, K, 1, 1, scale=0.2)
+        refs.append((w1, w2))
+        y = g.relu(g.add(g.conv2d(g.relu(g.conv2d(y, w1, padding=1)), w2), y))
+    g.output(g.reshape(y, (N * C, H * W)))
+    xa = r(N, C, H, W)
+    want = xa
+    for w1, w2 in refs:
+        want = np.maximum(numpy_conv(np.maximum(numpy_conv(want, w1, 1, 1), 0), w2, 1, 0) + want, 0)
+    want = want.reshape(N * C, H * W)
+    per = g.compile(kernels="contraction")
+    kernels = [ck for ck, *_ in per.parts if ck is not None]
+    assert len(kernels) == 4 and len({id(k) for k in kernels}) == 2
+    assert per.parts[-1][0] is None  # the reshape: a view, no kernel
+    np.testing.assert_allclose(per(xa), want, rtol=2e-4, atol=2e-4)
+    one = g.compile()
+    assert len([p for p in one.parts if p[0] is not None]) == 1
+    np.testing.assert_allclose(one(xa), want, rtol=2e-4, atol=2e-4)
+    assert len(per.seconds) == len(per.parts)
