@@ -24,7 +24,6 @@ import functools
 import operator
 
 from .dsl.intrinsics import exp as pd_exp
-from .dsl.intrinsics import sqrt as pd_sqrt
 from .dsl.kernel import KernelFunction, kernel
 from .dsl.types import DType, bf16, f32
 
@@ -98,24 +97,6 @@ def matmul(
     return matmul
 
 
-@functools.cache
-def batch_matmul(B: int, M: int, N: int, K: int) -> KernelFunction:
-    """``C[b] = A[b] @ Bm[b]`` for each of the ``B`` matrices; arguments ``(C, A, Bm)``."""
-    B, M, N, K = _ints(B, M, N, K)
-
-    @kernel
-    def batch_matmul(C: f32[B, M, N], A: f32[B, M, K], Bm: f32[B, K, N]):
-        for b in range(B):
-            for i in range(M):
-                for j in range(N):
-                    C[b, i, j] = 0.0
-                for k in range(K):
-                    for j in range(N):
-                        C[b, i, j] += A[b, i, k] * Bm[b, k, j]
-
-    return batch_matmul
-
-
 def conv_shape(H: int, W: int, R: int, S: int, stride, padding, dilation=1) -> tuple[int, int]:
     """Output height and width (P, Q) of a convolution (a dilated filter spans
     ``dilation*(R-1) + 1`` rows)."""
@@ -177,17 +158,13 @@ def conv2d(
     block: int | None = None,
     dilation=1,
     dtype: str = "f32",
-    groups: int = 1,
 ) -> KernelFunction:
     """A 2-D convolution kernel; arguments ``(O, I, Wt[, b])`` in the chosen layout. Filter
     tap ``(r, s)`` reads input pixel ``(sh*p + dh*r - ph, sw*q + dw*s - pw)``;
-    ``dtype="bf16"``: ``I`` and ``Wt`` bfloat16, ``O`` (and ``b``) float32. ``groups``
-    (NCHW only): ``Wt`` of shape ``(K, C/groups, R, S)``, output channel ``k`` of group
-    ``k // (K/groups)`` reading that group's ``C/groups`` input channels (``groups=C``: a
-    depthwise convolution)."""
+    ``dtype="bf16"``: ``I`` and ``Wt`` bfloat16, ``O`` (and ``b``) float32."""
     relu = _activation(activation)
     ab = _operand_type(dtype)
-    N, C, K, H, W, R, S, G = _ints(N, C, K, H, W, R, S, groups)
+    N, C, K, H, W, R, S = _ints(N, C, K, H, W, R, S)
     (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
     dh, dw = _pair(dilation, "dilation")
     if min(sh, sw, dh, dw) < 1:
@@ -195,15 +172,6 @@ def conv2d(
     P, Q = conv_shape(H, W, R, S, stride, padding, dilation)
     block = conv_block(Q, P) if block is None else block
     has_bias = bool(bias)
-    if G != 1:
-        if layout != "nchw" or G < 1 or C % G or K % G:
-            raise ValueError(
-                f"conv2d: groups={G} must be positive, divide the {C} input and {K} output "
-                f"channels, and the layout be 'nchw' (got {layout!r})"
-            )
-        return _grouped_conv2d(
-            N, C, K, H, W, R, S, (sh, sw), (ph, pw), (dh, dw), G, has_bias, relu, ab
-        )
     if layout == "nchw":
 
         @kernel
@@ -275,53 +243,6 @@ def conv2d(
                                     O[n, kb, p, q, kv] = O[n, kb, p, q, kv] + b[kb, kv]
                                 else:
                                     O[n, kb, p, q, kv] = max(O[n, kb, p, q, kv], 0.0)
-
-    return conv2d
-
-
-def _grouped_conv2d(N, C, K, H, W, R, S, stride, padding, dilation, G, has_bias, relu, ab):
-    """The NCHW convolution of :func:`conv2d` in ``G`` groups (``Cg`` input and ``Kg`` output
-    channels each): output channel ``k`` reads input channels ``Cg*(k // Kg) + c``. The loops
-    are :func:`conv2d`'s (``n, k, p, q`` outermost), so that what follows in the output's
-    elements (a bias, an activation) runs in the same nest."""
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    P, Q = conv_shape(H, W, R, S, stride, padding, dilation)
-    Cg, Kg = C // G, K // G
-
-    @kernel
-    def conv2d(
-        O: f32[N, K, P, Q],
-        I: ab[N, C, H, W],
-        Wt: ab[K, Cg, R, S],
-        b: f32[K] if has_bias else None,
-    ):
-        for n in range(N):
-            for k in range(K):
-                for p in range(P):
-                    for q in range(Q):
-                        O[n, k, p, q] = 0.0
-                        for c in range(Cg):
-                            for r in range(R):
-                                for s in range(S):
-                                    if (
-                                        0 <= sh * p + dh * r - ph < H
-                                        and 0 <= sw * q + dw * s - pw < W
-                                    ):
-                                        O[n, k, p, q] += (
-                                            I[
-                                                n,
-                                                Cg * (k // Kg) + c,
-                                                sh * p + dh * r - ph,
-                                                sw * q + dw * s - pw,
-                                            ]
-                                            * Wt[k, c, r, s]
-                                        )
-                        if has_bias and relu:
-                            O[n, k, p, q] = max(O[n, k, p, q] + b[k], 0.0)
-                        elif has_bias:
-                            O[n, k, p, q] = O[n, k, p, q] + b[k]
-                        elif relu:
-                            O[n, k, p, q] = max(O[n, k, p, q], 0.0)
 
     return conv2d
 
@@ -508,58 +429,6 @@ def max_pool2d(N: int, C: int, H: int, W: int, R: int, S: int, *, stride=1, padd
 
 
 @functools.cache
-def avg_pool2d(N: int, C: int, H: int, W: int, R: int, S: int, *, stride=1, padding=0):
-    """``O[n, c, p, q]`` = the sum of ``I[n, c, ...]`` in its ``R x S`` window (padding adds
-    nothing) times ``inv[p, q]``, the window's divisor's inverse. Arguments ``(O, I, inv)``."""
-    N, C, H, W, R, S = _ints(N, C, H, W, R, S)
-    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
-    P, Q = conv_shape(H, W, R, S, stride, padding)
-
-    @kernel
-    def avg_pool2d(O: f32[N, C, P, Q], I: f32[N, C, H, W], inv: f32[P, Q]):
-        for n in range(N):
-            for c in range(C):
-                for p in range(P):
-                    for q in range(Q):
-                        O[n, c, p, q] = 0.0
-                        for r in range(R):
-                            for s in range(S):
-                                if 0 <= sh * p + r - ph < H and 0 <= sw * q + s - pw < W:
-                                    O[n, c, p, q] += I[n, c, sh * p + r - ph, sw * q + s - pw]
-                        O[n, c, p, q] = O[n, c, p, q] * inv[p, q]
-
-    return avg_pool2d
-
-
-@functools.cache
-def layer_norm(M: int, N: int, eps: float = 1e-5) -> KernelFunction:
-    """``Y[i, :] = (X[i, :] - mean) / sqrt(var + eps) * g + b`` over the rows of ``X``;
-    ``m`` and ``v`` hold each row's mean and inverse deviation. Arguments
-    ``(Y, X, g, b, m, v)``."""
-    M, N = _ints(M, N)
-    inv_n, eps = 1.0 / N, float(eps)
-
-    @kernel
-    def layer_norm(Y: f32[M, N], X: f32[M, N], g: f32[N], b: f32[N], m: f32[M], v: f32[M]):
-        for i in range(M):
-            m[i] = 0.0
-            for j in range(N):
-                m[i] += X[i, j]
-            m[i] = m[i] * inv_n
-        for i in range(M):
-            v[i] = 0.0
-            for j in range(N):
-                Y[i, j] = X[i, j] - m[i]
-                v[i] += Y[i, j] * Y[i, j]
-            v[i] = 1.0 / pd_sqrt(v[i] * inv_n + eps)
-        for i in range(M):
-            for j in range(N):
-                Y[i, j] = Y[i, j] * v[i] * g[j] + b[j]
-
-    return layer_norm
-
-
-@functools.cache
 def global_avg_pool(N: int, C: int, H: int, W: int):
     """``O[n, c] = mean(I[n, c, :, :])`` (2-D out, as flattened after global pooling).
     Arguments ``(O, I)``."""
@@ -595,3 +464,6 @@ from .ops1d import (  # noqa: E402, F401
     to_nwc,
     unpack_wgrad,
 )
+
+# operators of whole models (pd.graph): their own module (ops_graph.py), the same namespace
+from .ops_graph import avg_pool2d, batch_matmul, grouped_conv2d, layer_norm  # noqa: E402, F401

@@ -363,19 +363,15 @@ def lower(
             if nd.op == "conv2d":
                 N, C, H, W = nd.inputs[0].shape
                 K, _, R, S = nd.params["w"].shape
-                kern = ops.conv2d(
-                    N,
-                    C,
-                    K,
-                    H,
-                    W,
-                    R,
-                    S,
+                kw = dict(
                     stride=nd.attrs["stride"],
                     padding=nd.attrs["padding"],
                     dilation=nd.attrs.get("dilation", 1),
-                    groups=nd.attrs.get("groups", 1),
                 )
+                if nd.attrs.get("groups", 1) != 1:
+                    kern = ops.grouped_conv2d(N, C, K, H, W, R, S, groups=nd.attrs["groups"], **kw)
+                else:
+                    kern = ops.conv2d(N, C, K, H, W, R, S, **kw)
                 b.part(kern.ir, {"O": out, "I": ins[0], "Wt": param(nd, "w")}, nd, out=out)
             elif nd.op in ("softmax", "layer_norm"):
                 M, N = nd.out.shape
