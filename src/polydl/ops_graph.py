@@ -31,8 +31,11 @@ def grouped_conv2d(
     """The NCHW convolution of :func:`polydl.ops.conv2d` in ``groups`` groups (``Cg = C/groups``
     input and ``Kg = K/groups`` output channels each; ``groups=C``: depthwise): ``Wt`` of shape
     ``(K, Cg, R, S)``, output channel ``k`` reading input channels ``Cg*(k // Kg) + c``.
-    Arguments ``(O, I, Wt[, b])``. The loops are ``conv2d``'s (``n, k, p, q`` outermost), so that
-    what follows on the output's elements (a bias, an activation) runs in the same nest."""
+    Arguments ``(O, I, Wt[, b])``. The loops: ``n, k`` outermost (so that what follows on the
+    output's elements, a bias or an activation, runs in the same nest), then for each output
+    row the taps, the row's pixels innermost (unit stride: measured on Zen 4, depthwise 3x3 at
+    56x56, 28x28 stride 2 and 14x14: 1.5-2.5x torch's time, against 1.2-4.4x with the taps
+    innermost)."""
     relu = _activation(activation)
     N, C, K, H, W, R, S, G = _ints(N, C, K, H, W, R, S, groups)
     (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
@@ -58,9 +61,11 @@ def grouped_conv2d(
                 for p in range(P):
                     for q in range(Q):
                         O[n, k, p, q] = 0.0
-                        for c in range(Cg):
-                            for r in range(R):
-                                for s in range(S):
+                for p in range(P):
+                    for c in range(Cg):
+                        for r in range(R):
+                            for s in range(S):
+                                for q in range(Q):
                                     if (
                                         0 <= sh * p + dh * r - ph < H
                                         and 0 <= sw * q + dw * s - pw < W
@@ -74,6 +79,8 @@ def grouped_conv2d(
                                             ]
                                             * Wt[k, c, r, s]
                                         )
+                for p in range(P):
+                    for q in range(Q):
                         if has_bias and relu:
                             O[n, k, p, q] = max(O[n, k, p, q] + b[k], 0.0)
                         elif has_bias:
