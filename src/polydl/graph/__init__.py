@@ -389,6 +389,7 @@ class Graph:
         fuse: bool = True,
         kernels: str = "one",
         cache: dict | None = None,
+        layout: str = "nchw",
     ):
         """One kernel of the whole graph (:class:`polydl.graph.lower.CompiledGraph`);
         ``kernels="contraction"``: one per contraction and its elementwise chain, identical
@@ -398,7 +399,13 @@ class Graph:
         if not self.outputs:
             raise GraphError(f"graph {self.name} has no output (call g.output(value))")
         return compile_graph(
-            self, threads=threads, target=target, fuse=fuse, kernels=kernels, cache=cache
+            self,
+            threads=threads,
+            target=target,
+            fuse=fuse,
+            kernels=kernels,
+            cache=cache,
+            layout=layout,
         )
 
 

@@ -21,6 +21,7 @@ producer's on the same elements, where the compiler folds it into the BRGEMM sto
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -33,7 +34,14 @@ from ..transform.fuse import fused_schedules, spine
 from . import VIEWS, Graph, GraphError, Node, Value
 
 # as pd.ops.conv2d, pd.ops.matmul and pd.ops.batch_matmul name them (other ranks: a0, a1, ...)
-ITERATORS = {4: ("n", "k", "p", "q"), 3: ("b", "i", "j"), 2: ("i", "j"), 1: ("i",)}
+# (5-D: the blocked layout's [N, K/kb, P, Q, kb], as pd.ops.conv2d(layout="nchwc") names them)
+ITERATORS = {
+    5: ("n", "kb", "p", "q", "kv"),
+    4: ("n", "k", "p", "q"),
+    3: ("b", "i", "j"),
+    2: ("i", "j"),
+    1: ("i",),
+}
 
 
 def iterators(rank: int) -> tuple[str, ...]:
@@ -334,6 +342,29 @@ def lower(
                     tensors["inv"] = param(nd, "inv")
             b.part(kern.ir, tensors, nd, out=out)
             continue
+        if nd.op in ("pack", "unpack"):
+            out = new_buffer(nd.out, nd.op)
+            if nd.op == "pack":
+                N, C, H, W = nd.inputs[0].shape
+                border = nd.attrs["border"]
+                kern = ops.pack_input(N, C, H, W, padding=border, block=nd.attrs["block"])
+                tensors = {"Xp": out, "X": ins[0]}
+            else:
+                N, K, P, Q = nd.out.shape
+                kern = ops.unpack_output(N, K, P, Q, block=nd.attrs["block"])
+                tensors = {"Y": out, "Op": ins[0]}
+            b.part(kern.ir, tensors, nd, out=out)
+            continue
+        if nd.op == "repad":
+            out = new_buffer(nd.out, nd.op)
+            its = [Var(name=f"a{d}") for d in range(5)]
+            at = [
+                IntOp(op="+", a=v, b=Int(value=nd.attrs["border"])) if d in (2, 3) else v
+                for d, v in enumerate(its)
+            ]
+            value = Load(tensor=ins[0], index=tuple(its))
+            b.copy(nd, Load(tensor=out, index=tuple(at)), value, nd.inputs[0].shape)
+            continue
         if nd.op in ("transpose", "concat"):
             out = new_buffer(nd.out, nd.op)
             its = [Var(name=f"a{d}") for d in range(len(nd.out.shape))]
@@ -360,7 +391,25 @@ def lower(
             continue
         if nd.op in CONTRACTIONS or nd.op in ("softmax", "layer_norm"):
             out = new_buffer(nd.out, nd.op)
-            if nd.op == "conv2d":
+            if nd.op == "conv2d" and nd.attrs.get("layout") == "nchwc":
+                N, _, _, _, _ = nd.inputs[0].shape
+                KB, CB, R, S, CV, KV = nd.params["w"].shape
+                H, W = nd.attrs["hw"]
+                kern = ops.conv2d(
+                    N,
+                    CB * CV,
+                    KB * KV,
+                    H,
+                    W,
+                    R,
+                    S,
+                    stride=nd.attrs["stride"],
+                    padding=nd.attrs["padding"],
+                    layout="nchwc",
+                    block=nd.attrs["block"],
+                )
+                b.part(kern.ir, {"O": out, "I": ins[0], "Wt": param(nd, "w")}, nd, out=out)
+            elif nd.op == "conv2d":
                 N, C, H, W = nd.inputs[0].shape
                 K, _, R, S = nd.params["w"].shape
                 kw = dict(
@@ -468,6 +517,8 @@ def _element(tensor: str, shape: tuple[int, ...]) -> Load:
 def _channel(tensor: str, shape: tuple[int, ...]) -> Load:
     """A per-channel vector read at the element: axis 1 of NCHW, the last axis of 2-D."""
     its = iterators(len(shape))
+    if len(shape) == 5:  # blocked: the parameter blocked too, [K/kb, kb]
+        return Load(tensor=tensor, index=(Var(name=its[1]), Var(name=its[4])))
     return Load(tensor=tensor, index=(Var(name=its[1] if len(shape) == 4 else its[-1]),))
 
 
@@ -485,6 +536,7 @@ class CompiledGraph:
         outputs: Sequence[Value],
         same: dict[int, int] | None = None,
         part_of: dict[int, int] | None = None,
+        bordered: set[int] | frozenset[int] = frozenset(),
     ):
         self.graph = graph
         self.parts = parts  # (compiled kernel, input value ids, params, output value ids)
@@ -493,6 +545,10 @@ class CompiledGraph:
         self.seconds: list[float] = []
         self._part_of = dict(part_of or {})  # node id -> index of its kernel
         self._same = dict(same or {})
+        # values written inside a zero border that must stay zero (blocked conv inputs): kept
+        # between calls, one buffer per thread, zeroed once
+        self._bordered = frozenset(bordered)
+        self._tls = threading.local()
 
     @property
     def kernel(self):
@@ -528,7 +584,10 @@ class CompiledGraph:
                     values[vid] = values[ins[0]].reshape(shape)
                 seconds.append(time.perf_counter() - t0)
                 continue
-            out_arrays = [empty(shape) for _, shape in outs]
+            out_arrays = [
+                self._kept(vid, shape) if vid in self._bordered else empty(shape)
+                for vid, shape in outs
+            ]
             ck(*[values[i] for i in ins], *(p for _, p in params), *out_arrays)
             for (vid, _), arr in zip(outs, out_arrays, strict=True):
                 values[vid] = arr
@@ -536,6 +595,16 @@ class CompiledGraph:
         self.seconds = seconds
         res = [values[i] for i in self._outputs]
         return res[0] if len(res) == 1 else tuple(res)
+
+    def _kept(self, vid: int, shape) -> np.ndarray:
+        from ..memory import zeros
+
+        kept = getattr(self._tls, "kept", None)
+        if kept is None:
+            kept = self._tls.kept = {}
+        if vid not in kept:
+            kept[vid] = zeros(shape)
+        return kept[vid]
 
     def show(self, what: str = "loops") -> str:
         return "\n".join(ck.show(what) for ck, *_ in self.parts if ck is not None)
@@ -557,6 +626,7 @@ def compile_graph(
     fuse: bool = True,
     kernels: str = "one",
     cache: dict | None = None,
+    layout: str = "nchw",
 ) -> CompiledGraph:
     """The graph as one fused kernel; ``kernels="contraction"``: one kernel per contraction
     and the elementwise chain after it (:mod:`polydl.graph.groups`), groups of the same
@@ -568,9 +638,19 @@ def compile_graph(
 
     if kernels not in ("one", "contraction"):
         raise GraphError(f"compile: kernels must be 'one' or 'contraction', got {kernels!r}")
+    if layout not in ("nchw", "blocked"):
+        raise GraphError(f"compile: layout must be 'nchw' or 'blocked', got {layout!r}")
     nodes, same = fold_batch_norms(list(graph.nodes), graph.outputs)
     same_of = lambda v: same.get(v.id, v.id)  # noqa: E731
     outputs = [replace(v, id=same_of(v)) for v in graph.outputs]
+    folded, origin = same, {}
+    if layout == "blocked":
+        from ..ops import default_block
+        from .layout import blocked_layout
+
+        nodes, outputs, origin = blocked_layout(nodes, outputs, same_of, 2 * default_block())
+        same = {}
+        same_of = lambda v: v.id  # noqa: E731
     if not fuse:
         groups = []
         for nd in nodes:
@@ -609,4 +689,6 @@ def compile_graph(
     for done in jitted:
         done.result()
     part_of = {nd.out.id: i for i, (_, nds, _, _) in enumerate(groups) for nd in nds}
-    return CompiledGraph(graph, parts, outputs, same, part_of)
+    part_of |= {origin[v]: i for v, i in part_of.items() if v in origin}
+    bordered = {nd.out.id for _, nds, _, _ in groups for nd in nds if nd.op in ("pack", "repad")}
+    return CompiledGraph(graph, parts, outputs, folded, part_of, bordered)

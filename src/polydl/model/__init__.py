@@ -118,7 +118,9 @@ class CompiledModel:
         return "\n".join([head, *lines])
 
 
-def compile_model(model, example_inputs=None, *, threads: int | None = None, target=None):
+def compile_model(
+    model, example_inputs=None, *, threads: int | None = None, target=None, layout: str = "nchw"
+):
     """``model``: an ONNX file path or ``onnx.ModelProto`` with static input shapes (or
     ``example_inputs`` giving them), returning a :class:`CompiledModel` (NumPy in and out); or
     a ``torch.nn.Module`` with ``example_inputs`` (exported to ONNX by torch), or the name of a
@@ -134,7 +136,7 @@ def compile_model(model, example_inputs=None, *, threads: int | None = None, tar
 
         if example_inputs is None:
             raise ModelError("compile_model of a torch module needs example_inputs")
-        return compile_module(model, example_inputs, threads=threads, target=target)
+        return compile_module(model, example_inputs, threads=threads, target=target, layout=layout)
 
     if isinstance(model, str) and not Path(model).exists():
         from .zoo import MODELS, build
@@ -144,7 +146,9 @@ def compile_model(model, example_inputs=None, *, threads: int | None = None, tar
                 raise ModelError(f"compile_model of the built-in {model!r} needs example_inputs")
             from .torch_backend import compile_module
 
-            return compile_module(build(model), example_inputs, threads=threads, target=target)
+            return compile_module(
+                build(model), example_inputs, threads=threads, target=target, layout=layout
+            )
     if isinstance(model, str | Path):
         model = onnx.load(str(model))
     if not isinstance(model, onnx.ModelProto):
@@ -162,7 +166,7 @@ def compile_model(model, example_inputs=None, *, threads: int | None = None, tar
         shapes = {n: tuple(np.asarray(x).shape) for n, x in zip(names, examples, strict=False)}
     try:
         inputs, outputs, steps, constants = plan_steps(
-            model, shapes, threads=threads, target=target
+            model, shapes, threads=threads, target=target, layout=layout
         )
     except ValueError as e:
         raise ModelError(str(e)) from None

@@ -73,7 +73,7 @@ class Fallback:
         }
 
 
-def plan_steps(model, shapes: dict, *, threads=None, target=None):
+def plan_steps(model, shapes: dict, *, threads=None, target=None, layout: str = "nchw"):
     """(input names, output names, steps, constants) of ``model``. Each run of supported
     nodes is compiled a kernel per contraction (and its elementwise chain), the kernels of
     identical groups (and of identical runs) compiled once."""
@@ -133,7 +133,7 @@ def plan_steps(model, shapes: dict, *, threads=None, target=None):
         if outs:
             g.output(*[vals[v] for v in outs])
             compiled = g.compile(
-                threads=threads, target=target, kernels="contraction", cache=kernels
+                threads=threads, target=target, kernels="contraction", cache=kernels, layout=layout
             )
             steps.append(
                 Segment(
