@@ -187,3 +187,18 @@ def test_kernels_per_contraction_share_identical_groups():
     assert len([p for p in one.parts if p[0] is not None]) == 1
     np.testing.assert_allclose(one(xa), want, rtol=2e-4, atol=2e-4)
     assert len(per.seconds) == len(per.parts)
+
+
+@pytest.mark.parametrize("N,C,K,H,W", [(1, 8, 12, 7, 9), (2, 5, 16, 11, 6)])
+def test_blocked_layout_keeps_activations_blocked(N, C, K, H, W):
+    """layout="blocked": the bottleneck's convs on blocked values, one pack of the input (the
+    3x3's zero border), the residual read blocked, one unpack at the end."""
+    g, p = bottleneck(N, C, K, H, W)
+    f = g.compile(kernels="contraction", layout="blocked")
+    x = r(N, C, H, W)
+    want = bottleneck_ref(x, p)
+    np.testing.assert_allclose(f(x), want, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(f(x), want, rtol=2e-4, atol=2e-4)  # the kept borders stay zero
+    text = f.show("loops")
+    assert text.count("pack: Xp") == 2 and text.count("unpack: Y") == 1  # x: bordered, plain
+    assert "then max((acc + in1), 0.0)" in text  # the residual add and ReLU in the calls

@@ -79,6 +79,35 @@ def test_residual_block_with_a_head():
     assert not m.fallbacks and len(m.steps) == 1
 
 
+def test_residual_block_blocked_layout():
+    N, C, H, W, K = 1, 16, 9, 8, 24
+    inits = [
+        const("w0", rng.standard_normal((C, 3, 3, 3)) * 0.3),
+        const("w1", rng.standard_normal((K, C, 3, 3)) * 0.2),
+        const("w2", rng.standard_normal((C, K, 1, 1)) * 0.2),
+        const("fc", rng.standard_normal((10, C))),
+    ]
+    nodes = [
+        h.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        h.make_node("MaxPool", ["c0"], ["m0"], kernel_shape=[2, 2], strides=[1, 1]),
+        h.make_node("Conv", ["m0", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c1"], ["r1"]),
+        h.make_node("Conv", ["r1", "w2"], ["c2"]),
+        h.make_node("Add", ["c2", "m0"], ["a"]),
+        h.make_node("GlobalAveragePool", ["a"], ["gp"]),
+        h.make_node("Flatten", ["gp"], ["f"]),
+        h.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
+    ]
+    model = model_of(nodes, [("x", [N, 3, 2 * H, 2 * W])], inits)
+    x = rng.standard_normal((N, 3, 2 * H, 2 * W)).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    m = pd.compile_model(model, layout="blocked")
+    np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert not m.fallbacks
+    with pytest.raises(ModelError, match="layout must be"):
+        pd.compile_model(model, layout="nhwc")
+
+
 def test_mlp_with_softmax_and_an_unsupported_node_between():
     M, D, F = 5, 12, 20
     inits = [

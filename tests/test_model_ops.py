@@ -100,13 +100,14 @@ torch = pytest.importorskip("torch")
 
 @pytest.mark.torch
 @pytest.mark.parametrize(
-    "name,sizes,shape",
+    "name,sizes,shape,layout",
     [
-        ("mobilenet", {"width": 8}, (2, 3, 19, 17)),
-        ("bert", {"d": 24, "heads": 4, "ff": 40}, (2, 7, 24)),
+        ("mobilenet", {"width": 8}, (2, 3, 19, 17), "nchw"),
+        ("mobilenet", {"width": 8}, (1, 3, 16, 13), "blocked"),
+        ("bert", {"d": 24, "heads": 4, "ff": 40}, (2, 7, 24), "nchw"),
     ],
 )
-def test_torch_models_compile_without_fallbacks(name, sizes, shape):
+def test_torch_models_compile_without_fallbacks(name, sizes, shape, layout):
     from polydl.model import zoo
 
     torch.manual_seed(3)
@@ -114,7 +115,7 @@ def test_torch_models_compile_without_fallbacks(name, sizes, shape):
     x = torch.randn(*shape)
     with torch.no_grad():
         want = net(x)
-    m = pd.compile_model(net, (x,), threads=2)
+    m = pd.compile_model(net, (x,), threads=2, layout=layout)
     torch.testing.assert_close(m(x), want, rtol=1e-4, atol=1e-4)
     no_fallback(m.compiled)
     report = m.report()

@@ -125,11 +125,15 @@ def compile_model(
     ``example_inputs`` giving them), returning a :class:`CompiledModel` (NumPy in and out); or
     a ``torch.nn.Module`` with ``example_inputs`` (exported to ONNX by torch), or the name of a
     built-in one (``"resnet50"``, ``"mobilenet"``, ``"bert"``: :mod:`polydl.model.zoo`, random
-    weights), returning a callable on torch tensors (:mod:`polydl.model.torch_backend`)."""
+    weights), returning a callable on torch tensors (:mod:`polydl.model.torch_backend`).
+    ``layout="blocked"``: convolutions on the blocked layout, activations kept blocked between
+    them (:mod:`polydl.graph.layout`)."""
     import sys
 
     import onnx
 
+    if layout not in ("nchw", "blocked"):
+        raise ModelError(f"compile_model: layout must be 'nchw' or 'blocked', got {layout!r}")
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         from .torch_backend import compile_module
