@@ -3,6 +3,8 @@ reference implementation of the whole model (float32 tolerances: 1e-4 relative).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from onnx import TensorProto as T
@@ -67,16 +69,19 @@ def test_residual_block_with_a_head():
     model = model_of(nodes, [("x", [N, C, H, W])], inits)
     m = check(model, rng.standard_normal((N, C, H, W)).astype(np.float32))
     report = m.report()
-    print(report)
     # one run of kernels: a kernel per contraction, its batch norm folded and its
-    # elementwise chain fused (the residual add too); the pooling and flatten, the head
-    assert "kernel 0.0 (fused with bn1, relu1)" in report
-    assert "kernel 0.1 (fused with add, relu2)" in report
-    assert (
-        "kernel 0.2 (fused with flatten)" in report and "kernel 0.3 (fused with nothing)" in report
-    )
-    assert "4 polydl kernel(s)" in report and "100.0% of the last call" in report
+    # elementwise chain fused (the residual add too); the pooling and flatten, the head; the
+    # blocked layout: x packed with the 3x3's border and without, the sum unpacked
+    for what in ("conv1 .* [(]fused with bn1, relu1[)]", "conv2 .* [(]fused with add, relu2[)]"):
+        assert re.search(what, report), report
+    assert re.search("gap .* [(]fused with flatten[)]", report)
+    assert re.search("fc .* [(]fused with nothing[)]", report)
+    assert report.count("(layout)") == 3 and "(unpack)" in report and "(pack)" in report
+    assert "7 polydl kernel(s)" in report and "% of the last call" in report
     assert not m.fallbacks and len(m.steps) == 1
+    nchw = pd.compile_model(model, layout="nchw")
+    nchw(rng.standard_normal((N, C, H, W)).astype(np.float32))
+    assert "4 polydl kernel(s)" in nchw.report() and "(layout)" not in nchw.report()
 
 
 def test_residual_block_blocked_layout():

@@ -42,7 +42,7 @@ def blocked_layout(
     node each rewritten node computes (by value id)."""
     fresh = [max([v.id for nd in nodes for v in (nd.out, *nd.inputs)], default=0) + 1]
     new: list[Node] = []
-    blocked: dict[int, Value] = {}  # NCHW value id -> its blocked twin (no border)
+    packed: dict[tuple[int, int], Value] = {}  # (NCHW value id, border) -> its blocked twin
     bordered: dict[tuple[int, int], Value] = {}  # (blocked value id, border) -> bordered twin
     plain: dict[int, Value] = {}  # value id (either layout) -> its NCHW value
     cur: dict[int, Value] = {}  # the graph's value id -> the value now computing it
@@ -77,16 +77,15 @@ def blocked_layout(
     def to_blocked(v: Value, border: int, like: Node) -> Value:
         """``v`` blocked, with a zero border of ``border`` pixels."""
         if not is_blocked(v):
-            if v.id in blocked and border == 0:
-                return blocked[v.id]
-            N, C, H, W = v.shape
-            cb = channel_block(C, block)
-            shape = (N, C // cb, H + 2 * border, W + 2 * border, cb)
-            out = add("pack", (v,), shape, {"border": border, "block": block}, like=like)
-            if border == 0:
-                blocked[v.id] = out
-            plain[out.id] = v
-            return out
+            if (v.id, border) not in packed:
+                N, C, H, W = v.shape
+                cb = channel_block(C, block)
+                shape = (N, C // cb, H + 2 * border, W + 2 * border, cb)
+                out = add("pack", (v,), shape, {"border": border, "block": block}, like=like)
+                packed[v.id, border] = out
+                if border == 0:
+                    plain[out.id] = v
+            return packed[v.id, border]
         if border == 0:
             return v
         if (v.id, border) not in bordered:

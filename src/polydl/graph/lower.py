@@ -543,6 +543,7 @@ class CompiledGraph:
         self.output_shapes = [v.shape for v in outputs]
         self._outputs = [v.id for v in outputs]
         self.seconds: list[float] = []
+        self.part_ops: list[list[str]] = []  # the operators of each kernel
         self._part_of = dict(part_of or {})  # node id -> index of its kernel
         self._same = dict(same or {})
         # values written inside a zero border that must stay zero (blocked conv inputs): kept
@@ -691,4 +692,6 @@ def compile_graph(
     part_of = {nd.out.id: i for i, (_, nds, _, _) in enumerate(groups) for nd in nds}
     part_of |= {origin[v]: i for v, i in part_of.items() if v in origin}
     bordered = {nd.out.id for _, nds, _, _ in groups for nd in nds if nd.op in ("pack", "repad")}
-    return CompiledGraph(graph, parts, outputs, folded, part_of, bordered)
+    cg = CompiledGraph(graph, parts, outputs, folded, part_of, bordered)
+    cg.part_ops = [[nd.op for nd in nds] for _, nds, _, _ in groups]
+    return cg

@@ -110,6 +110,12 @@ class CompiledModel:
                         t = cg.seconds[j] if j < len(cg.seconds) else float("nan")
                         head = f"{head:<72} {share(t)}"
                     lines.append(head)
+            for j in real:  # kernels of no node: layout conversions (pack, repad, unpack)
+                if j not in members:
+                    t = cg.seconds[j] if j < len(cg.seconds) else float("nan")
+                    what = ", ".join(cg.part_ops[j]) if j < len(cg.part_ops) else "?"
+                    head = f"{'(layout)':<28} kernel {i}.{j} ({what})"
+                    lines.append(f"{head:<72} {share(t)}")
         n_fb = len(self.fallbacks)
         head = (
             f"// {n_kernels} polydl kernel(s) ({len(distinct)} compiled), {n_fb} fallback "
@@ -119,15 +125,15 @@ class CompiledModel:
 
 
 def compile_model(
-    model, example_inputs=None, *, threads: int | None = None, target=None, layout: str = "nchw"
+    model, example_inputs=None, *, threads: int | None = None, target=None, layout: str = "blocked"
 ):
     """``model``: an ONNX file path or ``onnx.ModelProto`` with static input shapes (or
     ``example_inputs`` giving them), returning a :class:`CompiledModel` (NumPy in and out); or
     a ``torch.nn.Module`` with ``example_inputs`` (exported to ONNX by torch), or the name of a
     built-in one (``"resnet50"``, ``"mobilenet"``, ``"bert"``: :mod:`polydl.model.zoo`, random
     weights), returning a callable on torch tensors (:mod:`polydl.model.torch_backend`).
-    ``layout="blocked"``: convolutions on the blocked layout, activations kept blocked between
-    them (:mod:`polydl.graph.layout`)."""
+    ``layout="blocked"`` (the default): convolutions on the blocked layout, activations kept
+    blocked between them (:mod:`polydl.graph.layout`); ``"nchw"``: every conv on NCHW."""
     import sys
 
     import onnx
