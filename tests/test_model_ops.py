@@ -102,7 +102,7 @@ torch = pytest.importorskip("torch")
 @pytest.mark.parametrize(
     "name,sizes,shape,layout",
     [
-        ("mobilenet", {"width": 8}, (2, 3, 19, 17), "nchw"),
+        ("mobilenet", {"width": 8}, (2, 3, 19, 17), "auto"),
         ("mobilenet", {"width": 8}, (1, 3, 16, 13), "blocked"),
         ("bert", {"d": 24, "heads": 4, "ff": 40}, (2, 7, 24), "nchw"),
     ],
@@ -124,6 +124,8 @@ def test_torch_models_compile_without_fallbacks(name, sizes, shape, layout):
         run, compiled = map(int, re.match(r"// (\d+) polydl kernel\(s\) \((\d+)", report).groups())
         assert compiled < run, report
         assert "the code of kernel" in report
+        # "auto": depthwise convs, so NCHW throughout (no conversion); "blocked": around them
+        assert ("(layout)" in report) == (layout == "blocked"), report
     else:
         assert "/Erf" in report and "LayerNormalization" in report
 

@@ -125,21 +125,24 @@ class CompiledModel:
 
 
 def compile_model(
-    model, example_inputs=None, *, threads: int | None = None, target=None, layout: str = "blocked"
+    model, example_inputs=None, *, threads: int | None = None, target=None, layout: str = "auto"
 ):
     """``model``: an ONNX file path or ``onnx.ModelProto`` with static input shapes (or
     ``example_inputs`` giving them), returning a :class:`CompiledModel` (NumPy in and out); or
     a ``torch.nn.Module`` with ``example_inputs`` (exported to ONNX by torch), or the name of a
     built-in one (``"resnet50"``, ``"mobilenet"``, ``"bert"``: :mod:`polydl.model.zoo`, random
     weights), returning a callable on torch tensors (:mod:`polydl.model.torch_backend`).
-    ``layout="blocked"`` (the default): convolutions on the blocked layout, activations kept
-    blocked between them (:mod:`polydl.graph.layout`); ``"nchw"``: every conv on NCHW."""
+    ``layout="blocked"``: convolutions on the blocked layout, activations kept blocked between
+    them (:mod:`polydl.graph.layout`); ``"nchw"``: every conv on NCHW; ``"auto"`` (the
+    default): blocked for a run of convs none of which is grouped, else NCHW."""
     import sys
 
     import onnx
 
-    if layout not in ("nchw", "blocked"):
-        raise ModelError(f"compile_model: layout must be 'nchw' or 'blocked', got {layout!r}")
+    if layout not in ("nchw", "blocked", "auto"):
+        raise ModelError(
+            f"compile_model: layout must be 'nchw', 'blocked' or 'auto', got {layout!r}"
+        )
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         from .torch_backend import compile_module

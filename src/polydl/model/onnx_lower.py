@@ -73,7 +73,7 @@ class Fallback:
         }
 
 
-def plan_steps(model, shapes: dict, *, threads=None, target=None, layout: str = "blocked"):
+def plan_steps(model, shapes: dict, *, threads=None, target=None, layout: str = "auto"):
     """(input names, output names, steps, constants) of ``model``. Each run of supported
     nodes is compiled a kernel per contraction (and its elementwise chain), the kernels of
     identical groups (and of identical runs) compiled once."""

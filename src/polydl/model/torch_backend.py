@@ -55,7 +55,7 @@ class TorchModel:
 
 
 def compile_module(
-    module, example_inputs, *, threads=None, target=None, layout: str = "blocked"
+    module, example_inputs, *, threads=None, target=None, layout: str = "auto"
 ) -> TorchModel:
     """A ``torch.nn.Module`` (evaluation mode) as polydl kernels, for ``example_inputs``'s
     shapes."""
