@@ -144,8 +144,8 @@ def test_batch_norm_not_after_a_contraction_is_an_affine_nest():
 def test_unsupported_operator_and_shape_errors_name_the_op():
     g = pd.graph.Graph()
     x = g.input("x", (4, 4))
-    with pytest.raises(GraphError, match="no operator 'layer_norm'.*supports"):
-        g.layer_norm(x)
+    with pytest.raises(GraphError, match="no operator 'group_norm'.*supports"):
+        g.group_norm(x)
     with pytest.raises(GraphError, match="add: shapes"):
         g.add(x, g.input("y", (4, 5)))
     with pytest.raises(GraphError, match="linear.*does not multiply"):
@@ -159,3 +159,46 @@ def test_unsupported_operator_and_shape_errors_name_the_op():
     f.output(f.relu(v))
     with pytest.raises(GraphError, match="expected float32"):
         f.compile()(np.zeros((2, 3), np.float32))
+
+
+def test_kernels_per_contraction_share_identical_groups():
+    """Two bottlenecks of one shape: a kernel per conv and its chain, the second bottleneck's
+    kernels the first's code with its own weights; views split even the one-kernel mode."""
+    N, C, K, H, W = 1, 6, 10, 7, 5
+    g = pd.graph.Graph("twice")
+    x = g.input("x", (N, C, H, W))
+    y, refs = x, []
+    for _ in range(2):
+        w1, w2 = r(K, C, 3, 3, scale=0.2), r(C, K, 1, 1, scale=0.2)
+        refs.append((w1, w2))
+        y = g.relu(g.add(g.conv2d(g.relu(g.conv2d(y, w1, padding=1)), w2), y))
+    g.output(g.reshape(y, (N * C, H * W)))
+    xa = r(N, C, H, W)
+    want = xa
+    for w1, w2 in refs:
+        want = np.maximum(numpy_conv(np.maximum(numpy_conv(want, w1, 1, 1), 0), w2, 1, 0) + want, 0)
+    want = want.reshape(N * C, H * W)
+    per = g.compile(kernels="contraction")
+    kernels = [ck for ck, *_ in per.parts if ck is not None]
+    assert len(kernels) == 4 and len({id(k) for k in kernels}) == 2
+    assert per.parts[-1][0] is None  # the reshape: a view, no kernel
+    np.testing.assert_allclose(per(xa), want, rtol=2e-4, atol=2e-4)
+    one = g.compile()
+    assert len([p for p in one.parts if p[0] is not None]) == 1
+    np.testing.assert_allclose(one(xa), want, rtol=2e-4, atol=2e-4)
+    assert len(per.seconds) == len(per.parts)
+
+
+@pytest.mark.parametrize("N,C,K,H,W", [(1, 8, 12, 7, 9), (2, 5, 16, 11, 6)])
+def test_blocked_layout_keeps_activations_blocked(N, C, K, H, W):
+    """layout="blocked": the bottleneck's convs on blocked values, one pack of the input (the
+    3x3's zero border), the residual read blocked, one unpack at the end."""
+    g, p = bottleneck(N, C, K, H, W)
+    f = g.compile(kernels="contraction", layout="blocked")
+    x = r(N, C, H, W)
+    want = bottleneck_ref(x, p)
+    np.testing.assert_allclose(f(x), want, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(f(x), want, rtol=2e-4, atol=2e-4)  # the kept borders stay zero
+    text = f.show("loops")
+    assert text.count("pack: Xp") == 2 and text.count("unpack: Y") == 1  # x: bordered, plain
+    assert "then max((acc + in1), 0.0)" in text  # the residual add and ReLU in the calls

@@ -3,6 +3,8 @@ reference implementation of the whole model (float32 tolerances: 1e-4 relative).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from onnx import TensorProto as T
@@ -67,9 +69,48 @@ def test_residual_block_with_a_head():
     model = model_of(nodes, [("x", [N, C, H, W])], inits)
     m = check(model, rng.standard_normal((N, C, H, W)).astype(np.float32))
     report = m.report()
-    # one kernel: the batch norm folded, the pooling and flatten and the head in it too
-    assert "fused with bn1, relu1, conv2, add, relu2, gap, flatten, fc" in report
+    # one run of kernels: a kernel per contraction, its batch norm folded and its
+    # elementwise chain fused (the residual add too); the pooling and flatten, the head; the
+    # blocked layout: x packed with the 3x3's border and without, the sum unpacked
+    for what in ("conv1 .* [(]fused with bn1, relu1[)]", "conv2 .* [(]fused with add, relu2[)]"):
+        assert re.search(what, report), report
+    assert re.search("gap .* [(]fused with flatten[)]", report)
+    assert re.search("fc .* [(]fused with nothing[)]", report)
+    assert report.count("(layout)") == 3 and "(unpack)" in report and "(pack)" in report
+    assert "7 polydl kernel(s)" in report and "% of the last call" in report
     assert not m.fallbacks and len(m.steps) == 1
+    nchw = pd.compile_model(model, layout="nchw")
+    nchw(rng.standard_normal((N, C, H, W)).astype(np.float32))
+    assert "4 polydl kernel(s)" in nchw.report() and "(layout)" not in nchw.report()
+
+
+def test_residual_block_blocked_layout():
+    N, C, H, W, K = 1, 16, 9, 8, 24
+    inits = [
+        const("w0", rng.standard_normal((C, 3, 3, 3)) * 0.3),
+        const("w1", rng.standard_normal((K, C, 3, 3)) * 0.2),
+        const("w2", rng.standard_normal((C, K, 1, 1)) * 0.2),
+        const("fc", rng.standard_normal((10, C))),
+    ]
+    nodes = [
+        h.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        h.make_node("MaxPool", ["c0"], ["m0"], kernel_shape=[2, 2], strides=[1, 1]),
+        h.make_node("Conv", ["m0", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c1"], ["r1"]),
+        h.make_node("Conv", ["r1", "w2"], ["c2"]),
+        h.make_node("Add", ["c2", "m0"], ["a"]),
+        h.make_node("GlobalAveragePool", ["a"], ["gp"]),
+        h.make_node("Flatten", ["gp"], ["f"]),
+        h.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
+    ]
+    model = model_of(nodes, [("x", [N, 3, 2 * H, 2 * W])], inits)
+    x = rng.standard_normal((N, 3, 2 * H, 2 * W)).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    m = pd.compile_model(model, layout="blocked")
+    np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert not m.fallbacks
+    with pytest.raises(ModelError, match="layout must be"):
+        pd.compile_model(model, layout="nhwc")
 
 
 def test_mlp_with_softmax_and_an_unsupported_node_between():
@@ -83,13 +124,15 @@ def test_mlp_with_softmax_and_an_unsupported_node_between():
         h.make_node("MatMul", ["x", "w1"], ["h0"], name="mm1"),
         h.make_node("Add", ["h0", "b1"], ["h1"], name="bias1"),
         h.make_node("Tanh", ["h1"], ["h2"], name="tanh"),
+        h.make_node("Abs", ["h2"], ["h2a"], name="abs"),
         h.make_node("Transpose", ["w2"], ["w2t"], perm=[1, 0], name="transpose"),
-        h.make_node("MatMul", ["h2", "w2t"], ["h3"], name="mm2"),
+        h.make_node("MatMul", ["h2a", "w2t"], ["h3"], name="mm2"),
         h.make_node("Softmax", ["h3"], ["y"], axis=-1, name="softmax"),
     ]
     model = model_of(nodes, [("x", [M, D])], inits)
     m = check(model, rng.standard_normal((M, D)).astype(np.float32))
-    assert [f.node for f in m.fallbacks] == ["transpose"]
+    # the transpose of a constant is folded at compile time; Abs falls back
+    assert [f.node for f in m.fallbacks] == ["abs"]
     assert "mm2" in m.report() and "fused with softmax" in m.report()
 
 

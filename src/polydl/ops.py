@@ -457,3 +457,6 @@ from .ops1d import (  # noqa: E402, F401
     to_nwc,
     unpack_wgrad,
 )
+
+# operators of whole models (pd.graph): their own module (ops_graph.py), the same namespace
+from .ops_graph import avg_pool2d, batch_matmul, grouped_conv2d, layer_norm  # noqa: E402, F401

@@ -20,6 +20,8 @@ producer's on the same elements, where the compiler folds it into the BRGEMM sto
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -27,11 +29,25 @@ import numpy as np
 
 from .. import ops
 from ..ir import poly
-from ..ir.nodes import BinOp, Expr, Int, Kernel, Load, Num, Statement, TensorArg, UnOp, Var
+from ..ir.nodes import BinOp, Expr, Int, IntOp, Kernel, Load, Num, Statement, TensorArg, UnOp, Var
 from ..transform.fuse import fused_schedules, spine
-from . import Graph, GraphError, Node, Value
+from . import VIEWS, Graph, GraphError, Node, Value
 
-ITERATORS = {4: ("n", "k", "p", "q"), 2: ("i", "j")}  # as pd.ops.conv2d and pd.ops.matmul name them
+# as pd.ops.conv2d, pd.ops.matmul and pd.ops.batch_matmul name them (other ranks: a0, a1, ...)
+# (5-D: the blocked layout's [N, K/kb, P, Q, kb], as pd.ops.conv2d(layout="nchwc") names them)
+ITERATORS = {
+    5: ("n", "kb", "p", "q", "kv"),
+    4: ("n", "k", "p", "q"),
+    3: ("b", "i", "j"),
+    2: ("i", "j"),
+    1: ("i",),
+}
+
+
+def iterators(rank: int) -> tuple[str, ...]:
+    return ITERATORS.get(rank) or tuple(f"a{d}" for d in range(rank))
+
+
 CONTRACTIONS = ("conv2d", "linear", "matmul")
 
 
@@ -122,7 +138,7 @@ class _Builder:
     ) -> None:
         """``out[...] = value`` over ``shape``: merged into the statement before it or placed in
         the contraction's nest (see the class doc), else a nest of its own."""
-        its = ITERATORS[len(shape)]
+        its = iterators(len(shape))
         target = Load(tensor=out, index=tuple(Var(name=v) for v in its))
         prev = self.statements[-1] if self.statements else None
         if (
@@ -162,6 +178,28 @@ class _Builder:
                 self.tail = None
                 return
         self.statements.append(stmt)
+        self.pos += 1
+        self.tail = None
+
+    def copy(self, node: Node, target: Load, value: Expr, shape: tuple[int, ...]) -> None:
+        """``target = value`` over ``shape`` (iterators ``a0, a1, ...``): a nest of its own."""
+        its = tuple(f"a{d}" for d in range(len(shape)))
+        new = self.fresh()
+        dom = " and ".join(f"0 <= {v} < {d}" for v, d in zip(its, shape, strict=True))
+        dims = [str(self.pos)] + [x for v in its for x in (v, "0")]
+        self.statements.append(
+            Statement(
+                name=new,
+                iterators=its,
+                domain=f"{{ {new}[{', '.join(its)}] : {dom} }}",
+                target=target,
+                op="=",
+                expr=value,
+                schedule=f"{{ {new}[{', '.join(its)}] -> [{', '.join(dims)}] }}",
+                line=node.line,
+                source=f"{node.op}: {target} = {value}",
+            )
+        )
         self.pos += 1
         self.tail = None
 
@@ -212,8 +250,12 @@ def _value(op: str, x: Load, other: Load | None, channel: Load | None, attrs: di
             return b("*", b("*", n(0.5), x), b("+", n(1.0), UnOp(op="tanh", a=inner)))
         case "silu":
             return b("*", x, UnOp(op="sigmoid", a=x))
-        case "sigmoid" | "tanh":
+        case "sigmoid" | "tanh" | "erf" | "sqrt":
             return UnOp(op=op, a=x)
+        case "clip":
+            return b("max", b("min", x, n(attrs["hi"])), n(attrs["lo"]))
+        case "shift":
+            return b("+", x, n(attrs["offset"]))
         case "add":
             return b("+", x, other)
         case "mul":
@@ -284,31 +326,121 @@ def lower(
         if nd.op == "input":
             continue
         ins = [buffer[root(v)] for v in nd.inputs]
-        if nd.op in ("max_pool2d", "global_avg_pool"):
+        if nd.op in VIEWS:
+            raise GraphError(f"graph {name}: a view ({nd.op}) inside one kernel")
+        if nd.op in ("max_pool2d", "avg_pool2d", "global_avg_pool"):
             out = new_buffer(nd.out, nd.op)
             N, C, H, W = nd.inputs[0].shape
-            if nd.op == "max_pool2d":
-                (R, S), st, pad = nd.attrs["kernel"], nd.attrs["stride"], nd.attrs["padding"]
-                kern = ops.max_pool2d(N, C, H, W, R, S, stride=st, padding=pad)
-            else:
+            tensors = {"O": out, "I": ins[0]}
+            if nd.op == "global_avg_pool":
                 kern = ops.global_avg_pool(N, C, H, W)
-            b.part(kern.ir, {"O": out, "I": ins[0]}, nd, out=out)
+            else:
+                (R, S), st, pad = nd.attrs["kernel"], nd.attrs["stride"], nd.attrs["padding"]
+                pool = ops.max_pool2d if nd.op == "max_pool2d" else ops.avg_pool2d
+                kern = pool(N, C, H, W, R, S, stride=st, padding=pad)
+                if nd.op == "avg_pool2d":
+                    tensors["inv"] = param(nd, "inv")
+            b.part(kern.ir, tensors, nd, out=out)
             continue
-        if nd.op in CONTRACTIONS or nd.op == "softmax":
+        if nd.op in ("pack", "unpack"):
             out = new_buffer(nd.out, nd.op)
-            if nd.op == "conv2d":
+            if nd.op == "pack":
                 N, C, H, W = nd.inputs[0].shape
-                K, _, R, S = nd.params["w"].shape
+                border = nd.attrs["border"]
+                kern = ops.pack_input(N, C, H, W, padding=border, block=nd.attrs["block"])
+                tensors = {"Xp": out, "X": ins[0]}
+            else:
+                N, K, P, Q = nd.out.shape
+                kern = ops.unpack_output(N, K, P, Q, block=nd.attrs["block"])
+                tensors = {"Y": out, "Op": ins[0]}
+            b.part(kern.ir, tensors, nd, out=out)
+            continue
+        if nd.op == "repad":
+            out = new_buffer(nd.out, nd.op)
+            its = [Var(name=f"a{d}") for d in range(5)]
+            at = [
+                IntOp(op="+", a=v, b=Int(value=nd.attrs["border"])) if d in (2, 3) else v
+                for d, v in enumerate(its)
+            ]
+            value = Load(tensor=ins[0], index=tuple(its))
+            b.copy(nd, Load(tensor=out, index=tuple(at)), value, nd.inputs[0].shape)
+            continue
+        if nd.op in ("transpose", "concat"):
+            out = new_buffer(nd.out, nd.op)
+            its = [Var(name=f"a{d}") for d in range(len(nd.out.shape))]
+            if nd.op == "transpose":
+                # output axis d is input axis perm[d]: input index at axis perm[d] is a_d
+                src = [None] * len(its)
+                for d, p in enumerate(nd.attrs["perm"]):
+                    src[p] = its[d]
+                value = Load(tensor=ins[0], index=tuple(src))
+                b.copy(nd, Load(tensor=out, index=tuple(its)), value, nd.out.shape)
+            else:
+                axis, offset = nd.attrs["axis"], 0
+                for v, src_name in zip(nd.inputs, ins, strict=True):
+                    idx = list(its)
+                    if offset:
+                        idx[axis] = IntOp(op="+", a=its[axis], b=Int(value=offset))
+                    b.copy(
+                        nd,
+                        Load(tensor=out, index=tuple(idx)),
+                        Load(tensor=src_name, index=tuple(its)),
+                        v.shape,
+                    )
+                    offset += v.shape[axis]
+            continue
+        if nd.op in CONTRACTIONS or nd.op in ("softmax", "layer_norm"):
+            out = new_buffer(nd.out, nd.op)
+            if nd.op == "conv2d" and nd.attrs.get("layout") == "nchwc":
+                N, _, _, _, _ = nd.inputs[0].shape
+                KB, CB, R, S, CV, KV = nd.params["w"].shape
+                H, W = nd.attrs["hw"]
                 kern = ops.conv2d(
-                    N, C, K, H, W, R, S, stride=nd.attrs["stride"], padding=nd.attrs["padding"]
+                    N,
+                    CB * CV,
+                    KB * KV,
+                    H,
+                    W,
+                    R,
+                    S,
+                    stride=nd.attrs["stride"],
+                    padding=nd.attrs["padding"],
+                    layout="nchwc",
+                    block=nd.attrs["block"],
                 )
                 b.part(kern.ir, {"O": out, "I": ins[0], "Wt": param(nd, "w")}, nd, out=out)
-            elif nd.op == "softmax":
+            elif nd.op == "conv2d":
+                N, C, H, W = nd.inputs[0].shape
+                K, _, R, S = nd.params["w"].shape
+                kw = dict(
+                    stride=nd.attrs["stride"],
+                    padding=nd.attrs["padding"],
+                    dilation=nd.attrs.get("dilation", 1),
+                )
+                if nd.attrs.get("groups", 1) != 1:
+                    kern = ops.grouped_conv2d(N, C, K, H, W, R, S, groups=nd.attrs["groups"], **kw)
+                else:
+                    kern = ops.conv2d(N, C, K, H, W, R, S, **kw)
+                b.part(kern.ir, {"O": out, "I": ins[0], "Wt": param(nd, "w")}, nd, out=out)
+            elif nd.op in ("softmax", "layer_norm"):
                 M, N = nd.out.shape
-                m, s = (f"t{len(temps) + i}_softmax_{w}" for i, w in enumerate("ms"))
+                keys = "ms" if nd.op == "softmax" else "mv"
+                m, s = (f"t{len(temps) + i}_{nd.op}_{w}" for i, w in enumerate(keys))
                 temps.extend([m, s])
                 shapes[m] = shapes[s] = (M,)
-                b.part(ops.softmax(M, N).ir, {"Y": out, "X": ins[0], "m": m, "s": s}, nd, out=out)
+                if nd.op == "softmax":
+                    tensors = {"Y": out, "X": ins[0], "m": m, "s": s}
+                    kern = ops.softmax(M, N)
+                else:
+                    tensors = {"Y": out, "X": ins[0], "m": m, "v": s}
+                    tensors |= {"g": param(nd, "g"), "b": param(nd, "b")}
+                    kern = ops.layer_norm(M, N, nd.attrs["eps"])
+                b.part(kern.ir, tensors, nd, out=out)
+                continue
+            elif len(nd.out.shape) == 3:
+                (B, M, K), N = nd.inputs[0].shape, nd.out.shape[2]
+                kern = ops.batch_matmul(B, M, N, K)
+                b.part(kern.ir, {"C": out, "A": ins[0], "Bm": ins[1]}, nd, out=out)
             else:
                 (M, K), N = nd.inputs[0].shape, nd.out.shape[1]
                 rhs = param(nd, "w") if nd.op == "linear" else ins[1]
@@ -379,12 +511,14 @@ def lower(
 
 
 def _element(tensor: str, shape: tuple[int, ...]) -> Load:
-    return Load(tensor=tensor, index=tuple(Var(name=v) for v in ITERATORS[len(shape)]))
+    return Load(tensor=tensor, index=tuple(Var(name=v) for v in iterators(len(shape))))
 
 
 def _channel(tensor: str, shape: tuple[int, ...]) -> Load:
     """A per-channel vector read at the element: axis 1 of NCHW, the last axis of 2-D."""
-    its = ITERATORS[len(shape)]
+    its = iterators(len(shape))
+    if len(shape) == 5:  # blocked: the parameter blocked too, [K/kb, kb]
+        return Load(tensor=tensor, index=(Var(name=its[1]), Var(name=its[4])))
     return Load(tensor=tensor, index=(Var(name=its[1] if len(shape) == 4 else its[-1]),))
 
 
@@ -392,20 +526,44 @@ def _channel(tensor: str, shape: tuple[int, ...]) -> Load:
 
 
 class CompiledGraph:
-    """A graph compiled into kernels: ``f(*inputs) -> output`` (a tuple for several)."""
+    """A graph compiled into kernels: ``f(*inputs) -> output`` (a tuple for several);
+    ``seconds``: each kernel's time at the last call."""
 
-    def __init__(self, graph: Graph, parts: list[tuple], outputs: Sequence[Value]):
+    def __init__(
+        self,
+        graph: Graph,
+        parts: list[tuple],
+        outputs: Sequence[Value],
+        same: dict[int, int] | None = None,
+        part_of: dict[int, int] | None = None,
+        bordered: set[int] | frozenset[int] = frozenset(),
+    ):
         self.graph = graph
         self.parts = parts  # (compiled kernel, input value ids, params, output value ids)
         self.output_shapes = [v.shape for v in outputs]
         self._outputs = [v.id for v in outputs]
+        self.seconds: list[float] = []
+        self.part_ops: list[list[str]] = []  # the operators of each kernel
+        self._part_of = dict(part_of or {})  # node id -> index of its kernel
+        self._same = dict(same or {})
+        # values written inside a zero border that must stay zero (blocked conv inputs): kept
+        # between calls, one buffer per thread, zeroed once
+        self._bordered = frozenset(bordered)
+        self._tls = threading.local()
 
     @property
     def kernel(self):
         """The compiled kernel (the fused graph is one)."""
         return self.parts[0][0]
 
+    def part_of(self, node_id: int) -> int | None:
+        """The index of the kernel computing graph node ``node_id`` (a folded batch norm: its
+        conv's), or None (an input, or a value computed in place of another)."""
+        return self._part_of.get(self._same.get(node_id, node_id))
+
     def __call__(self, *inputs: np.ndarray):
+        import time
+
         from ..memory import empty
 
         g = self.graph
@@ -419,31 +577,89 @@ class CompiledGraph:
                     f"input {v.name}: expected float32 {v.shape}, got {arr.dtype} {arr.shape}"
                 )
             values[v.id] = np.ascontiguousarray(arr)
+        seconds = []
         for ck, ins, params, outs in self.parts:
-            out_arrays = [empty(shape) for _, shape in outs]
+            t0 = time.perf_counter()
+            if ck is None:  # a view
+                for vid, shape in outs:
+                    values[vid] = values[ins[0]].reshape(shape)
+                seconds.append(time.perf_counter() - t0)
+                continue
+            out_arrays = [
+                self._kept(vid, shape) if vid in self._bordered else empty(shape)
+                for vid, shape in outs
+            ]
             ck(*[values[i] for i in ins], *(p for _, p in params), *out_arrays)
             for (vid, _), arr in zip(outs, out_arrays, strict=True):
                 values[vid] = arr
+            seconds.append(time.perf_counter() - t0)
+        self.seconds = seconds
         res = [values[i] for i in self._outputs]
         return res[0] if len(res) == 1 else tuple(res)
 
+    def _kept(self, vid: int, shape) -> np.ndarray:
+        from ..memory import zeros
+
+        kept = getattr(self._tls, "kept", None)
+        if kept is None:
+            kept = self._tls.kept = {}
+        if vid not in kept:
+            kept[vid] = zeros(shape)
+        return kept[vid]
+
     def show(self, what: str = "loops") -> str:
-        return "\n".join(ck.show(what) for ck, *_ in self.parts)
+        return "\n".join(ck.show(what) for ck, *_ in self.parts if ck is not None)
+
+
+@functools.cache
+def _jit_thread():
+    """One thread JIT-compiling the kernels of a graph behind its compilation."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="polydl-jit")
 
 
 def compile_graph(
-    graph: Graph, *, threads=None, target=None, fuse: bool | str = True
+    graph: Graph,
+    *,
+    threads=None,
+    target=None,
+    fuse: bool | str = True,
+    kernels: str = "one",
+    cache: dict | None = None,
+    layout: str = "nchw",
 ) -> CompiledGraph:
-    """The graph as one fused kernel (``fuse=False``: one kernel per operator, each value
-    materialised: the unfused baseline)."""
+    """The graph as one fused kernel; ``kernels="contraction"``: one kernel per contraction
+    and the elementwise chain after it (:mod:`polydl.graph.groups`), groups of the same
+    structure compiling once (``cache``, shared between graphs, keeps the kernels by
+    signature); ``fuse=False``: one kernel per operator, each value materialised (the unfused
+    baseline); ``fuse="always"``: conv -> conv fusion wherever legal."""
     from ..pipeline import compile_kernel
+    from .groups import contraction_groups, signature
 
+    if kernels not in ("one", "contraction"):
+        raise GraphError(f"compile: kernels must be 'one' or 'contraction', got {kernels!r}")
+    if layout not in ("nchw", "blocked", "auto"):
+        raise GraphError(f"compile: layout must be 'nchw', 'blocked' or 'auto', got {layout!r}")
+    if layout == "auto":
+        # blocked where it was measured faster: convs none of which is grouped (ResNet-50:
+        # 1.1-1.2x NCHW); a depthwise conv stays NCHW, and the conversions around it cost more
+        # than the blocked convs gain (a MobileNet-style net: 0.74x)
+        convs = [nd for nd in graph.nodes if nd.op == "conv2d"]
+        grouped = any(nd.attrs.get("groups", 1) != 1 for nd in convs)
+        layout = "blocked" if convs and not grouped and kernels == "contraction" else "nchw"
     nodes, same = fold_batch_norms(list(graph.nodes), graph.outputs)
     same_of = lambda v: same.get(v.id, v.id)  # noqa: E731
     outputs = [replace(v, id=same_of(v)) for v in graph.outputs]
-    if fuse:
-        groups = [(graph.name, nodes, list(graph.inputs), outputs)]
-    else:
+    folded, origin = same, {}
+    if layout == "blocked":
+        from ..ops import default_block
+        from .layout import blocked_layout
+
+        nodes, outputs, origin = blocked_layout(nodes, outputs, same_of, 2 * default_block())
+        same = {}
+        same_of = lambda v: v.id  # noqa: E731
+    if not fuse:
         groups = []
         for nd in nodes:
             if nd.op == "input":
@@ -457,9 +673,32 @@ def compile_graph(
                     [replace(nd.out, id=same_of(nd.out))],
                 )
             )
-    parts = []
+    elif kernels == "contraction" or any(nd.op in VIEWS for nd in nodes):
+        split = contraction_groups(nodes, outputs, same_of, whole=kernels == "one")
+        groups = [(f"{graph.name}_{i}", nds, ins, outs) for i, (nds, ins, outs) in enumerate(split)]
+    else:
+        groups = [(graph.name, nodes, list(graph.inputs), outputs)]
+    cache = {} if cache is None else cache
+    parts, jitted = [], []
     for name, nds, ins, outs in groups:
+        if nds[0].op in VIEWS:  # no kernel: the array under the new shape
+            parts.append((None, [v.id for v in ins], [], [(v.id, v.shape) for v in outs]))
+            continue
         kernel, params = lower(name, nds, ins, outs, graph.filename, graph.line, same)
-        ck = compile_kernel(kernel, {}, threads=threads, target=target, fuse=fuse)
+        key = (signature(nds, ins, outs, same_of), threads, repr(target), fuse)
+        ck = cache.get(key) if kernels == "contraction" else None
+        if ck is None:
+            ck = compile_kernel(kernel, {}, threads=threads, target=target, fuse=fuse)
+            # LLVM (which lets go of the GIL) builds it while the next group is compiled
+            jitted.append(_jit_thread().submit(ck.load))
+            if kernels == "contraction":
+                cache[key] = ck
         parts.append((ck, [v.id for v in ins], params, [(v.id, v.shape) for v in outs]))
-    return CompiledGraph(graph, parts, outputs)
+    for done in jitted:
+        done.result()
+    part_of = {nd.out.id: i for i, (_, nds, _, _) in enumerate(groups) for nd in nds}
+    part_of |= {origin[v]: i for v, i in part_of.items() if v in origin}
+    bordered = {nd.out.id for _, nds, _, _ in groups for nd in nds if nd.op in ("pack", "repad")}
+    cg = CompiledGraph(graph, parts, outputs, folded, part_of, bordered)
+    cg.part_ops = [[nd.op for nd in nds] for _, nds, _, _ in groups]
+    return cg

@@ -1,19 +1,20 @@
-"""ONNX nodes as steps: runs of supported nodes as fused :mod:`polydl.graph` kernels, every other
+"""ONNX nodes as steps: runs of supported nodes as :mod:`polydl.graph` kernels, every other
 node a NumPy fallback (ONNX's reference implementation of that one node).
 
 Before (ONNX)::
 
-    Conv -> BatchNormalization -> Relu -> Conv -> Add -> Relu -> GlobalAveragePool -> Flatten -> Gemm
+    Conv -> BatchNormalization -> Relu -> Conv -> Add -> Relu -> TopK -> Gemm
 
 After (steps)::
 
-    Segment 0: conv2d, batch_norm (folded), relu, conv2d, add, relu     one fused kernel
-    Fallback:  GlobalAveragePool                                          NumPy
-    Fallback:  Flatten                                                    NumPy
-    Segment 1: linear                                                     one kernel
+    Segment 0: kernel 0.0  conv2d, batch_norm (folded), relu      a kernel per contraction
+               kernel 0.1  conv2d, add, relu                      and its elementwise chain
+    Fallback:  TopK                                               NumPy
+    Segment 2: kernel 2.0  linear
 
 Shapes come from the model's static input shapes (or the example inputs) through ONNX shape
-inference; constants are the initializers (and Constant nodes).
+inference; constants are the initializers, Constant nodes and the outputs of nodes whose inputs
+are all constants (folded once, here).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..graph import Graph, GraphError
+from .onnx_ops import attrs_of, lower_node
 
 
 @dataclass
@@ -35,6 +37,12 @@ class Segment:
     outputs: list[str]  # ONNX value names it returns, in order
     compiled: Any = field(repr=False, default=None)
     shapes: list[tuple[int, ...]] = field(default_factory=list)  # the outputs' ONNX shapes
+    graph_nodes: dict[str, list[int]] = field(default_factory=dict)  # ONNX node -> pd.graph ids
+
+    def kernels_of(self, node: str) -> list[int]:
+        """The kernels (indices into ``compiled.parts``) computing ONNX node ``node``."""
+        parts = {self.compiled.part_of(i) for i in self.graph_nodes.get(node, ())}
+        return sorted(p for p in parts if p is not None)
 
     def run(self, env: dict) -> dict:
         out = self.compiled(*[env[n] for n in self.inputs])
@@ -65,128 +73,10 @@ class Fallback:
         }
 
 
-def _attrs(node) -> dict[str, Any]:
-    import onnx
-
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _channel_vector(c: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    """``c`` as one value per channel (axis 1 of NCHW, the last of 2-D) if it broadcasts so."""
-    chans = shape[1] if len(shape) == 4 else shape[-1]
-    if c.size != chans:
-        return None
-    if len(shape) == 4 and c.ndim in (3, 4) and c.shape[-2:] != (1, 1):
-        return None
-    if len(shape) == 2 and c.ndim == 2 and c.shape[0] != 1:
-        return None
-    return np.ascontiguousarray(c.reshape(chans), dtype=np.float32)
-
-
-def _lower_node(g: Graph, node, vals: dict, consts: dict, shapes: dict) -> str | None:
-    """Add ``node`` to ``g`` (its outputs into ``vals``); the reason it cannot, else None."""
-    op, a = node.op_type, _attrs(node)
-    ins = list(node.input)
-
-    def val(i):
-        return vals.get(ins[i]) if i < len(ins) and ins[i] else None
-
-    def const(i):
-        return consts.get(ins[i]) if i < len(ins) and ins[i] else None
-
-    x = val(0)
-    if x is None and op not in ("MatMul",):
-        return "its input is not a float tensor of this kernel"
-    out = None
-    if op == "Conv":
-        w = const(1)
-        pads = a.get("pads", [0, 0, 0, 0])
-        if w is None or a.get("group", 1) != 1 or set(a.get("dilations", [1, 1])) != {1}:
-            return "weights not constant, groups or dilation"
-        if (
-            len(pads) != 4
-            or pads[0] != pads[2]
-            or pads[1] != pads[3]
-            or a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET")
-        ):
-            return "asymmetric or automatic padding"
-        out = g.conv2d(
-            x, w, const(2), stride=tuple(a.get("strides", [1, 1])), padding=(pads[0], pads[1])
-        )
-    elif op == "Gemm":
-        w, c = const(1), const(2)
-        if (
-            w is None
-            or a.get("transA", 0)
-            or a.get("alpha", 1.0) != 1.0
-            or a.get("beta", 1.0) != 1.0
-        ):
-            return "B not constant, transA, alpha or beta"
-        w = w.T if a.get("transB", 0) else w
-        if c is not None and c.size != w.shape[1]:
-            return "C is not one bias per column"
-        out = g.linear(x, np.ascontiguousarray(w), None if c is None else c.reshape(-1))
-    elif op == "MatMul":
-        b_const, b_val = const(1), val(1)
-        if x is None or len(x.shape) != 2:
-            return "not a 2-D matmul of this kernel's values"
-        if b_const is not None and b_const.ndim == 2:
-            out = g.linear(x, b_const)
-        elif b_val is not None and len(b_val.shape) == 2:
-            out = g.matmul(x, b_val)
-        else:
-            return "B is neither a 2-D constant nor a 2-D value"
-    elif op in ("Add", "Mul"):
-        y, cy = val(1), const(1)
-        if y is not None and y.shape == x.shape:
-            out = g.add(x, y) if op == "Add" else g.mul(x, y)
-        elif cy is not None and op == "Add" and _channel_vector(cy, x.shape) is not None:
-            out = g.bias_add(x, _channel_vector(cy, x.shape))
-        elif cy is not None and op == "Mul" and cy.size == 1:
-            out = g.scale(x, float(cy.reshape(-1)[0]))
-        else:
-            return "broadcasting other than a per-channel bias or a scalar factor"
-    elif op in ("Relu", "Sigmoid", "Tanh"):
-        out = getattr(g, op.lower())(x)
-    elif op == "BatchNormalization":
-        s, b, m, v = (const(i) for i in range(1, 5))
-        if any(t is None for t in (s, b, m, v)):
-            return "statistics not constant"
-        out = g.batch_norm(x, m, v, s, b, eps=a.get("epsilon", 1e-5))
-    elif op == "Softmax":
-        if len(x.shape) != 2 or a.get("axis", -1) not in (-1, 1):
-            return "softmax other than over the last axis of a 2-D value"
-        out = g.softmax(x)
-    elif op == "MaxPool":
-        pads = a.get("pads", [0, 0, 0, 0])
-        if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3] or a.get("ceil_mode", 0):
-            return "asymmetric padding or ceil_mode"
-        if set(a.get("dilations", [1, 1])) != {1}:
-            return "dilation"
-        ks = tuple(a["kernel_shape"])
-        out = g.max_pool2d(x, ks, stride=tuple(a.get("strides", ks)), padding=(pads[0], pads[1]))
-    elif op == "GlobalAveragePool":
-        if len(x.shape) != 4:
-            return "not NCHW"
-        out = g.global_avg_pool(x)
-        vals[node.output[0]] = out
-        # (N, C, 1, 1) in ONNX: a Flatten right after it reads the same (N, C) elements
-        return None
-    elif op == "Flatten":
-        prod = g.nodes[x.id]
-        if prod.op != "global_avg_pool" or a.get("axis", 1) != 1:
-            return "a flatten other than of a global pooling's (N, C, 1, 1)"
-        out = x
-    elif op in ("Identity", "Dropout"):
-        out = x
-    else:
-        return f"operator {op} is not one polydl compiles"
-    vals[node.output[0]] = out
-    return None
-
-
-def plan_steps(model, shapes: dict, *, threads=None, target=None):
-    """(input names, output names, steps, constants) of ``model``."""
+def plan_steps(model, shapes: dict, *, threads=None, target=None, layout: str = "auto"):
+    """(input names, output names, steps, constants) of ``model``. Each run of supported
+    nodes is compiled a kernel per contraction (and its elementwise chain), the kernels of
+    identical groups (and of identical runs) compiled once."""
     import onnx
     from onnx import numpy_helper, shape_inference
     from onnx.reference import ReferenceEvaluator
@@ -194,7 +84,7 @@ def plan_steps(model, shapes: dict, *, threads=None, target=None):
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type == "Constant":
-            consts[n.output[0]] = numpy_helper.to_array(_attrs(n)["value"])
+            consts[n.output[0]] = numpy_helper.to_array(attrs_of(n)["value"])
     inputs = [i.name for i in model.graph.input if i.name not in consts]
     for i in model.graph.input:
         if i.name in inputs and i.name not in shapes:
@@ -214,8 +104,13 @@ def plan_steps(model, shapes: dict, *, threads=None, target=None):
         dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
         if dims and all(d > 0 for d in dims):
             shapes.setdefault(vi.name, tuple(dims))
+    floats = {
+        vi.name
+        for vi in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    }
     outputs = [o.name for o in model.graph.output]
-    nodes = [n for n in model.graph.node if n.op_type != "Constant"]
+    nodes = fold_constants([n for n in model.graph.node if n.op_type != "Constant"], consts, model)
     consumers: dict[str, set[int]] = {}
     for k, n in enumerate(nodes):
         for x in n.input:
@@ -223,6 +118,7 @@ def plan_steps(model, shapes: dict, *, threads=None, target=None):
 
     steps: list = []
     seg: dict | None = None
+    kernels: dict = {}  # compiled kernels by group signature, shared by the runs
 
     def close(upto: int) -> None:
         nonlocal seg
@@ -236,7 +132,9 @@ def plan_steps(model, shapes: dict, *, threads=None, target=None):
         ]
         if outs:
             g.output(*[vals[v] for v in outs])
-            compiled = g.compile(threads=threads, target=target)
+            compiled = g.compile(
+                threads=threads, target=target, kernels="contraction", cache=kernels, layout=layout
+            )
             steps.append(
                 Segment(
                     nodes=seg["names"],
@@ -244,6 +142,7 @@ def plan_steps(model, shapes: dict, *, threads=None, target=None):
                     outputs=outs,
                     compiled=compiled,
                     shapes=[shapes.get(v, ()) for v in outs],
+                    graph_nodes=seg["ids"],
                 )
             )
         seg = None
@@ -258,17 +157,18 @@ def plan_steps(model, shapes: dict, *, threads=None, target=None):
                 "produced": [],
                 "members": set(),
                 "names": [],
+                "ids": {},
             }
         g, vals = seg["graph"], seg["vals"]
         snapshot = (len(g.nodes), dict(vals), len(g.inputs), list(seg["inputs"]))
         # the node's float inputs from outside the run enter as inputs of its kernel
         for x in node.input:
-            if x and x not in vals and x not in consts and x in shapes and len(shapes[x]) in (2, 4):
+            if x and x not in vals and x not in consts and x in shapes and x in floats:
                 vals[x] = g.input(f"in{len(seg['inputs'])}", shapes[x])
                 seg["inputs"].append(x)
         try:
             why = (
-                _lower_node(g, node, vals, consts, shapes)
+                lower_node(g, node, vals, consts, shapes)
                 if node.output[0] in shapes
                 else "no static output shape"
             )
@@ -278,6 +178,8 @@ def plan_steps(model, shapes: dict, *, threads=None, target=None):
             seg["produced"].append(node.output[0])
             seg["members"].add(k)
             seg["names"].append(name)
+            # its pd.graph nodes (none for a view: the node of the value it passes on)
+            seg["ids"][name] = list(range(snapshot[0], len(g.nodes))) or [vals[node.output[0]].id]
             continue
         # undo what the failed node added, close the run, run the node by NumPy
         del g.nodes[snapshot[0] :]
@@ -312,3 +214,35 @@ def plan_steps(model, shapes: dict, *, threads=None, target=None):
         )
     close(len(nodes))
     return inputs, outputs, steps, {}
+
+
+def fold_constants(nodes: list, consts: dict, model) -> list:
+    """The nodes left once every node whose inputs are all constants (a shape computation,
+    ``Pow`` of two numbers, an ``Identity`` of a weight) has been run, once, by ONNX's
+    reference implementation; their outputs join ``consts``."""
+    import onnx
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    kept = []
+    for node in nodes:
+        ins = [x for x in node.input if x]
+        if not ins or not all(x in consts for x in ins) or node.op_type in ("RandomNormal",):
+            kept.append(node)
+            continue
+        one = onnx.helper.make_model(
+            onnx.helper.make_graph(
+                [node],
+                "fold",
+                [],
+                [
+                    onnx.helper.make_tensor_value_info(y, onnx.TensorProto.UNDEFINED, None)
+                    for y in node.output
+                ],
+                [numpy_helper.from_array(np.asarray(consts[x]), x) for x in ins],
+            ),
+            opset_imports=model.opset_import,
+        )
+        for y, v in zip(node.output, ReferenceEvaluator(one).run(None, {}), strict=True):
+            consts[y] = np.asarray(v)
+    return kept

@@ -54,7 +54,9 @@ class TorchModel:
         return self.compiled.report()
 
 
-def compile_module(module, example_inputs, *, threads=None, target=None) -> TorchModel:
+def compile_module(
+    module, example_inputs, *, threads=None, target=None, layout: str = "auto"
+) -> TorchModel:
     """A ``torch.nn.Module`` (evaluation mode) as polydl kernels, for ``example_inputs``'s
     shapes."""
     import torch
@@ -68,7 +70,7 @@ def compile_module(module, example_inputs, *, threads=None, target=None) -> Torc
     with torch.no_grad():
         sample = module(*inputs)
     structure = "tensor" if isinstance(sample, torch.Tensor) else type(sample).__name__
-    compiled = compile_model(_export(module, inputs), threads=threads, target=target)
+    compiled = compile_model(_export(module, inputs), threads=threads, target=target, layout=layout)
     return TorchModel(compiled, structure)
 
 
