@@ -81,11 +81,9 @@ def grouped_conv2d(
                                         )
                 for p in range(P):
                     for q in range(Q):
-                        if has_bias and relu:
-                            O[n, k, p, q] = max(O[n, k, p, q] + b[k], 0.0)
-                        elif has_bias:
+                        if has_bias:
                             O[n, k, p, q] = O[n, k, p, q] + b[k]
-                        elif relu:
+                        if relu:
                             O[n, k, p, q] = max(O[n, k, p, q], 0.0)
 
     return conv2d

@@ -152,20 +152,8 @@ class _Builder:
             merged = _substitute(value, target, prev.expr)
             self.statements[-1] = replace(prev, expr=merged, source=f"{prev.source}; {node.op}")
             return
-        new = self.fresh()
-        dom = " and ".join(f"0 <= {v} < {d}" for v, d in zip(its, shape, strict=True))
-        dims = [str(self.pos)] + [x for v in its for x in (v, "0")]
-        stmt = Statement(
-            name=new,
-            iterators=its,
-            domain=f"{{ {new}[{', '.join(its)}] : {dom} }}",
-            target=target,
-            op="=",
-            expr=value,
-            schedule=f"{{ {new}[{', '.join(its)}] -> [{', '.join(dims)}] }}",
-            line=node.line,
-            source=f"{node.op}: {target} = {value}",
-        )
+        stmt = self.box(node, target, value, its, shape)
+        new = stmt.name
         if in_place and self.tail is not None and self.tail[0] == out:
             part = self.tail[1]
             view = Kernel(
@@ -184,24 +172,27 @@ class _Builder:
     def copy(self, node: Node, target: Load, value: Expr, shape: tuple[int, ...]) -> None:
         """``target = value`` over ``shape`` (iterators ``a0, a1, ...``): a nest of its own."""
         its = tuple(f"a{d}" for d in range(len(shape)))
+        self.statements.append(self.box(node, target, value, its, shape))
+        self.pos += 1
+        self.tail = None
+
+    def box(self, node: Node, target: Load, value: Expr, its, shape) -> Statement:
+        """A fresh statement ``target = value`` over the box ``0 <= its < shape``, in a nest of
+        its own at the next top-level position."""
         new = self.fresh()
         dom = " and ".join(f"0 <= {v} < {d}" for v, d in zip(its, shape, strict=True))
         dims = [str(self.pos)] + [x for v in its for x in (v, "0")]
-        self.statements.append(
-            Statement(
-                name=new,
-                iterators=its,
-                domain=f"{{ {new}[{', '.join(its)}] : {dom} }}",
-                target=target,
-                op="=",
-                expr=value,
-                schedule=f"{{ {new}[{', '.join(its)}] -> [{', '.join(dims)}] }}",
-                line=node.line,
-                source=f"{node.op}: {target} = {value}",
-            )
+        return Statement(
+            name=new,
+            iterators=its,
+            domain=f"{{ {new}[{', '.join(its)}] : {dom} }}",
+            target=target,
+            op="=",
+            expr=value,
+            schedule=f"{{ {new}[{', '.join(its)}] -> [{', '.join(dims)}] }}",
+            line=node.line,
+            source=f"{node.op}: {target} = {value}",
         )
-        self.pos += 1
-        self.tail = None
 
 
 def _substitute(e: Expr, old: Load, new: Expr) -> Expr:
