@@ -96,13 +96,41 @@ def test_two_process_polydl_run_equals_torch_and_compile_model():
         assert "polydl kernel" in st["report"]
 
 
-def test_torch_backend_reports_no_stages_and_bad_backend_is_named():
+def test_interleaved_plan_runs_two_stages_per_process():
+    """A DAG placement: device 0 runs branch a, then the add (reading device 1's branch b),
+    device 1 runs branch b, then the last linear (reading the add): two stages each."""
+    from polydl.partition.placement import Plan
+
+    torch.manual_seed(2)
+    model = Branchy().eval()
+    x = torch.randn(11, 37)
+    ep = export(model, (x,))
+    calls = [n.name for n in ep.graph.nodes if n.op == "call_function"]
+    assert calls == ["linear", "relu", "linear_1", "relu_1", "add", "linear_2"]
+    devices = dict(zip(calls, [0, 0, 1, 1, 0, 1], strict=True))
+    plan = Plan(
+        model="Branchy",
+        devices=2,
+        nodes={n: {"device": d} for n, d in devices.items()},
+        edges=[],
+        stages=[],
+        bottleneck_s=0.0,
+        lower_bound_s=None,
+        comm_bytes=0,
+    )
+    out, stages = run_plan(model, (x,), plan, timeout=60, backend="polydl", report=True)
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert [[st["nodes"] for st in s] for s in stages] == [
+        [["linear", "relu"], ["add"]],
+        [["linear_1", "relu_1"], ["linear_2"]],
+    ]
+    assert all(st["kernels"] >= 1 and st["fallbacks"] == 0 for s in stages for st in s)
+
+
+def test_unknown_backend_is_named():
     model = _mlp()
     x = torch.randn(3, 37)
     plan = pd.partition(model, devices=2, example_inputs=(x,), bandwidth="1TB/s")
     with pytest.raises(PartitionError, match="backend must be 'torch' or 'polydl'.*'tvm'"):
         run_plan(model, (x,), plan, backend="tvm")
-    out, stages = run_plan(model, (x,), plan, timeout=60, report=True)
-    assert stages == [[], []]
-    with torch.no_grad():
-        np.testing.assert_allclose(out, model(x).numpy(), rtol=1e-5, atol=1e-5)
