@@ -151,9 +151,12 @@ def compile_stage(ep: Any, stage: Stage, *, threads: int | None = 1) -> Compiled
     try:
         model = compile_model(module, tuple(examples), threads=threads)
     except Exception as e:
+        shapes = ", ".join(
+            f"{n} {tuple(x.shape)}" for n, x in zip(stage.inputs, examples, strict=True)
+        )
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise PartitionError(
             f"polydl stage {stage.nodes[0]}..{stage.nodes[-1]} on device {stage.device} "
-            f"(inputs {', '.join(f'{n} {tuple(x.shape)}' for n, x in zip(stage.inputs, examples, strict=True))}): "
-            f"compile failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            f"(inputs {shapes}): compile failed: {why}"
         ) from None
     return CompiledStage(stage=stage, model=model)
