@@ -62,6 +62,17 @@ class CompiledModel:
         return [s for s in self.steps if isinstance(s, Fallback)]
 
     @property
+    def kernel_count(self) -> int:
+        """The number of polydl kernels a call runs (a kernel compiled once and run twice
+        counts twice)."""
+        return sum(
+            ck is not None
+            for s in self.steps
+            if isinstance(s, Segment)
+            for ck, *_ in s.compiled.parts
+        )
+
+    @property
     def polydl_share(self) -> float:
         """The fraction of the last call's time spent in polydl kernels (not fallbacks)."""
         total = sum(self.seconds)
@@ -75,7 +86,7 @@ class CompiledModel:
         and fallback's time at the last call and its share of the whole."""
         lines = []
         total = sum(self.seconds) or 1.0
-        n_kernels, distinct = 0, set()
+        distinct = set()
 
         def share(t: float) -> str:
             return f"{1000 * t:9.3f} ms {100 * t / total:5.1f}%"
@@ -88,7 +99,6 @@ class CompiledModel:
                 continue
             cg = step.compiled
             real = [j for j, (ck, *_) in enumerate(cg.parts) if ck is not None]
-            n_kernels += len(real)
             distinct |= {id(cg.parts[j][0]) for j in real}
             members: dict[int, list[str]] = {}
             for node in step.nodes:
@@ -118,7 +128,7 @@ class CompiledModel:
                     lines.append(f"{head:<72} {share(t)}")
         n_fb = len(self.fallbacks)
         head = (
-            f"// {n_kernels} polydl kernel(s) ({len(distinct)} compiled), {n_fb} fallback "
+            f"// {self.kernel_count} polydl kernel(s) ({len(distinct)} compiled), {n_fb} fallback "
             f"node(s); {100 * self.polydl_share:.1f}% of the last call in polydl kernels"
         )
         return "\n".join([head, *lines])
