@@ -24,7 +24,7 @@ from .. import jit
 from ..errors import PolyDLError
 from . import amx
 from .config import BrgemmConfig
-from .generator import KernelIR, generate
+from .generator import KernelIR, generate, nontemporal_align
 from .isa import Blocking, IsaFamily, compile_target, family, plan
 from .reference import reference
 
@@ -150,6 +150,13 @@ class BrgemmKernel:
         (``bias=`` for the bias shorthand). Every access is bounds-checked first."""
         cfg = self.spec.config
         _f32(c, "C", cfg.c_extent(), writable=True, dtype=cfg.c_dtype)
+        align = nontemporal_align(cfg)
+        if align and c.ctypes.data % align:
+            raise PolyDLError(
+                f"BRGEMM {cfg.m}x{cfg.n}x{cfg.k} stores C non-temporally: C must start on a "
+                f"{align}-byte boundary (pd.empty allocates so), its data is at "
+                f"{c.ctypes.data % align} past one"
+            )
         keep: list = []
         if cfg.form == "stride":
             if batch is None or batch < 0:
