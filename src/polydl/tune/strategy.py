@@ -9,7 +9,8 @@
    ``children`` legal, unmeasured points: a parent chosen by rank (the fastest most often),
    crossed with another now and then (blocks from one, the nest from the other), then one to
    three mutations (a block to a neighbouring value, another reduction chunking, a tile added,
-   changed or dropped, loops swapped or moved, the parallel count, packing). The cost model
+   changed or dropped, loops swapped or moved, the parallel count, packing, the microkernel's
+   register tile, k unroll, prefetch or non-temporal stores). The cost model
    (analytic plus the residual learned from every measurement so far) ranks the children and
    the predicted fastest is measured; with probability ``explore`` a random child is measured
    instead, so that the model's blind spots get measurements too.
