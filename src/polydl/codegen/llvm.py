@@ -481,7 +481,8 @@ class ModuleEmitter:
             ty = self.buffer_types[buf]
             code.append(f"  {b_ptr} = getelementptr inbounds {ty}, ptr %buf.{buf}, i64 {off.value}")
         c_ptr = self.flat_pointer(mk.c, mk.c_origin, env, code)
-        nt_cfg = replace(cfg, nontemporal=True) if mk.nontemporal else None
+        nt = mk.nontemporal and cfg.beta == 0 and cfg.c_dtype == "f32"
+        nt_cfg = replace(cfg, nontemporal=True) if nt else None
         align = nontemporal_align(nt_cfg) if nt_cfg is not None else 0
         if align:
             # the kernel that stores C non-temporally needs a vector-aligned C block: checked

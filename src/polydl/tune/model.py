@@ -102,10 +102,9 @@ def features(space: ContractionSpace, kn: Knobs, cost) -> list[float]:
         math.log(max(cost.core, 1.0)),
         math.log(max(cost.data, 1.0)),
         # the microkernel's knobs (the analytic in-core part sees the register tile already)
-        float(kn.register_tile is not None),
-        math.log2(kn.register_tile[0] * kn.register_tile[1]) if kn.register_tile else 0.0,
-        math.log2(kn.k_unroll) if kn.k_unroll else 0.0,
-        float(kn.k_unroll is not None),
+        math.log2(kn.register_tile[0]) if kn.register_tile else 0.0,  # 0: the rule's
+        math.log2(kn.register_tile[1]) if kn.register_tile else 0.0,
+        math.log2(kn.k_unroll) if kn.k_unroll else -1.0,  # -1: the family's
         float(kn.prefetch),
         float(kn.nontemporal),
     ]

@@ -372,6 +372,47 @@ class ContractionSpace:
                 kn = replace(kn, reduce=None)
         return self.repair(kn)
 
+    def micro_neighbours(self, kn: Knobs) -> list[tuple[Knobs, str]]:
+        """``kn`` with one microkernel knob changed, the likeliest first: the k unroll (8, 1),
+        non-temporal stores (where no reduction loop splits the reduction), the k unroll 4,
+        per vector count up to the vectors ``bn`` needs the widest register tile that fits
+        (more vectors first: fewer broadcasts per FMA; the rule's own tile left out), the
+        prefetch (it changes nothing where the calls read packed B), one-vector tiles last.
+        Legal points only."""
+        unroll = [u for u in (8, 1, 4) if u in self.unroll_range and u != kn.k_unroll]
+        out = [(replace(kn, k_unroll=u), f"k unroll {u}") for u in unroll[:2]]
+        if True in self.nt_range and kn.reduce is None:
+            out.append((replace(kn, nontemporal=not kn.nontemporal), "non-temporal stores"))
+        out += [(replace(kn, k_unroll=u), f"k unroll {u}") for u in unroll[2:]]
+        rule = self.rule_tile(kn)
+        need = -(-min(kn.bn, self.ext[self.c.n]) // self.target.lanes())
+        widest: dict[int, tuple[int, int]] = {}
+        for t in self.regtile_range[1:]:
+            if t[1] <= need and t[0] * t[1] > math.prod(widest.get(t[1], (0, 0))):
+                widest[t[1]] = t
+        tiles = sorted((t for t in widest.values() if t != rule), key=lambda t: -t[1])
+        wide = [t for t in tiles if t[1] > 1 or need == 1]
+        out += [(replace(kn, register_tile=t), f"register tile {t[0]}x{t[1]}v") for t in wide]
+        out += [(replace(kn, prefetch=p), f"prefetch {p}") for p in self.prefetch_range]
+        out += [
+            (replace(kn, register_tile=t), f"register tile {t[0]}x{t[1]}v")
+            for t in tiles
+            if t not in wide
+        ]
+        return [(k, why) for k, why in out if k != kn and self.problem(k) is None]
+
+    def rule_tile(self, kn: Knobs) -> tuple[int, int]:
+        """(rows, vectors) of the register tile the blocking rule gives ``kn``'s full calls."""
+        from ..kernels import BrgemmConfig
+        from ..kernels.isa import plan
+
+        c = self.c
+        cfg = BrgemmConfig(
+            m=min(kn.bm, self.ext[c.m]) * c.rows_per_m, n=min(kn.bn, self.ext[c.n]), k=kn.bk
+        )
+        b = plan(cfg, self.target.family)
+        return b.mr, b.nv
+
     def _near_tile(self, tile: tuple[int, int] | None, rng: random.Random):
         """Another register tile: mostly one of the same vectors with nearby rows (or the same
         rows with one vector more or less), sometimes any, or the rule's (None)."""
@@ -582,6 +623,18 @@ class KernelSpace:
                 seen.add(p)
                 uniq.append((p, origin))
         return uniq[:k] if k > 0 else uniq[:1]
+
+    def micro_neighbours(self, p: Point) -> list[tuple[Point, str]]:
+        """``p`` with one microkernel knob of its largest contraction changed
+        (:meth:`ContractionSpace.micro_neighbours`)."""
+        spaces = self.spaces[p.lowering]
+        i = max(range(len(spaces)), key=lambda j: spaces[j].work)
+        out = []
+        for kn, why in spaces[i].micro_neighbours(p.knobs[i]):
+            knobs = list(p.knobs)
+            knobs[i] = kn
+            out.append((replace(p, knobs=tuple(knobs)), why))
+        return out
 
     def mutate(self, p: Point, rng: random.Random) -> Point:
         """One contraction (by its share of the work) moved, or, rarely, another lowering."""
