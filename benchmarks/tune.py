@@ -14,7 +14,8 @@ not the first pass's noise.
 Columns: ``choice`` the cost model's ranked variants (1: it had no choice); GFLOPS at 0, 8, 20,
 N trials and the tuned pick; ``wall`` the tuning time (search and confirmation); ``tuned/0``
 the tuned pick over the untuned one; ``@20 %`` the best within 20 trials as a % of the best
-found. Goals (issue 14): @20 >= 95%, < 1 minute per operator, tuned/0 geomean >= 1.05 over
+found; last, where the tuned pick came from (the trial's origin) and its microkernel knobs.
+Goals (issue 14): @20 >= 95%, < 1 minute per operator, tuned/0 geomean >= 1.05 over
 the layers where the cost model has a choice.
 """
 
@@ -58,6 +59,16 @@ def workloads(names):
 def ranked_variants(kern) -> int:
     k = pd.compile(kern, threads=1, tuned=False)
     return max((len(alts) for _, alts in k.schedule.alternatives), default=1)
+
+
+def how_found(r) -> str:
+    """Where the tuned pick came from (its trial's origin) and its microkernel knobs."""
+    if r.best is None:
+        return "untuned pick kept"
+    best = r.best.choices()
+    origin = next((t.origin for t in r.trials if t.record.choices() == best), "?")
+    micro = "; ".join(c.micro for c in best.contractions if c.micro)
+    return origin + (f" [{micro}]" if micro else "")
 
 
 def main() -> None:
@@ -107,7 +118,7 @@ def main() -> None:
         cells = " ".join(f"{gf[m]:7.1f}" for m in marks)
         print(
             f"{name:<12} {choice:>6} {cells} {gf['tuned']:7.1f} {r.wall:7.1f} {ratio:8.3f}"
-            f" {pct:5.1f}%",
+            f" {pct:5.1f}%   {how_found(r)}",
             flush=True,
         )
     print(

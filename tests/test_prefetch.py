@@ -3,6 +3,8 @@ what distance, what the microkernel emits, and that results do not change."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from kernels import conv_ref
@@ -51,23 +53,33 @@ def test_dense_and_packed_operands_are_not_prefetched():
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("N,C,K,H", [(3, 37, 29, 31), (2, 17, 64, 41)])
-def test_prefetching_kernels_compute_the_same(N, C, K, H, threads, monkeypatch):
-    # wide rows (31*31*4 = 3844 bytes, 41*41*4 = 6724) and odd channel counts: prefetch on and
-    # off against the float64 reference
+def test_prefetching_kernels_compute_the_same(N, C, K, H, threads):
+    # wide rows (31*31*4 = 3844 bytes, 41*41*4 = 6724) and odd channel counts: the record's
+    # prefetch 1 (the next call, the default), 2 (the call after) and 0 (none) against the
+    # float64 reference
     rng = np.random.default_rng(3)
     x = rng.standard_normal((N, C, H * H), dtype=np.float32)
     w = rng.standard_normal((K, C, 1, 1), dtype=np.float32)
     want = conv_ref(x.reshape(N, C, H, H), w, None, 1, 0, False).reshape(N, K, H * H)
-    outs = []
-    for flag in ("1", "0"):
-        monkeypatch.setenv("POLYDL_PREFETCH", flag)
-        k = pd.compile(nn.conv2d_rows(N, C, K, H, H, 1, 1), threads=threads)
-        assert ("[prefetch B" in k.show("loops")) == (flag == "1"), k.show("loops")
+    kern = nn.conv2d_rows(N, C, K, H, H, 1, 1)
+    base = pd.compile(kern, threads=threads, tuned=False)
+    rec = base.schedule.choices()
+    outs, dists = [], []
+    for ahead in (1, 2, 0):
+        r = replace(rec, contractions=tuple(replace(c, prefetch=ahead) for c in rec.contractions))
+        k = pd.compile(kern, threads=threads, schedule=r)
+        d = {c.prefetch_b for c in calls(k.tree) if k.kernel.statement(c.stmt).micro}
+        dists.append(d)
+        assert ("[prefetch B" in k.show("loops")) == (ahead > 0), k.show("loops")
+        if ahead == 1:
+            assert k.llvm_ir == base.llvm_ir  # the default is what the record says
         o = np.full((N, K, H * H), 7.0, np.float32)
         k(o, x, w)
         outs.append(o)
+    assert {2 * x for x in dists[0]} == dists[1] and dists[2] == {0}
     np.testing.assert_allclose(outs[0], want, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
 
 
 def test_the_microkernel_prefetches_each_b_line_at_the_distance():

@@ -171,3 +171,30 @@ def test_proposals_are_seeds_then_new_legal_points():
         assert p.point not in history and p.point not in pending
         assert space.problem(p.point) is None
     assert len({p.point for p in nxt}) == 6
+
+
+def test_after_the_seeds_the_microkernel_knobs_of_the_fastest_are_swept():
+    space = gemm_space()
+    strategy = Evolution(space, CostModel(space), seed=1, top_k=3, micro_sweep=5)
+    seeds = strategy.propose(len(strategy.seeds), {})
+    assert [p.point for p in seeds] == [p for p, _ in strategy.seeds]
+    # the last seed is the fastest: the sweep changes one microkernel knob of it at a time
+    history = {
+        p.point: Trial(record=space.record(p.point), status="ok", seconds=1e-3 / (i + 1))
+        for i, p in enumerate(seeds)
+    }
+    best = seeds[-1].point
+    sweep = strategy.propose(5, history)
+    assert len(sweep) == 5 and all(p.origin.startswith("microkernel sweep") for p in sweep)
+    micro = ("register_tile", "k_unroll", "prefetch", "nontemporal")
+    for p in sweep:
+        (kn,), (b,) = p.point.knobs, best.knobs
+        changed = [
+            f.name for f in dataclasses.fields(kn) if getattr(kn, f.name) != getattr(b, f.name)
+        ]
+        assert len(changed) == 1 and changed[0] in micro, changed
+        assert space.problem(p.point) is None
+    # then the evolution: none of the sweep again
+    taken = {**history, **{p.point: history[best] for p in sweep}}
+    after = strategy.propose(3, taken)
+    assert not any(p.origin.startswith("microkernel sweep") for p in after)

@@ -162,9 +162,9 @@ def compile_kernel(
                 lowered, tree, max_bytes=tgt.scratch_bytes(), skip=low.unpacked, target=tgt
             )
             # 8b. Widely strided B blocks that nothing packs (read once) are prefetched by the
-            #     call before, at the distance the loop nest steps B by (transform/prefetch.py).
-            if os.environ.get("POLYDL_PREFETCH", "1") != "0":
-                tree = prefetch_operands(lowered, tree)
+            #     call before, at the distance the loop nest steps B by (transform/prefetch.py;
+            #     how many calls ahead, or not at all, is the schedule record's ``prefetch``).
+            tree = prefetch_operands(lowered, tree)
         # 9. Which parallel loops run as parallel regions, collapsed where that balances the
         #    threads better (transform/threads.py): every threading decision after the schedule.
         if threaded:
@@ -364,7 +364,7 @@ def lower_contractions(
                     f"({what}, line {kernel.statement(c.stmt).line}); its entries: "
                     f"{[e.stmt for e in replay.contractions]}"
                 )
-            plan = _replayed_plan(nest_k, c, entry)
+            plan = _replayed_plan(nest_k, c, entry, isa)
             chosen.append(replace(entry, what=what))
             n_par = entry.n_parallel
             predicted = 0.0
@@ -591,15 +591,29 @@ def _record(c, what: str, var, plan, rank: int | None) -> ContractionSchedule:
     )
 
 
-def _replayed_plan(nest_k: Kernel, c, entry: ContractionSchedule):
+def _replayed_plan(nest_k: Kernel, c, entry: ContractionSchedule, isa: str):
     """The block plan a record gives for contraction ``c``, checked: the microkernel accepts
-    its blocks and the loop order breaks no dependence (reductions relaxed, as in ranking)."""
+    its blocks and its knobs (a register tile that fits family ``isa``'s registers;
+    non-temporal stores only where one call zeroes and finishes C), and the loop order breaks
+    no dependence (reductions relaxed, as in ranking)."""
     from .analysis.deps import check_schedule
     from .optimize.plan import config_ok
     from .optimize.search import legal_order
 
-    plan = BlockPlan(bm=entry.bm, bn=entry.bn, bk=entry.bk, loops=entry.loops)
+    plan = BlockPlan(
+        bm=entry.bm,
+        bn=entry.bn,
+        bk=entry.bk,
+        loops=entry.loops,
+        register_tile=entry.register_tile,
+        k_unroll=entry.k_unroll,
+        nontemporal=entry.nontemporal,
+        prefetch=entry.prefetch,
+    )
     where_ = f"contraction {c.stmt} ({c.c} += {c.a} x {c.b}): schedule {entry.order}"
+    problem = micro_problem(c, plan, isa)
+    if problem:
+        raise ScheduleError(f"{where_}: {problem}")
     iters = nest_k.statement(c.stmt).iterators
     unknown = sorted({v for v, _ in entry.loops} - set(iters))
     if unknown:
@@ -612,3 +626,30 @@ def _replayed_plan(nest_k: Kernel, c, entry: ContractionSchedule):
     except ValueError as e:
         raise ScheduleError(f"{where_}: {e}") from None
     return plan
+
+
+def micro_problem(c, plan: BlockPlan, isa: str) -> str | None:
+    """Why ``plan``'s microkernel knobs do not fit contraction ``c`` on family ``isa`` (None:
+    they do): the register tile must fit the register file (``kernels/isa.tile_problem``);
+    non-temporal stores need a zero-initialised C (the call's beta = 0) and the whole reduction
+    in one call (no reduction loop of more than one trip)."""
+    from .kernels import FAMILIES
+    from .kernels.isa import tile_problem
+
+    if plan.register_tile is not None:
+        why = tile_problem(FAMILIES[isa], *plan.register_tile)
+        if why:
+            return why
+    if plan.nontemporal:
+        if not c.init:
+            return (
+                f"non-temporal stores need C={c.c} zeroed by the contraction (beta = 0); it "
+                "accumulates into C"
+            )
+        for v, b in plan.loops:
+            if (v == c.k or v in c.batch) and b < c.extent(v):
+                return (
+                    f"non-temporal stores need the whole reduction in one call; the loop over "
+                    f"{v} steps by {b} of {c.extent(v)}"
+                )
+    return None

@@ -5,7 +5,10 @@ of one call (``bm`` rows, ``bn`` columns, ``bk`` of the reduction per batch elem
 around the call (iterator and step, outermost first: the last loop of an iterator steps by its
 block, an earlier one is a tile; a loop over ``k`` or over a batch iterator chunks the
 reduction), and how many outermost loops run in parallel; and which lowering the cost model
-took for guarded contractions (guards split away, or the operand gathered). Every contraction
+took for guarded contractions (guards split away, or the operand gathered); and the microkernel
+knobs of its calls: the register tile (rows x vectors) and k unroll instead of the blocking
+rule's (``kernels/isa.plan``), how many calls ahead B is prefetched (``transform/prefetch.py``)
+and non-temporal stores of C (where a call writes C once). Every contraction
 also lists the ranked alternatives with what the cost model predicted for them, which is what
 ``show("variants")`` prints.
 
@@ -37,7 +40,14 @@ SCHEDULE_VERSION = 1
 LOWERINGS = ("split", "gather")
 # fields of a contraction's entry added after version 1: left out of the JSON at their
 # defaults, so that records written before them read (and print) as they did
-OPTIONAL_FIELDS = {"pack": True}
+OPTIONAL_FIELDS = {
+    "pack": True,
+    "register_tile": None,
+    "k_unroll": None,
+    "prefetch": 1,
+    "nontemporal": False,
+}
+MAX_PREFETCH = 2  # calls ahead
 
 
 class ScheduleError(PolyDLError):
@@ -68,10 +78,29 @@ class ContractionSchedule:
     what: str = ""  # "C += A x B", for messages and tables
     predicted: Prediction | None = None  # None: the default plan, or written by hand
     pack: bool = True  # False: B blocks read where they are (transform/pack.py leaves them)
+    # the microkernel (kernels/isa.py): register tile (rows, vectors) and k steps per main-loop
+    # iteration (None: the blocking rule's); B prefetched for the call this many calls ahead
+    # (0: none; transform/prefetch.py, where B is widely strided and not packed); non-temporal
+    # stores of C (only where one call zeroes and finishes C: no reduction loop)
+    register_tile: tuple[int, int] | None = None
+    k_unroll: int | None = None
+    prefetch: int = 1
+    nontemporal: bool = False
 
     def __post_init__(self) -> None:
         if min(self.bm, self.bn, self.bk) < 1 or not self.loops:
             raise ScheduleError(f"schedule of {self.stmt}: blocks must be positive, loops given")
+        rt = self.register_tile
+        if rt is not None and (len(rt) != 2 or min(rt) < 1):
+            raise ScheduleError(
+                f"schedule of {self.stmt}: register_tile {rt!r} must be (rows, vectors) > 0"
+            )
+        if self.k_unroll is not None and self.k_unroll < 1:
+            raise ScheduleError(f"schedule of {self.stmt}: k_unroll={self.k_unroll} must be >= 1")
+        if not 0 <= self.prefetch <= MAX_PREFETCH:
+            raise ScheduleError(
+                f"schedule of {self.stmt}: prefetch={self.prefetch} outside 0..{MAX_PREFETCH}"
+            )
         if not 0 <= self.n_parallel <= len(self.loops):
             raise ScheduleError(
                 f"schedule of {self.stmt}: n_parallel={self.n_parallel} outside 0..{len(self.loops)}"
@@ -88,6 +117,21 @@ class ContractionSchedule:
         iterator name."""
         last = {v: i for i, (v, _) in enumerate(self.loops)}
         return tuple(sorted((v, b) for i, (v, b) in enumerate(self.loops) if last[v] != i))
+
+    @property
+    def micro(self) -> str:
+        """The microkernel knobs that differ from the defaults: ``tile 6x4v unroll 4 nt pf0``
+        ("" when none)."""
+        parts = []
+        if self.register_tile is not None:
+            parts.append(f"tile {self.register_tile[0]}x{self.register_tile[1]}v")
+        if self.k_unroll is not None:
+            parts.append(f"unroll {self.k_unroll}")
+        if self.nontemporal:
+            parts.append("nt")
+        if self.prefetch != 1:
+            parts.append(f"pf{self.prefetch}")
+        return " ".join(parts)
 
     def choice(self) -> ContractionSchedule:
         """The replayable part (no prediction)."""
@@ -173,7 +217,18 @@ def _contraction(d: dict) -> ContractionSchedule:
         what=d.get("what", ""),
         predicted=Prediction(**p) if p else None,
         pack=bool(d.get("pack", True)),
+        register_tile=_tile(d.get("register_tile")),
+        k_unroll=None if d.get("k_unroll") is None else int(d["k_unroll"]),
+        prefetch=int(d.get("prefetch", 1)),
+        nontemporal=bool(d.get("nontemporal", False)),
     )
+
+
+def _tile(v) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    rows, vectors = v
+    return int(rows), int(vectors)
 
 
 def as_schedule(record) -> Schedule:
@@ -256,5 +311,6 @@ def format_schedule(s: Schedule, *, tuned: str | None = None) -> str:
         rows = alts.get(c.stmt, ())
         line = f"contraction {c.stmt} ({c.what}), {how}, {c.order}"
         line += "" if c.pack else " (B not packed)"
+        line += f" (microkernel: {c.micro})" if c.micro else ""
         parts.append(line + (":\n" + format_alternatives(rows) if rows else ""))
     return "\n\n".join(parts)

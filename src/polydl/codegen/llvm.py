@@ -453,8 +453,10 @@ class ModuleEmitter:
         """One BRGEMM call (offset form) on the blocks at this instance's origins; B from a
         dense scratch block when ``packed_b`` gives one (``transform/pack.py``; ``vnni``: in
         VNNI-2 pairs of rows), the next call's B rows prefetched ``prefetch_b`` elements on
-        (``transform/prefetch.py``)."""
+        (``transform/prefetch.py``); with the statement's non-temporal stores, the kernel that
+        stores C so where this call's C block is vector-aligned (checked at run time)."""
         from ..kernels import BrgemmConfig
+        from ..kernels.generator import nontemporal_align
 
         isa = self.isa
         cfg = BrgemmConfig.of_call(
@@ -468,12 +470,7 @@ class ModuleEmitter:
         b_offsets = mk.b_offsets
         if packed_b is not None:  # dense blocks, one after the other
             b_offsets = tuple(i * cfg.b_rows * mk.n for i in range(len(mk.b_offsets)))
-        sym = self.micro_symbols.get(cfg)
-        if sym is None:
-            sym, declarations, definition = _micro_ir(cfg)
-            self.decls.update(declarations)
-            self.functions.append(definition)
-            self.micro_symbols[cfg] = sym
+        sym = f"@{self.micro_symbol(cfg)}"
         a_ptr = self.flat_pointer(mk.a, mk.a_origin, env, code)
         if packed_b is None:
             b_ptr = self.flat_pointer(mk.b, mk.b_origin, env, code)
@@ -484,7 +481,23 @@ class ModuleEmitter:
             b_ptr = self.fresh("a")
             ty = self.buffer_types[buf]
             code.append(f"  {b_ptr} = getelementptr inbounds {ty}, ptr %buf.{buf}, i64 {off.value}")
-        ptrs = [a_ptr, b_ptr, self.flat_pointer(mk.c, mk.c_origin, env, code)]
+        c_ptr = self.flat_pointer(mk.c, mk.c_origin, env, code)
+        nt = mk.nontemporal and cfg.beta == 0 and cfg.c_dtype == "f32"
+        nt_cfg = replace(cfg, nontemporal=True) if nt else None
+        align = nontemporal_align(nt_cfg) if nt_cfg is not None else 0
+        if align:
+            # the kernel that stores C non-temporally needs a vector-aligned C block: checked
+            # here, the normal kernel otherwise (a user's array may be 16-byte aligned only)
+            nt_sym = self.micro_symbol(nt_cfg)
+            addr, low, ok, fn = (self.fresh(x) for x in ("ca", "cl", "ok", "fn"))
+            code += [
+                f"  {addr} = ptrtoint ptr {c_ptr} to i64",
+                f"  {low} = and i64 {addr}, {align - 1}",
+                f"  {ok} = icmp eq i64 {low}, 0",
+                f"  {fn} = select i1 {ok}, ptr @{nt_sym}, ptr {sym}",
+            ]
+            sym = fn
+        ptrs = [a_ptr, b_ptr, c_ptr]
         args = [f"ptr {p}" for p in ptrs] + [f"i64 {len(mk.a_offsets)}"]
         args += [f"ptr {self.offset_table(mk.a_offsets)}", f"ptr {self.offset_table(b_offsets)}"]
         for tensor, origin in mk.operands:
@@ -493,8 +506,18 @@ class ModuleEmitter:
             args.append(
                 f"float {self.convert(f'%s.{mk.alpha_arg}', self.k.arg(mk.alpha_arg).dtype, 'f32', code)}"
             )
-        code.append(f"  call void @{sym}({', '.join(args)})")
+        code.append(f"  call void {sym}({', '.join(args)})")
         return "\n".join(x for x in code if x)
+
+    def micro_symbol(self, cfg) -> str:
+        """The symbol of ``cfg``'s microkernel in this module, rendered on first use."""
+        sym = self.micro_symbols.get(cfg)
+        if sym is None:
+            sym, declarations, definition = _micro_ir(cfg)
+            self.decls.update(declarations)
+            self.functions.append(definition)
+            self.micro_symbols[cfg] = sym
+        return sym
 
     def offset_table(self, offsets: tuple[int, ...]) -> str:
         name = self.offset_tables.get(offsets)

@@ -210,6 +210,14 @@ class Micro:
     row_group: int | None = None
     lda_group: int | None = None
     ldc_group: int | None = None
+    # the schedule record's microkernel knobs (schedule.ContractionSchedule, the auto-tuner's):
+    # register tile (rows, vectors) and k unroll instead of kernels/isa.plan's (None: its),
+    # non-temporal stores of C (only set on a beta = 0 call that holds the whole reduction),
+    # B prefetched for the call this many calls ahead (transform/prefetch.py; 0: never)
+    register_tile: tuple[int, int] | None = None
+    k_unroll: int | None = None
+    nontemporal: bool = False
+    prefetch: int = 1
 
     def __str__(self) -> str:
         epi = ""
@@ -217,9 +225,16 @@ class Micro:
             names = [t for t, _ in self.operands]
             epi = f", then {epilogue_text(self.epilogue.expr, names)}"
         rows = f" in groups of {self.row_group}" if self.row_group else ""
+        knobs = ""
+        if self.register_tile is not None:
+            knobs += f", tile={self.register_tile[0]}x{self.register_tile[1]}v"
+        if self.k_unroll is not None:
+            knobs += f", unroll={self.k_unroll}"
+        if self.nontemporal:
+            knobs += ", nt"
         return (
             f"brgemm(m={self.m}{rows}, n={self.n}, k={self.k}, batch={len(self.a_offsets)}, "
-            f"beta={self.beta}{epi}; {self.c}@{self.c_origin} "
+            f"beta={self.beta}{knobs}{epi}; {self.c}@{self.c_origin} "
             f"+= {self.a}@{self.a_origin} x {self.b}@{self.b_origin})"
         )
 

@@ -94,6 +94,14 @@ class BrgemmConfig:
     # software prefetch: while reading a B row, prefetch (into L1) the line this many elements
     # further on, where the next call reads (transform/prefetch.py); 0: none
     prefetch_b: int = 0
+    # the auto-tuner's microkernel knobs (kernels/isa.py): the register tile (rows, vectors)
+    # and the k steps per main-loop iteration instead of the blocking rule's (None: the rule)
+    register_tile: tuple[int, int] | None = None
+    k_unroll: int | None = None
+    # non-temporal stores of C (``!nontemporal``, vmovntps: the lines bypass the caches): only
+    # of a beta = 0 f32 block, and the caller vouches that C is vector-aligned
+    # (generator.nontemporal_ok: which stores can be; codegen checks the pointer at run time)
+    nontemporal: bool = False
 
     def __post_init__(self) -> None:
         for name in ("m", "n", "k"):
@@ -124,6 +132,21 @@ class BrgemmConfig:
             raise PolyDLError(f"BRGEMM VNNI-2 B needs ldb >= n, got ldb={self.ldb}, n={self.n}")
         if isinstance(self.prefetch_b, bool) or not isinstance(self.prefetch_b, int):
             raise PolyDLError(f"BRGEMM prefetch_b must be an int, got {self.prefetch_b!r}")
+        rt = self.register_tile
+        if rt is not None and (
+            not isinstance(rt, tuple)
+            or len(rt) != 2
+            or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in rt)
+        ):
+            raise PolyDLError(f"BRGEMM register_tile must be (rows, vectors) > 0, got {rt!r}")
+        ku = self.k_unroll
+        if ku is not None and (isinstance(ku, bool) or not isinstance(ku, int) or ku < 1):
+            raise PolyDLError(f"BRGEMM k_unroll must be a positive int, got {ku!r}")
+        if self.nontemporal and (self.beta != 0 or self.c_dtype != "f32"):
+            raise PolyDLError(
+                "BRGEMM nontemporal stores need beta=0 and f32 C (C is written once, whole "
+                f"vectors), got beta={self.beta}, c_dtype={self.c_dtype!r}"
+            )
         if self.epilogue is not None and not isinstance(self.epilogue, Epilogue):
             raise PolyDLError(f"BRGEMM epilogue must be an Epilogue, got {self.epilogue!r}")
         for name in ("stride_a", "stride_b"):
@@ -165,11 +188,13 @@ class BrgemmConfig:
         vnni: bool = False,
         isa: str | None = None,
         prefetch_b: int = 0,
+        nontemporal: bool = False,
     ) -> BrgemmConfig:
         """The offset-form kernel of one BRGEMM statement (an ``ir.nodes.Micro``); ``packed``:
         its B blocks read from a dense copy (``ldb = n``, ``transform/pack.py``), ``vnni``: a
         copy in VNNI-2 pairs of rows; ``prefetch_b``: the call's B prefetch distance
-        (``transform/prefetch.py``)."""
+        (``transform/prefetch.py``); the statement's register tile and k unroll (the tuner's,
+        ``Micro``) come along; ``nontemporal``: the variant with non-temporal stores."""
         return cls(
             m=mk.m,
             n=mk.n,
@@ -190,6 +215,9 @@ class BrgemmConfig:
             lda_group=mk.lda_group,
             ldc_group=mk.ldc_group,
             prefetch_b=prefetch_b,
+            register_tile=mk.register_tile,
+            k_unroll=mk.k_unroll,
+            nontemporal=nontemporal,
         )
 
     def normalized(self) -> BrgemmConfig:

@@ -36,6 +36,28 @@ _SYMBOL = re.compile(r"^[A-Za-z_.$][A-Za-z0-9_.$]*$")
 # llvm.prefetch(address, rw = 0: read, locality = 3: keep in every level (prefetcht0), cache
 # type = 1: data)
 PREFETCH_DECL = "declare void @llvm.prefetch.p0(ptr, i32 immarg, i32 immarg, i32 immarg)"
+# after non-temporal stores (weakly ordered): they are visible to other threads before the
+# kernel returns to code that may hand C on
+SFENCE_DECL = "declare void @llvm.x86.sse.sfence()"
+# families whose kernels may store C non-temporally (x86: vmovntps and sfence)
+NT_FAMILIES = frozenset({"avx512", "avx512_bf16", "avx2"})
+
+
+def nontemporal_align(config: BrgemmConfig) -> int:
+    """The byte alignment of C under which ``config``'s kernel stores whole vectors
+    non-temporally (``vmovntps``, which faults on an unaligned address), or 0 when it stores
+    none that way: ``config.nontemporal``, an x86 family, f32 C, rows ``ldc`` (and groups
+    ``ldc_group``) apart by whole vectors. Partial vectors are always stored the normal way
+    (masked). The caller calls the kernel only with a C block so aligned (codegen checks the
+    pointer at run time and calls the normal kernel otherwise)."""
+    cfg = config.normalized()
+    fam = family(cfg.isa)
+    if not cfg.nontemporal or fam.name not in NT_FAMILIES or cfg.c_dtype != "f32":
+        return 0
+    v = effective(fam, cfg).vector_width
+    if cfg.n < v or cfg.ldc % v or (cfg.row_group is not None and cfg.ldc_group % v):
+        return 0
+    return 4 * v
 
 
 def _load_template(name: str) -> str | None:
@@ -270,11 +292,11 @@ def math_code(fn: str, prefix: str, src: str, dst: str) -> tuple[str, list[str]]
     return code, decls
 
 
-def _group_ctx(gi: int, g: TileGroup, cfg: BrgemmConfig, fam: IsaFamily) -> dict:
+def _group_ctx(gi: int, g: TileGroup, cfg: BrgemmConfig, fam: IsaFamily, nt: bool) -> dict:
     p = f"g{gi}"
     v = fam.vector_width
     cols = [
-        {"c": c, "off": c * v, "mask": _mask(v, lanes), "lanes": lanes}
+        {"c": c, "off": c * v, "mask": _mask(v, lanes), "lanes": lanes, "nt": nt and lanes == v}
         for c, lanes in enumerate(g.lanes)
     ]
     row_setup: list[str] = []
@@ -348,7 +370,8 @@ def generate(
 
     ``linkage`` is an LLVM linkage keyword (``""`` for external, ``"internal"``, ...);
     ``attributes`` are inline function attributes (e.g. ``"nounwind noinline"``). No attribute
-    groups or metadata are emitted, so the text pastes into any module without renumbering.
+    groups or numbered metadata are emitted (non-temporal stores carry theirs inline), so the
+    text pastes into any module without renumbering.
     """
     if not _SYMBOL.match(name):
         raise ValueError(f"not a plain LLVM symbol name: {name!r}")
@@ -375,6 +398,7 @@ def generate(
     if cfg.b_vnni and not dot:
         raise ValueError(f"family {fam.name} reads no VNNI-2 B (a bf16 dot-product family does)")
     c_bf16 = cfg.c_dtype == "bf16"
+    nt = nontemporal_align(cfg) > 0
     hty, pty, bty16 = f"<{v} x i16>", f"<{2 * v} x i16>", f"<{2 * v} x bfloat>"
     ity = f"<{v} x i32>"
     mload16 = f"llvm.masked.load.v{v}i16.p0"
@@ -392,10 +416,11 @@ def generate(
         *([f"declare {vty} @{dot_fn}({vty}, {bty16}, {bty16})"] if dot and not fam.amx else []),
         *(amx.DECLARATIONS if fam.amx else ()),
         *([PREFETCH_DECL] if cfg.prefetch_b else []),
+        *([SFENCE_DECL] if nt else []),
     )
     params, c_params = _params(cfg)
     groups = (
-        [] if fam.amx else [_group_ctx(gi, g, cfg, fam) for gi, g in enumerate(blocking.groups)]
+        [] if fam.amx else [_group_ctx(gi, g, cfg, fam, nt) for gi, g in enumerate(blocking.groups)]
     )
     counters = [f"{g['p']}.{lvl}" for g in groups for lvl in ("j", "i", "b", "k", "q")]
     ctx = {
@@ -455,6 +480,7 @@ def generate(
         "groups": groups,
         **(amx.context(cfg, _mask, params) if fam.amx else {}),
         "prefetch_b": cfg.prefetch_b,
+        "nontemporal": nt,
     }
     text = environment().get_template(fam.template).render(**ctx)
     signature = f"void {name}({c_params})"

@@ -22,6 +22,12 @@ by at most four tile groups (two row heights x two column kinds); partial vector
 vector loads and stores, never scalar code. When a tile has fewer accumulators
 than ``min_accumulators`` (FMA latency x FMA ports), the k loop keeps several accumulator sets
 that it adds up at the store, so small edge tiles are not latency bound.
+
+Overrides (the auto-tuner's knobs, ``BrgemmConfig.register_tile`` and ``k_unroll``): a register
+tile of ``(rows, vectors)`` replaces ``mr`` and ``nv`` of the rule (``nv`` capped at the vectors
+``n`` needs, ``mr`` at ``m``; the remainder tiles keep that many accumulators at most), legal
+when its accumulators, one B vector per column, the broadcast and, on AVX2, the mask fit the
+register file (:func:`tile_problem`); ``k_unroll`` replaces ``target_unroll``.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import math
 from dataclasses import dataclass, replace
 
 from .. import jit
-from ..errors import TargetError
+from ..errors import PolyDLError, TargetError
 from .config import BrgemmConfig
 
 
@@ -202,6 +208,29 @@ def compile_target(fam: IsaFamily, target: str | None) -> str | None:
     return fam.canonical_cpu
 
 
+# k steps per main-loop iteration the tuner may ask for (``BrgemmConfig.k_unroll``)
+K_UNROLLS = (1, 2, 4, 8)
+
+
+def tile_problem(fam: IsaFamily, rows: int, vectors: int) -> str | None:
+    """Why a ``rows x vectors`` register tile does not fit ``fam``'s register file (None: it
+    does): its accumulators, one B vector per column, the broadcast of A and, where masks take
+    a vector register (AVX2), the lane mask must fit in ``fam.registers``."""
+    if fam.amx:
+        return f"family {fam.name} computes in AMX tiles: no vector register tile to choose"
+    if min(rows, vectors) < 1:
+        return f"register tile {rows}x{vectors} vectors: rows and vectors must be positive"
+    need = rows * vectors + vectors + 1 + (1 if fam.mask_in_vector_reg else 0)
+    if need > fam.registers:
+        return (
+            f"register tile {rows} rows x {vectors} vectors needs {need} vector registers "
+            f"({rows * vectors} accumulators, {vectors} B, 1 broadcast"
+            f"{', 1 mask' if fam.mask_in_vector_reg else ''}); family {fam.name} has "
+            f"{fam.registers}"
+        )
+    return None
+
+
 def effective(fam: IsaFamily, cfg: BrgemmConfig) -> IsaFamily:
     """``fam`` with the vector width used for ``cfg``: when ``n`` fits in one full-width vector,
     a full-width tile row needs one broadcast of A per FMA, and broadcasts, not FMAs, bound the
@@ -250,7 +279,8 @@ def _group(fam: IsaFamily, cfg: BrgemmConfig, mr, i_start, i_count, nv, j_start,
     spare = fam.registers - 2 * nv - 2 - (1 if masked and fam.mask_in_vector_reg else 0)
     cap = min(fam.acc_budget, spare) // accs
     ksets = max(1, min(math.ceil(fam.min_accumulators / accs), cap, cfg.k))
-    unroll = ksets * max(1, round(fam.target_unroll / ksets))
+    target = cfg.k_unroll if cfg.k_unroll is not None else fam.target_unroll
+    unroll = ksets * max(1, round(target / ksets))
     return TileGroup(
         mr=mr,
         nv=nv,
@@ -285,8 +315,16 @@ def plan(cfg: BrgemmConfig, fam: IsaFamily) -> Blocking:
         return amx.plan(cfg.normalized(), fam)
     fam = effective(fam, cfg)
     v = fam.vector_width
-    nv = min(math.ceil(cfg.n / v), fam.max_col_vectors)
-    mr = min(cfg.m, fam.acc_budget // nv)
+    if cfg.register_tile is not None:  # the tuner's override, checked against the registers
+        why = tile_problem(fam, *cfg.register_tile)
+        if why:
+            raise PolyDLError(f"BRGEMM {cfg.m}x{cfg.n}x{cfg.k}: {why}")
+        rows, vectors = cfg.register_tile
+        budget = rows * vectors
+    else:
+        budget, vectors = fam.acc_budget, fam.max_col_vectors
+    nv = min(math.ceil(cfg.n / v), vectors)
+    mr = min(cfg.m, budget // nv)
     full_j, rem_n = divmod(cfg.n, nv * v)
     # column groups: (vectors, first column, count, lanes per vector, rows per tile)
     cols = []
@@ -296,7 +334,7 @@ def plan(cfg: BrgemmConfig, fam: IsaFamily) -> Blocking:
         nv_m = nv + math.ceil(rem_n / v)
         lanes = [v] * (nv_m - 1) + [rem_n - (nv_m - nv - 1) * v]
         spare = fam.registers - nv_m - 1 - (1 if fam.mask_in_vector_reg else 0)
-        mr_m = max(1, min(cfg.m, fam.acc_budget // nv_m, spare // nv_m))
+        mr_m = max(1, min(cfg.m, budget // nv_m, spare // nv_m))
         if full_j > 1:
             cols.append((nv, 0, full_j - 1, [v] * nv, mr))
         cols.append((nv_m, (full_j - 1) * nv * v, 1, lanes, mr_m))
@@ -306,7 +344,7 @@ def plan(cfg: BrgemmConfig, fam: IsaFamily) -> Blocking:
         if rem_n:
             nv_e = math.ceil(rem_n / v)
             lanes = [v] * (nv_e - 1) + [rem_n - (nv_e - 1) * v]
-            mr_e = min(cfg.m, fam.acc_budget // nv_e)
+            mr_e = min(cfg.m, budget // nv_e)
             cols.append((nv_e, full_j * nv * v, 1, lanes, mr_e))
     groups = tuple(
         _group(fam, cfg, r_mr, r_start, r_count, c_nv, c_start, c_count, lanes)

@@ -11,6 +11,7 @@ own module and calls the kernel directly.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import threading
 import time
@@ -23,7 +24,7 @@ from .. import jit
 from ..errors import PolyDLError
 from . import amx
 from .config import BrgemmConfig
-from .generator import KernelIR, generate
+from .generator import KernelIR, generate, nontemporal_align
 from .isa import Blocking, IsaFamily, compile_target, family, plan
 from .reference import reference
 
@@ -149,6 +150,13 @@ class BrgemmKernel:
         (``bias=`` for the bias shorthand). Every access is bounds-checked first."""
         cfg = self.spec.config
         _f32(c, "C", cfg.c_extent(), writable=True, dtype=cfg.c_dtype)
+        align = nontemporal_align(cfg)
+        if align and c.ctypes.data % align:
+            raise PolyDLError(
+                f"BRGEMM {cfg.m}x{cfg.n}x{cfg.k} stores C non-temporally: C must start on a "
+                f"{align}-byte boundary (pd.empty allocates so), its data is at "
+                f"{c.ctypes.data % align} past one"
+            )
         keep: list = []
         if cfg.form == "stride":
             if batch is None or batch < 0:
@@ -214,12 +222,23 @@ _cache: dict[tuple[BrgemmConfig, str | None], BrgemmKernel] = {}
 _cache_lock = threading.Lock()
 
 
+# BrgemmConfig fields added after symbol names were first hashed, and their defaults
+LATER_FIELDS = {"register_tile": None, "k_unroll": None, "nontemporal": False}
+
+
 def symbol_for(config: BrgemmConfig) -> str:
     """A deterministic symbol name for a configuration (the same in every process)."""
     c = config.normalized()
     epi = f"e{len(c.epilogue.operands)}" if c.epilogue else "ne"
     tag = f"{c.form}_{c.m}x{c.n}x{c.k}_l{c.lda}_{c.ldb}_{c.ldc}_b{c.beta}_{epi}"
-    digest = hashlib.sha1(repr(c).encode()).hexdigest()[:8]
+    # the configuration's repr, without the fields added after it was first hashed when they
+    # are at their defaults (the same names as before those fields existed)
+    text = ", ".join(
+        f"{f.name}={getattr(c, f.name)!r}"
+        for f in dataclasses.fields(c)
+        if f.name not in LATER_FIELDS or getattr(c, f.name) != LATER_FIELDS[f.name]
+    )
+    digest = hashlib.sha1(f"{type(c).__name__}({text})".encode()).hexdigest()[:8]
     return f"polydl_brgemm_{c.isa or 'host'}_{tag}_{digest}"
 
 

@@ -112,6 +112,7 @@ def call_model(
     dtype_bytes: int = 4,
     ab_dtype: str = "f32",
     b_vnni: bool | None = False,
+    register_tile: tuple[int, int] | None = None,
 ) -> Call:
     """The in-core cycles and panel traffic of one BRGEMM call of ``m x n``, reduction ``k``
     and ``batch`` blocks, with the register blocking the microkernel generator picks on
@@ -120,7 +121,8 @@ def call_model(
     per A row and per B vector two loads and an interleave, or with ``b_vnni`` (B copied into
     VNNI-2 pairs first, ``transform/pack.py``) one load, plus the copy (:func:`vnni_copy_cycles`)
     in the call's cycles. ``b_vnni=None``: as the packing pass would choose for one call
-    (:func:`vnni_pays` with no reuse across calls)."""
+    (:func:`vnni_pays` with no reuse across calls). ``register_tile``: a schedule record's
+    override of the register tile (``BrgemmConfig.register_tile``)."""
     from ..kernels import isa as kisa
     from ..kernels.config import BrgemmConfig
 
@@ -133,7 +135,9 @@ def call_model(
     if b_vnni is None:
         b_vnni = dot and vnni_pays(m, n, k, batch, target, reuse=1)
     b_vnni = b_vnni and dot
-    cfg = BrgemmConfig(m=m, n=n, k=k, ldb=n, ldc=n, beta=beta, ab_dtype=ab_dtype)
+    cfg = BrgemmConfig(
+        m=m, n=n, k=k, ldb=n, ldc=n, beta=beta, ab_dtype=ab_dtype, register_tile=register_tile
+    )
     blocking = kisa.plan(cfg, fam)
     fma_ports, load_ports = target.fma_issue, target.load_ports
     cycles = target.call_cycles

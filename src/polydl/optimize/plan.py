@@ -300,12 +300,14 @@ def call_of(
     chunk: int = 0,
     target,
     ab_dtype: str = "f32",
+    register_tile: tuple[int, int] | None = None,
 ):
     """The microkernel call (:func:`~polydl.optimize.cost.call_model`) of a plan's blocks:
     ``bm`` rows (of ``rows_per_m`` each), ``bn`` columns, ``bk`` per batch element, ``kc`` of
     the reduction per call (None: no k), and ``chunk`` values of the batch iterator ``looped``
     when a loop steps over it (every batch iterator whole otherwise); ``ab_dtype``: the
-    operands' element type (bf16: the CPU's bf16 family)."""
+    operands' element type (bf16: the CPU's bf16 family); ``register_tile``: the record's
+    override of the microkernel's register tile."""
     batch = math.prod(c.extent(v) for v in c.batch)
     rows = min(bm, c.extent(c.m)) * c.rows_per_m
     pairs = batch * ((kc or bk) // bk)
@@ -313,4 +315,14 @@ def call_of(
         pairs = pairs // c.extent(looped) * chunk
     n = min(bn, c.extent(c.n))
     # bf16: B in VNNI-2 pairs where the packing pass would copy them for one call
-    return call_model(rows, n, bk, pairs, target, beta=1, ab_dtype=ab_dtype, b_vnni=None)
+    return call_model(
+        rows,
+        n,
+        bk,
+        pairs,
+        target,
+        beta=1,
+        ab_dtype=ab_dtype,
+        b_vnni=None,
+        register_tile=register_tile,
+    )

@@ -46,6 +46,12 @@ class BlockPlan:
     bn: int
     bk: int  # reduction block (divides the k extent; 1 when the contraction has no k)
     loops: tuple[tuple[str, int], ...]
+    # the microkernel's knobs (``ir.nodes.Micro``; defaults: the blocking rule's, no
+    # non-temporal stores, B prefetched for the next call where transform/prefetch.py would)
+    register_tile: tuple[int, int] | None = None
+    k_unroll: int | None = None
+    nontemporal: bool = False
+    prefetch: int = 1
 
     def __post_init__(self) -> None:
         if min(self.bm, self.bn, self.bk) < 1:
@@ -171,6 +177,12 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
             epilogue=c.post if last else None,
             operands=tuple((t, lin.expr(at_lo)) for t, lin in c.inputs) if last else (),
             **c.row_groups(),
+            register_tile=plan.register_tile,
+            k_unroll=plan.k_unroll,
+            # non-temporal stores where C is written once: the first tile zeroes it (beta = 0)
+            # and the last finishes it (the whole reduction in this call)
+            nontemporal=plan.nontemporal and bool(c.init) and first and last,
+            prefetch=plan.prefetch,
         )
         texts = [kernel.statement(s).source for s in c.folded]
         new.append(

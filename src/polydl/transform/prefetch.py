@@ -23,6 +23,10 @@ After::
 
         S1_mk0(c1, c2, 0);   [prefetch B +200704]
 
+How far ahead is the schedule record's (``ContractionSchedule.prefetch``, carried by the call's
+``Micro.prefetch``): 1, the next call's block (the default); 2, the one after it (the distance
+doubled); 0, no prefetch.
+
 Run after ``pack_operands`` (a packed call reads its dense copy) and before
 ``assign_threads`` (whose collapsed loops hide the distance).
 """
@@ -62,7 +66,7 @@ def prefetch_operands(kernel: Kernel, tree: tuple[L.Node, ...]) -> tuple[L.Node,
     def distance(call: L.Call, stack: tuple[L.For, ...]) -> int:
         s = stmts[call.stmt]
         mk = s.micro
-        if mk is None or call.packed_b is not None or not _scattered(mk, kernel):
+        if mk is None or not mk.prefetch or call.packed_b is not None or not _scattered(mk, kernel):
             return 0
         src = _b_source(mk, call, s.iterators)
         for f in reversed(stack):
@@ -74,7 +78,7 @@ def prefetch_operands(kernel: Kernel, tree: tuple[L.Node, ...]) -> tuple[L.Node,
             if d is None or d[0]:
                 return 0  # not a constant distance
             if d[1]:
-                return d[1]
+                return d[1] * mk.prefetch
         return 0
 
     def rebuild(nodes, stack: tuple[L.For, ...]) -> tuple[L.Node, ...]:

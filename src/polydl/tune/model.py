@@ -9,7 +9,8 @@ blocks, the microkernel's real efficiency per block shape, the TLB.
 The residual learns that from the measurements: ``log(seconds) - log(analytic cost)`` is fitted
 by ridge regression (standardised features, closed form with NumPy) on the features of each
 measured point (:func:`features`: blocks and their squares, reduction chunking, where the loops sit, tiles,
-parallel loops, packing, edges, the analytic cost's in-core and data parts). The prediction is
+parallel loops, packing, edges, the analytic cost's in-core and data parts, the microkernel's
+register tile, k unroll, prefetch and non-temporal stores). The prediction is
 ``log(analytic) + residual``; with fewer than :data:`MIN_FIT` successful measurements the
 residual is a constant, so the ranking is the analytic model's. Refitting is cheap (a few
 dozen rows) and happens after every batch of trials.
@@ -41,7 +42,15 @@ def analytic(space: ContractionSpace, kn: Knobs):
     elif kn.reduce is not None:
         looped, chunk = kn.reduce
     call = call_of(
-        c, bm=kn.bm, bn=kn.bn, bk=kn.bk, kc=kc, looped=looped, chunk=chunk, target=space.target
+        c,
+        bm=kn.bm,
+        bn=kn.bn,
+        bk=kn.bk,
+        kc=kc,
+        looped=looped,
+        chunk=chunk,
+        target=space.target,
+        register_tile=kn.register_tile,
     )
     return cost_of(
         space.nest,
@@ -92,6 +101,12 @@ def features(space: ContractionSpace, kn: Knobs, cost) -> list[float]:
         float(ext_n % kn.bn != 0),
         math.log(max(cost.core, 1.0)),
         math.log(max(cost.data, 1.0)),
+        # the microkernel's knobs (the analytic in-core part sees the register tile already)
+        math.log2(kn.register_tile[0]) if kn.register_tile else 0.0,  # 0: the rule's
+        math.log2(kn.register_tile[1]) if kn.register_tile else 0.0,
+        math.log2(kn.k_unroll) if kn.k_unroll else -1.0,  # -1: the family's
+        float(kn.prefetch),
+        float(kn.nontemporal),
     ]
 
 

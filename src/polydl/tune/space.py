@@ -23,7 +23,15 @@ compiler replays. Per contraction (:class:`Knobs`, ranges from :class:`Contracti
   carry no dependence; with one thread, 0); how they split over the threads then follows
   (``transform/threads.py`` collapses them);
 * ``pack``: whether widely strided B blocks are copied into dense buffers (offered only when B's
-  rows are far enough apart for ``transform/pack.py`` to consider it).
+  rows are far enough apart for ``transform/pack.py`` to consider it);
+* the microkernel's: ``register_tile`` (rows, vectors) instead of the blocking rule's (None),
+  every tile of :data:`TILE_ROWS` rows by 1 .. :data:`MAX_TILE_VECTORS` vectors with at least
+  :data:`MIN_TILE_ACCS` accumulators that fits the register file (``kernels/isa.tile_problem``);
+  ``k_unroll``, the rule's (None) or one of ``kernels/isa.K_UNROLLS``; ``prefetch``, B prefetched
+  for the next call (1, the default), the one after (2) or not (0), where B is widely strided
+  (``transform/prefetch.py`` prefetches what is not packed); ``nontemporal`` stores of C, where
+  the contraction zeroes C, its rows are whole vectors apart and no reduction loop splits the
+  reduction (C is then written once per call). The cost model's pick is the defaults.
 
 Per kernel: ``lowering``, split guards or gather the operand, when a guarded contraction offers
 both. A point is legal when the microkernel accepts its blocks and the loop order breaks no
@@ -47,6 +55,10 @@ MAX_BN_VECTORS = 8
 MAX_BK = 256
 MIN_BK = 8
 TILE_OPTIONS = 8
+TILE_ROWS = (2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 30)
+MAX_TILE_VECTORS = 6
+MIN_TILE_ACCS = 4
+PREFETCH_CALLS = (1, 0, 2)  # calls ahead, the default first
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +73,10 @@ class Knobs:
     order: tuple[tuple[str, bool], ...]  # the loops, outermost first: (iterator, is a tile)
     n_parallel: int = 0
     pack: bool = True
+    register_tile: tuple[int, int] | None = None  # (rows, vectors); None: the rule's
+    k_unroll: int | None = None
+    prefetch: int = 1
+    nontemporal: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +128,9 @@ class ContractionSpace:
         ldb = c.linear("B").coef(c.k) if c.k else 0
         eb = DTYPE_BYTES[nest.arg(c.b).dtype]
         self.packable = bool(c.k) and ldb * eb >= WIDE_ROW_BYTES
+        self.regtile_range, self.unroll_range = _micro_ranges(target)
+        self.prefetch_range = PREFETCH_CALLS if self.packable else (1,)
+        self.nt_range = (False, True) if _nt_offered(c, nest, target) else (False,)
         self._legal: dict[tuple, str | None] = {}
 
     # ------------------------------------------------------------ ranges that depend on knobs
@@ -172,6 +191,10 @@ class ContractionSpace:
             n_parallel=kn.n_parallel,
             what=self.what,
             pack=kn.pack,
+            register_tile=kn.register_tile,
+            k_unroll=kn.k_unroll,
+            prefetch=kn.prefetch,
+            nontemporal=kn.nontemporal,
         )
 
     def knobs(self, cs: ContractionSchedule) -> Knobs:
@@ -203,6 +226,10 @@ class ContractionSpace:
             order=tuple(order),
             n_parallel=n_par if self.threads > 1 else 0,
             pack=cs.pack or not self.packable,
+            register_tile=cs.register_tile,
+            k_unroll=cs.k_unroll,
+            prefetch=cs.prefetch if self.packable else 1,
+            nontemporal=cs.nontemporal,
         )
         if self.loops(kn) != tuple(kept):  # steps other than the blocks
             raise TuneError(f"{self.stmt}: loops {cs.order} are outside the tuning space")
@@ -230,6 +257,12 @@ class ContractionSpace:
             return f"n_parallel={kn.n_parallel} outside 0..{self.max_parallel(kn)}"
         if not kn.pack and not self.packable:
             return "pack=False where nothing is packed"
+        if kn.register_tile not in self.regtile_range or kn.k_unroll not in self.unroll_range:
+            return f"microkernel tile {kn.register_tile} / k unroll {kn.k_unroll} not offered"
+        if kn.prefetch not in self.prefetch_range:
+            return f"prefetch={kn.prefetch} not offered (B is not widely strided)"
+        if kn.nontemporal and (kn.nontemporal not in self.nt_range or kn.reduce is not None):
+            return "non-temporal stores need C zeroed, whole-vector rows and no reduction loop"
         key = (kn.bm, kn.bn, kn.bk, self.loops(kn))
         if key not in self._legal:
             self._legal[key] = self._check(kn)
@@ -278,7 +311,12 @@ class ContractionSpace:
                 order[ti], order[pi] = order[pi], order[ti]
         kn = replace(kn, tiles=tuple(sorted(tiles.items())), order=tuple(order))
         kn = replace(kn, n_parallel=min(kn.n_parallel, self.max_parallel(kn)))
-        return replace(kn, pack=kn.pack or not self.packable)
+        return replace(
+            kn,
+            pack=kn.pack or not self.packable,
+            prefetch=kn.prefetch if self.packable else 1,
+            nontemporal=kn.nontemporal and kn.reduce is None and True in self.nt_range,
+        )
 
     def mutate(self, kn: Knobs, rng: random.Random) -> Knobs:
         """``kn`` with one knob moved (then repaired): a block to a neighbouring value, another
@@ -287,6 +325,9 @@ class ContractionSpace:
         moves = ["bm", "bn", "bk", "reduce", "tile", "order", "order"]
         moves += ["parallel"] if self.threads > 1 else []
         moves += ["pack"] if self.packable else []
+        moves += ["regtile", "regtile", "unroll"]
+        moves += ["prefetch"] if len(self.prefetch_range) > 1 else []
+        moves += ["nt"] if len(self.nt_range) > 1 else []
         move = rng.choice(moves)
         if move in ("bm", "bn", "bk"):
             opts = getattr(self, f"{move}_range")
@@ -319,13 +360,83 @@ class ContractionSpace:
             kn = replace(kn, n_parallel=rng.randint(0, max(0, self.max_parallel(kn))))
         elif move == "pack":
             kn = replace(kn, pack=not kn.pack)
+        elif move == "regtile":
+            kn = replace(kn, register_tile=self._near_tile(kn.register_tile, rng))
+        elif move == "unroll":
+            kn = replace(kn, k_unroll=rng.choice(self.unroll_range))
+        elif move == "prefetch":
+            kn = replace(kn, prefetch=rng.choice(self.prefetch_range))
+        elif move == "nt":
+            kn = replace(kn, nontemporal=not kn.nontemporal)
+            if kn.nontemporal:  # the whole reduction in one call
+                kn = replace(kn, reduce=None)
         return self.repair(kn)
+
+    def micro_neighbours(self, kn: Knobs) -> list[tuple[Knobs, str]]:
+        """``kn`` with one microkernel knob changed, the likeliest first: the k unroll (8, 1),
+        non-temporal stores (where no reduction loop splits the reduction), the k unroll 4,
+        per vector count up to the vectors ``bn`` needs the widest register tile that fits
+        (more vectors first: fewer broadcasts per FMA; the rule's own tile left out), the
+        prefetch (it changes nothing where the calls read packed B), one-vector tiles last.
+        Legal points only."""
+        unroll = [u for u in (8, 1, 4) if u in self.unroll_range and u != kn.k_unroll]
+        out = [(replace(kn, k_unroll=u), f"k unroll {u}") for u in unroll[:2]]
+        if True in self.nt_range and kn.reduce is None:
+            out.append((replace(kn, nontemporal=not kn.nontemporal), "non-temporal stores"))
+        out += [(replace(kn, k_unroll=u), f"k unroll {u}") for u in unroll[2:]]
+        rule = self.rule_tile(kn)
+        need = -(-min(kn.bn, self.ext[self.c.n]) // self.target.lanes())
+        widest: dict[int, tuple[int, int]] = {}
+        for t in self.regtile_range[1:]:
+            if t[1] <= need and t[0] * t[1] > math.prod(widest.get(t[1], (0, 0))):
+                widest[t[1]] = t
+        tiles = sorted((t for t in widest.values() if t != rule), key=lambda t: -t[1])
+        wide = [t for t in tiles if t[1] > 1 or need == 1]
+        out += [(replace(kn, register_tile=t), f"register tile {t[0]}x{t[1]}v") for t in wide]
+        out += [(replace(kn, prefetch=p), f"prefetch {p}") for p in self.prefetch_range]
+        out += [
+            (replace(kn, register_tile=t), f"register tile {t[0]}x{t[1]}v")
+            for t in tiles
+            if t not in wide
+        ]
+        return [(k, why) for k, why in out if k != kn and self.problem(k) is None]
+
+    def rule_tile(self, kn: Knobs) -> tuple[int, int]:
+        """(rows, vectors) of the register tile the blocking rule gives ``kn``'s full calls."""
+        from ..kernels import BrgemmConfig
+        from ..kernels.isa import plan
+
+        c = self.c
+        cfg = BrgemmConfig(
+            m=min(kn.bm, self.ext[c.m]) * c.rows_per_m, n=min(kn.bn, self.ext[c.n]), k=kn.bk
+        )
+        b = plan(cfg, self.target.family)
+        return b.mr, b.nv
+
+    def _near_tile(self, tile: tuple[int, int] | None, rng: random.Random):
+        """Another register tile: mostly one of the same vectors with nearby rows (or the same
+        rows with one vector more or less), sometimes any, or the rule's (None)."""
+        opts = [t for t in self.regtile_range if t is not None and t != tile]
+        if tile is None or rng.random() < 0.25:
+            return rng.choice([*opts, None]) if tile is not None else rng.choice(opts)
+        near = [t for t in opts if t[1] == tile[1] or t[0] == tile[0]]
+        near.sort(key=lambda t: abs(t[0] * t[1] - tile[0] * tile[1]))
+        return rng.choice(near[:4]) if near else None
 
     def cross(self, a: Knobs, b: Knobs, rng: random.Random) -> Knobs:
         """Blocks from one parent, the nest (reduction loop, tiles, order) from the other."""
         if rng.random() < 0.5:
             a, b = b, a
-        kn = replace(b, bm=a.bm, bn=a.bn, bk=a.bk, pack=a.pack)
+        kn = replace(
+            b,
+            bm=a.bm,
+            bn=a.bn,
+            bk=a.bk,
+            pack=a.pack,
+            register_tile=a.register_tile,
+            k_unroll=a.k_unroll,
+            prefetch=a.prefetch,
+        )
         return self.repair(kn)
 
     def random(self, rng: random.Random) -> Knobs:
@@ -339,6 +450,10 @@ class ContractionSpace:
             tiles=(),
             order=(),
             pack=self.packable and rng.random() < 0.5 or not self.packable,
+            register_tile=rng.choice(self.regtile_range) if rng.random() < 0.5 else None,
+            k_unroll=rng.choice(self.unroll_range),
+            prefetch=rng.choice(self.prefetch_range),
+            nontemporal=rng.choice(self.nt_range),
         )
         kn = self.repair(kn)
         tiles = {}
@@ -361,8 +476,50 @@ class ContractionSpace:
             f" bk {_span(self.bk_range)}, reduction loop none|{'|'.join(r for r in red if r)},"
             f" loops over {', '.join(self.scanned)} (one tile each, any order),"
             f" parallel iterators {sorted(self.free) or '-'},"
-            f" pack {'on|off' if self.packable else 'n/a'}"
+            f" pack {'on|off' if self.packable else 'n/a'},"
+            f" register tile rule|{len(self.regtile_range) - 1} tiles"
+            f" ({_tiles(self.regtile_range[1:])}),"
+            f" k unroll {'|'.join('rule' if u is None else str(u) for u in self.unroll_range)},"
+            f" prefetch {'|'.join(map(str, self.prefetch_range)) if self.packable else 'n/a'},"
+            f" non-temporal stores {'off|on' if len(self.nt_range) > 1 else 'n/a'}"
         )
+
+
+def _micro_ranges(target) -> tuple[tuple, tuple]:
+    """The register tiles (None first: the blocking rule's) and k unrolls a family offers."""
+    from ..kernels.isa import K_UNROLLS, tile_problem
+
+    fam = target.family
+    if fam.amx:
+        return (None,), (None,)
+    tiles = [
+        (r, v)
+        for v in range(1, MAX_TILE_VECTORS + 1)
+        for r in TILE_ROWS
+        if r * v >= MIN_TILE_ACCS and tile_problem(fam, r, v) is None
+    ]
+    return (None, *tiles), (None, *K_UNROLLS)
+
+
+def _nt_offered(c, nest, target) -> bool:
+    """Whether non-temporal stores can change the calls of ``c``: C zeroed by the
+    contraction (beta = 0), f32, its rows whole vectors apart, an x86 family."""
+    from ..kernels.generator import NT_FAMILIES
+
+    ldc = c.linear("C").coef(c.row)
+    return (
+        bool(c.init)
+        and target.family.name in NT_FAMILIES
+        and nest.arg(c.c).dtype == "f32"
+        and ldc % target.lanes() == 0
+    )
+
+
+def _tiles(tiles) -> str:
+    by_v: dict[int, list[int]] = {}
+    for r, v in tiles:
+        by_v.setdefault(v, []).append(r)
+    return ", ".join(f"{min(rs)}..{max(rs)}x{v}v" for v, rs in sorted(by_v.items()))
 
 
 def _span(values: Sequence[int]) -> str:
@@ -466,6 +623,18 @@ class KernelSpace:
                 seen.add(p)
                 uniq.append((p, origin))
         return uniq[:k] if k > 0 else uniq[:1]
+
+    def micro_neighbours(self, p: Point) -> list[tuple[Point, str]]:
+        """``p`` with one microkernel knob of its largest contraction changed
+        (:meth:`ContractionSpace.micro_neighbours`)."""
+        spaces = self.spaces[p.lowering]
+        i = max(range(len(spaces)), key=lambda j: spaces[j].work)
+        out = []
+        for kn, why in spaces[i].micro_neighbours(p.knobs[i]):
+            knobs = list(p.knobs)
+            knobs[i] = kn
+            out.append((replace(p, knobs=tuple(knobs)), why))
+        return out
 
     def mutate(self, p: Point, rng: random.Random) -> Point:
         """One contraction (by its share of the work) moved, or, rarely, another lowering."""

@@ -5,15 +5,21 @@
    analytic model is within a few per cent of the best of its own variants on most layers, so
    its top ranks are where the good points are, and trial 0 measures the baseline the result
    is compared with.
-2. Evolution. The ``population`` fastest measured points are the parents. Each round breeds
+2. Microkernel sweep. The fastest seed with one microkernel knob changed at a time (k unroll,
+   non-temporal stores, prefetch, the widest register tile of each vector count;
+   ``micro_sweep`` points at most, :meth:`KernelSpace.micro_neighbours`): the analytic model
+   does not see most of these knobs, so they are measured directly, and the residual then has
+   measurements that vary them.
+3. Evolution. The ``population`` fastest measured points are the parents. Each round breeds
    ``children`` legal, unmeasured points: a parent chosen by rank (the fastest most often),
    crossed with another now and then (blocks from one, the nest from the other), then one to
    three mutations (a block to a neighbouring value, another reduction chunking, a tile added,
-   changed or dropped, loops swapped or moved, the parallel count, packing). The cost model
+   changed or dropped, loops swapped or moved, the parallel count, packing, the microkernel's
+   register tile, k unroll, prefetch or non-temporal stores). The cost model
    (analytic plus the residual learned from every measurement so far) ranks the children and
    the predicted fastest is measured; with probability ``explore`` a random child is measured
    instead, so that the model's blind spots get measurements too.
-3. When the neighbourhood of the parents is exhausted, random legal points keep the search
+4. When the neighbourhood of the parents is exhausted, random legal points keep the search
    going until the budget ends.
 
 Why evolution and not a bandit: the knobs interact (a tile size is good or bad with a given
@@ -59,12 +65,15 @@ class Evolution:
         children: int = 32,
         explore: float = 0.2,
         cross: float = 0.2,
+        micro_sweep: int = 8,
     ) -> None:
         self.space, self.model = space, model
         self.rng = random.Random(seed)
         self.seeds = space.seeds(top_k)
         self.population, self.children = population, children
         self.explore, self.cross = explore, cross
+        self.micro_sweep = micro_sweep
+        self._sweep: list[tuple[Point, str]] | None = None  # made once the seeds are measured
 
     def propose(
         self, n: int, history: Mapping[Point, Trial], pending: frozenset[Point] = frozenset()
@@ -81,6 +90,10 @@ class Evolution:
         for p, origin in self.seeds:
             if len(out) < n and p not in taken:
                 take(p, origin)
+        if len(out) < n:
+            for p, origin in self._sweep_points(history, taken):
+                if len(out) < n and p not in taken:
+                    take(p, origin)
         if len(out) < n:
             pool = self._breed(history, taken)
             while len(out) < n and pool:
@@ -101,6 +114,22 @@ class Evolution:
             if p not in taken and self.space.problem(p) is None:
                 take(p, "random")
         return out
+
+    def _sweep_points(self, history: Mapping[Point, Trial], taken: set[Point]):
+        """The microkernel sweep (module docstring, 2.), around the fastest seed once every
+        seed is measured (nothing before; nothing when no seed succeeded)."""
+        if self._sweep is None:
+            seeds = [p for p, _ in self.seeds]
+            if any(p not in history for p in seeds):
+                return []
+            ok = [(history[p].seconds, i, p) for i, p in enumerate(seeds) if history[p].ok]
+            if not ok:
+                self._sweep = []
+                return []
+            best = min(ok)[2]
+            near = self.space.micro_neighbours(best)[: self.micro_sweep]
+            self._sweep = [(p, f"microkernel sweep: {why}") for p, why in near]
+        return [(p, o) for p, o in self._sweep if p not in taken]
 
     def _breed(self, history: Mapping[Point, Trial], taken: set[Point]) -> dict[Point, str]:
         """Legal, unmeasured children of the fastest measured points: point -> how made."""
