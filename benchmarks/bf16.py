@@ -1,7 +1,11 @@
 """bfloat16 GEMMs: ``pd.ops.matmul(..., dtype="bf16")`` (bf16 A and B, f32 C) against the f32
 kernel of the same shape and against torch's bf16 and f32 matmuls (oneDNN), in the same run.
 
-    python benchmarks/bf16.py [--threads 1 2]
+    python benchmarks/bf16.py [--threads 1 2] [--layers resnet_02 ...] [--no-convs]
+
+Then ResNet-50 layers (``benchmarks/resnet50_conv.csv``, batch 1): ``pd.nn.conv2d`` on bf16
+NCHW input and weights (f32 result) against torch's bf16 ``F.conv2d`` (the faster of NCHW and
+channels_last, the latter converted before timing) and against polydl's own f32 ``pd.nn.conv2d``.
 
 The bf16 kernel runs on AMX tiles (family ``amx_bf16``) where the host has them, multiplies k
 pairs with ``vdpbf16ps`` where it has AVX512-BF16 (family ``avx512_bf16``), else widens bf16 to
@@ -23,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import geomean, interleaved  # noqa: E402
+from common import geomean, interleaved, resnet50_layers  # noqa: E402
 
 import polydl as pd  # noqa: E402
 from polydl import jit  # noqa: E402
@@ -32,6 +36,7 @@ from polydl.kernels import FAMILIES, amx  # noqa: E402
 from polydl.kernels.generator import environment  # noqa: E402
 from polydl.kernels.isa import bf16_family  # noqa: E402
 
+CONV_LAYERS = ["resnet_02", "resnet_03", "resnet_07", "resnet_12", "resnet_17"]
 SHAPES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (128, 3072, 768), (3136, 64, 576)]
 
 
@@ -65,6 +70,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--layers", nargs="+", default=CONV_LAYERS)
+    ap.add_argument("--no-convs", action="store_true", help="GEMMs only")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     dot = "avx512bf16" in jit.host_features()
@@ -123,6 +130,60 @@ def main() -> None:
         print(
             f"geomean, threads={threads}: polydl bf16 vs "
             + ", ".join(f"{k} {geomean(v):.3f}" for k, v in cols.items())
+        )
+        if not args.no_convs:
+            convs(threads, args.layers, args.rounds, rng)
+
+
+def convs(threads: int, names: list[str], rounds: int, rng) -> None:
+    """The conv rows (module docstring) at ``threads`` threads."""
+    import torch
+    import torch.nn.functional as F
+
+    print(f"\nthreads={threads}  convs, batch 1 (GFLOPS; ratios = other time / polydl bf16 time)")
+    print(
+        f"{'layer':<10} {'pd bf16':>8} {'pd f32':>7} {'torch bf16':>10} {'/pd f32':>7} {'/t bf16':>7} {'err':>8}"
+    )
+    to_pd, to_t = [], []
+    for row in (r for r in resnet50_layers() if r["name"] in names):
+        C, K, H, W, R, S = (int(row[x]) for x in "CKHWRS")
+        st, pad, P, Q = int(row["stride"]), int(row["pad"]), int(row["P"]), int(row["Q"])
+        x = pd.to_bf16(rng.standard_normal((1, C, H, W), dtype=np.float32))
+        w = pd.to_bf16(rng.standard_normal((K, C, R, S), dtype=np.float32))
+        x32, w32 = np.ascontiguousarray(pd.from_bf16(x)), np.ascontiguousarray(pd.from_bf16(w))
+        tx, tw = torch.from_numpy(x32).to(torch.bfloat16), torch.from_numpy(w32).to(torch.bfloat16)
+        cx, cw = (t.to(memory_format=torch.channels_last) for t in (tx, tw))
+        opts = dict(stride=st, padding=pad, threads=threads)
+        with torch.no_grad():
+            times = interleaved(
+                {
+                    "pd_bf16": lambda: pd.nn.conv2d(x, w, **opts),
+                    "pd_f32": lambda: pd.nn.conv2d(x32, w32, **opts),
+                    "t_nchw": lambda: F.conv2d(tx, tw, stride=st, padding=pad),
+                    "t_cl": lambda: F.conv2d(cx, cw, stride=st, padding=pad),
+                },
+                rounds=rounds,
+                repeat=3,
+            )
+        want = F.conv2d(
+            torch.from_numpy(x32).double(), torch.from_numpy(w32).double(), stride=st, padding=pad
+        ).numpy()
+        err = float(np.abs(pd.nn.conv2d(x, w, **opts) - want).max() / np.abs(want).max())
+        t_bf16 = np.minimum(times["t_nchw"], times["t_cl"])
+        r_pd = float(np.median(times["pd_f32"] / times["pd_bf16"]))
+        r_t = float(np.median(t_bf16 / times["pd_bf16"]))
+        to_pd.append(r_pd)
+        to_t.append(r_t)
+        flops = 2.0 * K * C * R * S * P * Q
+        gf = lambda t: flops / float(np.median(t)) / 1e9  # noqa: E731
+        print(
+            f"{row['name']:<10} {gf(times['pd_bf16']):8.1f} {gf(times['pd_f32']):7.1f} "
+            f"{gf(t_bf16):10.1f} {r_pd:7.2f} {r_t:7.2f} {err:8.1e}",
+            flush=True,
+        )
+    if to_pd:
+        print(
+            f"geomean, threads={threads}, convs: vs pd f32 {geomean(to_pd):.3f}, vs torch bf16 {geomean(to_t):.3f}"
         )
 
 
