@@ -241,3 +241,31 @@ def test_cost_model_in_core_term_per_family():
     assert bf.cycles < 0.75 * f32.cycles and bf.b_panel * 2 == f32.b_panel
     widened = call_model(64, 64, 64, 8, plain, ab_dtype="bf16")
     assert widened.cycles == call_model(64, 64, 64, 8, plain).cycles
+
+
+@pytest.mark.parametrize(
+    "N,C,K,H,R,st,pad,blocked",
+    [(1, 48, 32, 23, 3, 1, 1, True), (3, 3, 16, 27, 7, 2, 3, True), (1, 24, 40, 9, 3, 1, 1, False)],
+)
+def test_nn_conv2d_bf16_blocked_and_direct_routes(N, C, K, H, R, st, pad, blocked):
+    # filters larger than 1x1 over enough output pixels run on the blocked layout (bf16 packs,
+    # VNNI weight panels), the small ones on the direct NCHW kernel: both against float64 of
+    # the bf16-rounded operands, bias and ReLU included
+    from polydl import nn
+
+    rng = np.random.default_rng(7)
+    x = pd.to_bf16(rng.standard_normal((N, C, H, H), dtype=np.float32))
+    w = pd.to_bf16(rng.standard_normal((K, C, R, R), dtype=np.float32))
+    b = rng.standard_normal(K, dtype=np.float32)
+    y = pd.nn.conv2d(x, w, b, stride=st, padding=pad, activation="relu", threads=2)
+    P = (H + 2 * pad - R) // st + 1
+    xs = np.pad(pd.from_bf16(x).astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ws = pd.from_bf16(w).astype(np.float64)
+    want = np.zeros((N, K, P, P))
+    for r in range(R):
+        for s in range(R):
+            patch = xs[:, :, r : r + st * P : st, s : s + st * P : st]
+            want += np.einsum("nchw,kc->nkhw", patch, ws[:, :, r, s])
+    want = np.maximum(want + b[None, :, None, None], 0)
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert (N * P * P >= nn.BF16_BLOCKED_PIXELS) == blocked

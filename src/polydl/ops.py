@@ -242,18 +242,20 @@ def conv2d(
 
 @functools.cache
 def pack_input(
-    N: int, C: int, H: int, W: int, padding=0, block: int | None = None
+    N: int, C: int, H: int, W: int, padding=0, block: int | None = None, dtype: str = "f32"
 ) -> KernelFunction:
     """NCHW ``X`` -> blocked ``Xp[N, C/cb, H+2ph, W+2pw, cb]``; the border is left as it is
-    (pass a zeroed ``Xp``). Arguments ``(Xp, X)``. Tiles of TILE pixels x cb channels are
-    transposed one at a time, so reads and writes both stay within a few cache lines."""
+    (pass a zeroed ``Xp``). Arguments ``(Xp, X)``, both of ``dtype`` (``"bf16"``: copied
+    exactly). Tiles of TILE pixels x cb channels are transposed one at a time, so reads and
+    writes both stay within a few cache lines."""
+    et = _operand_type(dtype)
     N, C, H, W = _ints(N, C, H, W)
     ph, pw = _pair(padding, "padding")
     cb = channel_block(C, block)
     CB, Hp, Wp = C // cb, H + 2 * ph, W + 2 * pw
 
     @kernel
-    def pack_input(Xp: f32[N, CB, Hp, Wp, cb], X: f32[N, C, H, W]):
+    def pack_input(Xp: et[N, CB, Hp, Wp, cb], X: et[N, C, H, W]):
         for n in range(N):
             for c in range(CB):
                 for h in range(H):
@@ -266,19 +268,23 @@ def pack_input(
 
 
 @functools.cache
-def pack_weights(K: int, C: int, R: int, S: int, block: int | None = None) -> KernelFunction:
-    """KCRS ``Wt`` -> blocked ``Wp[K/kb, C/cb, R, S, cb, kb]``. Arguments ``(Wp, Wt)``.
+def pack_weights(
+    K: int, C: int, R: int, S: int, block: int | None = None, dtype: str = "f32"
+) -> KernelFunction:
+    """KCRS ``Wt`` -> blocked ``Wp[K/kb, C/cb, R, S, cb, kb]``. Arguments ``(Wp, Wt)``, both of
+    ``dtype``.
 
     A transpose of each ``kb x (cb*R*S)`` block, done TILE output channels at a time: a tile
     reads TILE rows of ``cb*R*S`` consecutive floats (a few KiB, L1-resident) and writes runs
     of TILE consecutive floats; the whole block it writes is touched once per tile, line by
     line."""
+    et = _operand_type(dtype)
     K, C, R, S = _ints(K, C, R, S)
     cb, kb = channel_block(C, block), channel_block(K, block)
     KB, CB = K // kb, C // cb
 
     @kernel
-    def pack_weights(Wp: f32[KB, CB, R, S, cb, kb], Wt: f32[K, C, R, S]):
+    def pack_weights(Wp: et[KB, CB, R, S, cb, kb], Wt: et[K, C, R, S]):
         for k in range(KB):
             for c in range(CB):
                 for v0 in range(0, kb, TILE):
