@@ -330,10 +330,11 @@ def _conv2d_rows(x, w, bias, pad, activation, threads, out, dilation=(1, 1)) -> 
 _scratch_local = threading.local()
 
 
-def _scratch(key: tuple) -> np.ndarray:
-    """A zero-initialised aligned float32 buffer of shape ``key[1:]``, kept for this thread and
-    key (intermediates of nn.conv2d: no allocation, page faults or zero fill per call). The
-    caller must leave whatever it relies on being zero untouched."""
+def _scratch(key: tuple, dtype=np.float32) -> np.ndarray:
+    """A zero-initialised aligned buffer of shape ``key[1:]`` (float32, or ``dtype``: a bfloat16
+    one for the bf16 blocked route), kept for this thread and key (intermediates of nn.conv2d:
+    no allocation, page faults or zero fill per call). The caller must leave whatever it relies
+    on being zero untouched."""
     bufs = getattr(_scratch_local, "bufs", None)
     if bufs is None:
         bufs = _scratch_local.bufs = {}
@@ -341,7 +342,7 @@ def _scratch(key: tuple) -> np.ndarray:
     if buf is None:
         if len(bufs) >= 64:
             bufs.clear()
-        buf = bufs[key] = memory.zeros(key[1:], np.float32)
+        buf = bufs[key] = memory.zeros(key[1:], dtype)
     return buf
 
 
@@ -406,11 +407,11 @@ def _conv2d_bf16_blocked(x, w, bias, opts, threads, out) -> np.ndarray:
     ph, pw = ops._pair(opts["padding"], "padding")
     block = ops.conv_block(Q, P)
     cb, kb = ops.channel_block(C, block), ops.channel_block(K, block)
-    xp = _scratch_bf16(("bf16 in", N, C // cb, H + 2 * ph, W + 2 * pw, cb))
+    xp = _scratch(("bf16 in", N, C // cb, H + 2 * ph, W + 2 * pw, cb), x.dtype)
     compiled(
         ops.pack_input, N, C, H, W, padding=(ph, pw), block=block, dtype="bf16", threads=threads
     )(xp, x)
-    wp = memory.to_bf16(np.zeros((K // kb, C // cb, R, S, cb, kb), np.float32))
+    wp = memory.empty((K // kb, C // cb, R, S, cb, kb), w.dtype)
     compiled(ops.pack_weights, K, C, R, S, block=block, dtype="bf16", threads=threads)(wp, w)
     args = [xp, wp] + ([] if bias is None else [bias.reshape(K // kb, kb)])
     conv = compiled(
@@ -433,19 +434,6 @@ def _conv2d_bf16_blocked(x, w, bias, opts, threads, out) -> np.ndarray:
     y = memory.empty((N, K, P, Q), np.float32)
     compiled(ops.unpack_output, N, K, P, Q, block=block, threads=threads)(y, op)
     return y
-
-
-def _scratch_bf16(key: tuple) -> np.ndarray:
-    """:func:`_scratch` for bfloat16 buffers (a zero border that no copy writes)."""
-    bufs = getattr(_scratch_local, "bf16", None)
-    if bufs is None:
-        bufs = _scratch_local.bf16 = {}
-    buf = bufs.get(key)
-    if buf is None:
-        if len(bufs) >= 16:
-            bufs.clear()
-        buf = bufs[key] = memory.to_bf16(memory.zeros(key[1:], np.float32))
-    return buf
 
 
 # 1-D convolutions and their gradients: their own module (nn1d.py), the same namespace
