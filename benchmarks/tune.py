@@ -1,10 +1,14 @@
 """Auto-tuning (pd.tune): how much better than the cost model's pick, how fast it gets there.
 
     python benchmarks/tune.py [--trials 64] [--layers gemm resnet_03 ...] [--rounds 5]
+                              [--nchw resnet_14 ...] [--nchw-batch 8]
 
 One thread; the measuring worker is pinned to one CPU (polydl/tune/runner.py). Workloads: GEMM
 1024^3 and ResNet-50 layers 03, 09, 12, 01, 05, 07, 14, 17 (batch 1, blocked layout, as in
-benchmarks/conv.py). Each is tuned from scratch into a fresh database (``--db`` keeps one),
+benchmarks/conv.py); ``--nchw`` adds the kernels ``pd.nn.conv2d`` compiles for NCHW arrays of
+those layers at batch ``--nchw-batch`` (``nn.conv2d_kernels``: the rows kernel, or the direct
+NCHW conv of a strided layer; named ``resnet_14/8``), the ones ``polydl tune --model resnet50
+--layout nchw`` tunes. Each is tuned from scratch into a fresh database (``--db`` keeps one),
 then the records that were the best after 0 trials (the cost model's pick, untuned), 8, 20
 and ``--trials`` trials, and the tuner's confirmed pick, are timed again against each other
 (``runner.compare``: one sample of each per round, the order rotating, ``--rounds`` rounds;
@@ -40,7 +44,7 @@ LAYERS = ["resnet_03", "resnet_09", "resnet_12", "resnet_01", "resnet_05", "resn
 LAYERS += ["resnet_14", "resnet_17"]
 
 
-def workloads(names):
+def workloads(names, nchw=(), batch=8):
     rows = {r["name"]: r for r in resnet50_layers()}
     out = []
     for name in names:
@@ -53,6 +57,11 @@ def workloads(names):
             stride=r["stride"], padding=r["pad"], layout="nchwc",
         )  # fmt: skip
         out.append((name, kern))
+    for name in nchw:
+        r = rows[name]
+        x_shape, w_shape = (batch, r["C"], r["H"], r["W"]), (r["K"], r["C"], r["R"], r["S"])
+        (kern,) = pd.nn.conv2d_kernels(x_shape, w_shape, r["stride"], r["pad"], threads=1)
+        out.append((f"{name}/{batch}", kern))
     return out
 
 
@@ -77,6 +86,8 @@ def main() -> None:
     ap.add_argument("--layers", nargs="*", default=["gemm", *LAYERS])
     ap.add_argument("--rounds", type=int, default=15, help="rounds of the comparison")
     ap.add_argument("--db", default=None, help="a database to keep (default: a fresh temp one)")
+    ap.add_argument("--nchw", nargs="*", default=[], help="layers as pd.nn.conv2d runs them")
+    ap.add_argument("--nchw-batch", type=int, default=8, help="the batch of the --nchw layers")
     args = ap.parse_args()
     marks = sorted({0, 8, 20, args.trials})
     tmp = tempfile.TemporaryDirectory()
@@ -89,7 +100,7 @@ def main() -> None:
     head = f"{'workload':<12} {'choice':>6} " + " ".join(f"{'@' + str(m):>7}" for m in marks)
     print(f"{head} {'tuned':>7} {'wall s':>7} {'tuned/0':>8} {'@20 %':>6}   (GFLOPS)", flush=True)
     ratios, ratios_choice, at20, walls = [], [], [], []
-    for name, kern in workloads(args.layers):
+    for name, kern in workloads(args.layers, args.nchw, args.nchw_batch):
         choice = ranked_variants(kern)
         r = pd.tune(kern, trials=args.trials, db=db, threads=1, progress=False)
         picks = {0: r.baseline.choices()}

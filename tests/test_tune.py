@@ -282,6 +282,9 @@ def test_cli_tune_a_file_and_a_model(tmp_path, capsys):
     assert f"database {db}" in out and "mm: mm(K=64, M=32, N=32), 1 thread(s): 2 trials" in out
     assert cli.main(["tune", "--model", "resnet50", "--layers", "resnet_17", "--space"]) == 0
     assert "resnet_17: lowering split: S1 (O += I x Wt): bm" in capsys.readouterr().out
+    nchw = ["--layers", "resnet_17", "--layout", "nchw", "--space"]
+    assert cli.main(["tune", "--model", "resnet50", *nchw]) == 0  # pd.nn.conv2d's rows kernel
+    assert "resnet_17: lowering split: S1 (O += Wt x I): bm" in capsys.readouterr().out
     assert cli.main(["tune", "--model", "resnet50", "--layers", "resnet_99", "--space"]) == 2
     assert "--layers ['resnet_99']: not layers of resnet50" in capsys.readouterr().err
     assert cli.main(["tune", "--model", "vgg", "--space"]) == 2  # TuneError: status 2
@@ -324,3 +327,50 @@ def test_ray_runner_measures_like_the_local_one(tmp_path):
         runner.start(Job(workload=workload(), threads=1, measure=Measure(timeout=1e-3)))
         (m,) = runner.measure([r.best])
         assert not m.ok and m.error.startswith("timeout")
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, stride, pad, route",
+    [
+        ((2, 5, 9, 7), (6, 5, 3, 3), 1, 1, "rows"),  # padded rows kernel
+        ((1, 3, 17, 19), (16, 3, 3, 3), 2, 1, "direct"),  # strided: the NCHW conv, gathered
+    ],
+)
+def test_tuning_nchw_kernels_reaches_nn_conv2d(x_shape, w_shape, stride, pad, route, monkeypatch):
+    """``nn.conv2d_kernels`` (``polydl tune --layout nchw``) names the kernels pd.nn.conv2d
+    compiles: a record tuned for one is what a later pd.nn.conv2d call at those shapes runs, and
+    its result is still the convolution's."""
+    from kernels import conv_ref
+
+    from polydl import nn
+
+    assert nn.conv_route(x_shape, w_shape, stride, pad) == route
+    (kern,) = nn.conv2d_kernels(x_shape, w_shape, stride, pad, threads=1)
+    untuned = pd.compile(kern, threads=1, tuned=False).schedule.choices()
+
+    def clock(record):  # anything but the untuned pick is faster, in a fixed order
+        t = (
+            1.0
+            if record.choices() == untuned
+            else 0.5 + len(database.record_key(record)) % 97 / 200
+        )
+        return Measurement(ok=True, seconds=t * 1e-3, samples=(t * 1e-3,))
+
+    r = pd.tune(kern, trials=4, runner=FakeRunner(clock))
+    assert r.best is not None and r.best != untuned
+    built = []
+
+    def spy(*a, **kw):
+        built.append(pd.compile(*a, **kw))
+        return built[-1]
+
+    monkeypatch.setattr(nn, "_compile", spy)
+    nn._compiled.cache_clear()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    y = pd.nn.conv2d(x, w, stride=stride, padding=pad, threads=1)
+    tuned = [k for k in built if k.tuned]
+    assert len(tuned) == 1 and tuned[0].schedule.choices() == r.best
+    np.testing.assert_allclose(y, conv_ref(x, w, None, stride, pad, False), rtol=1e-4, atol=1e-4)
+    nn._compiled.cache_clear()

@@ -256,17 +256,16 @@ def conv2d(
     opts = dict(
         stride=st, padding=(ph, pw), bias=bias is not None, activation=activation, dilation=dil
     )
+    conv, per_image = _main_kernel(route, x.shape, w.shape, opts, threads)
     if route == "direct":
         y = memory.empty((N, K, P, Q), np.float32)
         extra = [] if bias is None else [bias]
-        one = compiled(ops.conv2d, 1, C, K, H, W, R, S, layout="nchw", threads=threads, **opts)
-        if N > 1 and N * _gathered_bytes(one) > _cache_share_bytes():
+        if per_image:
             # the compiler gathers the input (stride, im2col): one image at a time keeps the
             # copy in cache instead of streaming the whole batch's copy through memory
             for i in range(N):
-                one(y[i : i + 1], x[i : i + 1], w, *extra)
+                conv(y[i : i + 1], x[i : i + 1], w, *extra)
             return y
-        conv = compiled(ops.conv2d, N, C, K, H, W, R, S, layout="nchw", threads=threads, **opts)
         conv(y, x, w, *extra)
         return y
     block = ops.conv_block(Q, P)
@@ -277,14 +276,70 @@ def conv2d(
     args = [xp, wp]
     if bias is not None:
         args.append(bias.reshape(K // kb, kb))
-    conv = compiled(
-        ops.conv2d, N, C, K, H, W, R, S, layout="nchwc", block=block, threads=threads, **opts
-    )
     op = memory.empty((N, K // kb, P, Q, kb), np.float32)
     conv(op, *args)
     y = memory.empty((N, K, P, Q), np.float32)
     compiled(ops.unpack_output, N, K, P, Q, block=block, threads=threads)(y, op)
     return y
+
+
+def _main_kernel(route: str, x_shape, w_shape, opts: dict, threads: int | None):
+    """The compiled convolution of ``route`` (``"direct"`` or ``"blocked"``) for these shapes
+    and ``opts`` (stride, padding, bias, activation, dilation, normalised), and whether it runs
+    one image at a time (``"direct"`` when the batch's gathered copy would not fit one core's
+    share of the last-level cache)."""
+    (N, C, H, W), (K, _, R, S) = x_shape, w_shape
+    if route == "direct":
+        one = compiled(ops.conv2d, 1, C, K, H, W, R, S, layout="nchw", threads=threads, **opts)
+        if N > 1 and N * _gathered_bytes(one) > _cache_share_bytes():
+            return one, True
+        conv = compiled(ops.conv2d, N, C, K, H, W, R, S, layout="nchw", threads=threads, **opts)
+        return conv, False
+    P, Q = ops.conv_shape(H, W, R, S, opts["stride"], opts["padding"], opts["dilation"])
+    block = ops.conv_block(Q, P)
+    conv = compiled(
+        ops.conv2d, N, C, K, H, W, R, S, layout="nchwc", block=block, threads=threads, **opts
+    )
+    return conv, False
+
+
+def conv2d_kernels(
+    x_shape,
+    w_shape,
+    stride=1,
+    padding=0,
+    dilation=1,
+    *,
+    bias: bool = False,
+    activation: str | None = None,
+    threads: int | None = None,
+    route: str | None = None,
+) -> list:
+    """The convolution kernels (``pd.ops`` / :func:`conv2d_rows` kernel functions, not the
+    copies around them) that :func:`conv2d` compiles for an input of ``x_shape`` and weights of
+    ``w_shape``: what ``polydl tune --model resnet50 --layout nchw`` tunes, so that later
+    :func:`conv2d` calls with these shapes and ``threads`` find the tuned records."""
+    N, C, H, W = (int(d) for d in x_shape)
+    K, _, R, S = (int(d) for d in w_shape)
+    (ph, pw), st = ops._pair(padding, "padding"), ops._pair(stride, "stride")
+    dil = ops._pair(dilation, "dilation")
+    if route is None:
+        route = conv_route((N, C, H, W), (K, C, R, S), st, (ph, pw), threads, dil)
+    if route == "rows":
+        if st != (1, 1):  # a strided 1x1: subsampled first, then the stride-1 rows kernel
+            H, W = ops.conv_shape(H, W, R, S, st, (ph, pw), dil)
+        Hp, Wp = H + 2 * ph, W + 2 * pw
+        kw = {} if dil == (1, 1) else {"dilation": dil}
+        return [conv2d_rows(N, C, K, Hp, Wp, R, S, bias=bias, activation=activation, **kw)]
+    opts = dict(stride=st, padding=(ph, pw), bias=bias, activation=activation, dilation=dil)
+    per_image = False
+    if route == "direct":
+        per_image = _main_kernel(route, (N, C, H, W), (K, C, R, S), opts, threads)[1]
+    if route == "direct":
+        return [ops.conv2d(1 if per_image else N, C, K, H, W, R, S, layout="nchw", **opts)]
+    P, Q = ops.conv_shape(H, W, R, S, st, (ph, pw), dil)
+    block = ops.conv_block(Q, P)
+    return [ops.conv2d(N, C, K, H, W, R, S, layout="nchwc", block=block, **opts)]
 
 
 def _gathered_bytes(kernel) -> int:

@@ -19,6 +19,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="tune every distinct conv layer: resnet50")
     p.add_argument("--layers", default=None, help="with --model: these layers only (a,b,...)")
     p.add_argument("--batch", type=int, default=1, help="with --model: the batch size")
+    p.add_argument(
+        "--layout",
+        default="nchwc",
+        choices=("nchwc", "nchw"),
+        help="with --model: nchwc (blocked ops.conv2d kernels) or nchw (the kernels "
+        "pd.nn.conv2d runs on NCHW arrays)",
+    )
     p.add_argument("--trials", type=int, default=64, help="measurements per kernel")
     p.add_argument("--budget", default=None, help="time per kernel: seconds, 90s, 10m, 1h")
     p.add_argument("--resume", action="store_true", help="continue from the stored trials")
@@ -38,7 +45,10 @@ def _kernels(args) -> list[tuple[str, object, dict[str, int]]]:
         raise SystemExit("polydl tune: give FILE:KERNEL or --model, not both")
     if args.model:
         layers = [x for x in (args.layers or "").split(",") if x] or None
-        return [(n, k, {}) for n, k in model_kernels(args.model, batch=args.batch, layers=layers)]
+        found = model_kernels(
+            args.model, batch=args.batch, layers=layers, layout=args.layout, threads=args.threads
+        )
+        return [(n, k, {}) for n, k in found]
     if not args.kernel:
         raise SystemExit("polydl tune: give FILE:KERNEL (with --sizes) or --model NAME")
     kern = _load_kernel(args.kernel)
