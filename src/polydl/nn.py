@@ -270,13 +270,16 @@ def conv2d(
         return y
     block = ops.conv_block(Q, P)
     cb, kb = ops.channel_block(C, block), ops.channel_block(K, block)
-    xp = memory.zeros((N, C // cb, H + 2 * ph, W + 2 * pw, cb), np.float32)
+    # scratch buffers kept per shape: the packed input's zero border stays zero (the pack
+    # writes the interior), the packed weights and the blocked output are overwritten whole
+    xp = _scratch(("blocked in", N, C // cb, H + 2 * ph, W + 2 * pw, cb))
     compiled(ops.pack_input, N, C, H, W, padding=(ph, pw), block=block, threads=threads)(xp, x)
-    wp = pack_weights(w, block=block, threads=threads)
+    wp = _scratch(("blocked w", K // kb, C // cb, R, S, cb, kb))
+    compiled(ops.pack_weights, K, C, R, S, block=block, threads=threads)(wp, w)
     args = [xp, wp]
     if bias is not None:
         args.append(bias.reshape(K // kb, kb))
-    op = memory.empty((N, K // kb, P, Q, kb), np.float32)
+    op = _scratch(("blocked out", N, K // kb, P, Q, kb))
     conv(op, *args)
     y = memory.empty((N, K, P, Q), np.float32)
     compiled(ops.unpack_output, N, K, P, Q, block=block, threads=threads)(y, op)
