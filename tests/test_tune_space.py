@@ -176,6 +176,32 @@ def test_proposals_are_seeds_then_new_legal_points():
     assert len({p.point for p in nxt}) == 6
 
 
+def test_the_sweep_offers_wider_even_calls_and_they_run():
+    """196 pixel columns (a 1x1 conv over 14x14) in calls of 64 take 4 calls, the last of 4
+    columns: the sweep offers the narrowest column blocks taking 2 and 3 calls (112: 112 + 84;
+    80: 80 + 80 + 36), and a record with them computes the same convolution."""
+    from kernels import conv_ref
+
+    from polydl import nn
+
+    kern = nn.conv2d_rows(2, 24, 40, 14, 14, 1, 1)
+    space = KernelSpace(Workload.of(kern, {}), threads=1)
+    (base,) = space.spaces[space.lowerings[0]]
+    seed = space.seeds(1)[0][0]
+    (kn,) = seed.knobs
+    assert kn.bn == 64 and base.wider_columns(kn) == [112, 80]
+    swept = [p for p, why in space.micro_neighbours(seed) if why.startswith("columns")]
+    assert [p.knobs[0].bn for p in swept] == [112, 80]
+    x = rng.standard_normal((2, 24, 14, 14)).astype(np.float32)
+    w = rng.standard_normal((40, 24, 1, 1)).astype(np.float32)
+    for p in swept:
+        k = pd.compile(kern, threads=1, schedule=space.record(p))
+        out = np.zeros((2, 40, 196), np.float32)
+        k(out, x.reshape(2, 24, 196), w)
+        ref = conv_ref(x, w, None, 1, 0, False).reshape(2, 40, 196)
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
 def test_after_the_seeds_the_microkernel_knobs_of_the_fastest_are_swept():
     space = gemm_space()
     strategy = Evolution(space, CostModel(space), seed=1, top_k=3, micro_sweep=5)
@@ -189,7 +215,7 @@ def test_after_the_seeds_the_microkernel_knobs_of_the_fastest_are_swept():
     best = seeds[-1].point
     sweep = strategy.propose(5, history)
     assert len(sweep) == 5 and all(p.origin.startswith("microkernel sweep") for p in sweep)
-    micro = ("register_tile", "k_unroll", "prefetch", "nontemporal")
+    micro = ("register_tile", "k_unroll", "prefetch", "nontemporal", "bn")
     for p in sweep:
         (kn,), (b,) = p.point.knobs, best.knobs
         changed = [

@@ -374,7 +374,8 @@ class ContractionSpace:
 
     def micro_neighbours(self, kn: Knobs) -> list[tuple[Knobs, str]]:
         """``kn`` with one microkernel knob changed, the likeliest first: the k unroll (8, 1),
-        non-temporal stores (where no reduction loop splits the reduction), the k unroll 4,
+        non-temporal stores (where no reduction loop splits the reduction), wider calls
+        (:meth:`wider_columns`), the k unroll 4,
         per vector count up to the vectors ``bn`` needs the widest register tile that fits
         (more vectors first: fewer broadcasts per FMA; the rule's own tile left out), the
         prefetch (it changes nothing where the calls read packed B), one-vector tiles last.
@@ -383,6 +384,7 @@ class ContractionSpace:
         out = [(replace(kn, k_unroll=u), f"k unroll {u}") for u in unroll[:2]]
         if True in self.nt_range and kn.reduce is None:
             out.append((replace(kn, nontemporal=not kn.nontemporal), "non-temporal stores"))
+        out += [(replace(kn, bn=b), f"columns {b} per call") for b in self.wider_columns(kn)]
         out += [(replace(kn, k_unroll=u), f"k unroll {u}") for u in unroll[2:]]
         rule = self.rule_tile(kn)
         need = -(-min(kn.bn, self.ext[self.c.n]) // self.target.lanes())
@@ -400,6 +402,23 @@ class ContractionSpace:
             if t not in wide
         ]
         return [(k, why) for k, why in out if k != kn and self.problem(k) is None]
+
+    def wider_columns(self, kn: Knobs) -> list[int]:
+        """Column blocks that cover the columns in fewer calls than ``kn.bn`` (half as many,
+        then one fewer), each the narrowest of ``bn_range`` that does, so the calls stay even
+        (196 pixels by 64: 4 calls, the last of 4 columns; by 112: 112 + 84). Wider calls
+        stream the rows' A panel once per call fewer times, which the analytic model sees
+        little of: on a 1x1 conv over 14x14 pixels (batch 8) 112 columns ran 1.18x faster."""
+        ext = self.ext[self.c.n]
+        calls = -(-ext // kn.bn)
+        out: list[int] = []
+        for fewer in sorted({max(1, calls // 2), calls - 1}):
+            if fewer >= calls:
+                continue
+            b = next((b for b in self.bn_range if -(-ext // b) <= fewer), None)
+            if b is not None and b not in out:
+                out.append(b)
+        return out
 
     def rule_tile(self, kn: Knobs) -> tuple[int, int]:
         """(rows, vectors) of the register tile the blocking rule gives ``kn``'s full calls."""

@@ -6,7 +6,7 @@
    its top ranks are where the good points are, and trial 0 measures the baseline the result
    is compared with.
 2. Microkernel sweep. The fastest seed with one microkernel knob changed at a time (k unroll,
-   non-temporal stores, prefetch, the widest register tile of each vector count;
+   non-temporal stores, wider calls, prefetch, the widest register tile of each vector count;
    ``micro_sweep`` points at most, :meth:`KernelSpace.micro_neighbours`): the analytic model
    does not see most of these knobs, so they are measured directly, and the residual then has
    measurements that vary them.
