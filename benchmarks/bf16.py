@@ -1,7 +1,12 @@
 """bfloat16 GEMMs: ``pd.ops.matmul(..., dtype="bf16")`` (bf16 A and B, f32 C) against the f32
 kernel of the same shape and against torch's bf16 and f32 matmuls (oneDNN), in the same run.
 
-    python benchmarks/bf16.py [--threads 1 2] [--layers resnet_02 ...] [--no-convs]
+    python benchmarks/bf16.py [--threads 1 2] [--square 512 1024 2048 4096] [--layers resnet_02 ...]
+                              [--no-gemms] [--no-convs]
+
+GEMM rows: square ``n^3`` for each ``--square`` size, then the DL shapes (``DL_SHAPES``); shapes
+of 2048 and more are timed in fewer rounds of one call each (a 4096^3 bf16 GEMM is ~0.6 s on one
+core), and every error is measured on the first 256 rows against a float64 product.
 
 Then ResNet-50 layers (``benchmarks/resnet50_conv.csv``, batch 1): ``pd.nn.conv2d`` on bf16
 NCHW input and weights (f32 result) against torch's bf16 ``F.conv2d`` (the faster of NCHW and
@@ -37,7 +42,9 @@ from polydl.kernels.generator import environment  # noqa: E402
 from polydl.kernels.isa import bf16_family  # noqa: E402
 
 CONV_LAYERS = ["resnet_02", "resnet_03", "resnet_07", "resnet_12", "resnet_17"]
-SHAPES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (128, 3072, 768), (3136, 64, 576)]
+SQUARE = [512, 1024, 2048, 4096]
+DL_SHAPES = [(256, 256, 256), (128, 3072, 768), (3136, 64, 576)]
+BIG = 2048**3  # M*N*K from which a shape is timed in fewer, single-call samples
 
 
 def amx_peak() -> float:
@@ -71,7 +78,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--layers", nargs="+", default=CONV_LAYERS)
+    ap.add_argument("--square", type=int, nargs="*", default=SQUARE, help="square GEMM sizes")
     ap.add_argument("--no-convs", action="store_true", help="GEMMs only")
+    ap.add_argument("--no-gemms", action="store_true", help="convolutions only")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     dot = "avx512bf16" in jit.host_features()
@@ -81,8 +90,12 @@ def main() -> None:
     peak = amx_peak() if has_amx else None
     if peak is not None:
         print(f"# AMX bf16 peak (tile loop, one core): {peak:.1f} GFLOPS")
+    shapes = [] if args.no_gemms else [(n, n, n) for n in args.square] + DL_SHAPES
     for threads in args.threads:
         torch.set_num_threads(threads)
+        if not shapes:
+            convs(threads, args.layers, args.rounds, rng)
+            continue
         print(f"\nthreads={threads}  (GFLOPS; ratios = other time / polydl bf16 time)")
         print(
             f"{'M':>5} {'N':>5} {'K':>5} {'pd bf16':>8} {'pd f32':>7} {'torch bf16':>10} {'torch f32':>9} "
@@ -90,7 +103,7 @@ def main() -> None:
             + ("  %AMX" if peak else "")
         )
         cols: dict[str, list[float]] = {"pd_f32": [], "t_bf16": [], "t_f32": []}
-        for M, N, K in SHAPES:
+        for M, N, K in shapes:
             a32 = rng.standard_normal((M, K), dtype=np.float32)
             b32 = rng.standard_normal((K, N), dtype=np.float32)
             a, b = pd.to_bf16(a32), pd.to_bf16(b32)
@@ -104,8 +117,9 @@ def main() -> None:
             )
             tf, tg = torch.from_numpy(a32), torch.from_numpy(b32)
             kb(c, a, b)
-            want = a32.astype(np.float64) @ b32
-            err = float(np.abs(c - want).max() / np.abs(want).max())
+            want = a32[:256].astype(np.float64) @ b32
+            err = float(np.abs(c[:256] - want).max() / np.abs(want).max())
+            big = M * N * K >= BIG
             times = interleaved(
                 {
                     "pd_bf16": lambda: kb(c, a, b),
@@ -113,8 +127,9 @@ def main() -> None:
                     "t_bf16": lambda: ta @ tb,
                     "t_f32": lambda: tf @ tg,
                 },
-                rounds=args.rounds,
-                repeat=3,
+                rounds=max(2, args.rounds // 2) if big else args.rounds,
+                repeat=1 if big else 3,
+                min_time=0.0 if big else 0.02,
             )
             ratio = {k: float(np.median(times[k] / times["pd_bf16"])) for k in cols}
             for k, v in ratio.items():

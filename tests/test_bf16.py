@@ -269,3 +269,27 @@ def test_nn_conv2d_bf16_blocked_and_direct_routes(N, C, K, H, R, st, pad, blocke
     want = np.maximum(want + b[None, :, None, None], 0)
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     assert (N * P * P >= nn.BF16_BLOCKED_PIXELS) == blocked
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_nn_conv_weights_packed_once(bf16):
+    # ConvWeights: a snapshot of the weights, packed once per block; the result is the call's
+    # on the plain array, bf16 or f32 (the f32 blocked route too), and changing the caller's
+    # array afterwards changes nothing
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 128, 12, 12), dtype=np.float32)
+    w = rng.standard_normal((48, 128, 3, 3), dtype=np.float32)
+    if bf16:
+        x, w = pd.to_bf16(x), pd.to_bf16(w)
+    route = {} if bf16 else {"route": "blocked"}
+    want = pd.nn.conv2d(x, w, padding=1, threads=2, **route)
+    wc = pd.nn.ConvWeights(w)
+    w[...] = 0
+    for _ in range(2):
+        got = pd.nn.conv2d(x, wc, padding=1, threads=2, **route)
+        np.testing.assert_array_equal(got, want)
+    assert wc.shape == w.shape and "blocked" in repr(wc)
+    with pytest.raises(ValueError, match="read-only"):
+        wc.array[0, 0, 0, 0] = 1
+    with pytest.raises(ValueError, match="4 dimensions"):
+        pd.nn.ConvWeights(w[0])
