@@ -10,7 +10,9 @@ core), and every error is measured on the first 256 rows against a float64 produ
 
 Then ResNet-50 layers (``benchmarks/resnet50_conv.csv``, batch 1): ``pd.nn.conv2d`` on bf16
 NCHW input and weights (f32 result) against torch's bf16 ``F.conv2d`` (the faster of NCHW and
-channels_last, the latter converted before timing) and against polydl's own f32 ``pd.nn.conv2d``.
+channels_last, the latter converted before timing) and against polydl's own f32 ``pd.nn.conv2d``;
+``pd pre`` is ``pd.nn.conv2d`` given the weights as ``pd.nn.ConvWeights`` (packed once, as an
+inference session would; torch's ``F.conv2d`` reorders its weights at every call).
 
 The bf16 kernel runs on AMX tiles (family ``amx_bf16``) where the host has them, multiplies k
 pairs with ``vdpbf16ps`` where it has AVX512-BF16 (family ``avx512_bf16``), else widens bf16 to
@@ -158,8 +160,9 @@ def convs(threads: int, names: list[str], rounds: int, rng) -> None:
     print(f"\nthreads={threads}  convs, batch 1 (GFLOPS; ratios = other time / polydl bf16 time)")
     print(
         f"{'layer':<10} {'pd bf16':>8} {'pd f32':>7} {'torch bf16':>10} {'/pd f32':>7} {'/t bf16':>7} {'err':>8}"
+        f" {'pd pre':>7} {'/t pre':>6}"
     )
-    to_pd, to_t = [], []
+    to_pd, to_t, to_pre = [], [], []
     for row in (r for r in resnet50_layers() if r["name"] in names):
         C, K, H, W, R, S = (int(row[x]) for x in "CKHWRS")
         st, pad, P, Q = int(row["stride"]), int(row["pad"]), int(row["P"]), int(row["Q"])
@@ -169,10 +172,12 @@ def convs(threads: int, names: list[str], rounds: int, rng) -> None:
         tx, tw = torch.from_numpy(x32).to(torch.bfloat16), torch.from_numpy(w32).to(torch.bfloat16)
         cx, cw = (t.to(memory_format=torch.channels_last) for t in (tx, tw))
         opts = dict(stride=st, padding=pad, threads=threads)
+        wc = pd.nn.ConvWeights(w)  # packed once, at its first call
         with torch.no_grad():
             times = interleaved(
                 {
                     "pd_bf16": lambda: pd.nn.conv2d(x, w, **opts),
+                    "pd_pre": lambda: pd.nn.conv2d(x, wc, **opts),
                     "pd_f32": lambda: pd.nn.conv2d(x32, w32, **opts),
                     "t_nchw": lambda: F.conv2d(tx, tw, stride=st, padding=pad),
                     "t_cl": lambda: F.conv2d(cx, cw, stride=st, padding=pad),
@@ -187,18 +192,21 @@ def convs(threads: int, names: list[str], rounds: int, rng) -> None:
         t_bf16 = np.minimum(times["t_nchw"], times["t_cl"])
         r_pd = float(np.median(times["pd_f32"] / times["pd_bf16"]))
         r_t = float(np.median(t_bf16 / times["pd_bf16"]))
+        r_pre = float(np.median(t_bf16 / times["pd_pre"]))
         to_pd.append(r_pd)
         to_t.append(r_t)
+        to_pre.append(r_pre)
         flops = 2.0 * K * C * R * S * P * Q
         gf = lambda t: flops / float(np.median(t)) / 1e9  # noqa: E731
         print(
             f"{row['name']:<10} {gf(times['pd_bf16']):8.1f} {gf(times['pd_f32']):7.1f} "
-            f"{gf(t_bf16):10.1f} {r_pd:7.2f} {r_t:7.2f} {err:8.1e}",
+            f"{gf(t_bf16):10.1f} {r_pd:7.2f} {r_t:7.2f} {err:8.1e} {gf(times['pd_pre']):7.1f} {r_pre:6.2f}",
             flush=True,
         )
     if to_pd:
         print(
             f"geomean, threads={threads}, convs: vs pd f32 {geomean(to_pd):.3f}, vs torch bf16 {geomean(to_t):.3f}"
+            f", with ConvWeights vs torch bf16 {geomean(to_pre):.3f}"
         )
 
 
