@@ -1,11 +1,18 @@
 """bfloat16 GEMMs: ``pd.ops.matmul(..., dtype="bf16")`` (bf16 A and B, f32 C) against the f32
 kernel of the same shape and against torch's bf16 and f32 matmuls (oneDNN), in the same run.
 
-    python benchmarks/bf16.py [--threads 1 2] [--layers resnet_02 ...] [--no-convs]
+    python benchmarks/bf16.py [--threads 1 2] [--square 512 1024 2048 4096] [--layers resnet_02 ...]
+                              [--no-gemms] [--no-convs]
+
+GEMM rows: square ``n^3`` for each ``--square`` size, then the DL shapes (``DL_SHAPES``); shapes
+of 2048 and more are timed in fewer rounds of one call each (a 4096^3 bf16 GEMM is ~0.6 s on one
+core), and every error is measured on the first 256 rows against a float64 product.
 
 Then ResNet-50 layers (``benchmarks/resnet50_conv.csv``, batch 1): ``pd.nn.conv2d`` on bf16
 NCHW input and weights (f32 result) against torch's bf16 ``F.conv2d`` (the faster of NCHW and
-channels_last, the latter converted before timing) and against polydl's own f32 ``pd.nn.conv2d``.
+channels_last, the latter converted before timing) and against polydl's own f32 ``pd.nn.conv2d``;
+``pd pre`` is ``pd.nn.conv2d`` given the weights as ``pd.nn.ConvWeights`` (packed once, as an
+inference session would; torch's ``F.conv2d`` reorders its weights at every call).
 
 The bf16 kernel runs on AMX tiles (family ``amx_bf16``) where the host has them, multiplies k
 pairs with ``vdpbf16ps`` where it has AVX512-BF16 (family ``avx512_bf16``), else widens bf16 to
@@ -37,7 +44,9 @@ from polydl.kernels.generator import environment  # noqa: E402
 from polydl.kernels.isa import bf16_family  # noqa: E402
 
 CONV_LAYERS = ["resnet_02", "resnet_03", "resnet_07", "resnet_12", "resnet_17"]
-SHAPES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (128, 3072, 768), (3136, 64, 576)]
+SQUARE = [512, 1024, 2048, 4096]
+DL_SHAPES = [(256, 256, 256), (128, 3072, 768), (3136, 64, 576)]
+BIG = 2048**3  # M*N*K from which a shape is timed in fewer, single-call samples
 
 
 def amx_peak() -> float:
@@ -71,7 +80,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--layers", nargs="+", default=CONV_LAYERS)
+    ap.add_argument("--square", type=int, nargs="*", default=SQUARE, help="square GEMM sizes")
     ap.add_argument("--no-convs", action="store_true", help="GEMMs only")
+    ap.add_argument("--no-gemms", action="store_true", help="convolutions only")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     dot = "avx512bf16" in jit.host_features()
@@ -81,8 +92,12 @@ def main() -> None:
     peak = amx_peak() if has_amx else None
     if peak is not None:
         print(f"# AMX bf16 peak (tile loop, one core): {peak:.1f} GFLOPS")
+    shapes = [] if args.no_gemms else [(n, n, n) for n in args.square] + DL_SHAPES
     for threads in args.threads:
         torch.set_num_threads(threads)
+        if not shapes:
+            convs(threads, args.layers, args.rounds, rng)
+            continue
         print(f"\nthreads={threads}  (GFLOPS; ratios = other time / polydl bf16 time)")
         print(
             f"{'M':>5} {'N':>5} {'K':>5} {'pd bf16':>8} {'pd f32':>7} {'torch bf16':>10} {'torch f32':>9} "
@@ -90,7 +105,7 @@ def main() -> None:
             + ("  %AMX" if peak else "")
         )
         cols: dict[str, list[float]] = {"pd_f32": [], "t_bf16": [], "t_f32": []}
-        for M, N, K in SHAPES:
+        for M, N, K in shapes:
             a32 = rng.standard_normal((M, K), dtype=np.float32)
             b32 = rng.standard_normal((K, N), dtype=np.float32)
             a, b = pd.to_bf16(a32), pd.to_bf16(b32)
@@ -104,8 +119,9 @@ def main() -> None:
             )
             tf, tg = torch.from_numpy(a32), torch.from_numpy(b32)
             kb(c, a, b)
-            want = a32.astype(np.float64) @ b32
-            err = float(np.abs(c - want).max() / np.abs(want).max())
+            want = a32[:256].astype(np.float64) @ b32
+            err = float(np.abs(c[:256] - want).max() / np.abs(want).max())
+            big = M * N * K >= BIG
             times = interleaved(
                 {
                     "pd_bf16": lambda: kb(c, a, b),
@@ -113,8 +129,9 @@ def main() -> None:
                     "t_bf16": lambda: ta @ tb,
                     "t_f32": lambda: tf @ tg,
                 },
-                rounds=args.rounds,
-                repeat=3,
+                rounds=max(2, args.rounds // 2) if big else args.rounds,
+                repeat=1 if big else 3,
+                min_time=0.0 if big else 0.02,
             )
             ratio = {k: float(np.median(times[k] / times["pd_bf16"])) for k in cols}
             for k, v in ratio.items():
@@ -143,8 +160,9 @@ def convs(threads: int, names: list[str], rounds: int, rng) -> None:
     print(f"\nthreads={threads}  convs, batch 1 (GFLOPS; ratios = other time / polydl bf16 time)")
     print(
         f"{'layer':<10} {'pd bf16':>8} {'pd f32':>7} {'torch bf16':>10} {'/pd f32':>7} {'/t bf16':>7} {'err':>8}"
+        f" {'pd pre':>7} {'/t pre':>6}"
     )
-    to_pd, to_t = [], []
+    to_pd, to_t, to_pre = [], [], []
     for row in (r for r in resnet50_layers() if r["name"] in names):
         C, K, H, W, R, S = (int(row[x]) for x in "CKHWRS")
         st, pad, P, Q = int(row["stride"]), int(row["pad"]), int(row["P"]), int(row["Q"])
@@ -154,10 +172,12 @@ def convs(threads: int, names: list[str], rounds: int, rng) -> None:
         tx, tw = torch.from_numpy(x32).to(torch.bfloat16), torch.from_numpy(w32).to(torch.bfloat16)
         cx, cw = (t.to(memory_format=torch.channels_last) for t in (tx, tw))
         opts = dict(stride=st, padding=pad, threads=threads)
+        wc = pd.nn.ConvWeights(w)  # packed once, at its first call
         with torch.no_grad():
             times = interleaved(
                 {
                     "pd_bf16": lambda: pd.nn.conv2d(x, w, **opts),
+                    "pd_pre": lambda: pd.nn.conv2d(x, wc, **opts),
                     "pd_f32": lambda: pd.nn.conv2d(x32, w32, **opts),
                     "t_nchw": lambda: F.conv2d(tx, tw, stride=st, padding=pad),
                     "t_cl": lambda: F.conv2d(cx, cw, stride=st, padding=pad),
@@ -172,18 +192,21 @@ def convs(threads: int, names: list[str], rounds: int, rng) -> None:
         t_bf16 = np.minimum(times["t_nchw"], times["t_cl"])
         r_pd = float(np.median(times["pd_f32"] / times["pd_bf16"]))
         r_t = float(np.median(t_bf16 / times["pd_bf16"]))
+        r_pre = float(np.median(t_bf16 / times["pd_pre"]))
         to_pd.append(r_pd)
         to_t.append(r_t)
+        to_pre.append(r_pre)
         flops = 2.0 * K * C * R * S * P * Q
         gf = lambda t: flops / float(np.median(t)) / 1e9  # noqa: E731
         print(
             f"{row['name']:<10} {gf(times['pd_bf16']):8.1f} {gf(times['pd_f32']):7.1f} "
-            f"{gf(t_bf16):10.1f} {r_pd:7.2f} {r_t:7.2f} {err:8.1e}",
+            f"{gf(t_bf16):10.1f} {r_pd:7.2f} {r_t:7.2f} {err:8.1e} {gf(times['pd_pre']):7.1f} {r_pre:6.2f}",
             flush=True,
         )
     if to_pd:
         print(
             f"geomean, threads={threads}, convs: vs pd f32 {geomean(to_pd):.3f}, vs torch bf16 {geomean(to_t):.3f}"
+            f", with ConvWeights vs torch bf16 {geomean(to_pre):.3f}"
         )
 
 

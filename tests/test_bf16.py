@@ -269,3 +269,104 @@ def test_nn_conv2d_bf16_blocked_and_direct_routes(N, C, K, H, R, st, pad, blocke
     want = np.maximum(want + b[None, :, None, None], 0)
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     assert (N * P * P >= nn.BF16_BLOCKED_PIXELS) == blocked
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_nn_conv_weights_packed_once(bf16):
+    # ConvWeights: a snapshot of the weights, packed once per block; the result is the call's
+    # on the plain array, bf16 or f32 (the f32 blocked route too), and changing the caller's
+    # array afterwards changes nothing
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 128, 12, 12), dtype=np.float32)
+    w = rng.standard_normal((48, 128, 3, 3), dtype=np.float32)
+    if bf16:
+        x, w = pd.to_bf16(x), pd.to_bf16(w)
+    route = {} if bf16 else {"route": "blocked"}
+    want = pd.nn.conv2d(x, w, padding=1, threads=2, **route)
+    wc = pd.nn.ConvWeights(w)
+    w[...] = 0
+    for _ in range(2):
+        got = pd.nn.conv2d(x, wc, padding=1, threads=2, **route)
+        np.testing.assert_array_equal(got, want)
+    assert wc.shape == w.shape and "blocked" in repr(wc)
+    with pytest.raises(ValueError, match="read-only"):
+        wc.array[0, 0, 0, 0] = 1
+    with pytest.raises(ValueError, match="4 dimensions"):
+        pd.nn.ConvWeights(w[0])
+
+
+@pd.kernel
+def mm_bf16_out(C: pd.bf16["M", "N"], A: pd.bf16["M", "K"], B: pd.bf16["K", "N"], b: pd.f32["N"]):
+    for i in range(M):
+        for j in range(N):
+            C[i, j] = 0.0
+            for k in range(K):
+                C[i, j] += A[i, k] * B[k, j]
+            C[i, j] = max(C[i, j] + b[j], 0.0)
+
+
+@pd.kernel
+def mm_bf16_read_back(
+    C: pd.bf16["M", "N"], D: pd.f32["M", "N"], A: pd.bf16["M", "K"], B: pd.bf16["K", "N"]
+):
+    for i in range(M):
+        for j in range(N):
+            C[i, j] = 0.0
+            for k in range(K):
+                C[i, j] += A[i, k] * B[k, j]
+    for i in range(M):
+        for j in range(N):
+            D[i, j] = C[i, j] * 2.0
+
+
+@pytest.mark.parametrize("M,N,K", [(37, 53, 301), (5, 97, 64), (64, 64, 1031)])
+def test_contraction_into_bf16_rounds_once(M, N, K):
+    # a contraction into a pd.bf16 C runs on BRGEMM with a bf16 store: the products summed in
+    # float32, bias and ReLU on the float32 sum, one rounding; the reference does the same
+    from polydl.analysis.contraction import bf16_accumulated
+    from polydl.pipeline import bind_sizes
+
+    rng = np.random.default_rng(M + K)
+    a = pd.to_bf16(rng.standard_normal((M, K), dtype=np.float32))
+    b = pd.to_bf16(rng.standard_normal((K, N), dtype=np.float32))
+    bias = rng.standard_normal(N, dtype=np.float32)
+    k = pd.compile(mm_bf16_out, M=M, N=N, K=K, threads=2)
+    assert bf16_accumulated(bind_sizes(mm_bf16_out.ir, dict(M=M, N=N, K=K))) == {"C"}
+    micros = [s.micro for s in k.kernel.statements if s.micro is not None]
+    assert micros and all(m.c_dtype == "bf16" and m.ab_dtype == "bf16" for m in micros)
+    c = np.zeros((M, N), np.uint16)
+    k(c, a, b, bias)
+    exact = np.maximum(pd.from_bf16(a).astype(np.float64) @ pd.from_bf16(b) + bias, 0)
+    got = pd.from_bf16(c).astype(np.float64)
+    # one rounding of an f32 sum: within one bf16 ulp (2^-7 relative) of the exact value, and
+    # equal to the exact value rounded except where the f32 sum crossed a rounding boundary
+    scale = np.abs(pd.from_bf16(a)).astype(np.float64) @ np.abs(pd.from_bf16(b)) + np.abs(bias)
+    assert np.all(np.abs(got - exact) <= 2.0**-8 * np.abs(exact) + K * 2.0**-24 * scale)
+    rounded = pd.from_bf16(pd.to_bf16(exact.astype(np.float32)))
+    assert np.mean(got == rounded) > 0.95
+    ref = np.zeros((M, N), np.uint16)
+    mm_bf16_out.reference(ref, a, b, bias)
+    ulps = np.abs(ref.astype(np.int32) - c.astype(np.int32))
+    assert ulps.max() <= 1 and np.mean(ulps == 0) > 0.95
+
+
+def test_bf16_c_read_elsewhere_rounds_every_store():
+    # C read by another nest: not a bf16 contraction (each store rounds, as before)
+    from polydl.analysis.contraction import bf16_accumulated
+    from polydl.pipeline import bind_sizes
+
+    M, N, K = 6, 7, 40
+    rng = np.random.default_rng(2)
+    a = pd.to_bf16(rng.standard_normal((M, K), dtype=np.float32))
+    b = pd.to_bf16(rng.standard_normal((K, N), dtype=np.float32))
+    k = pd.compile(mm_bf16_read_back, M=M, N=N, K=K, threads=1)
+    assert bf16_accumulated(bind_sizes(mm_bf16_read_back.ir, dict(M=M, N=N, K=K))) == set()
+    c, d = np.zeros((M, N), np.uint16), np.zeros((M, N), np.float32)
+    k(c, d, a, b)
+    c2, d2 = np.zeros((M, N), np.uint16), np.zeros((M, N), np.float32)
+    mm_bf16_read_back.reference(c2, d2, a, b)
+    np.testing.assert_array_equal(c, c2)
+    np.testing.assert_array_equal(d, 2 * pd.from_bf16(c))
+    # per-store rounding differs from one rounding of the f32 sum somewhere
+    once = pd.to_bf16(pd.from_bf16(a) @ pd.from_bf16(b))
+    assert (bits(once) != c).any()

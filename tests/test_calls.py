@@ -147,3 +147,27 @@ def test_cli_show(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "not bound" in bad.stderr
+
+
+def test_repeated_calls_check_the_arrays_that_changed(k):
+    # after a call that passed, a call with one new array checks that one (and its overlaps
+    # with the others, old ones included) and refuses it without writing anything
+    x = np.arange(5, dtype=np.float32)
+    y = np.zeros(5, np.float32)
+    k(y, x, 1.0)
+    np.testing.assert_array_equal(y, x)
+    for args, exc, msg in [
+        ((x, x, 1.0), ValueError, "share memory"),  # new Y, the old X
+        ((y, y[::-1].copy()[:4], 1.0), ValueError, r"'X' must have shape \(5,\)"),
+        ((y, np.zeros(5, np.float64), 1.0), TypeError, "'X' must have dtype float32"),
+        ((y, y, 1.0), ValueError, "share memory"),  # the old Y, new X
+    ]:
+        with pytest.raises(exc, match=msg):
+            k(*args)
+        np.testing.assert_array_equal(x, np.arange(5, dtype=np.float32))
+        np.testing.assert_array_equal(y, x)
+    y2 = np.ones(5, np.float32)
+    k(y2, x, 2.0)  # a new Y, the X of the first call
+    np.testing.assert_array_equal(y2, 1 + 2 * x)
+    k(y, x, 1.0)
+    np.testing.assert_array_equal(y, 2 * x)

@@ -16,6 +16,7 @@ from . import memory, ops
 from .api import compile as _compile
 from .dsl.kernel import KernelFunction, kernel
 from .dsl.types import f32
+from .nn_weights import ConvWeights
 
 _lock = threading.Lock()
 
@@ -208,15 +209,21 @@ def conv2d(
     route: str | None = None,
 ) -> np.ndarray:
     """Like ``torch.nn.functional.conv2d`` (NCHW input, KCRS weights, ``dilation`` an int or a
-    pair; no groups).
+    pair; no groups). ``w`` may be a :class:`ConvWeights` (weights copied and packed once for
+    many calls: the blocked routes then skip the weight packing).
 
     ``route`` picks the kernel (``"rows"``, ``"direct"`` or ``"blocked"``, see
     :func:`conv_route`, which chooses when it is None); all give the same result within float
     rounding. bfloat16 inputs (``ml_dtypes``) run on bf16 (float32 result): filters larger than
     1x1 over at least :data:`BF16_BLOCKED_PIXELS` output pixels on the blocked layout, the
     others on the direct NCHW kernel."""
+    packed = w if isinstance(w, ConvWeights) else None
+    if packed is not None:
+        w = packed.array
     if memory.is_bf16(np.asarray(x)) or memory.is_bf16(np.asarray(w)):
-        return _conv2d_bf16(x, w, bias, stride, padding, activation, threads, dilation)
+        if packed is not None:
+            w = packed.as_dtype("bf16")
+        return _conv2d_bf16(x, w, bias, stride, padding, activation, threads, dilation, packed)
     x, w = _f32(x, "x", 4), _f32(w, "w", 4)
     N, C, H, W = x.shape
     K, C2, R, S = w.shape
@@ -274,8 +281,11 @@ def conv2d(
     # writes the interior), the packed weights and the blocked output are overwritten whole
     xp = _scratch(("blocked in", N, C // cb, H + 2 * ph, W + 2 * pw, cb))
     compiled(ops.pack_input, N, C, H, W, padding=(ph, pw), block=block, threads=threads)(xp, x)
-    wp = _scratch(("blocked w", K // kb, C // cb, R, S, cb, kb))
-    compiled(ops.pack_weights, K, C, R, S, block=block, threads=threads)(wp, w)
+    if packed is not None:
+        wp = packed.blocked(block, "f32", threads)
+    else:
+        wp = _scratch(("blocked w", K // kb, C // cb, R, S, cb, kb))
+        compiled(ops.pack_weights, K, C, R, S, block=block, threads=threads)(wp, w)
     args = [xp, wp]
     if bias is not None:
         args.append(bias.reshape(K // kb, kb))
@@ -389,8 +399,8 @@ _scratch_local = threading.local()
 
 
 def _scratch(key: tuple, dtype=np.float32) -> np.ndarray:
-    """A zero-initialised aligned buffer of shape ``key[1:]`` (float32, or ``dtype``: a bfloat16
-    one for the bf16 blocked route), kept for this thread and key (intermediates of nn.conv2d:
+    """A zero-initialised aligned buffer of shape ``key[1:]`` (float32, or ``dtype``: uint16
+    holding bfloat16 for the bf16 blocked route), kept for this thread and key (intermediates of nn.conv2d:
     no allocation, page faults or zero fill per call). The caller must leave whatever it relies
     on being zero untouched."""
     bufs = getattr(_scratch_local, "bufs", None)
@@ -424,54 +434,84 @@ def _bf16(x, name: str, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(x if memory.is_bf16(x) else memory.to_bf16(x))
 
 
-def _conv2d_bf16(x, w, bias, stride, padding, activation, threads, dilation=1) -> np.ndarray:
+def _conv2d_bf16(
+    x, w, bias, stride, padding, activation, threads, dilation=1, packed=None
+) -> np.ndarray:
     """:func:`conv2d` on bfloat16 input and weights (a float32 one rounded to bf16): the NCHW
-    kernel of ``pd.ops.conv2d(..., dtype="bf16")``, products accumulated in float32."""
+    kernel of ``pd.ops.conv2d(..., dtype="bf16")``, products accumulated in float32, or the
+    blocked route (:func:`_bf16_blocked_plan`). ``packed``: the :class:`ConvWeights` ``w``
+    came from (its blocked form is packed once)."""
     x, w = _bf16(x, "x", 4), _bf16(w, "w", 4)
-    (N, C, H, W), (K, C2, R, S) = x.shape, w.shape
-    if C != C2:
-        raise ValueError(f"conv2d: x has {C} channels (shape {x.shape}) but w expects {C2}")
-    P, Q = ops.conv_shape(H, W, R, S, stride, padding, dilation)
-    extra = []
     if bias is not None:
         bias = _f32(bias, "bias", 1)
-        if bias.shape != (K,):
-            raise ValueError(f"conv2d: bias must have shape ({K},), got {bias.shape}")
-        extra = [bias]
-    opts = dict(stride=stride, padding=padding, bias=bias is not None, activation=activation)
+    key = (x.shape, w.shape, stride, padding, dilation, bias is None, activation, threads)
+    key += (packed is not None,)
+    plan = _bf16_plans.get(key)
+    if plan is None:
+        if len(_bf16_plans) >= 256:
+            _bf16_plans.clear()
+        plan = _bf16_plans.setdefault(key, _bf16_plan(*key))
+    return plan(x, w, bias, packed)
+
+
+_bf16_plans: dict[tuple, object] = {}  # shapes and options -> the callable running them
+
+
+def _bf16_plan(x_shape, w_shape, stride, padding, dilation, no_bias, activation, threads, pre):
+    """What a bf16 :func:`conv2d` of these shapes and options runs (``pre``: the weights come
+    packed, a :class:`ConvWeights`), found once: a function of ``(x, w, bias, packed)`` with
+    its kernels compiled (no per-call dispatch)."""
+    (N, C, H, W), (K, C2, R, S) = x_shape, w_shape
+    if C != C2:
+        raise ValueError(f"conv2d: x has {C} channels (shape {x_shape}) but w expects {C2}")
+    P, Q = ops.conv_shape(H, W, R, S, stride, padding, dilation)
+    opts = dict(stride=stride, padding=padding, bias=not no_bias, activation=activation)
     opts["dilation"] = dilation
-    if (R, S) != (1, 1) and N * P * Q >= BF16_BLOCKED_PIXELS:
-        return _conv2d_bf16_blocked(x, w, bias, opts, threads, (P, Q))
+    if (R, S) != (1, 1) and (N * P * Q >= BF16_BLOCKED_PIXELS or (pre and C >= 128)):
+        return _bf16_blocked_plan(x_shape, w_shape, opts, threads, (P, Q))
     k = compiled(ops.conv2d, N, C, K, H, W, R, S, dtype="bf16", threads=threads, **opts)
-    y = memory.empty((N, K, P, Q), np.float32)
-    k(y, x, w, *extra)
-    return y
+
+    def run(x, w, bias, packed):
+        y = memory.empty((N, K, P, Q), np.float32)
+        if bias is None:
+            k(y, x, w)
+        else:
+            _bias_shape(bias, K)
+            k(y, x, w, bias)
+        return y
+
+    return run
+
+
+def _bias_shape(bias: np.ndarray, K: int) -> None:
+    if bias.shape != (K,):
+        raise ValueError(f"conv2d: bias must have shape ({K},), got {bias.shape}")
 
 
 # output pixels (N*P*Q) from which a bf16 filter larger than 1x1 runs on the blocked layout: the
-# weights are packed at every call, paid back over the pixels. Measured on a Zen 4 host
-# (benchmarks/bf16.py, batch 1, against the direct NCHW bf16 kernel): resnet_03 (3136 pixels)
-# and resnet_07 (784) 1.4-1.5x faster blocked, resnet_12 (196) 0.7x, resnet_17 (49) 0.4x.
-BF16_BLOCKED_PIXELS = 512
+# weights are packed at every call (unless they come as ConvWeights), paid back over the pixels.
+# Measured on a Zen 4 host, one thread, 3x3 filters, blocked / direct NCHW time: 256 channels
+# 14x14 (196 pixels) 0.71, 64 channels 14x14 0.89, 512 channels 7x7 (49) 0.93, 256 channels 7x7
+# 1.08, 128 channels 4x4 1.34. With ConvWeights (packed once) at least 128 input channels suffice:
+# 512 channels 7x7 0.63, 256 channels 7x7 0.72, 128 channels 4x4 0.94, 64 channels 7x7 1.3.
+BF16_BLOCKED_PIXELS = 128
 
 
-def _conv2d_bf16_blocked(x, w, bias, opts, threads, out) -> np.ndarray:
+def _bf16_blocked_plan(x_shape, w_shape, opts, threads, out):
     """A bf16 convolution larger than 1x1 on the blocked layout: the input (with its zero
-    border) and the weights packed to NCHWc / KCRSck in bf16, the blocked bf16 kernel (its
-    weight panels copied into VNNI-2 pairs once per call, ``transform/pack.py``), the f32
-    output unpacked. Measured on a Zen 4 host (``benchmarks/bf16.py``): resnet_03 at 1 thread
-    227 GFLOPS for the kernel, against about 100 for the direct NCHW kernel."""
-    (N, C, H, W), (K, _, R, S), (P, Q) = x.shape, w.shape, out
+    border) and the weights packed to NCHWc / KCRSck in bf16 (the weights once per
+    :class:`ConvWeights`), the blocked bf16 kernel (its weight panels copied into VNNI-2 pairs
+    once per call, ``transform/pack.py``), the f32 output unpacked. Measured on a Zen 4 host
+    (``benchmarks/bf16.py``): resnet_03 at 1 thread 227 GFLOPS for the kernel, against about
+    100 for the direct NCHW kernel."""
+    (N, C, H, W), (K, _, R, S), (P, Q) = x_shape, w_shape, out
     ph, pw = ops._pair(opts["padding"], "padding")
     block = ops.conv_block(Q, P)
     cb, kb = ops.channel_block(C, block), ops.channel_block(K, block)
-    xp = _scratch(("bf16 in", N, C // cb, H + 2 * ph, W + 2 * pw, cb), x.dtype)
-    compiled(
+    pack_in = compiled(
         ops.pack_input, N, C, H, W, padding=(ph, pw), block=block, dtype="bf16", threads=threads
-    )(xp, x)
-    wp = memory.empty((K // kb, C // cb, R, S, cb, kb), w.dtype)
-    compiled(ops.pack_weights, K, C, R, S, block=block, dtype="bf16", threads=threads)(wp, w)
-    args = [xp, wp] + ([] if bias is None else [bias.reshape(K // kb, kb)])
+    )
+    pack_w = compiled(ops.pack_weights, K, C, R, S, block=block, dtype="bf16", threads=threads)
     conv = compiled(
         ops.conv2d,
         N,
@@ -487,11 +527,30 @@ def _conv2d_bf16_blocked(x, w, bias, opts, threads, out) -> np.ndarray:
         threads=threads,
         **opts,
     )
-    op = memory.empty((N, K // kb, P, Q, kb), np.float32)
-    conv(op, *args)
-    y = memory.empty((N, K, P, Q), np.float32)
-    compiled(ops.unpack_output, N, K, P, Q, block=block, threads=threads)(y, op)
-    return y
+    unpack = compiled(ops.unpack_output, N, K, P, Q, block=block, threads=threads)
+
+    def run(x, w, bias, packed):
+        # scratch buffers kept per thread: the packed input's zero border stays zero (the
+        # packing writes the interior), the packed weights and the blocked output are
+        # overwritten whole
+        xp = _scratch(("bf16 in", N, C // cb, H + 2 * ph, W + 2 * pw, cb), np.uint16)
+        wp = _scratch(("bf16 w", K // kb, C // cb, R, S, cb, kb), np.uint16)
+        op = _scratch(("bf16 out", N, K // kb, P, Q, kb))
+        pack_in(xp, x)
+        if packed is not None:
+            wp = packed.blocked(block, "bf16", threads)
+        else:
+            pack_w(wp, w)
+        if bias is None:
+            conv(op, xp, wp)
+        else:
+            _bias_shape(bias, K)
+            conv(op, xp, wp, bias.reshape(K // kb, kb))
+        y = memory.empty((N, K, P, Q), np.float32)
+        unpack(y, op)
+        return y
+
+    return run
 
 
 # 1-D convolutions and their gradients: their own module (nn1d.py), the same namespace

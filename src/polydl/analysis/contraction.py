@@ -241,9 +241,11 @@ def recognise(kernel: Kernel, red: Statement) -> Contraction | None:
         return None
     if any(ld.tensor == red.target.tensor for ld in loads):
         return None
-    # f32 everywhere, or bf16 A and B accumulated into f32 C
+    # f32 everywhere, or bf16 A and B accumulated in f32 into an f32 C or a bf16 one (rounded
+    # once, see bf16_accumulated)
     ab = {kernel.arg(x.tensor).dtype for x in loads}
-    if kernel.arg(red.target.tensor).dtype != "f32" or ab not in ({"f32"}, {"bf16"}):
+    c_dtype = kernel.arg(red.target.tensor).dtype
+    if ab not in ({"f32"}, {"bf16"}) or c_dtype not in ("f32", *(["bf16"] * (ab == {"bf16"}))):
         return None
     alpha = 1.0
     for f in nums:
@@ -277,8 +279,33 @@ def recognise(kernel: Kernel, red: Statement) -> Contraction | None:
             alpha=alpha,
             alpha_arg=alpha_arg,
         )
-        return _fold(kernel, red, _coalesce_rows(found))
+        found = _fold(kernel, red, _coalesce_rows(found))
+        if c_dtype == "bf16" and not _owns(kernel, found):
+            return None
+        return found
     return None
+
+
+def _owns(kernel: Kernel, c: Contraction) -> bool:
+    """Whether the statements ``c`` folds are the only ones of ``kernel`` reading or writing
+    its C (a bf16 C is then held in f32 from the zero to the last update: one rounding)."""
+    folded = set(c.folded)
+    for s in kernel.statements:
+        if s.name in folded:
+            continue
+        if s.target.tensor == c.c or any(ld.tensor == c.c for ld in s.reads):
+            return False
+    return True
+
+
+def bf16_accumulated(kernel: Kernel) -> frozenset[str]:
+    """The ``pd.bf16`` tensors of ``kernel`` (sizes bound) that are the C of a contraction: a
+    ``+=`` of a product of two bf16 tensors, with its zero initialisation and the elementwise
+    updates after it that fold into its store, these being the only statements reading or
+    writing C. Such a C accumulates in float32 and is rounded to bf16 once per element, after
+    its last update (the rule of API.md section 1, which the reference follows too); every other
+    store to a bf16 tensor rounds."""
+    return frozenset(c.c for c in find_all(kernel) if kernel.arg(c.c).dtype == "bf16")
 
 
 def _roles(iters, lc: Linear, la: Linear, lb: Linear, box):

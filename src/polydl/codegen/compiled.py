@@ -22,10 +22,14 @@ NP_DTYPE = {
 }
 
 
+_NP = {"f32": np.dtype(np.float32), "f64": np.dtype(np.float64), "u16": np.dtype(np.uint16)}
+
+
 def _dtype_ok(v: np.ndarray, dtype: str) -> bool:
+    dt = v.dtype
     if dtype == "bf16":
-        return v.dtype == np.uint16 or v.dtype.name == "bfloat16"
-    return v.dtype == np.dtype(NP_DTYPE[dtype])
+        return dt == _NP["u16"] or dt.name == "bfloat16"
+    return dt == _NP[dtype]
 
 
 class CompiledKernel:
@@ -65,6 +69,7 @@ class CompiledKernel:
         self._tensor_pos = [i for i, a in enumerate(kernel.args) if isinstance(a, TensorArg)]
         self._scalar_pos = [i for i, a in enumerate(kernel.args) if isinstance(a, ScalarArg)]
         self._tensor_shapes = [self._shapes[kernel.args[i].name] for i in self._tensor_pos]
+        self._tensor_names = [kernel.args[i].name for i in self._tensor_pos]
         self._tls = threading.local()
 
     # ------------------------------------------------------------ compilation
@@ -153,11 +158,17 @@ class CompiledKernel:
             raise TypeError(f"{name}() is missing argument(s) {', '.join(map(repr, missing))}")
         return bound
 
-    def check(self, bound: dict[str, Any]) -> None:
+    def check(self, bound: dict[str, Any], changed: set[str] | None = None) -> None:
+        """Refuse a call whose arguments do not fit (see the class docstring). ``changed``:
+        the tensors that differ from an earlier call whose arguments passed; the others are
+        not checked again, nor are overlaps between two of them."""
         name = self.kernel.name
         arrays = []
         for a in self.kernel.args:
             v = bound[a.name]
+            if changed is not None and isinstance(a, TensorArg) and a.name not in changed:
+                arrays.append((a.name, v))
+                continue
             if isinstance(a, ScalarArg):
                 if isinstance(v, (bool, np.bool_)) or not isinstance(
                     v, (int, float, np.integer, np.floating)
@@ -191,6 +202,8 @@ class CompiledKernel:
             arrays.append((a.name, v))
         for i, (n1, v1) in enumerate(arrays):
             for n2, v2 in arrays[i + 1 :]:
+                if changed is not None and n1 not in changed and n2 not in changed:
+                    continue
                 if (n1 in self._written or n2 in self._written) and np.may_share_memory(v1, v2):
                     raise ValueError(
                         f"{name}(): arguments {n1!r} and {n2!r} share memory; pass distinct arrays"
@@ -204,16 +217,22 @@ class CompiledKernel:
         st = self._state()
         tensors = tuple(args[i] for i in self._tensor_pos)
         last = st.last
-        if (
-            len(last) != len(tensors)
-            or any(t is not u for t, u in zip(tensors, last, strict=True))
-            or any(t.shape != sh for t, sh in zip(tensors, self._tensor_shapes, strict=True))
-        ):
-            # new arrays: check everything, then cache their data pointers for the next calls
+        if len(last) != len(tensors):
+            new = list(range(len(tensors)))
+        else:
+            new = [
+                i
+                for i, (t, u, sh) in enumerate(zip(tensors, last, self._tensor_shapes, strict=True))
+                if t is not u or getattr(t, "shape", None) != sh
+            ]
+        if new:
+            # new arrays: check them (all of them on the first call), then cache their data
+            # pointers for the next calls
+            changed = None if len(last) != len(tensors) else {self._tensor_names[i] for i in new}
             st.last = ()
-            self.check(dict(zip(self._names, args, strict=True)))
-            for i, t in enumerate(tensors):
-                st.ptrs[i] = t.__array_interface__["data"][0]
+            self.check(dict(zip(self._names, args, strict=True)), changed)
+            for i in new:
+                st.ptrs[i] = tensors[i].__array_interface__["data"][0]
             st.last = tensors
         for i, pos in enumerate(self._scalar_pos):
             v = args[pos]

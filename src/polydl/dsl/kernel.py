@@ -150,8 +150,16 @@ class KernelFunction:
             self.fn.__code__, env, self.fn.__name__, self.fn.__defaults__, self.fn.__closure__
         )
         bf16 = {a.name for a in self.ir.tensors if a.dtype == "bf16"}
-        given = {k: (_BF16(v) if k in bf16 else v) for k, v in given.items()}
-        fn(**given, **dict.fromkeys(self.absent))
+        held: frozenset[str] = frozenset()
+        if bf16:
+            from ..analysis.contraction import bf16_accumulated
+            from ..pipeline import bind_sizes
+
+            held = bf16_accumulated(bind_sizes(self.ir, sizes))
+        wrapped = {k: _BF16(v, held=k in held) for k, v in given.items() if k in bf16}
+        fn(**{**given, **wrapped}, **dict.fromkeys(self.absent))
+        for w in wrapped.values():
+            w.flush()
 
     def compiled(self, sizes: Mapping[str, int]) -> Any:
         """The compiled kernel for ``sizes`` (compiled once per sizes, then cached)."""
@@ -185,16 +193,29 @@ def _expected(a: TensorArg, sizes: Mapping[str, int]) -> str:
 class _BF16:
     """A bf16 array as :meth:`KernelFunction.reference` sees it: elements read as float32
     (arithmetic on them is float32), stores rounded to bfloat16 (to nearest, ties to even),
-    the array itself (``ml_dtypes.bfloat16`` or its ``uint16`` bits) updated in place."""
+    the array itself (``ml_dtypes.bfloat16`` or its ``uint16`` bits) updated in place.
+    ``held``: the C of a bf16 contraction (``analysis.contraction.bf16_accumulated``): its
+    elements are held in float32 while the kernel runs and rounded once, by :meth:`flush`."""
 
-    def __init__(self, a: np.ndarray):
+    def __init__(self, a: np.ndarray, *, held: bool = False):
         import ml_dtypes
 
         self.array = a.view(ml_dtypes.bfloat16) if a.dtype == np.uint16 else a
         self.shape = a.shape
+        self.held = self.array.astype(np.float32) if held else None
+        self.written = np.zeros(a.shape, bool) if held else None
 
     def __getitem__(self, idx):
-        return np.float32(self.array[idx])
+        return np.float32((self.array if self.held is None else self.held)[idx])
 
     def __setitem__(self, idx, value) -> None:
-        self.array[idx] = np.float32(value)
+        if self.held is None:
+            self.array[idx] = np.float32(value)
+        else:
+            self.held[idx] = np.float32(value)
+            self.written[idx] = True
+
+    def flush(self) -> None:
+        """Round the held elements that were written into the array (once)."""
+        if self.held is not None:
+            self.array[self.written] = self.held[self.written]

@@ -153,11 +153,12 @@ def _micro(kernel: Kernel, s: Statement, scope: set[str]) -> None:
             f"BRGEMM epilogue reads {n_in} operand(s), the call passes {len(mk.operands)}",
         )
     roles += list(mk.operands)
-    if mk.ab_dtype not in ("f32", "bf16"):
-        _fail(kernel, s, f"BRGEMM operands of type {mk.ab_dtype!r}")
+    if mk.ab_dtype not in ("f32", "bf16") or mk.c_dtype not in ("f32", "bf16"):
+        _fail(kernel, s, f"BRGEMM operands of type {mk.ab_dtype!r}, C {mk.c_dtype!r}")
     for i, (tensor, origin) in enumerate(roles):
         t = kernel.arg(tensor) if tensor in {a.name for a in kernel.all_tensors} else None
-        want = mk.ab_dtype if i < 2 else "f32"  # A and B as the call says; C and the rest f32
+        # A, B and C as the call says; the epilogue's operands f32
+        want = mk.ab_dtype if i < 2 else mk.c_dtype if i == 2 else "f32"
         if not isinstance(t, TensorArg) or t.dtype != want:
             _fail(kernel, s, f"BRGEMM operand {tensor!r} is not a {want} tensor argument")
         unknown = set(int_vars(origin)) - scope

@@ -265,7 +265,12 @@ def _ranked_rows(kernel, c: Contraction, bm, bn, bk, target, threads, top):
     found = []
     options: list[tuple[int | None, str | None, int]] = [(kc, None, 0) for kc in k_tiles(c, bk)]
     options = options or [(None, None, 0)]
-    options += batch_tiles(c, bk, min(bn, c.extent(c.n)), panel_budget(target))
+    if kernel.arg(c.c).dtype == "bf16":
+        # a bf16 C is rounded once (analysis/contraction.bf16_accumulated): each call holds
+        # its elements' whole reduction, no loop over k or a batch iterator around it
+        options = [(c.extent(c.k), None, 0)] if c.k else [(None, None, 0)]
+    else:
+        options += batch_tiles(c, bk, min(bn, c.extent(c.n)), panel_budget(target))
     for kc, looped, chunk in options:
         micro = {c.m: bm, c.n: bn, **{v: c.extent(v) for v in covered}}
         if c.k is not None:

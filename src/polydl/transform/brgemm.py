@@ -132,6 +132,13 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
         a_offs.append(sum(la.coef(v) * x for v, x in combo))
         b_offs.append(sum(lb.coef(v) * x for v, x in combo))
 
+    c_dtype = kernel.arg(c.c).dtype
+    if c_dtype == "bf16" and split is not None and chunk[split] < c.extent(split):
+        raise ValueError(
+            f"contraction {red.source!r} (line {red.line}) into the bf16 tensor {c.c!r}: the "
+            f"plan loops over its reduction ({', '.join(plan.order)}); a bf16 C is rounded "
+            "once, so one call must cover each element's whole reduction"
+        )
     pos = _nest_position(kernel, red)
     ndim = max(poly.schedule_ndim(kernel, s) for s in kernel.statements)
     ndim = max(ndim, len(plan.loops) + 2)
@@ -166,6 +173,7 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
             alpha=c.alpha,
             alpha_arg=c.alpha_arg,
             ab_dtype=kernel.arg(c.a).dtype,
+            c_dtype=c_dtype,
             a=c.a,
             b=c.b,
             c=c.c,
@@ -181,7 +189,7 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
             k_unroll=plan.k_unroll,
             # non-temporal stores where C is written once: the first tile zeroes it (beta = 0)
             # and the last finishes it (the whole reduction in this call)
-            nontemporal=plan.nontemporal and bool(c.init) and first and last,
+            nontemporal=plan.nontemporal and bool(c.init) and first and last and c_dtype == "f32",
             prefetch=plan.prefetch,
         )
         texts = [kernel.statement(s).source for s in c.folded]
