@@ -35,6 +35,7 @@ from ..ir.nodes import (
     Num,
     Statement,
     TensorArg,
+    Transpose,
     UnOp,
     Var,
     eval_int,
@@ -79,6 +80,11 @@ def _micro_ir(cfg) -> tuple[str, tuple[str, ...], str]:
     """(symbol, declarations, definition) of the microkernel of ``cfg``: rendered once per
     process, as the registry compiles once (the text is a function of the configuration)."""
     from ..kernels import generate, symbol_for
+    from ..kernels.transpose import TransposeConfig, generate_transpose
+
+    if isinstance(cfg, TransposeConfig):  # inlined: a few dozen instructions per tile
+        tir = generate_transpose(cfg, linkage="internal", attributes="nounwind alwaysinline")
+        return tir.name, tir.declarations, tir.definition
 
     sym = symbol_for(cfg)
     # noinline: one body per shape however many call sites (O3 time: the JIT of a split conv
@@ -143,6 +149,7 @@ class ModuleEmitter:
         self.micro_symbols: dict[object, str] = {}
         self.buffer_types: dict[str, str] = {}  # scratch buffer -> LLVM element type
         self.offset_tables: dict[tuple[int, ...], str] = {}
+        self.fence = False  # the function being emitted stores non-temporally (an sfence due)
 
     # ------------------------------------------------------------ names and signatures
     def fresh(self, prefix: str = "v") -> str:
@@ -224,9 +231,16 @@ class ModuleEmitter:
         for v in outer:
             fn.allocas.add(v)
             prologue = [*prologue, f"store i64 %o.{v}, ptr %{v}.addr"]
+        outer_fence, self.fence = self.fence, False
         body = self.nodes(nodes, fn, list(outer), in_parallel=in_parallel)
         allocas = [f"%{v}.addr = alloca i64, align 8" for v in sorted(fn.allocas)] + fn.ctx_allocas
         epilogue = list(epilogue)
+        if self.fence:  # this function's non-temporal stores, ordered before it returns
+            from ..kernels.transpose import SFENCE, SFENCE_DECL
+
+            self.decls.add(SFENCE_DECL)
+            epilogue.insert(0, SFENCE)
+        self.fence = outer_fence
         for buf, nbytes in fn.buffers.items():
             # scratch of this function (one per thread in a parallel region's body)
             self.decls.add("declare noalias ptr @aligned_alloc(i64, i64)")
@@ -423,6 +437,8 @@ class ModuleEmitter:
             env[it] = r.value
         if s.micro is not None:
             return self.micro_call(s.micro, env, code, c.packed_b, c.packed_vnni, c.prefetch_b)
+        if s.transpose is not None:
+            return self.transpose_call(s.transpose, env, code)
         st = self.k.arg(s.target.tensor).dtype  # type: ignore[union-attr]
         dt = COMPUTE[st]  # a bf16 element is computed in f32, rounded at the store
         ty = LLTYPE[dt]
@@ -507,6 +523,32 @@ class ModuleEmitter:
                 f"float {self.convert(f'%s.{mk.alpha_arg}', self.k.arg(mk.alpha_arg).dtype, 'f32', code)}"
             )
         code.append(f"  call void {sym}({', '.join(args)})")
+        return "\n".join(x for x in code if x)
+
+    def transpose_call(self, tr: Transpose, env: dict[str, str], code: list[str]) -> str:
+        """One tile transpose (``kernels/transpose.py``) at this instance's origins."""
+        from ..kernels.transpose import TransposeConfig
+
+        cfg = TransposeConfig(
+            rows=tr.rows, cols=tr.cols, lds=tr.lds, ldd=tr.ldd, isa=self.isa, prefetch=tr.prefetch
+        )
+        src = self.flat_pointer(tr.src, tr.src_origin, env, code)
+        dst = self.flat_pointer(tr.dst, tr.dst_origin, env, code)
+        sym = f"@{self.micro_symbol(cfg)}"
+        nt = replace(cfg, nontemporal=True)
+        if tr.nontemporal and nt.normalized().nt_ok():
+            # the non-temporal kernel where this tile's destination is vector-aligned (checked
+            # here: a user's array may not be), fenced once at the end of the function
+            align = 4 * tr.rows
+            addr, low, ok, fn = (self.fresh(x) for x in ("ta", "tl", "tok", "tfn"))
+            code += [
+                f"  {addr} = ptrtoint ptr {dst} to i64",
+                f"  {low} = and i64 {addr}, {align - 1}",
+                f"  {ok} = icmp eq i64 {low}, 0",
+                f"  {fn} = select i1 {ok}, ptr @{self.micro_symbol(nt)}, ptr {sym}",
+            ]
+            sym, self.fence = fn, True
+        code.append(f"  call void {sym}(ptr {src}, ptr {dst})")
         return "\n".join(x for x in code if x)
 
     def micro_symbol(self, cfg) -> str:
