@@ -2,7 +2,7 @@
 the efficiency of each shape as a share of the FP32 peak measured in the same run.
 
     python benchmarks/conv1d.py [--threads 1 2] [--passes fwd data weight] [--full]
-        [--sample K [--seed 0] [--budget 20]]
+        [--sample K [--seed 0] [--budget 15]]
         [--widths 1000 10000 60000] [--filters 3 9 25 51] [--dilations 1 8]
         [--channels 32 64] [--batch 1]
 
@@ -67,7 +67,7 @@ def _args() -> argparse.Namespace:
     )
     ap.add_argument("--seed", type=int, default=0, help="of --sample's draw")
     ap.add_argument(
-        "--budget", type=float, default=20.0, help="seconds of timing per shape and pass (cap)"
+        "--budget", type=float, default=15.0, help="seconds of timing per shape and pass (cap)"
     )
     for name in FULL:
         ap.add_argument(f"--{name}", type=int, nargs="+", default=None)

@@ -4,7 +4,12 @@
 LLVM loop vectoriser widens), against NumPy (``np.ascontiguousarray`` of a transposed view) and
 torch (``.contiguous()`` of one), all in the same run.
 
-    python benchmarks/transpose.py [--threads 1 2] [--rounds 5]
+    python benchmarks/transpose.py [--threads 1 2] [--rounds 5] [--wgrad]
+
+``--wgrad``: the filter gradient of the conv1d benchmark's 64-channel shapes (``padding="same"``)
+as ``pd.nn.conv1d_backward_weight`` runs it (the input to NWC, the BRGEMM over positions, the
+unpack to ``[K, C, S]``), its two transposes compiled with the pass (as it decides, and without
+non-temporal stores) and without it, against torch, interleaved in one process.
 
 GB/s count the bytes read plus the bytes written (``2 * 4 * N*C*W``). Contenders run in
 interleaved rounds (``common.interleaved``); the table gives median per-round GB/s and the
@@ -40,6 +45,80 @@ def _compiled(kernel, threads: int, enabled: bool):
         tiles.ENABLED = True
 
 
+WGRAD = [(1, 64, 60000, 3, 1), (1, 64, 60000, 25, 8), (1, 64, 10000, 51, 1), (8, 64, 10000, 9, 2)]
+
+
+def _wgrad(args, rng) -> None:
+    """The filter-gradient A/B (module docstring)."""
+    import torch
+
+    from polydl import nn1d
+
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"\nthreads={threads} filter gradient (ms; ratio = torch time / polydl time)")
+        print(
+            f"{'N':>2} {'C':>3} {'W':>6} {'S':>3} {'d':>2} {'new':>7} {'new-nt':>7} {'old':>7} "
+            f"{'torch':>7} {'old/new':>7} {'vs torch':>8} {'old vs torch':>12}"
+        )
+        for N, C, W, S, d in WGRAD:
+            pad = d * (S - 1) // 2
+            x = pd.aligned(rng.standard_normal((N, C, W), dtype=np.float32))
+            dy = pd.aligned(rng.standard_normal((N, C, W), dtype=np.float32))
+            w = np.zeros((C, C, S), np.float32)
+            p = nn1d._weight(x.shape, dy.shape, S, 1, pad, d, 1)
+            conv = pd.compile(
+                ops1d.conv1d_wgrad(N, C, C, p.L, p.Q, S, dilation=d), threads=threads, tuned=False
+            )
+            pack_k = ops1d.to_nwc(N, C, W, p.L, left=p.left)
+            unpack_k = ops1d.unpack_wgrad(C, C, S)
+            nt = tiles.NT_SHARE
+            variants = {}
+            for name, enabled, share in (
+                ("new", True, nt),
+                ("new-nt", True, 1e9),
+                ("old", False, nt),
+            ):
+                tiles.NT_SHARE = share
+                pack, unpack = (_compiled(k, threads, enabled) for k in (pack_k, unpack_k))
+                tiles.NT_SHARE = nt
+                xt = pd.zeros((N, p.L, C), np.float32)
+                dbuf = pd.empty((1, C, S, C), np.float32)
+
+                def run(pack=pack, unpack=unpack, xt=xt, dbuf=dbuf):
+                    pack(xt, x)
+                    conv(dbuf, dy, xt)
+                    dw = pd.empty((C, C, S), np.float32)
+                    unpack(dw, dbuf)
+                    return dw
+
+                variants[name] = run
+            tx, tdy, tw = (torch.from_numpy(a) for a in (x, dy, w))
+            mask = [False, True, False]
+
+            def theirs(tx=tx, tdy=tdy, tw=tw, pad=pad, d=d):
+                return torch.ops.aten.convolution_backward(
+                    tdy, tx, tw, None, [1], [pad], [d], False, [0], 1, mask
+                )[1]
+
+            want = pd.nn.conv1d_backward_weight(x, dy, S, padding=pad, dilation=d, threads=threads)
+            for name, fn in variants.items():
+                if not np.allclose(fn(), want, rtol=1e-4, atol=1e-3):
+                    raise AssertionError(f"filter gradient {name} differs")
+            times = interleaved(
+                {**variants, "torch": theirs}, rounds=args.rounds, repeat=args.repeat
+            )
+            ms = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+            r = {k: float(np.median(times["torch"] / v)) for k, v in times.items()}
+            print(
+                f"{N:>2} {C:>3} {W:>6} {S:>3} {d:>2} {ms['new']:7.2f} {ms['new-nt']:7.2f} "
+                f"{ms['old']:7.2f} {ms['torch']:7.2f} "
+                f"{float(np.median(times['old'] / times['new'])):7.2f} {r['new']:8.2f} "
+                f"{r['old']:12.2f}",
+                flush=True,
+            )
+
+
 def main() -> None:
     import torch
 
@@ -47,8 +126,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--wgrad", action="store_true", help="the filter-gradient A/B instead")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
+    if args.wgrad:
+        _wgrad(args, rng)
+        return
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"\nthreads={threads}  (GB/s, read + write; ratio = old time / new time)")
