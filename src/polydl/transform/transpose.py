@@ -65,8 +65,10 @@ class Match:
         return self.box[v][1] - self.box[v][0] + 1
 
 
-def match(kernel: Kernel, s: Statement) -> Match | None:
-    """``s`` as a transpose (module docstring), None when it is not one."""
+def match(kernel: Kernel, s: Statement, lanes: int = 16) -> Match | None:
+    """``s`` as a transpose (module docstring), None when it is not one, or when its tiles of
+    ``lanes x lanes`` would be less than half full along ``a`` or ``b`` (a 3x3 filter's taps,
+    a 7-pixel row: the loop vectoriser's copy moves as many elements per instruction)."""
     if s.micro is not None or s.transpose is not None or s.op != "=":
         return None
     src = s.expr
@@ -89,7 +91,7 @@ def match(kernel: Kernel, s: Statement) -> Match | None:
     box = poly.extents(dom, used)
     if box is None or not poly.is_box(dom, box):
         return None
-    if min(box[v][1] - box[v][0] for v in (a, b)) < 1:  # a row or a column: a plain copy
+    if min(box[v][1] - box[v][0] + 1 for v in (a, b)) < max(2, -(-lanes // 2)):
         return None
     if not _one_to_one(lt, box, used):
         return None
@@ -120,7 +122,7 @@ def transpose_nests(kernel: Kernel, target) -> tuple[Kernel, dict[str, frozenset
     for s in kernel.statements:
         pos = tops[s.name]
         if pos is not None and list(tops.values()).count(pos) == 1:
-            m = match(kernel, s)
+            m = match(kernel, s, tile(target.isa))
             if m is not None:
                 found[s.name] = m
     if not found:
