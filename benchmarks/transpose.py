@@ -8,8 +8,8 @@ torch (``.contiguous()`` of one), all in the same run.
 
 ``--wgrad``: the filter gradient of the conv1d benchmark's 64-channel shapes (``padding="same"``)
 as ``pd.nn.conv1d_backward_weight`` runs it (the input to NWC, the BRGEMM over positions, the
-unpack to ``[K, C, S]``), its two transposes compiled with the pass (as it decides, and without
-non-temporal stores) and without it, against torch, interleaved in one process.
+unpack to ``[K, C, S]``), its two transposes compiled with the pass (as it decides, never storing
+non-temporally, always where it can) and without it, against torch, interleaved in one process.
 
 GB/s count the bytes read plus the bytes written (``2 * 4 * N*C*W``). Contenders run in
 interleaved rounds (``common.interleaved``); the table gives median per-round GB/s and the
@@ -58,8 +58,8 @@ def _wgrad(args, rng) -> None:
         torch.set_num_threads(threads)
         print(f"\nthreads={threads} filter gradient (ms; ratio = torch time / polydl time)")
         print(
-            f"{'N':>2} {'C':>3} {'W':>6} {'S':>3} {'d':>2} {'new':>7} {'new-nt':>7} {'old':>7} "
-            f"{'torch':>7} {'old/new':>7} {'vs torch':>8} {'old vs torch':>12}"
+            f"{'N':>2} {'C':>3} {'W':>6} {'S':>3} {'d':>2} {'new':>7} {'no-nt':>7} {'all-nt':>7} "
+            f"{'old':>7} {'torch':>7} {'old/new':>7} {'vs torch':>8} {'old vs torch':>12}"
         )
         for N, C, W, S, d in WGRAD:
             pad = d * (S - 1) // 2
@@ -76,7 +76,8 @@ def _wgrad(args, rng) -> None:
             variants = {}
             for name, enabled, share in (
                 ("new", True, nt),
-                ("new-nt", True, 1e9),
+                ("no-nt", True, 1e9),
+                ("all-nt", True, 0.0),
                 ("old", False, nt),
             ):
                 tiles.NT_SHARE = share
@@ -111,8 +112,8 @@ def _wgrad(args, rng) -> None:
             ms = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
             r = {k: float(np.median(times["torch"] / v)) for k, v in times.items()}
             print(
-                f"{N:>2} {C:>3} {W:>6} {S:>3} {d:>2} {ms['new']:7.2f} {ms['new-nt']:7.2f} "
-                f"{ms['old']:7.2f} {ms['torch']:7.2f} "
+                f"{N:>2} {C:>3} {W:>6} {S:>3} {d:>2} {ms['new']:7.2f} {ms['no-nt']:7.2f} "
+                f"{ms['all-nt']:7.2f} {ms['old']:7.2f} {ms['torch']:7.2f} "
                 f"{float(np.median(times['old'] / times['new'])):7.2f} {r['new']:8.2f} "
                 f"{r['old']:12.2f}",
                 flush=True,
