@@ -80,12 +80,10 @@ def _micro_ir(cfg) -> tuple[str, tuple[str, ...], str]:
     """(symbol, declarations, definition) of the microkernel of ``cfg``: rendered once per
     process, as the registry compiles once (the text is a function of the configuration)."""
     from ..kernels import generate, symbol_for
-    from ..kernels.transpose import TransposeConfig, generate_transpose
+    from ..kernels.transpose import TransposeConfig, pasted
 
-    if isinstance(cfg, TransposeConfig):  # inlined: a few dozen instructions per tile
-        tir = generate_transpose(cfg, linkage="internal", attributes="nounwind alwaysinline")
-        return tir.name, tir.declarations, tir.definition
-
+    if isinstance(cfg, TransposeConfig):
+        return pasted(cfg)
     sym = symbol_for(cfg)
     # noinline: one body per shape however many call sites (O3 time: the JIT of a split conv
     # with 7 shapes went from ~0.6 s to ~0.35-0.5 s; run time unchanged)
@@ -504,15 +502,7 @@ class ModuleEmitter:
         if align:
             # the kernel that stores C non-temporally needs a vector-aligned C block: checked
             # here, the normal kernel otherwise (a user's array may be 16-byte aligned only)
-            nt_sym = self.micro_symbol(nt_cfg)
-            addr, low, ok, fn = (self.fresh(x) for x in ("ca", "cl", "ok", "fn"))
-            code += [
-                f"  {addr} = ptrtoint ptr {c_ptr} to i64",
-                f"  {low} = and i64 {addr}, {align - 1}",
-                f"  {ok} = icmp eq i64 {low}, 0",
-                f"  {fn} = select i1 {ok}, ptr @{nt_sym}, ptr {sym}",
-            ]
-            sym = fn
+            sym = self.if_aligned(c_ptr, align, f"@{self.micro_symbol(nt_cfg)}", sym, code)
         ptrs = [a_ptr, b_ptr, c_ptr]
         args = [f"ptr {p}" for p in ptrs] + [f"i64 {len(mk.a_offsets)}"]
         args += [f"ptr {self.offset_table(mk.a_offsets)}", f"ptr {self.offset_table(b_offsets)}"]
@@ -529,27 +519,27 @@ class ModuleEmitter:
         """One tile transpose (``kernels/transpose.py``) at this instance's origins."""
         from ..kernels.transpose import TransposeConfig
 
-        cfg = TransposeConfig(
-            rows=tr.rows, cols=tr.cols, lds=tr.lds, ldd=tr.ldd, isa=self.isa, prefetch=tr.prefetch
-        )
+        cfg = TransposeConfig.of_call(tr, self.isa)
         src = self.flat_pointer(tr.src, tr.src_origin, env, code)
         dst = self.flat_pointer(tr.dst, tr.dst_origin, env, code)
         sym = f"@{self.micro_symbol(cfg)}"
-        nt = replace(cfg, nontemporal=True)
-        if tr.nontemporal and nt.normalized().nt_ok():
-            # the non-temporal kernel where this tile's destination is vector-aligned (checked
-            # here: a user's array may not be), fenced once at the end of the function
-            align = 4 * tr.rows
-            addr, low, ok, fn = (self.fresh(x) for x in ("ta", "tl", "tok", "tfn"))
-            code += [
-                f"  {addr} = ptrtoint ptr {dst} to i64",
-                f"  {low} = and i64 {addr}, {align - 1}",
-                f"  {ok} = icmp eq i64 {low}, 0",
-                f"  {fn} = select i1 {ok}, ptr @{self.micro_symbol(nt)}, ptr {sym}",
-            ]
-            sym, self.fence = fn, True
+        if tr.nontemporal and cfg.nt_ok():  # where the tile is vector-aligned; fenced once
+            nt = f"@{self.micro_symbol(replace(cfg, nontemporal=True))}"
+            sym, self.fence = self.if_aligned(dst, 4 * tr.rows, nt, sym, code), True
         code.append(f"  call void {sym}(ptr {src}, ptr {dst})")
         return "\n".join(x for x in code if x)
+
+    def if_aligned(self, ptr: str, align: int, aligned: str, other: str, code: list[str]) -> str:
+        """The function ``aligned`` where ``ptr`` is on an ``align``-byte boundary, else
+        ``other`` (a select at run time: a user's array may be 16-byte aligned only)."""
+        addr, low, ok, fn = (self.fresh(x) for x in ("pa", "pl", "ok", "fn"))
+        code += [
+            f"  {addr} = ptrtoint ptr {ptr} to i64",
+            f"  {low} = and i64 {addr}, {align - 1}",
+            f"  {ok} = icmp eq i64 {low}, 0",
+            f"  {fn} = select i1 {ok}, ptr {aligned}, ptr {other}",
+        ]
+        return fn
 
     def micro_symbol(self, cfg) -> str:
         """The symbol of ``cfg``'s microkernel in this module, rendered on first use."""

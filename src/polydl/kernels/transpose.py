@@ -55,6 +55,12 @@ class TransposeConfig:
     # destination and fences the stores once: :data:`SFENCE`)
     nontemporal: bool = False
 
+    @classmethod
+    def of_call(cls, tr, isa: str | None) -> TransposeConfig:
+        """The kernel of a tile statement (``ir.nodes.Transpose``), stored normally."""
+        c = cls(rows=tr.rows, cols=tr.cols, lds=tr.lds, ldd=tr.ldd, isa=isa, prefetch=tr.prefetch)
+        return c.normalized()
+
     def normalized(self) -> TransposeConfig:
         fam = family(self.isa)
         return replace(self, isa=fam.name)
@@ -209,6 +215,13 @@ def generate_transpose(
         )
     text = environment().get_template("common/transpose.ll.j2").render(**ctx)
     return TransposeIR(name=name, config=cfg, declarations=decls, definition=text.strip() + "\n")
+
+
+def pasted(cfg: TransposeConfig) -> tuple[str, tuple[str, ...], str]:
+    """(symbol, declarations, definition) of ``cfg``'s kernel for a generated module: internal
+    and always inlined (a few dozen instructions per tile, called in the innermost loop)."""
+    tir = generate_transpose(cfg, linkage="internal", attributes="nounwind alwaysinline")
+    return tir.name, tir.declarations, tir.definition
 
 
 def reference_transpose(cfg: TransposeConfig, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
