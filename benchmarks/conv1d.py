@@ -2,6 +2,7 @@
 the efficiency of each shape as a share of the FP32 peak measured in the same run.
 
     python benchmarks/conv1d.py [--threads 1 2] [--passes fwd data weight] [--full]
+        [--sample K [--seed 0] [--budget 15]]
         [--widths 1000 10000 60000] [--filters 3 9 25 51] [--dilations 1 8]
         [--channels 32 64] [--batch 1]
 
@@ -9,7 +10,12 @@ Default: a representative subset of the issue's sweep, every width and filter wi
 channels (as many filters as channels), dilations 1 and 8, batch 1, the three passes at 1 and 2
 threads. ``--full`` takes the whole sweep (widths {1k, 10k, 60k} x filter widths {3, 9, 25, 51}
 x dilations {1, 2, 4, 8} x channels {15, 32, 64, 128} x batch {1, 8}: 384 shapes per pass and
-thread count, hours on a small machine); the other flags narrow either.
+thread count, hours on a small machine); the other flags narrow either. ``--sample K`` takes K
+shapes of the whole sweep (or of the grid the other flags give) instead, drawn with ``--seed``
+(:func:`sample`): every value of every axis appears and every pair of values of two axes as far
+as K allows (all 114 pairs from 16 shapes or so), the cheap shapes first among those that
+cover as much; a shape whose calls would take more than ``--budget`` seconds at the default
+rounds is timed in fewer rounds (``reps``: rounds x samples per round).
 
 Padding is ``"same"`` (the output as wide as the input), stride 1. Passes: ``fwd``
 (``pd.nn.conv1d`` against ``torch.nn.functional.conv1d``), ``data`` and ``weight`` (
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +62,13 @@ PASSES = ("fwd", "data", "weight")
 def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="the issue's whole sweep")
+    ap.add_argument(
+        "--sample", type=int, default=None, metavar="K", help="K shapes covering the sweep"
+    )
+    ap.add_argument("--seed", type=int, default=0, help="of --sample's draw")
+    ap.add_argument(
+        "--budget", type=float, default=15.0, help="seconds of timing per shape and pass (cap)"
+    )
     for name in FULL:
         ap.add_argument(f"--{name}", type=int, nargs="+", default=None)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -62,11 +76,60 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per shape")
     ap.add_argument("--repeat", type=int, default=2, help="samples per contender per round")
     args = ap.parse_args()
-    base = FULL if args.full else SUBSET
+    base = FULL if args.full or args.sample else SUBSET
     for name in FULL:
         if getattr(args, name) is None:
             setattr(args, name, base[name])
     return args
+
+
+AXES = ("batch", "channels", "widths", "filters", "dilations")  # a shape's (N, C, W, S, d)
+
+
+def _work(shape: tuple[int, ...]) -> float:
+    N, C, W, S, _ = shape
+    return float(N * C * C * S * W)
+
+
+def sample(grid: dict[str, list[int]], k: int, seed: int = 0) -> list[tuple[int, ...]]:
+    """``k`` shapes ``(N, C, W, S, d)`` of the product of ``grid``'s axes (:data:`AXES`),
+    drawn greedily: each next shape covers the most pairs (two axes' values) no chosen shape
+    covers yet, among those the least work (a seeded random draw among equals); once every pair
+    is covered, a seeded random draw of the others. In the order of the product."""
+    rng = np.random.default_rng(seed)
+    cands = list(itertools.product(*(grid[a] for a in AXES)))
+    order = rng.permutation(len(cands))
+    cands = [cands[i] for i in order]
+    pairs = lambda s: {(i, s[i], j, s[j]) for i, j in itertools.combinations(range(len(s)), 2)}  # noqa: E731
+    left = set().union(*(pairs(s) for s in cands))
+    chosen: list[tuple[int, ...]] = []
+    while len(chosen) < min(k, len(cands)) and left:
+        best = max(
+            (s for s in cands if s not in chosen),
+            key=lambda s: (len(pairs(s) & left), -_work(s)),
+        )
+        chosen.append(best)
+        left -= pairs(best)
+    rest = [s for s in cands if s not in chosen]
+    chosen += rest[: max(0, k - len(chosen))]
+    rank = {s: i for i, s in enumerate(itertools.product(*(grid[a] for a in AXES)))}
+    return sorted(chosen, key=rank.__getitem__)
+
+
+def _capped(mine, theirs, rounds: int, repeat: int, budget: float) -> tuple[int, int]:
+    """(rounds, samples per round) for a shape: the requested ones, or fewer when one call of
+    each contender (timed after a warm-up call) says they would take more than ``budget``
+    seconds (``common.median_seconds`` calls a slow function ``2 + repeat`` times a round)."""
+    once = 0.0
+    for fn in (mine, theirs):
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        once += time.perf_counter() - t0
+    for r, k in ((rounds, repeat), (2, 1), (1, 1)):
+        if r * (2 + k) * once <= budget:
+            return r, k
+    return 1, 1
 
 
 def _contenders(pass_: str, x, w, dy, pad: int, d: int, threads: int):
@@ -107,9 +170,12 @@ def main() -> None:
     peak = measure_peak(isa)
     print(f"FP32 peak, one core ({isa}, independent FMAs): {peak:.1f} GFLOPS", flush=True)
     rng = np.random.default_rng(0)
-    shapes = list(
-        itertools.product(args.batch, args.channels, args.widths, args.filters, args.dilations)
-    )
+    grid = {a: getattr(args, a) for a in AXES}
+    if args.sample:
+        shapes = sample(grid, args.sample, args.seed)
+        print(f"--sample {args.sample} --seed {args.seed}: {len(shapes)} shapes", flush=True)
+    else:
+        shapes = list(itertools.product(*(grid[a] for a in AXES)))
     summary = []
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -120,7 +186,7 @@ def main() -> None:
             )
             print(
                 f"{'N':>2} {'C=K':>4} {'W':>6} {'S':>3} {'d':>2} {'route':>5} {'polydl':>7} "
-                f"{'torch':>7} {'ratio':>6} {'%peak':>6} {'best%':>6} {'err':>8}"
+                f"{'torch':>7} {'ratio':>6} {'%peak':>6} {'best%':>6} {'err':>8} reps"
             )
             ratios, effs64, bests64 = [], [], []
             for N, C, W, S, d in shapes:
@@ -138,8 +204,11 @@ def main() -> None:
                     else pd.nn.conv1d_route(x.shape, w.shape, 1, pad, d, 1, threads)
                 )
                 with torch.no_grad():
+                    rounds, repeat = args.rounds, args.repeat
+                    if args.sample:
+                        rounds, repeat = _capped(mine, theirs, rounds, repeat, args.budget)
                     times = interleaved(
-                        {"polydl": mine, "torch": theirs}, rounds=args.rounds, repeat=args.repeat
+                        {"polydl": mine, "torch": theirs}, rounds=rounds, repeat=repeat
                     )
                     want = ref().numpy()
                 got = mine()
@@ -156,7 +225,7 @@ def main() -> None:
                     bests64.append(best)
                 print(
                     f"{N:>2} {C:>4} {W:>6} {S:>3} {d:>2} {route:>5} {gf:7.1f} {tg:7.1f} "
-                    f"{ratio:6.2f} {eff:6.1f} {best:6.1f} {err:8.1e}",
+                    f"{ratio:6.2f} {eff:6.1f} {best:6.1f} {err:8.1e} {rounds}x{repeat}",
                     flush=True,
                 )
             line = f"geomean ratio {geomean(ratios):.3f} (min {min(ratios):.2f}, max {max(ratios):.2f})"

@@ -31,8 +31,6 @@ import operator
 from .dsl.kernel import KernelFunction, kernel
 from .dsl.types import f32
 
-TILE = 16  # the transposing kernels move tiles of TILE positions x all channels
-
 
 def _ints(*values) -> tuple[int, ...]:
     return tuple(operator.index(v) for v in values)
@@ -322,36 +320,35 @@ def spread(N: int, C: int, W: int, L: int, *, step: int = 1, left: int = 0) -> K
 @functools.cache
 def to_nwc(N: int, C: int, W: int, L: int, *, step: int = 1, left: int = 0) -> KernelFunction:
     """NCW ``X[N, C, W]`` into NWC ``Xt[N, L, C]``: ``Xt[n, step*i + left, c] = X[n, c, i]``
-    where that lies in ``Xt`` (pass a buffer whose other rows are zero: the padding). Tiles of
-    TILE positions x all channels are transposed one at a time (the tile's input lines stay in
-    L1; each output row is written whole: measured 1.0-1.3x faster than whole input runs with
-    scattered stores). Arguments ``(Xt, X)``."""
+    where that lies in ``Xt`` (pass a buffer whose other rows are zero: the padding). A 2-D
+    transpose per image: the compiler computes it by register tiles of the vector width
+    (``transform/transpose.py``), each output row written whole, one tile after the other.
+    Arguments ``(Xt, X)``."""
     N, C, W, L, u, pl = _ints(N, C, W, L, step, left)
 
     @kernel
     def to_nwc(Xt: f32[N, L, C], X: f32[N, C, W]):
         for n in range(N):
-            for i0 in range(0, W, TILE):
-                for i in range(i0, min(i0 + TILE, W)):
-                    for c in range(C):
-                        if 0 <= u * i + pl < L:
-                            Xt[n, u * i + pl, c] = X[n, c, i]
+            for i in range(W):
+                for c in range(C):
+                    if 0 <= u * i + pl < L:
+                        Xt[n, u * i + pl, c] = X[n, c, i]
 
     return to_nwc
 
 
 @functools.cache
 def from_nwc(N: int, K: int, Q: int) -> KernelFunction:
-    """NWC ``O[N, Q, K]`` -> NCW ``Y[N, K, Q]``, tiles of TILE positions. Arguments ``(Y, O)``."""
+    """NWC ``O[N, Q, K]`` -> NCW ``Y[N, K, Q]`` (register tiles, as :func:`to_nwc`). Arguments
+    ``(Y, O)``."""
     N, K, Q = _ints(N, K, Q)
 
     @kernel
     def from_nwc(Y: f32[N, K, Q], O: f32[N, Q, K]):
         for n in range(N):
-            for q0 in range(0, Q, TILE):
-                for k in range(K):
-                    for q in range(q0, min(q0 + TILE, Q)):
-                        Y[n, k, q] = O[n, q, k]
+            for k in range(K):
+                for q in range(Q):
+                    Y[n, k, q] = O[n, q, k]
 
     return from_nwc
 

@@ -33,6 +33,7 @@ from .transform.pack import pack_operands
 from .transform.prefetch import prefetch_operands
 from .transform.split import split_guards
 from .transform.threads import assign_threads
+from .transform.transpose import transpose_nests
 
 # isl contexts are not thread-safe: one compilation at a time walks isl.
 _isl_lock = threading.RLock()
@@ -144,6 +145,12 @@ def compile_kernel(
             )
         else:
             lowered, micro_par = bound, {}
+        # 5b. Copy nests that transpose a 2-D slice (out[.., j, i] = in[.., i, j], borders and
+        #     offsets as an NCW -> NWC pack has them) become calls of the tile-transpose
+        #     microkernel, register tiles of the ISA's vector width (transform/transpose.py).
+        if optimize:
+            lowered, tiles_par = transpose_nests(lowered, tgt)
+            micro_par = {**micro_par, **tiles_par}
         _checked(lowered)
         # 6. Loops that carry no dependence (reductions included) may run in parallel.
         threaded = threads > 1 and jit.gomp_available()

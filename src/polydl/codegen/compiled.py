@@ -93,8 +93,8 @@ class CompiledKernel:
         offered for fusion, its verdict and why; ``"llvm"``, ``"llvm-opt"``; ``"asm"``."""
         if what == "loops":
             text = {
-                s.name: f"{s.micro}  <- {s.source}  (line {s.line})"
-                if s.micro
+                s.name: f"{s.micro or s.transpose}  <- {s.source}  (line {s.line})"
+                if s.micro or s.transpose
                 else f"{s.source}  (line {s.line})"
                 for s in self.kernel.statements
             }

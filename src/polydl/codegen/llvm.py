@@ -35,6 +35,7 @@ from ..ir.nodes import (
     Num,
     Statement,
     TensorArg,
+    Transpose,
     UnOp,
     Var,
     eval_int,
@@ -79,7 +80,10 @@ def _micro_ir(cfg) -> tuple[str, tuple[str, ...], str]:
     """(symbol, declarations, definition) of the microkernel of ``cfg``: rendered once per
     process, as the registry compiles once (the text is a function of the configuration)."""
     from ..kernels import generate, symbol_for
+    from ..kernels.transpose import TransposeConfig, pasted
 
+    if isinstance(cfg, TransposeConfig):
+        return pasted(cfg)
     sym = symbol_for(cfg)
     # noinline: one body per shape however many call sites (O3 time: the JIT of a split conv
     # with 7 shapes went from ~0.6 s to ~0.35-0.5 s; run time unchanged)
@@ -143,6 +147,7 @@ class ModuleEmitter:
         self.micro_symbols: dict[object, str] = {}
         self.buffer_types: dict[str, str] = {}  # scratch buffer -> LLVM element type
         self.offset_tables: dict[tuple[int, ...], str] = {}
+        self.fence = False  # the function being emitted stores non-temporally (an sfence due)
 
     # ------------------------------------------------------------ names and signatures
     def fresh(self, prefix: str = "v") -> str:
@@ -224,9 +229,16 @@ class ModuleEmitter:
         for v in outer:
             fn.allocas.add(v)
             prologue = [*prologue, f"store i64 %o.{v}, ptr %{v}.addr"]
+        outer_fence, self.fence = self.fence, False
         body = self.nodes(nodes, fn, list(outer), in_parallel=in_parallel)
         allocas = [f"%{v}.addr = alloca i64, align 8" for v in sorted(fn.allocas)] + fn.ctx_allocas
         epilogue = list(epilogue)
+        if self.fence:  # this function's non-temporal stores, ordered before it returns
+            from ..kernels.transpose import SFENCE, SFENCE_DECL
+
+            self.decls.add(SFENCE_DECL)
+            epilogue.insert(0, SFENCE)
+        self.fence = outer_fence
         for buf, nbytes in fn.buffers.items():
             # scratch of this function (one per thread in a parallel region's body)
             self.decls.add("declare noalias ptr @aligned_alloc(i64, i64)")
@@ -423,6 +435,8 @@ class ModuleEmitter:
             env[it] = r.value
         if s.micro is not None:
             return self.micro_call(s.micro, env, code, c.packed_b, c.packed_vnni, c.prefetch_b)
+        if s.transpose is not None:
+            return self.transpose_call(s.transpose, env, code)
         st = self.k.arg(s.target.tensor).dtype  # type: ignore[union-attr]
         dt = COMPUTE[st]  # a bf16 element is computed in f32, rounded at the store
         ty = LLTYPE[dt]
@@ -488,15 +502,7 @@ class ModuleEmitter:
         if align:
             # the kernel that stores C non-temporally needs a vector-aligned C block: checked
             # here, the normal kernel otherwise (a user's array may be 16-byte aligned only)
-            nt_sym = self.micro_symbol(nt_cfg)
-            addr, low, ok, fn = (self.fresh(x) for x in ("ca", "cl", "ok", "fn"))
-            code += [
-                f"  {addr} = ptrtoint ptr {c_ptr} to i64",
-                f"  {low} = and i64 {addr}, {align - 1}",
-                f"  {ok} = icmp eq i64 {low}, 0",
-                f"  {fn} = select i1 {ok}, ptr @{nt_sym}, ptr {sym}",
-            ]
-            sym = fn
+            sym = self.if_aligned(c_ptr, align, f"@{self.micro_symbol(nt_cfg)}", sym, code)
         ptrs = [a_ptr, b_ptr, c_ptr]
         args = [f"ptr {p}" for p in ptrs] + [f"i64 {len(mk.a_offsets)}"]
         args += [f"ptr {self.offset_table(mk.a_offsets)}", f"ptr {self.offset_table(b_offsets)}"]
@@ -508,6 +514,32 @@ class ModuleEmitter:
             )
         code.append(f"  call void {sym}({', '.join(args)})")
         return "\n".join(x for x in code if x)
+
+    def transpose_call(self, tr: Transpose, env: dict[str, str], code: list[str]) -> str:
+        """One tile transpose (``kernels/transpose.py``) at this instance's origins."""
+        from ..kernels.transpose import TransposeConfig
+
+        cfg = TransposeConfig.of_call(tr, self.isa)
+        src = self.flat_pointer(tr.src, tr.src_origin, env, code)
+        dst = self.flat_pointer(tr.dst, tr.dst_origin, env, code)
+        sym = f"@{self.micro_symbol(cfg)}"
+        if tr.nontemporal and cfg.nt_ok():  # where the tile is vector-aligned; fenced once
+            nt = f"@{self.micro_symbol(replace(cfg, nontemporal=True))}"
+            sym, self.fence = self.if_aligned(dst, 4 * tr.rows, nt, sym, code), True
+        code.append(f"  call void {sym}(ptr {src}, ptr {dst})")
+        return "\n".join(x for x in code if x)
+
+    def if_aligned(self, ptr: str, align: int, aligned: str, other: str, code: list[str]) -> str:
+        """The function ``aligned`` where ``ptr`` is on an ``align``-byte boundary, else
+        ``other`` (a select at run time: a user's array may be 16-byte aligned only)."""
+        addr, low, ok, fn = (self.fresh(x) for x in ("pa", "pl", "ok", "fn"))
+        code += [
+            f"  {addr} = ptrtoint ptr {ptr} to i64",
+            f"  {low} = and i64 {addr}, {align - 1}",
+            f"  {ok} = icmp eq i64 {low}, 0",
+            f"  {fn} = select i1 {ok}, ptr {aligned}, ptr {other}",
+        ]
+        return fn
 
     def micro_symbol(self, cfg) -> str:
         """The symbol of ``cfg``'s microkernel in this module, rendered on first use."""

@@ -119,6 +119,14 @@ class _Machine:
         if s.micro is not None:
             self.micro(s.micro, it, c.packed_b, c.packed_vnni)
             return
+        if s.transpose is not None:
+            from ..kernels.transpose import TransposeConfig, reference_transpose
+
+            tr = s.transpose
+            cfg = TransposeConfig(rows=tr.rows, cols=tr.cols, lds=tr.lds, ldd=tr.ldd)
+            src0, dst0 = eval_int(tr.src_origin, it), eval_int(tr.dst_origin, it)
+            reference_transpose(cfg, self.flat[tr.src][src0:], self.flat[tr.dst][dst0:])
+            return
         off = self.offset(s.target, it)
         value = self.expr(s.expr, it)
         buf = self.flat[s.target.tensor]

@@ -240,6 +240,33 @@ class Micro:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Transpose:
+    """A statement instance that is one tile transpose (``kernels/transpose.py``): for
+    ``i < rows``, ``j < cols``, ``dst[dst_origin + j*ldd + i] = src[src_origin + i*lds + j]``
+    (flat f32 offsets; the origins expressions of the statement's iterators)."""
+
+    rows: int
+    cols: int
+    lds: int
+    ldd: int
+    src: str
+    dst: str
+    src_origin: IExpr
+    dst_origin: IExpr
+    prefetch: int = 0  # each source row prefetched this many elements on (0: never)
+    nontemporal: bool = False  # full-vector stores bypass the caches where dst is aligned
+
+    def __str__(self) -> str:
+        knobs = (f", prefetch={self.prefetch}" if self.prefetch else "") + (
+            ", nt" if self.nontemporal else ""
+        )
+        return (
+            f"transpose({self.rows}x{self.cols}, lds={self.lds}, ldd={self.ldd}{knobs}; "
+            f"{self.dst}@{self.dst_origin} = {self.src}@{self.src_origin}^T)"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Statement:
     name: str  # "S0", "S1", ...: unique within the kernel, the isl tuple name
     iterators: tuple[str, ...]  # enclosing loop variables, outermost first
@@ -251,6 +278,8 @@ class Statement:
     line: int
     source: str  # the statement's source text, for messages
     micro: Micro | None = None  # set when each instance is a BRGEMM call (transform/brgemm.py)
+    # set when each instance is a tile transpose (transform/transpose.py)
+    transpose: Transpose | None = None
 
     @property
     def reads(self) -> tuple[Load, ...]:

@@ -125,6 +125,9 @@ def _statement(kernel: Kernel, s: Statement) -> int:
     if s.micro is not None:  # a BRGEMM call: its fields, not the folded source statement
         _micro(kernel, s, scope)
         return nout
+    if s.transpose is not None:  # a tile transpose: its fields
+        _transpose(kernel, s, scope)
+        return nout
     _load(kernel, s, s.target, scope)
     _expr(kernel, s, s.expr, scope)
     return nout
@@ -168,6 +171,22 @@ def _micro(kernel: Kernel, s: Statement, scope: set[str]) -> None:
         next((a for a in kernel.args if a.name == mk.alpha_arg), None), ScalarArg
     ):
         _fail(kernel, s, f"BRGEMM alpha {mk.alpha_arg!r} is not a scalar argument")
+
+
+def _transpose(kernel: Kernel, s: Statement, scope: set[str]) -> None:
+    tr = s.transpose
+    assert tr is not None
+    if min(tr.rows, tr.cols) < 1 or tr.lds < tr.cols or tr.ldd < tr.rows:
+        _fail(kernel, s, f"transpose tile {tr.rows}x{tr.cols} lds={tr.lds} ldd={tr.ldd}")
+    if s.micro is not None:
+        _fail(kernel, s, "a statement is a BRGEMM call or a transpose, not both")
+    for tensor, origin in ((tr.src, tr.src_origin), (tr.dst, tr.dst_origin)):
+        t = kernel.arg(tensor) if tensor in {a.name for a in kernel.all_tensors} else None
+        if not isinstance(t, TensorArg) or t.dtype != "f32":
+            _fail(kernel, s, f"transpose operand {tensor!r} is not an f32 tensor")
+        unknown = set(int_vars(origin)) - scope
+        if unknown:
+            _fail(kernel, s, f"transpose origin of {tensor} uses {sorted(unknown)}")
 
 
 def _load(kernel: Kernel, s: Statement, ld: Load, scope: set[str]) -> None:

@@ -216,7 +216,12 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
 
 def _pieces(c: Contraction, v: str, block: int) -> list[tuple[int, str]]:
     """(block size, domain constraint) of the full blocks of ``v`` and of its partial block."""
-    lo, ext = c.lo(v), c.extent(v)
+    return block_pieces(v, c.lo(v), c.extent(v), block)
+
+
+def block_pieces(v: str, lo: int, ext: int, block: int) -> list[tuple[int, str]]:
+    """(block size, domain constraint) of the full blocks of iterator ``v`` (``ext`` values
+    from ``lo``, blocks of ``block``) and of its partial block (also transform/transpose.py)."""
     block = min(block, ext)
     hi = lo + ext - 1
     stride = f"exists (e_{v}: {v} = {lo} + {block}*e_{v})"
