@@ -28,6 +28,7 @@ from .transform.fuse_contractions import contract as contract_tensor
 from .transform.fuse_contractions import nest as share_batch_loop
 from .transform.fuse_contractions import offer as offer_contractions
 from .transform.fuse_contractions import private as private_tensor
+from .transform.fuse_contractions import verdicts as merge_verdicts
 from .transform.fuse_rows import compact as compact_rows
 from .transform.fuse_rows import plan as plan_rows
 from .transform.gather import copy_cost, gather_operands
@@ -134,7 +135,8 @@ def compile_kernel(
                 groups=groups,
             )
             lowered, micro_par = low.kernel, low.parallel
-            fusion = (*fusion, *low.fusion)
+            # one verdict per pair: this pass's final one for conv -> conv pairs
+            fusion = merge_verdicts(fusion, low.fusion)
             record = Schedule(
                 kernel=kernel.name,
                 sizes=tuple(sorted(bound.size_values.items())),
@@ -215,7 +217,7 @@ def _front(
         groups, refused = offer_contractions(bound, tgt, threads=threads)
         if fuse == "always":
             groups = tuple(replace(g, forced=True) for g in groups)
-        fusion = (*fusion, *refused)
+        fusion = merge_verdicts(fusion, refused)
     # 4. Contraction operands strided along the output's contiguous dimension (a strided
     #    NCHW conv's input) are gathered once into dense scratch (transform/gather.py).
     candidates = [bound]

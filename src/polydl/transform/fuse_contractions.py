@@ -275,6 +275,14 @@ def offer(
     return tuple(groups), tuple(refused)
 
 
+def verdicts(loop: tuple[Candidate, ...], pairs: tuple[Candidate, ...]) -> tuple[Candidate, ...]:
+    """One verdict per pair of nests: loop fusion's (``transform/fuse.py``), except for the
+    pairs of contraction nests this pass decided, whose verdict replaces it in place."""
+    mine = {(c.first, c.second): c for c in pairs}
+    out = [mine.pop((c.first, c.second), c) for c in loop]
+    return (*out, *mine.values())
+
+
 # ---------------------------------------------------------------- step 5: the rewrite
 
 

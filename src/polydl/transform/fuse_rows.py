@@ -271,11 +271,11 @@ def plan(
             saved = (2 if compact else 1) * share * (target.byte_cost(level) - target.byte_cost(at))
             fused = cost - saved
             if best is None or fused < best[0]:
-                best = (fused, B, new, at)
+                best = (fused, B, new, at, saved)
     if best is None:
         why = f"{tensor}: no block of rows fits every contraction's calls"
         return None, why, 0.0, unfused
-    fused, B, new, at = best
+    fused, B, new, at, saved = best
     where = (
         f"{tensor} {fmt_bytes(whole)} between the nests ({_where(level)}), "
         f"a block of {B} of {P} rows {fmt_bytes(whole * B // P)} fused ({_where(at)}"
@@ -283,6 +283,8 @@ def plan(
     )
     costs = f"predicted {fused:.3g} fused vs {unfused:.3g} unfused"
     forced = group.forced
+    if not forced and saved <= 0:
+        return None, f"rows: {where}: no cache level saved; {costs}", fused, unfused
     if not forced and fused >= unfused:
         return None, f"rows: {where}: {costs}", fused, unfused
     from ..analysis.deps import check_schedule
@@ -302,7 +304,7 @@ def plan(
         out.append((i, (c, fit, par, plans[i][3])))
         v, unit = rows_of[i]
         fixes.append((c.stmt, (v, B * unit)))
-    note = " (forced: fuse='always')" if forced and fused >= unfused else ""
+    note = " (forced: fuse='always')" if forced and (fused >= unfused or saved <= 0) else ""
     tiling = Tiling(rows=B, plans=tuple(out), fixes=tuple(fixes), shape=cshape)
     return tiling, f"rows: {where}: {costs}{note}", fused, unfused
 
