@@ -13,10 +13,11 @@ Chains:
   Inductor folds what it can on its own).
 * ``bert128``, ``bert512``: ``gelu(x @ W1 + b1)`` of a BERT-base feed-forward layer (768 ->
   3072) at sequence lengths 128 and 512 (batch 1).
-* conv -> conv (``res2-1x1-3x3``, ``res2-3x3-1x1``, ``res3-1x1-3x3``, ``res3-3x3-1x1``): the
-  middle of a ResNet-50 bottleneck, ``relu(conv3x3(relu(conv1x1(x) + b)))`` (56x56 64 -> 64 ->
-  64; 28x28 128 -> 128 -> 128) and ``conv1x1(relu(conv3x3(x) + b))`` (56x56 64 -> 64 -> 256;
-  28x28 128 -> 128 -> 512), batch 1 and 8, in a table of their own: the cost model's verdict
+* conv -> conv (``res2-1x1-3x3``, ``res2-3x3-1x1`` .. ``res5-3x3-1x1``): the middle of a
+  ResNet-50 bottleneck, ``relu(conv3x3(relu(conv1x1(x) + b)))`` (56x56 64 -> 64 -> 64 .. 7x7
+  512 -> 512 -> 512) and ``conv1x1(relu(conv3x3(x) + b))`` (56x56 64 -> 64 -> 256 .. 7x7 512 ->
+  512 -> 2048), batch 1 (block by block of rows: ``transform/fuse_rows.py``) and 8 (image by
+  image), in a table of their own: the cost model's verdict
   (``transform/fuse_contractions.py``), the graph as compiled (``auto``: fused where that
   verdict says so), the same one kernel with conv -> conv fusion off (``off``) and forced on
   (``forced``, ``fuse="always"``), torch eager; ``forced/off``: what fusion gives on this host.
@@ -100,6 +101,10 @@ CONVCONV = {
     "res2-3x3-1x1": (56, 64, 64, 256, "3x3-1x1"),
     "res3-1x1-3x3": (28, 128, 128, 128, "1x1-3x3"),
     "res3-3x3-1x1": (28, 128, 128, 512, "3x3-1x1"),
+    "res4-1x1-3x3": (14, 256, 256, 256, "1x1-3x3"),
+    "res4-3x3-1x1": (14, 256, 256, 1024, "3x3-1x1"),
+    "res5-1x1-3x3": (7, 512, 512, 512, "1x1-3x3"),
+    "res5-3x3-1x1": (7, 512, 512, 2048, "3x3-1x1"),
 }
 
 
@@ -166,7 +171,7 @@ def convconv(args, rng) -> None:
         torch.set_num_threads(threads)
         print(f"\nconv -> conv, threads={threads}  (GFLOPS of both convs; ratios = time / time)")
         print(
-            f"{'chain':<20} {'verdict':<12} {'auto GF':>7} {'off':>7} {'forced':>7} {'eager':>7}"
+            f"{'chain':<20} {'verdict':<17} {'auto GF':>7} {'off':>7} {'forced':>7} {'eager':>7}"
             f" {'forced/off':>10} {'auto/eager':>10} {'err':>8}"
         )
         for label, _, batch, (hw, c, mid, out, kind) in cases:
@@ -176,7 +181,7 @@ def convconv(args, rng) -> None:
             _, f_forced = one_kernel(g, threads, "always")
             verdict = next(
                 (
-                    ln.split(": ")[1].split(" at")[0]
+                    ln.split(": ")[1].split(" at")[0] + ("/rows" if ": rows:" in ln else "")
                     for ln in auto.show("fusion").splitlines()
                     if "depth 1" in ln
                 ),
@@ -202,7 +207,7 @@ def convconv(args, rng) -> None:
             fo = float(np.median(times["off"] / times["forced"]))
             ae = float(np.median(times["eager"] / times["auto"]))
             print(
-                f"{label:<20} {verdict:<12} {gf['auto']:7.1f} {gf['off']:7.1f} "
+                f"{label:<20} {verdict:<17} {gf['auto']:7.1f} {gf['off']:7.1f} "
                 f"{gf['forced']:7.1f} {gf['eager']:7.1f} {fo:10.2f} {ae:10.2f} {err:8.1e}",
                 flush=True,
             )

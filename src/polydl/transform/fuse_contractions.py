@@ -43,9 +43,9 @@ from ..analysis.reuse import fmt_bytes
 from ..ir import poly
 from ..ir.nodes import BinOp, Expr, Int, Kernel, Load, Statement, UnOp, Var, substitute
 from ..target import Target
+from . import fuse_rows
 from .fuse import Candidate, fused_schedules, spine
 from .fuse import legality as loop_legality
-from . import fuse_rows
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -90,9 +90,7 @@ def row_schedules(kernel: Kernel, first, second, tile: int = 1) -> dict[str, str
         for s in nest
     }
     ndim = max(poly.map_ndim(t) for t in out.values())
-    return {
-        s.name: poly.pad_schedule(out.get(s.name, s.schedule), ndim) for s in kernel.statements
-    }
+    return {s.name: poly.pad_schedule(out.get(s.name, s.schedule), ndim) for s in kernel.statements}
 
 
 def legality(kernel: Kernel, first, second, threads: int = 1) -> str | None:
@@ -334,7 +332,7 @@ def compact(kernel: Kernel, tensor: str, tiling: Tiling, moved: frozenset[str]) 
         v, tile = fixes[base]
         c = coefs[base]
 
-        def less(origin, role):
+        def less(origin, role, c=c, v=v, tile=tile):
             coef = c.linear(role).coef(v)
             if not coef:
                 return origin
@@ -355,4 +353,3 @@ def compact(kernel: Kernel, tensor: str, tiling: Tiling, moved: frozenset[str]) 
         for t in kernel.temps
     )
     return replace(kernel, statements=tuple(out), temps=temps)
-
