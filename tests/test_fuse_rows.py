@@ -114,3 +114,57 @@ def test_blocked_layout_pair_in_one_group(threads):
     np.testing.assert_allclose(f(xa), want, rtol=2e-4, atol=2e-4)
     u = g.compile(threads=threads, layout="blocked", kernels="contraction", fuse=False)
     np.testing.assert_allclose(u(xa), f(xa), rtol=1e-5, atol=1e-5)
+
+
+def gemm_pair(C, M, K, P, Q, flip=False):
+    """Two 1x1 convs of one image written in the DSL, the intermediate ``T`` an argument;
+    ``flip``: the consumer reads row ``P - 1 - p`` (a row loop shared would reverse that)."""
+
+    @pd.kernel
+    def pair(
+        O: pd.f32[1, K, P, Q],
+        T: pd.f32[1, M, P, Q],
+        X: pd.f32[1, C, P, Q],
+        W1: pd.f32[M, C],
+        W2: pd.f32[K, M],
+    ):
+        for n in range(1):
+            for m in range(M):
+                for p in range(P):
+                    for q in range(Q):
+                        T[n, m, p, q] = 0.0
+                    for c in range(C):
+                        for q in range(Q):
+                            T[n, m, p, q] += W1[m, c] * X[n, c, p, q]
+        for n in range(1):
+            for k in range(K):
+                for p in range(P):
+                    for q in range(Q):
+                        O[n, k, p, q] = 0.0
+                    for m in range(M):
+                        for q in range(Q):
+                            if flip:
+                                O[n, k, p, q] += W2[k, m] * T[n, m, P - 1 - p, q]
+                            else:
+                                O[n, k, p, q] += W2[k, m] * T[n, m, p, q]
+
+    return pair
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_dsl_pair_by_rows_and_a_reversed_dependence_refused(flip):
+    C, M, K, P, Q = 5, 7, 3, 9, 13
+    k = gemm_pair(C, M, K, P, Q, flip)
+    f = pd.compile(k, threads=1, target=small_caches(), fuse="always")
+    (line,) = [ln for ln in f.show("fusion").splitlines() if "depth 1" in ln]
+    if flip:
+        assert ": illegal at depth 1:" in line and "RAW dependence" in line and "`T`" in line
+    else:
+        assert ": fused at depth 1: rows:" in line and "in place" in line
+    X, W1, W2 = r(1, C, P, Q), r(M, C), r(K, M)
+    t = np.einsum("mc,ncpq->nmpq", W1.astype(np.float64), X)
+    want = np.einsum("km,nmpq->nkpq", W2.astype(np.float64), t[:, :, ::-1] if flip else t)
+    O, T = np.zeros((1, K, P, Q), np.float32), np.zeros((1, M, P, Q), np.float32)
+    f(O, T, X, W1, W2)
+    np.testing.assert_allclose(O, want, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(T, t, rtol=2e-4, atol=2e-4)  # the argument written whole
