@@ -42,11 +42,12 @@ def test_fused_block_by_block_of_rows(C, K1, K2, H, W, threads, first):
 
 def test_the_cost_model_fuses_where_a_cache_level_is_saved():
     """The small-cache target: the 9-row intermediate lives in L3 between the nests, a block
-    of rows in L2: fused without forcing, and the block is the cost model's choice."""
+    of rows in a smaller cache: fused without forcing, the block the cost model's choice."""
     g, ref = chain(1, 5, 7, 9, 9, 11, first=(3, 1), second=(1, 0))
     f = g.compile(threads=1, target=small_caches())
     (line,) = verdicts(f)
-    assert ": fused at depth 1: rows:" in line and "(L3)" in line and "fused (L2" in line
+    assert ": fused at depth 1: rows:" in line and "between the nests (L3)" in line
+    assert "fused (L1" in line or "fused (L2" in line
     x = r(1, 5, 9, 11)
     np.testing.assert_allclose(f(x), ref(x), rtol=2e-4, atol=2e-4)
 

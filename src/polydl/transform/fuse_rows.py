@@ -177,8 +177,16 @@ def _cost(nest_k: Kernel, c, bp, threads: int, n_par: int, target: Target) -> fl
         ab_dtype=nest_k.arg(c.a).dtype,
     )
     n_par = min(n_par, len(loops))
+    # (the working sets of a full block: a cell's rows may not start on one)
     return cost_of(
-        nest_k, c.stmt, loops, target=target, threads=threads, n_parallel=n_par, call=call
+        nest_k,
+        c.stmt,
+        loops,
+        target=target,
+        threads=threads,
+        n_parallel=n_par,
+        call=call,
+        full=True,
     ).total
 
 
