@@ -29,7 +29,9 @@ consumer is a 1x1 conv (3x3 -> 1x1, 1x1 -> 1x1: no halo). A 3x3 consumer (1x1 ->
   first (its calls' blocks refitted so that none crosses a block boundary), costed by the cost
   model (``optimize/search.cost_of``) for every candidate ``B``, against the intermediate's
   traffic: unfused, all of it written and read again where its whole size fits; fused, a block
-  per thread where that fits. The cheapest ``B`` is kept when it beats the unfused pair.
+  per thread where that fits. The cheapest ``B`` is kept when it beats the unfused pair and the
+  whole intermediate leaves the cores' own caches (lives in a shared cache or memory): one a
+  core's L2 holds whole gained nothing measurable from a block in L1 (``benchmarks/fusion.py``).
 * :func:`compact` (step 5, after lowering): the scratch intermediate shrinks to ``B`` rows per
   thread; the calls' origins on it subtract the block's first row.
 """
@@ -291,6 +293,12 @@ def plan(
     forced = group.forced
     if not forced and saved <= 0:
         return None, f"rows: {where}: no cache level saved; {costs}", fused, unfused
+    if not forced and level is not None and not level.shared:
+        # measured (benchmarks/fusion.py, batch 1): an intermediate that a core's own caches
+        # hold whole gains nothing from a block in a smaller one; the smaller calls and the
+        # weights read again per block cost more (0.91-1.02x)
+        why = f"rows: {where}: fits a core's own cache whole; {costs}"
+        return None, why, fused, unfused
     if not forced and fused >= unfused:
         return None, f"rows: {where}: {costs}", fused, unfused
     from ..analysis.deps import check_schedule
@@ -310,7 +318,8 @@ def plan(
         out.append((i, (c, fit, par, plans[i][3])))
         v, unit = rows_of[i]
         fixes.append((c.stmt, (v, B * unit)))
-    note = " (forced: fuse='always')" if forced and (fused >= unfused or saved <= 0) else ""
+    pays = fused < unfused and saved > 0 and (level is None or level.shared)
+    note = " (forced: fuse='always')" if forced and not pays else ""
     tiling = Tiling(rows=B, plans=tuple(out), fixes=tuple(fixes), shape=cshape)
     return tiling, f"rows: {where}: {costs}{note}", fused, unfused
 
