@@ -53,11 +53,12 @@ def test_the_cost_model_fuses_where_a_cache_level_is_saved():
 
 
 def test_no_cache_level_saved_stays_unfused():
-    """On the host a few-KiB intermediate fits L1 whole: nothing to gain, said so."""
+    """On the host a few-KiB intermediate fits a core's L1 whole: nothing to gain, said so
+    (no block costed)."""
     g, ref = chain(1, 8, 8, 8, 7, 7, first=(1, 0), second=(1, 0))
     f = g.compile(threads=1)
     (line,) = verdicts(f)
-    assert ": unprofitable at depth 1: rows:" in line and "no cache level saved" in line
+    assert ": unprofitable at depth 1: rows:" in line and "fits a core's own cache whole" in line
     assert not per_thread(f)
     x = r(1, 8, 7, 7)
     np.testing.assert_allclose(f(x), ref(x), rtol=2e-4, atol=2e-4)

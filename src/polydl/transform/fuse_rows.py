@@ -250,12 +250,17 @@ def plan(
         if r is None or r[0] not in bp.order:
             return None, f"{tensor}: {c.stmt}'s calls do not step over its output rows", 0.0, 0.0
         rows_of[i] = r
-    unfused = sum(
-        _cost(nests[i], plans[i][0], plans[i][1], threads, plans[i][2], target) for i in inside
-    )
     whole = kernel.nbytes(tensor)
     share = whole / threads
     level = target.fit(int(share), threads)
+    if not group.forced and level is not None and not level.shared:
+        # (below: the measured reason; no block is costed, which saves compile time)
+        why = f"rows: {tensor} {fmt_bytes(whole)} between the nests ({_where(level)}): fits a "
+        why += "core's own cache whole, no block of rows costed"
+        return None, why, 0.0, 0.0
+    unfused = sum(
+        _cost(nests[i], plans[i][0], plans[i][1], threads, plans[i][2], target) for i in inside
+    )
     compact = (
         private
         and shape[0] == 1
