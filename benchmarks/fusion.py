@@ -13,13 +13,16 @@ Chains:
   Inductor folds what it can on its own).
 * ``bert128``, ``bert512``: ``gelu(x @ W1 + b1)`` of a BERT-base feed-forward layer (768 ->
   3072) at sequence lengths 128 and 512 (batch 1).
-* conv -> conv (``res2-1x1-3x3``, ``res2-3x3-1x1``, ``res3-1x1-3x3``, ``res3-3x3-1x1``): the
-  middle of a ResNet-50 bottleneck, ``relu(conv3x3(relu(conv1x1(x) + b)))`` (56x56 64 -> 64 ->
-  64; 28x28 128 -> 128 -> 128) and ``conv1x1(relu(conv3x3(x) + b))`` (56x56 64 -> 64 -> 256;
-  28x28 128 -> 128 -> 512), batch 1 and 8, in a table of their own: the cost model's verdict
+* conv -> conv (``res2-1x1-3x3``, ``res2-3x3-1x1`` .. ``res5-3x3-1x1``): the middle of a
+  ResNet-50 bottleneck, ``relu(conv3x3(relu(conv1x1(x) + b)))`` (56x56 64 -> 64 -> 64 .. 7x7
+  512 -> 512 -> 512) and ``conv1x1(relu(conv3x3(x) + b))`` (56x56 64 -> 64 -> 256 .. 7x7 512 ->
+  512 -> 2048), batch 1 (block by block of rows: ``transform/fuse_rows.py``) and 8 (image by
+  image), in a table of their own: the cost model's verdict
   (``transform/fuse_contractions.py``), the graph as compiled (``auto``: fused where that
   verdict says so), the same one kernel with conv -> conv fusion off (``off``) and forced on
   (``forced``, ``fuse="always"``), torch eager; ``forced/off``: what fusion gives on this host.
+  The 3x3 -> 1x1 pairs again as ``compile_model``'s kernel on the blocked layout (the pair one
+  group, ``graph/groups.conv_pair``), auto / off / forced, on a bordered blocked input.
 
 Threads pinned on both sides (``torch.set_num_threads``, polydl ``threads=``); contenders timed
 in interleaved rounds (``common.interleaved``); ratios are medians of per-round ratios
@@ -100,6 +103,10 @@ CONVCONV = {
     "res2-3x3-1x1": (56, 64, 64, 256, "3x3-1x1"),
     "res3-1x1-3x3": (28, 128, 128, 128, "1x1-3x3"),
     "res3-3x3-1x1": (28, 128, 128, 512, "3x3-1x1"),
+    "res4-1x1-3x3": (14, 256, 256, 256, "1x1-3x3"),
+    "res4-3x3-1x1": (14, 256, 256, 1024, "3x3-1x1"),
+    "res5-1x1-3x3": (7, 512, 512, 512, "1x1-3x3"),
+    "res5-3x3-1x1": (7, 512, 512, 2048, "3x3-1x1"),
 }
 
 
@@ -151,6 +158,90 @@ def one_kernel(g, threads: int, fuse):
     return ck, f
 
 
+def blocked_pair(g, threads: int, fuse, rng):
+    """The kernel ``compile_model`` runs for the chain's 3x3 -> 1x1 pair on the blocked layout
+    (``graph/groups.conv_pair``: the 3x3 conv, its ReLU and the 1x1 conv one group), compiled
+    with ``fuse``; ``(kernel, f, x)``: ``f(x)`` runs it on ``x``, a blocked input with the 3x3's
+    zero border (the pack kernel's output)."""
+    from dataclasses import replace
+
+    from polydl.graph.groups import contraction_groups
+    from polydl.graph.layout import blocked_layout
+    from polydl.graph.lower import fold_batch_norms, lower
+    from polydl.ops import default_block
+    from polydl.pipeline import compile_kernel
+
+    nodes, same = fold_batch_norms(list(g.nodes), g.outputs)
+    root = lambda v: same.get(v.id, v.id)  # noqa: E731
+    outputs = [replace(v, id=root(v)) for v in g.outputs]
+    nodes, outputs, _ = blocked_layout(nodes, outputs, root, 2 * default_block())
+    groups = contraction_groups(nodes, outputs, lambda v: v.id, pairs=True)
+    nds, ins, outs = next(grp for grp in groups if grp[0][0].op == "conv2d")
+    kernel, params = lower(f"{g.name}_pair", nds, ins, outs, g.filename, g.line, {})
+    ck = compile_kernel(kernel, {}, threads=threads, fuse=fuse)
+    arrays = [p for _, p in params]
+    x = pd.zeros(ins[0].shape)
+    x[:, :, 1:-1, 1:-1, :] = rng.standard_normal(x[:, :, 1:-1, 1:-1, :].shape)
+
+    def f(xa):
+        y = pd.empty(outs[0].shape)
+        ck(xa, *arrays, y)
+        return y
+
+    return ck, f, x
+
+
+def convconv_blocked(args, rng) -> None:
+    """The 3x3 -> 1x1 pairs as compile_model's blocked kernel: fused as the cost model says,
+    conv -> conv fusion off, forced."""
+    cases = [
+        (f"{name} N={b}", b, spec)
+        for name, spec in CONVCONV.items()
+        for b in args.batch
+        if spec[4] == "3x3-1x1" and (not args.chains or name in args.chains)
+    ]
+    for threads in args.threads:
+        print(
+            f"\nconv 3x3 -> 1x1 on the blocked layout (compile_model's pair kernel), threads={threads}"
+        )
+        print(
+            f"{'chain':<20} {'verdict':<17} {'auto GF':>7} {'off':>7} {'forced':>7}"
+            f" {'auto/off':>8} {'forced/off':>10} {'err':>8}"
+        )
+        for label, batch, (hw, c, mid, out, kind) in cases:
+            g, _, _, _, flops = convconv_chain(batch, hw, c, mid, out, kind, rng)
+            auto, f_auto, x = blocked_pair(g, threads, True, rng)
+            _, f_off, _ = blocked_pair(g, threads, False, rng)
+            _, f_forced, _ = blocked_pair(g, threads, "always", rng)
+            verdict = next(
+                (
+                    ln.split(": ")[1].split(" at")[0] + ("/rows" if ": rows:" in ln else "")
+                    for ln in auto.show("fusion").splitlines()
+                    if "depth 1" in ln
+                ),
+                "none",
+            )
+            want = f_off(x)
+            err = max(
+                float(np.abs(f(x) - want).max() / max(np.abs(want).max(), 1e-30))
+                for f in (f_auto, f_forced)
+            )
+            contenders = {
+                "auto": lambda f=f_auto: f(x),
+                "off": lambda f=f_off: f(x),
+                "forced": lambda f=f_forced: f(x),
+            }
+            times = interleaved(contenders, rounds=args.rounds, repeat=args.repeat)
+            gf = {k: flops / float(np.median(v)) / 1e9 for k, v in times.items()}
+            ao = float(np.median(times["off"] / times["auto"]))
+            fo = float(np.median(times["off"] / times["forced"]))
+            print(
+                f"{label:<20} {verdict:<17} {gf['auto']:7.1f} {gf['off']:7.1f} "
+                f"{gf['forced']:7.1f} {ao:8.2f} {fo:10.2f} {err:8.1e}",
+                flush=True,
+            )
+
+
 def convconv(args, rng) -> None:
     import torch
 
@@ -166,7 +257,7 @@ def convconv(args, rng) -> None:
         torch.set_num_threads(threads)
         print(f"\nconv -> conv, threads={threads}  (GFLOPS of both convs; ratios = time / time)")
         print(
-            f"{'chain':<20} {'verdict':<12} {'auto GF':>7} {'off':>7} {'forced':>7} {'eager':>7}"
+            f"{'chain':<20} {'verdict':<17} {'auto GF':>7} {'off':>7} {'forced':>7} {'eager':>7}"
             f" {'forced/off':>10} {'auto/eager':>10} {'err':>8}"
         )
         for label, _, batch, (hw, c, mid, out, kind) in cases:
@@ -176,7 +267,7 @@ def convconv(args, rng) -> None:
             _, f_forced = one_kernel(g, threads, "always")
             verdict = next(
                 (
-                    ln.split(": ")[1].split(" at")[0]
+                    ln.split(": ")[1].split(" at")[0] + ("/rows" if ": rows:" in ln else "")
                     for ln in auto.show("fusion").splitlines()
                     if "depth 1" in ln
                 ),
@@ -202,7 +293,7 @@ def convconv(args, rng) -> None:
             fo = float(np.median(times["off"] / times["forced"]))
             ae = float(np.median(times["eager"] / times["auto"]))
             print(
-                f"{label:<20} {verdict:<12} {gf['auto']:7.1f} {gf['off']:7.1f} "
+                f"{label:<20} {verdict:<17} {gf['auto']:7.1f} {gf['off']:7.1f} "
                 f"{gf['forced']:7.1f} {gf['eager']:7.1f} {fo:10.2f} {ae:10.2f} {err:8.1e}",
                 flush=True,
             )
@@ -222,6 +313,7 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     convconv(args, rng)
+    convconv_blocked(args, rng)
     if args.conv_only:
         return
     cases = []

@@ -162,8 +162,9 @@ def test_unsupported_operator_and_shape_errors_name_the_op():
 
 
 def test_kernels_per_contraction_share_identical_groups():
-    """Two bottlenecks of one shape: a kernel per conv and its chain, the second bottleneck's
-    kernels the first's code with its own weights; views split even the one-kernel mode."""
+    """Two bottlenecks of one shape: a kernel per conv -> 1x1 conv pair and its chain
+    (graph/groups.conv_pair), the second bottleneck's kernel the first's code with its own
+    weights; views split even the one-kernel mode."""
     N, C, K, H, W = 1, 6, 10, 7, 5
     g = pd.graph.Graph("twice")
     x = g.input("x", (N, C, H, W))
@@ -180,7 +181,8 @@ def test_kernels_per_contraction_share_identical_groups():
     want = want.reshape(N * C, H * W)
     per = g.compile(kernels="contraction")
     kernels = [ck for ck, *_ in per.parts if ck is not None]
-    assert len(kernels) == 4 and len({id(k) for k in kernels}) == 2
+    assert len(kernels) == 2 and len({id(k) for k in kernels}) == 1
+    assert per.part_ops[0] == ["conv2d", "relu", "conv2d", "add", "relu"]
     assert per.parts[-1][0] is None  # the reshape: a view, no kernel
     np.testing.assert_allclose(per(xa), want, rtol=2e-4, atol=2e-4)
     one = g.compile()

@@ -28,6 +28,9 @@ from .transform.fuse_contractions import contract as contract_tensor
 from .transform.fuse_contractions import nest as share_batch_loop
 from .transform.fuse_contractions import offer as offer_contractions
 from .transform.fuse_contractions import private as private_tensor
+from .transform.fuse_contractions import verdicts as merge_verdicts
+from .transform.fuse_rows import compact as compact_rows
+from .transform.fuse_rows import plan as plan_rows
 from .transform.gather import copy_cost, gather_operands
 from .transform.pack import pack_operands
 from .transform.prefetch import prefetch_operands
@@ -133,7 +136,8 @@ def compile_kernel(
                 groups=groups,
             )
             lowered, micro_par = low.kernel, low.parallel
-            fusion = (*fusion, *low.fusion)
+            # one verdict per pair: this pass's final one for conv -> conv pairs
+            fusion = merge_verdicts(fusion, low.fusion)
             record = Schedule(
                 kernel=kernel.name,
                 sizes=tuple(sorted(bound.size_values.items())),
@@ -220,7 +224,7 @@ def _front(
         groups, refused = offer_contractions(bound, tgt, threads=threads)
         if fuse == "always":
             groups = tuple(replace(g, forced=True) for g in groups)
-        fusion = (*fusion, *refused)
+        fusion = merge_verdicts(fusion, refused)
     # 4. Contraction operands strided along the output's contiguous dimension (a strided
     #    NCHW conv's input) are gathered once into dense scratch (transform/gather.py).
     candidates = [bound]
@@ -408,7 +412,7 @@ def lower_contractions(
     # Conv -> conv groups: scored on the ranked costs; the fused ones run their contractions
     # image by image (the batch loop first in every plan, parallel alone), shared below.
     verdicts, fused, plans, chosen, saved = _score_groups(
-        kernel, groups if replay is None else (), plans, chosen, threads
+        kernel, groups if replay is None else (), plans, chosen, threads, target
     )
     total -= saved
     for i, (c, plan, n_par, _) in enumerate(plans):
@@ -427,14 +431,18 @@ def lower_contractions(
                 parallel[s.name] = frozenset(range(1, 1 + n_par))
                 if not chosen[i].pack:
                     unpacked.add(s.name)
-    for group, span in fused:
-        shared = share_batch_loop(kernel, span)
+    for group, span, tiling in fused:
+        # the image loop (several images) or the loop over blocks of rows (one image) shared
+        shared = share_batch_loop(kernel, span, iterator=tiling is None)
         if shared is None:  # checked by _score_groups before lowering
             raise AssertionError(f"{group.first} | {group.second}: no batch loop to share")
         kernel, moved = shared
         for name in moved:
             parallel[name] = frozenset({1}) if threads > 1 else frozenset()
-        if group.scratch and private_tensor(
+        if tiling is not None:
+            if tiling.shape is not None:  # the scratch intermediate: one block per thread
+                kernel = _checked(compact_rows(kernel, group.tensor, tiling, moved))
+        elif group.scratch and private_tensor(
             kernel, [kernel.statement(n) for n in moved], group.tensor
         ):
             kernel = _checked(contract_tensor(kernel, group.tensor, moved))
@@ -456,10 +464,13 @@ def lower_contractions(
     )
 
 
-def _score_groups(kernel: Kernel, groups: tuple, plans: list, chosen: list, threads: int):
+def _score_groups(
+    kernel: Kernel, groups: tuple, plans: list, chosen: list, threads: int, target=None
+):
     """The conv -> conv groups (transform/fuse_contractions.py) scored on the contractions'
-    ranked costs: (verdicts, [(group, nest positions)] of the fused ones, the plans and records
-    with the fused contractions' batch loop first and alone parallel, cost units saved)."""
+    ranked costs: (verdicts, [(group, nest positions, row tiling or None)] of the fused ones,
+    the plans and records with the fused contractions' batch loop (or loop over blocks of
+    rows: transform/fuse_rows.py) first and alone parallel, cost units saved)."""
     verdicts, fused, saved = [], [], 0.0
     plans, chosen = list(plans), list(chosen)
     for g in groups:
@@ -476,6 +487,21 @@ def _score_groups(kernel: Kernel, groups: tuple, plans: list, chosen: list, thre
         stmts = [
             s for s in kernel.statements if tops[s.name] is not None and lo <= tops[s.name] <= hi
         ]
+        if g.rows:
+            found = _score_rows(kernel, g, span, inside, stmts, plans, threads, target)
+            verdicts.append(found[0])
+            if found[1] is None:
+                continue
+            _, tiling, gain = found
+            saved += gain
+            fused.append((g, span, tiling))
+            for i, entry in tiling.plans:
+                plans[i] = entry
+                _, plan, n_par, _ = entry
+                chosen[i] = replace(
+                    chosen[i], bm=plan.bm, bn=plan.bn, loops=plan.loops, n_parallel=n_par
+                )
+            continue
         batch = {
             i: poly.dim_iterator(kernel, kernel.statement(plans[i][0].stmt), 1) for i in inside
         }
@@ -491,13 +517,33 @@ def _score_groups(kernel: Kernel, groups: tuple, plans: list, chosen: list, thre
         if not pays:
             continue
         saved += cost - fused_cost
-        fused.append((g, span))
+        fused.append((g, span, None))
         for i in inside:
             c, plan, _, predicted = plans[i]
             plan = replace(plan, loops=batch_first(plan.loops, batch[i]))
             plans[i] = (c, plan, 1, predicted)
             chosen[i] = replace(chosen[i], loops=plan.loops, n_parallel=1)
     return tuple(verdicts), fused, plans, chosen, saved
+
+
+def _score_rows(kernel: Kernel, g, span, inside, stmts, plans, threads: int, target):
+    """(verdict, row tiling or None, cost units saved) of a one-image group: every statement
+    of its nests a call of its contractions, the block of rows the cost model prefers
+    (transform/fuse_rows.plan)."""
+    calls = {n for i in inside for n in plans[i][0].folded}
+    others = [s.name for s in stmts if s.name not in calls]
+    if others:
+        why = f"{g.tensor}: {', '.join(others)} between the convs would not be BRGEMM calls"
+        return g.candidate(False, "not fusable", why), None, 0.0
+    nests = {i: contraction_nest(kernel, plans[i][0]) for i in inside}
+    private = g.scratch and private_tensor(kernel, stmts, g.tensor)
+    tiling, why, fused_cost, unfused = plan_rows(
+        kernel, g, inside, plans, nests, target, threads, private
+    )
+    if tiling is None:
+        verdict = "unprofitable" if why.startswith("rows:") else "not fusable"
+        return g.candidate(False, verdict, why), None, 0.0
+    return g.candidate(True, "fused", why), tiling, unfused - fused_cost
 
 
 def contractions_of(kernel: Kernel):

@@ -190,8 +190,10 @@ class Analyzer:
         """Footprints of the whole statement (every iterator free)."""
         return self.footprints({})
 
-    def boxes(self, loops: Loops) -> list[tuple[Box, int]]:
-        """For each loop, the iterator ranges of its first iteration and its trip count."""
+    def boxes(self, loops: Loops, *, full: bool = False) -> list[tuple[Box, int]]:
+        """For each loop, the iterator ranges of its first iteration and its trip count
+        (``full``: of its first full iteration where the first is partial, a range not
+        starting on a multiple of the tile: the interior rows of a padded conv's cell)."""
         box: Box = {}
         out: list[tuple[Box, int]] = []
         for v, b in loops:
@@ -206,16 +208,21 @@ class Analyzer:
             lo, hi = ext
             a = (lo // b) * b
             trip = hi // b - lo // b + 1
+            if full and a < lo and -(-lo // b) * b + b - 1 <= hi:
+                a = -(-lo // b) * b  # the first tile inside the range
             old = box.get(v, (a, a + b))
             box = {**box, v: (max(a, old[0]), min(a + b, old[1]))}
             out.append((box, trip))
         return out
 
-    def levels(self, loops: Loops, target: Target, threads: int = 1) -> tuple[Level, ...]:
+    def levels(
+        self, loops: Loops, target: Target, threads: int = 1, *, full: bool = False
+    ) -> tuple[Level, ...]:
         loops = tuple((str(v), int(b)) for v, b in loops)
         out: list[Level] = []
         box: Box = {}
-        for depth, ((v, b), (box, trip)) in enumerate(zip(loops, self.boxes(loops), strict=True)):
+        boxes = self.boxes(loops, full=full)
+        for depth, ((v, b), (box, trip)) in enumerate(zip(loops, boxes, strict=True)):
             out.append(self._level(depth, (v, b), box, trip, target, threads))
         out.append(self._level(len(loops), None, box, 1, target, threads))
         return tuple(out)

@@ -1,5 +1,5 @@
-"""A graph as several kernels: one per contraction with the elementwise chain after it, the
-kernels of identical groups compiled once.
+"""A graph as several kernels: one per contraction with the elementwise chain after it (or a
+conv -> 1x1 conv pair the compiler may fuse), the kernels of identical groups compiled once.
 
 Before (one graph, ResNet-50's 53 convs)::
 
@@ -7,7 +7,9 @@ Before (one graph, ResNet-50's 53 convs)::
 
 After (groups; ``signature`` equal where only the weights differ)::
 
-    [conv2d, relu] [conv2d, relu] [conv2d, add, relu] [conv2d, ...] ...
+    [conv2d, relu] [conv2d, relu, conv2d, add, relu] [conv2d, ...] ...
+
+(the bottleneck's 3x3 conv and the 1x1 conv after it in one group: a conv -> conv pair).
 
 A group starts at every node that is not elementwise or row-wise (a contraction, a pooling) and
 at an elementwise or row-wise node (softmax) none of whose inputs the current group computes;
@@ -34,17 +36,37 @@ ELEMENTWISE = frozenset({*UNARY, "add", "mul", "scale", "shift", "clip", "bias_a
 JOINS = ELEMENTWISE | {"softmax", "layer_norm"}
 
 
+def conv_pair(group: Sequence[Node], nd: Node, root: Callable[[Value], int]) -> bool:
+    """Whether conv ``nd`` joins ``group`` (one conv and the elementwise nodes after it) as the
+    second conv of a conv -> conv pair that ``transform/fuse_contractions.py`` may fuse: a 1x1
+    conv of stride 1 without padding reading the group's last value. Such a pair fuses with no
+    halo, image by image or block by block of rows (``transform/fuse_rows.py``); whether it
+    does is the pass's legality and cost model's verdict, in the pair's kernel (unfused, the
+    kernel runs the two nests one after the other, as two kernels would)."""
+    if nd.op != "conv2d" or not group or group[0].op != "conv2d":
+        return False
+    if sum(x.op in ("conv2d", "linear", "matmul") for x in group) != 1:
+        return False
+    w = nd.params["w"]
+    one = w.shape[2] == 1 and w.shape[3] == 1
+    flat = nd.attrs.get("stride", 1) in (1, (1, 1)) and nd.attrs.get("padding", 0) in (0, (0, 0))
+    single = nd.attrs.get("groups", 1) == 1 and nd.attrs.get("dilation", 1) in (1, (1, 1))
+    return one and flat and single and root(nd.inputs[0]) == root(group[-1].out)
+
+
 def contraction_groups(
     nodes: Sequence[Node],
     outputs: Sequence[Value],
     root: Callable[[Value], int],
     *,
     whole: bool = False,
+    pairs: bool = False,
 ) -> list[tuple[list[Node], list[Value], list[Value]]]:
     """``(nodes, inputs, outputs)`` of each group, in order (values with their root ids, the
     inputs renamed ``in0, in1, ...``). A view (reshape) is a group of its own, run without a
     kernel: after the open group when it views that group's value (which it closes), before
-    it otherwise. ``whole``: every run of nodes between views one group."""
+    it otherwise. ``whole``: every run of nodes between views one group; ``pairs``: a 1x1
+    conv reading a conv group's value joins it (:func:`conv_pair`)."""
     groups: list[list[Node]] = []
     produced: set[int] = set()
     for nd in nodes:
@@ -63,7 +85,7 @@ def contraction_groups(
                 and nd.op in JOINS
                 and groups[-1][0].op not in VIEWS
                 and any(root(v) in produced for v in nd.inputs)
-            )
+            ) or (pairs and bool(groups) and conv_pair(groups[-1], nd, root))
         if not joins:
             groups.append([])
             produced = set()

@@ -665,7 +665,9 @@ def compile_graph(
                 )
             )
     elif kernels == "contraction" or any(nd.op in VIEWS for nd in nodes):
-        split = contraction_groups(nodes, outputs, same_of, whole=kernels == "one")
+        split = contraction_groups(
+            nodes, outputs, same_of, whole=kernels == "one", pairs=kernels == "contraction"
+        )
         groups = [(f"{graph.name}_{i}", nds, ins, outs) for i, (nds, ins, outs) in enumerate(split)]
     else:
         groups = [(graph.name, nodes, list(graph.inputs), outputs)]

@@ -389,12 +389,15 @@ def cost_of(
     threads: int,
     n_parallel: int = 0,
     call: Call | None = None,
+    full: bool = False,
 ) -> Cost:
     """The cost model's prediction for one given nest ``loops`` of ``stmt`` (outermost first,
     one-trip loops left out), its ``n_parallel`` outermost loops parallel: what :func:`rank`
-    computes for each nest it visits, for a nest chosen elsewhere (the tuner's)."""
+    computes for each nest it visits, for a nest chosen elsewhere (the tuner's). ``full``:
+    working sets of each loop's first full iteration (``analysis/reuse``), not of a partial
+    first tile."""
     a = analyzer(kernel, stmt)
-    levels = a.levels(loops, target, threads)
+    levels = a.levels(loops, target, threads, full=full)
     return evaluate(
         levels, a.whole(), target, n_parallel=n_parallel, threads=threads, detail=False, call=call
     )

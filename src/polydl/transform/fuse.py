@@ -209,10 +209,7 @@ def decide(
         )
 
     if any(s.micro is not None or s.name in reserved for s in (*first, *second)):
-        reason = (
-            "a contraction's nest (its loops are the optimiser's: BRGEMM calls; "
-            "conv -> conv pairs: transform/fuse_contractions.py, below)"
-        )
+        reason = "a contraction's nest (its loops are the optimiser's: BRGEMM calls)"
         return verdict(0, False, "not fusable", reason)
     sa, sb = spine(kernel, first), spine(kernel, second)
     depth = 0

@@ -43,6 +43,7 @@ from ..analysis.reuse import fmt_bytes
 from ..ir import poly
 from ..ir.nodes import BinOp, Expr, Int, Kernel, Load, Statement, UnOp, Var, substitute
 from ..target import Target
+from . import fuse_rows
 from .fuse import Candidate, fused_schedules, spine
 from .fuse import legality as loop_legality
 
@@ -61,6 +62,7 @@ class Group:
     fused_level: str  # where one image of it lives per core
     saved: float  # cost-model units of intermediate traffic fusion saves (slowest core)
     forced: bool = False  # fused wherever legal (``fuse="always"``: cost-model studies)
+    rows: bool = False  # one image: fused block by block of output rows (transform/fuse_rows.py)
 
     def candidate(self, fused: bool, verdict: str, reason: str) -> Candidate:
         return Candidate(
@@ -236,7 +238,10 @@ def offer(
                 )
             )
             continue
-        why = legality(kernel, a, b, threads)
+        lo, hi = spine(kernel, a)[0] if spine(kernel, a) else (0, 0)
+        rows = hi == lo and spine(kernel, a)[:1] == spine(kernel, b)[:1]
+        # one image: block by block of output rows instead (transform/fuse_rows.py)
+        why = fuse_rows.legality(kernel, a, b, threads) if rows else legality(kernel, a, b, threads)
         if why is not None:
             verdict = "illegal" if "dependence" in why or "reverse" in why else "not fusable"
             refused.append(
@@ -250,7 +255,6 @@ def offer(
                 )
             )
             continue
-        lo, hi = spine(kernel, a)[0]
         batch = hi - lo + 1
         scratch = private(kernel, [*a, *b], tensor)
         saved, unfused, fused = traffic(kernel, tensor, batch, scratch, target, threads)
@@ -265,9 +269,18 @@ def offer(
                 unfused_level=unfused,
                 fused_level=fused,
                 saved=saved,
+                rows=rows,
             )
         )
     return tuple(groups), tuple(refused)
+
+
+def verdicts(loop: tuple[Candidate, ...], pairs: tuple[Candidate, ...]) -> tuple[Candidate, ...]:
+    """One verdict per pair of nests: loop fusion's (``transform/fuse.py``), except for the
+    pairs of contraction nests this pass decided, whose verdict replaces it in place."""
+    mine = {(c.first, c.second): c for c in pairs}
+    out = [mine.pop((c.first, c.second), c) for c in loop]
+    return (*out, *mine.values())
 
 
 # ---------------------------------------------------------------- step 5: the rewrite
@@ -293,17 +306,20 @@ def batch_first(loops: tuple[tuple[str, int], ...], batch: str) -> tuple[tuple[s
     return ((batch, 1), *((v, b) for v, b in loops if v != batch))
 
 
-def nest(kernel: Kernel, span: tuple[int, int]) -> tuple[Kernel, frozenset[str]] | None:
+def nest(
+    kernel: Kernel, span: tuple[int, int], *, iterator: bool = True
+) -> tuple[Kernel, frozenset[str]] | None:
     """The lowered kernel with the nests at positions ``span`` sharing their outermost loop
     (each nest in order at every iteration), and the statements moved; None when a statement
-    there has no iterator for its outermost schedule dimension."""
+    there has no iterator for its outermost schedule dimension (``iterator=False``: a loop
+    over blocks of rows, ``floor(p/B)``, is fine)."""
     lo, hi = span
     moved: dict[str, str] = {}
     for s in kernel.statements:
         pos = poly.top_position(kernel, s)
         if pos is None or not lo <= pos <= hi:
             continue
-        if poly.dim_iterator(kernel, s, 1) is None:
+        if iterator and poly.dim_iterator(kernel, s, 1) is None:
             return None
         moved[s.name] = poly.nested_schedule(s.schedule, lo, pos - lo)
     stmts = [replace(s, schedule=moved.get(s.name, s.schedule)) for s in kernel.statements]

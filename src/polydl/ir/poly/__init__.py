@@ -69,6 +69,7 @@ from .schedules import (  # noqa: F401
     pad_schedule,
     piecewise_schedule,
     placed_schedule,
+    row_block_schedule,
     schedule,
     schedule_dim_extent,
     schedule_from_text,

@@ -168,6 +168,19 @@ def nested_schedule(text: str, first: int, group: int) -> str:
     return m.insert_dims(_OUT, 2, 1).fix_val(_OUT, 2, group).to_str()
 
 
+@functools.lru_cache(maxsize=4096)
+def row_block_schedule(text: str, first: int, row: str, tile: int, group: int) -> str:
+    """Schedule map ``text`` (``S[i..] -> [d..]``) under a loop over blocks of ``tile`` values
+    of the iterator ``row``: ``S[i..] -> [first, floor(row/tile), group, d..]`` (three output
+    dimensions more), so that the nests given the same ``first`` run block by block, in
+    ``group`` order within each block, each in its own order inside."""
+    m = Map(text)
+    dims, name = names(m, "in"), tuple_name(m, "in") or ""
+    block = row if tile == 1 else f"floor({row}/{tile})"
+    pre = Map(f"{{ {name}[{', '.join(dims)}] -> [{int(first)}, {block}, {int(group)}] }}")
+    return pre.align_params(m.get_space()).flat_range_product(m).to_str()
+
+
 def dim_iterator(kernel: Kernel, s: Statement, i: int) -> str | None:
     """The iterator of ``s`` whose value schedule output dimension ``i`` is on every point of
     its domain (None: no iterator is)."""
