@@ -296,24 +296,25 @@ def conv2d(
     return y
 
 
-def _main_kernel(route: str, x_shape, w_shape, opts: dict, threads: int | None):
-    """The compiled convolution of ``route`` (``"direct"`` or ``"blocked"``) for these shapes
-    and ``opts`` (stride, padding, bias, activation, dilation, normalised), and whether it runs
-    one image at a time (``"direct"`` when the batch's gathered copy would not fit one core's
-    share of the last-level cache)."""
+def _main_spec(route: str, x_shape, w_shape, opts: dict, threads: int | None):
+    """``(args, kwargs, per_image)`` of the ``ops.conv2d`` kernel that ``route`` (``"direct"``
+    or ``"blocked"``) runs for these shapes and ``opts`` (stride, padding, bias, activation,
+    dilation, normalised); ``per_image``: the direct kernel runs one image at a time (when the
+    batch's gathered copy would not fit one core's share of the last-level cache)."""
     (N, C, H, W), (K, _, R, S) = x_shape, w_shape
     if route == "direct":
-        one = compiled(ops.conv2d, 1, C, K, H, W, R, S, layout="nchw", threads=threads, **opts)
-        if N > 1 and N * _gathered_bytes(one) > _cache_share_bytes():
-            return one, True
-        conv = compiled(ops.conv2d, N, C, K, H, W, R, S, layout="nchw", threads=threads, **opts)
-        return conv, False
+        kw = dict(layout="nchw", **opts)
+        one = compiled(ops.conv2d, 1, C, K, H, W, R, S, threads=threads, **kw)
+        per_image = N > 1 and N * _gathered_bytes(one) > _cache_share_bytes()
+        return (1 if per_image else N, C, K, H, W, R, S), kw, per_image
     P, Q = ops.conv_shape(H, W, R, S, opts["stride"], opts["padding"], opts["dilation"])
-    block = ops.conv_block(Q, P)
-    conv = compiled(
-        ops.conv2d, N, C, K, H, W, R, S, layout="nchwc", block=block, threads=threads, **opts
-    )
-    return conv, False
+    return (N, C, K, H, W, R, S), dict(layout="nchwc", block=ops.conv_block(Q, P), **opts), False
+
+
+def _main_kernel(route: str, x_shape, w_shape, opts: dict, threads: int | None):
+    """The compiled kernel of :func:`_main_spec` and its ``per_image``."""
+    args, kw, per_image = _main_spec(route, x_shape, w_shape, opts, threads)
+    return compiled(ops.conv2d, *args, threads=threads, **kw), per_image
 
 
 def conv2d_kernels(
@@ -345,14 +346,8 @@ def conv2d_kernels(
         kw = {} if dil == (1, 1) else {"dilation": dil}
         return [conv2d_rows(N, C, K, Hp, Wp, R, S, bias=bias, activation=activation, **kw)]
     opts = dict(stride=st, padding=(ph, pw), bias=bias, activation=activation, dilation=dil)
-    per_image = False
-    if route == "direct":
-        per_image = _main_kernel(route, (N, C, H, W), (K, C, R, S), opts, threads)[1]
-    if route == "direct":
-        return [ops.conv2d(1 if per_image else N, C, K, H, W, R, S, layout="nchw", **opts)]
-    P, Q = ops.conv_shape(H, W, R, S, st, (ph, pw), dil)
-    block = ops.conv_block(Q, P)
-    return [ops.conv2d(N, C, K, H, W, R, S, layout="nchwc", block=block, **opts)]
+    args, kw, _ = _main_spec(route, (N, C, H, W), (K, C, R, S), opts, threads)
+    return [ops.conv2d(*args, **kw)]
 
 
 def _gathered_bytes(kernel) -> int:
