@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import polydl as pd
-from polydl import jit, ops1d
+from polydl import jit, ops, ops1d
 from polydl.dsl.types import f32
 from polydl.ir import interp
 from polydl.ir.verify import verify
@@ -113,6 +113,11 @@ CASES = {
     "from_nwc 16n": lambda: ops1d.from_nwc(2, 19, 48),
     "taps_nwc": lambda: ops1d.taps_nwc(11, 5, 9),
     "unpack_wgrad": lambda: ops1d.unpack_wgrad(6, 11, 9, groups=2),
+    # the blocked weight packs: channels by taps (r, s = t // S, t % S), by input channels (1x1)
+    "pack_weights 3x3": lambda: ops.pack_weights(48, 40, 3, 3, block=16),
+    "pack_weights 7x7 C=3": lambda: ops.pack_weights(32, 3, 7, 7),
+    "pack_weights 1x1": lambda: ops.pack_weights(32, 48, 1, 1, block=16),
+    "pack_weights 5x3 odd": lambda: ops.pack_weights(24, 13, 5, 3),
 }
 
 
@@ -131,7 +136,7 @@ def test_compiled_against_numpy(case, threads, knobs):
     ck = pd.compile(kern, threads=threads, tuned=False)
     text = ck.show("loops")
     assert "transpose(" in text
-    if knobs and case != "taps_nwc":  # (9 taps: too few to prefetch)
+    if knobs and not case.startswith(("taps_nwc", "pack_weights")):  # (too few to prefetch)
         assert ", prefetch=" in text
         # the others: no tile of whole vectors, or rows not vector-aligned
         assert (", nt" in text) == (case == "from_nwc 16n")

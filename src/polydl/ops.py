@@ -274,14 +274,31 @@ def pack_weights(
     """KCRS ``Wt`` -> blocked ``Wp[K/kb, C/cb, R, S, cb, kb]``. Arguments ``(Wp, Wt)``, both of
     ``dtype``.
 
-    A transpose of each ``kb x (cb*R*S)`` block, done TILE output channels at a time: a tile
-    reads TILE rows of ``cb*R*S`` consecutive floats (a few KiB, L1-resident) and writes runs
-    of TILE consecutive floats; the whole block it writes is touched once per tile, line by
-    line."""
+    A transpose of each ``kb x (cb*R*S)`` block. In f32 the filter taps are one iterator ``t``
+    (``r, s = t // S, t % S``: unit stride in ``Wt``), so that ``transform/transpose.py`` makes
+    tile transposes of the ``kb`` output channels by the ``R*S`` taps of each input channel
+    (tiles of 16 x 9 for a 3x3 filter). Otherwise (bf16: the pass takes f32 only), TILE output
+    channels at a time: a tile reads TILE rows of ``cb*R*S`` consecutive elements (a few KiB,
+    L1-resident) and writes runs of TILE consecutive elements."""
     et = _operand_type(dtype)
     K, C, R, S = _ints(K, C, R, S)
     cb, kb = channel_block(C, block), channel_block(K, block)
-    KB, CB = K // kb, C // cb
+    KB, CB, RS = K // kb, C // cb, R * S
+
+    if dtype == "f32":
+
+        @kernel
+        def pack_weights(Wp: et[KB, CB, R, S, cb, kb], Wt: et[K, C, R, S]):
+            for k in range(KB):
+                for c in range(CB):
+                    for u in range(cb):
+                        for t in range(RS):
+                            for v in range(kb):
+                                Wp[k, c, t // S, t % S, u, v] = Wt[
+                                    kb * k + v, cb * c + u, t // S, t % S
+                                ]
+
+        return pack_weights
 
     @kernel
     def pack_weights(Wp: et[KB, CB, R, S, cb, kb], Wt: et[K, C, R, S]):

@@ -80,16 +80,18 @@ def match(kernel: Kernel, s: Statement, lanes: int = 16) -> Match | None:
     if lt is None or ls is None:
         return None
     used = [v for v in s.iterators if lt.coef(v) or ls.coef(v)]
-    a = [v for v in used if ls.coef(v) == 1]
-    b = [v for v in used if lt.coef(v) == 1]
+    dom = poly.project_onto(poly.domain(kernel, s), used)
+    box = poly.extents(dom, used)
+    if box is None or not poly.is_box(dom, box):
+        return None
+    # an iterator of one value (a 1x1 filter's r, s) is a constant, neither a row nor a column
+    wide = [v for v in used if box[v][1] > box[v][0]]
+    a = [v for v in wide if ls.coef(v) == 1]
+    b = [v for v in wide if lt.coef(v) == 1]
     if len(a) != 1 or len(b) != 1 or a == b:
         return None
     (a,), (b,) = a, b
     if lt.coef(a) < 1 or ls.coef(b) < 1:
-        return None
-    dom = poly.project_onto(poly.domain(kernel, s), used)
-    box = poly.extents(dom, used)
-    if box is None or not poly.is_box(dom, box):
         return None
     if min(box[v][1] - box[v][0] + 1 for v in (a, b)) < max(2, -(-lanes // 2)):
         return None
