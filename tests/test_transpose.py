@@ -37,37 +37,71 @@ def rand(*shape):
     return rng.uniform(-1, 1, size=shape).astype(np.float32)
 
 
+def rand_bits(*shape):
+    """bf16 data as its 16-bit patterns, NaN payloads and signalling ones included: a transpose
+    moves bits, it never converts."""
+    return rng.integers(0, 1 << 16, size=shape, dtype=np.uint16)
+
+
+NP_DTYPE = {"f32": np.float32, "bf16": np.uint16}
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
 @pytest.mark.parametrize("isa", HOST)
-@pytest.mark.parametrize("rows, cols", [(16, 16), (8, 8), (1, 1), (3, 16), (16, 5), (7, 13)])
-def test_microkernel_against_its_twin(isa, rows, cols):
-    t = tile(isa)
+@pytest.mark.parametrize(
+    "rows, cols", [(32, 32), (16, 16), (8, 8), (1, 1), (3, 16), (16, 5), (7, 13), (29, 17)]
+)
+def test_microkernel_against_its_twin(isa, rows, cols, dtype):
+    t = tile(isa, dtype)
     rows, cols = min(rows, t), min(cols, t)
-    for lds, ldd, pf in ((cols, rows, 0), (cols + 7, rows + 11, 0), (53, 31, 37)):
-        cfg = TransposeConfig(rows=rows, cols=cols, lds=lds, ldd=ldd, isa=isa, prefetch=pf)
+    for lds, ldd, pf in ((cols, rows, 0), (cols + 7, rows + 11, 0), (cols + 21, rows + 3, 37)):
+        cfg = TransposeConfig(
+            rows=rows, cols=cols, lds=lds, ldd=ldd, isa=isa, prefetch=pf, dtype=dtype
+        )
         k = compile_transpose(cfg)
-        src = rand(cfg.src_extent() + pf + 3)
-        dst = np.full(cfg.dst_extent() + 5, 7.0, np.float32)
+        n = cfg.src_extent() + pf + 3
+        src = rand(n) if dtype == "f32" else rand_bits(n)
+        dst = np.full(cfg.dst_extent() + 5, 7, NP_DTYPE[dtype])
         want = reference_transpose(cfg, src, dst.copy())
         assert np.array_equal(k(src, dst), want), (isa, rows, cols, lds, ldd)
-        assert (dst == 7.0).sum() == dst.size - rows * cols  # nothing else written
+        assert (dst == 7).sum() == dst.size - rows * cols  # nothing else written
 
 
+def test_bf16_tiles_are_twice_as_wide():
+    for isa in ("avx512", "avx2"):
+        assert tile(isa, "bf16") == 2 * tile(isa)
+    text = generate_transpose(
+        TransposeConfig(rows=32, cols=32, lds=32, ldd=32, isa="avx512", dtype="bf16")
+    ).definition
+    assert "<32 x i16>" in text and "float" not in text
+    k = compile_transpose(TransposeConfig(rows=4, cols=4, lds=4, ldd=4, dtype="bf16"))
+    with pytest.raises(pd.PolyDLError, match="2-byte"):
+        k(rand(16), rand(16))
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
 @pytest.mark.parametrize("isa", [i for i in HOST if i != "generic"])
-def test_nontemporal_kernel(isa):
-    t = tile(isa)
+def test_nontemporal_kernel(isa, dtype):
+    t = tile(isa, dtype)
     for cols in (t, 3):
-        cfg = TransposeConfig(rows=t, cols=cols, lds=29, ldd=3 * t, isa=isa, nontemporal=True)
+        cfg = TransposeConfig(
+            rows=t, cols=cols, lds=t + 13, ldd=3 * t, isa=isa, nontemporal=True, dtype=dtype
+        )
         k = compile_transpose(cfg)
-        src = rand(cfg.src_extent())
-        dst = pd.zeros(cfg.dst_extent(), np.float32)
+        src = rand(cfg.src_extent()) if dtype == "f32" else rand_bits(cfg.src_extent())
+        dst = pd.zeros(cfg.dst_extent(), NP_DTYPE[dtype])
         want = reference_transpose(cfg, src, dst.copy())
         assert np.array_equal(k(src, dst), want)
         with pytest.raises(pd.PolyDLError, match="byte boundary"):
-            k(src, np.zeros(dst.size + 1, np.float32)[1:])
+            k(src, np.zeros(dst.size + 1, NP_DTYPE[dtype])[1:])
     with pytest.raises(ValueError, match="non-temporal"):
-        generate_transpose(TransposeConfig(rows=t - 1, cols=t, lds=t, ldd=t, nontemporal=True))
+        generate_transpose(
+            TransposeConfig(rows=t - 1, cols=t, lds=t, ldd=t, nontemporal=True, dtype=dtype)
+        )
     # the shuffles: log2(lanes) stages of lanes two-input shuffles each
-    text = generate_transpose(TransposeConfig(rows=t, cols=t, lds=t, ldd=t, isa=isa)).definition
+    text = generate_transpose(
+        TransposeConfig(rows=t, cols=t, lds=t, ldd=t, isa=isa, dtype=dtype)
+    ).definition
     assert text.count("shufflevector") == t * (t.bit_length() - 1)
 
 
@@ -213,3 +247,32 @@ def test_tiled_source_nest_and_the_switch(monkeypatch):
     same(before, after)
     monkeypatch.setattr(tiles, "ENABLED", False)
     assert "transpose(" not in pd.compile(tiled, threads=1).show("loops")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "make, ref",
+    [
+        (  # NCHW -> NCHWc with a zero border: 37 pixels a row (a partial tile), 48 channels
+            lambda: ops.pack_input(2, 96, 5, 37, padding=1, block=48, dtype="bf16"),
+            lambda x: np.pad(x.reshape(2, 2, 48, 5, 37), ((0, 0),) * 3 + ((1, 1),) * 2).transpose(
+                0, 1, 3, 4, 2
+            ),
+        ),
+        (  # a 1x1 filter's weights: output by input channels
+            lambda: ops.pack_weights(64, 96, 1, 1, block=32, dtype="bf16"),
+            lambda w: w.reshape(2, 32, 3, 32, 1, 1).transpose(0, 2, 4, 5, 3, 1),
+        ),
+    ],
+    ids=["pack_input", "pack_weights 1x1"],
+)
+def test_bf16_packs_are_exact_transposes(make, ref, threads):
+    """bf16 packs become 16-bit tile transposes that move every bit pattern (NaN payloads
+    too) where the element-wise copy would go through f32."""
+    ck = pd.compile(make(), threads=threads, tuned=False)
+    assert "transpose(" in ck.show("loops") and ", bf16" in ck.show("loops")
+    dst_shape, src_shape = (ck.kernel.shape_of(t.name) for t in ck.kernel.tensors[:2])
+    src = rand_bits(*src_shape)
+    dst = np.zeros(dst_shape, np.uint16)
+    ck(dst, src)
+    np.testing.assert_array_equal(dst, ref(src))

@@ -277,9 +277,10 @@ def pack_weights(
     A transpose of each ``kb x (cb*R*S)`` block. In f32 the filter taps are one iterator ``t``
     (``r, s = t // S, t % S``: unit stride in ``Wt``), so that ``transform/transpose.py`` makes
     tile transposes of the ``kb`` output channels by the ``R*S`` taps of each input channel
-    (tiles of 16 x 9 for a 3x3 filter). Otherwise (bf16: the pass takes f32 only), TILE output
-    channels at a time: a tile reads TILE rows of ``cb*R*S`` consecutive elements (a few KiB,
-    L1-resident) and writes runs of TILE consecutive elements."""
+    (tiles of 16 x 9 for a 3x3 filter). In bf16 (32 lanes a vector: 9 taps too few to fill
+    half a tile), TILE output channels at a time: a tile reads TILE rows of ``cb*R*S``
+    consecutive elements (a few KiB, L1-resident) and writes runs of TILE consecutive
+    elements; a 1x1 filter's pack is a transpose of output by input channels either way."""
     et = _operand_type(dtype)
     K, C, R, S = _ints(K, C, R, S)
     cb, kb = channel_block(C, block), channel_block(K, block)

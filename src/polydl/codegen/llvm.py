@@ -525,7 +525,7 @@ class ModuleEmitter:
         sym = f"@{self.micro_symbol(cfg)}"
         if tr.nontemporal and cfg.nt_ok():  # where the tile is vector-aligned; fenced once
             nt = f"@{self.micro_symbol(replace(cfg, nontemporal=True))}"
-            sym, self.fence = self.if_aligned(dst, 4 * tr.rows, nt, sym, code), True
+            sym, self.fence = self.if_aligned(dst, cfg.bytes * tr.rows, nt, sym, code), True
         code.append(f"  call void {sym}(ptr {src}, ptr {dst})")
         return "\n".join(x for x in code if x)
 

@@ -123,7 +123,9 @@ class _Machine:
             from ..kernels.transpose import TransposeConfig, reference_transpose
 
             tr = s.transpose
-            cfg = TransposeConfig(rows=tr.rows, cols=tr.cols, lds=tr.lds, ldd=tr.ldd)
+            cfg = TransposeConfig(
+                rows=tr.rows, cols=tr.cols, lds=tr.lds, ldd=tr.ldd, dtype=tr.dtype
+            )
             src0, dst0 = eval_int(tr.src_origin, it), eval_int(tr.dst_origin, it)
             reference_transpose(cfg, self.flat[tr.src][src0:], self.flat[tr.dst][dst0:])
             return

@@ -243,7 +243,8 @@ class Micro:
 class Transpose:
     """A statement instance that is one tile transpose (``kernels/transpose.py``): for
     ``i < rows``, ``j < cols``, ``dst[dst_origin + j*ldd + i] = src[src_origin + i*lds + j]``
-    (flat f32 offsets; the origins expressions of the statement's iterators)."""
+    (flat element offsets; the origins expressions of the statement's iterators; ``dtype``
+    the element type of both tensors, ``"f32"`` or ``"bf16"``: 16-bit elements moved as bits)."""
 
     rows: int
     cols: int
@@ -255,11 +256,13 @@ class Transpose:
     dst_origin: IExpr
     prefetch: int = 0  # each source row prefetched this many elements on (0: never)
     nontemporal: bool = False  # full-vector stores bypass the caches where dst is aligned
+    dtype: str = "f32"
 
     def __str__(self) -> str:
         knobs = (f", prefetch={self.prefetch}" if self.prefetch else "") + (
             ", nt" if self.nontemporal else ""
         )
+        knobs += f", {self.dtype}" if self.dtype != "f32" else ""
         return (
             f"transpose({self.rows}x{self.cols}, lds={self.lds}, ldd={self.ldd}{knobs}; "
             f"{self.dst}@{self.dst_origin} = {self.src}@{self.src_origin}^T)"

@@ -182,8 +182,8 @@ def _transpose(kernel: Kernel, s: Statement, scope: set[str]) -> None:
         _fail(kernel, s, "a statement is a BRGEMM call or a transpose, not both")
     for tensor, origin in ((tr.src, tr.src_origin), (tr.dst, tr.dst_origin)):
         t = kernel.arg(tensor) if tensor in {a.name for a in kernel.all_tensors} else None
-        if not isinstance(t, TensorArg) or t.dtype != "f32":
-            _fail(kernel, s, f"transpose operand {tensor!r} is not an f32 tensor")
+        if not isinstance(t, TensorArg) or t.dtype != tr.dtype:
+            _fail(kernel, s, f"transpose operand {tensor!r} is not a {tr.dtype} tensor")
         unknown = set(int_vars(origin)) - scope
         if unknown:
             _fail(kernel, s, f"transpose origin of {tensor} uses {sorted(unknown)}")

@@ -1,5 +1,6 @@
 """Tile-transpose microkernels: ``dst[j*ldd + i] = src[i*lds + j]`` for ``i < rows``,
-``j < cols`` (f32), rendered from ``microkernels/common/transpose.ll.j2``.
+``j < cols`` (f32, or bf16 moved as 16-bit patterns), rendered from
+``microkernels/common/transpose.ll.j2``.
 
 A registry entry like the BRGEMM kernels' (:mod:`polydl.kernels.registry`): a configuration
 (:class:`TransposeConfig`), its LLVM text (:func:`generate_transpose`, pasted by the code
@@ -8,7 +9,7 @@ replaced), a NumPy reference twin (:func:`reference_transpose`) and a compiled e
 and benchmarks (:func:`compile_transpose`).
 
 Vector families transpose a tile of up to ``lanes x lanes`` elements in registers (AVX-512:
-16x16, AVX2: 8x8): the tile's rows loaded as vectors (masked when it has fewer columns than a
+16x16 f32 or 32x32 bf16, AVX2: 8x8 or 16x16): the tile's rows loaded as vectors (masked when it has fewer columns than a
 vector has lanes), ``log2(lanes)`` stages of two-input ``shufflevector`` (stage ``b`` swaps bit
 ``b`` of the row and the column index: rows ``r`` and ``r | 2**b`` exchange their elements
 whose column has bit ``b`` set with the other's whose column has it clear), the tile's columns
@@ -54,19 +55,35 @@ class TransposeConfig:
     # ``lanes`` rows, ``ldd`` a multiple of the lanes; the caller passes a vector-aligned
     # destination and fences the stores once: :data:`SFENCE`)
     nontemporal: bool = False
+    dtype: str = "f32"  # or "bf16": 16-bit elements, twice the lanes per vector
 
     @classmethod
     def of_call(cls, tr, isa: str | None) -> TransposeConfig:
         """The kernel of a tile statement (``ir.nodes.Transpose``), stored normally."""
-        c = cls(rows=tr.rows, cols=tr.cols, lds=tr.lds, ldd=tr.ldd, isa=isa, prefetch=tr.prefetch)
+        c = cls(
+            rows=tr.rows,
+            cols=tr.cols,
+            lds=tr.lds,
+            ldd=tr.ldd,
+            isa=isa,
+            prefetch=tr.prefetch,
+            dtype=tr.dtype,
+        )
         return c.normalized()
+
+    @property
+    def bytes(self) -> int:
+        """Bytes per element."""
+        return ELEMENT_BYTES[self.dtype]
 
     def normalized(self) -> TransposeConfig:
         fam = family(self.isa)
         return replace(self, isa=fam.name)
 
     def check(self) -> None:
-        t = tile(self.isa)
+        if self.dtype not in ELEMENT_BYTES:
+            raise ValueError(f"transpose dtype {self.dtype!r}: one of {sorted(ELEMENT_BYTES)}")
+        t = tile(self.isa, self.dtype)
         if not (1 <= self.rows <= t and 1 <= self.cols <= t):
             raise ValueError(f"transpose tile {self.rows}x{self.cols}: extents must be 1..{t}")
         if self.lds < self.cols or self.ldd < self.rows:
@@ -77,7 +94,7 @@ class TransposeConfig:
 
     def nt_ok(self) -> bool:
         """Whether the kernel may store non-temporally (full vectors, rows vector-aligned)."""
-        lanes = _lanes(self.isa)
+        lanes = _lanes(self.isa, self.dtype)
         return lanes is not None and self.rows == lanes and self.ldd % lanes == 0
 
     def src_extent(self) -> int:
@@ -87,20 +104,25 @@ class TransposeConfig:
         return (self.cols - 1) * self.ldd + self.rows
 
 
-def _lanes(isa: str | None) -> int | None:
-    """f32 lanes of the family's vectors (None: the scalar fallback)."""
+ELEMENT_BYTES = {"f32": 4, "bf16": 2}
+_LLVM_TYPE = {"f32": ("float", "f32"), "bf16": ("i16", "i16")}  # (element type, intrinsic suffix)
+
+
+def _lanes(isa: str | None, dtype: str = "f32") -> int | None:
+    """Lanes of ``dtype`` in the family's vectors (None: the scalar fallback)."""
     fam = family(isa)
-    return None if fam.name == "generic" else fam.vector_width
+    return None if fam.name == "generic" else fam.vector_width * 4 // ELEMENT_BYTES[dtype]
 
 
-def tile(isa: str | None = None) -> int:
+def tile(isa: str | None = None, dtype: str = "f32") -> int:
     """The largest tile extent the family's kernel takes (its lanes; :data:`GENERIC_TILE`)."""
-    return _lanes(isa) or GENERIC_TILE
+    return _lanes(isa, dtype) or GENERIC_TILE
 
 
 def symbol(cfg: TransposeConfig) -> str:
     c = cfg.normalized()
     knobs = (f"_pf{c.prefetch}" if c.prefetch else "") + ("_nt" if c.nontemporal else "")
+    knobs += "_bf16" if c.dtype != "f32" else ""
     return f"polydl_transpose_{c.isa}_{c.rows}x{c.cols}_l{c.lds}_{c.ldd}{knobs}"
 
 
@@ -163,12 +185,14 @@ def generate_transpose(
     if cfg.nontemporal and not cfg.nt_ok():
         raise ValueError(
             f"transpose tile {cfg.rows}x{cfg.cols} ldd={cfg.ldd}: non-temporal stores need "
-            f"{_lanes(cfg.isa)} rows and ldd a multiple of them ({cfg.isa})"
+            f"{_lanes(cfg.isa, cfg.dtype)} rows and ldd a multiple of them ({cfg.isa})"
         )
     name = name or symbol(cfg)
     if not _SYMBOL.match(name):
         raise ValueError(f"not a plain LLVM symbol name: {name!r}")
-    lanes = _lanes(cfg.isa)
+    lanes = _lanes(cfg.isa, cfg.dtype)
+    ety, suffix = _LLVM_TYPE[cfg.dtype]
+    size = cfg.bytes
     ctx: dict = {
         "name": name,
         "linkage": linkage,
@@ -178,10 +202,13 @@ def generate_transpose(
         "family": cfg.isa,
         "vector": lanes is not None,
         "lanes": lanes,
+        "dtype": cfg.dtype,
+        "ety": ety,
+        "size": size,
         "prefetches": [r * cfg.lds + cfg.prefetch for r in range(cfg.rows)] if cfg.prefetch else [],
-        "store_align": f"align {4 * lanes}, !nontemporal !{{i32 1}}"
+        "store_align": f"align {size * lanes}, !nontemporal !{{i32 1}}"
         if cfg.nontemporal
-        else "align 4",
+        else f"align {size}",
     }
     decls: tuple[str, ...] = ()
     if lanes is None:
@@ -191,9 +218,9 @@ def generate_transpose(
             for j in range(cfg.cols)
         ]
     else:
-        vty, mty = f"<{lanes} x float>", f"<{lanes} x i1>"
-        mload = f"llvm.masked.load.v{lanes}f32.p0"
-        mstore = f"llvm.masked.store.v{lanes}f32.p0"
+        vty, mty = f"<{lanes} x {ety}>", f"<{lanes} x i1>"
+        mload = f"llvm.masked.load.v{lanes}{suffix}.p0"
+        mstore = f"llvm.masked.store.v{lanes}{suffix}.p0"
         col_mask = _mask(cfg.cols, lanes) if cfg.cols < lanes else ""
         row_mask = _mask(cfg.rows, lanes) if cfg.rows < lanes else ""
         shuffles, result = _shuffles(cfg.rows, lanes)
@@ -235,7 +262,8 @@ def reference_transpose(cfg: TransposeConfig, src: np.ndarray, dst: np.ndarray) 
 
 @dataclass
 class TransposeKernel:
-    """A compiled tile transpose; ``kernel(src, dst)`` on flat float32 arrays (bounds-checked)."""
+    """A compiled tile transpose; ``kernel(src, dst)`` on flat float32 arrays (bf16: arrays of
+    2-byte elements, ``uint16`` or ``ml_dtypes.bfloat16``; bounds-checked)."""
 
     config: TransposeConfig
     ir: TransposeIR
@@ -249,8 +277,10 @@ class TransposeKernel:
             ("source", src, cfg.src_extent()),
             ("destination", dst, cfg.dst_extent()),
         ):
-            if not isinstance(x, np.ndarray) or x.dtype != np.float32 or not x.flags.c_contiguous:
-                raise PolyDLError(f"transpose {what} must be a C-contiguous float32 ndarray")
+            want = "float32" if cfg.dtype == "f32" else "2-byte (uint16 or bfloat16)"
+            ok = x.dtype == np.float32 if cfg.dtype == "f32" else x.dtype.itemsize == 2
+            if not isinstance(x, np.ndarray) or not ok or not x.flags.c_contiguous:
+                raise PolyDLError(f"transpose {what} must be a C-contiguous {want} ndarray")
             if x.size < need:
                 raise PolyDLError(
                     f"transpose {cfg.rows}x{cfg.cols} {what} holds {x.size} elements, the call "
@@ -258,10 +288,11 @@ class TransposeKernel:
                 )
         if not dst.flags.writeable:
             raise PolyDLError("transpose destination must be writable")
-        if cfg.nontemporal and dst.ctypes.data % (4 * tile(cfg.isa)):
+        align = cfg.bytes * tile(cfg.isa, cfg.dtype)
+        if cfg.nontemporal and dst.ctypes.data % align:
             raise PolyDLError(
                 f"transpose {cfg.rows}x{cfg.cols} stores non-temporally: the destination must "
-                f"start on a {4 * tile(cfg.isa)}-byte boundary"
+                f"start on a {align}-byte boundary"
             )
         self._fn(src.ctypes.data, dst.ctypes.data)
         return dst

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from ..analysis.contraction import Linear, linearize
 from ..ir import poly
 from ..ir.nodes import Kernel, Load, Statement, Transpose
-from ..kernels.transpose import TransposeConfig, tile
+from ..kernels.transpose import ELEMENT_BYTES, TransposeConfig, tile
 from .brgemm import block_pieces
 
 ENABLED = True
@@ -65,16 +65,18 @@ class Match:
         return self.box[v][1] - self.box[v][0] + 1
 
 
-def match(kernel: Kernel, s: Statement, lanes: int = 16) -> Match | None:
+def match(kernel: Kernel, s: Statement, isa: str | None = None) -> Match | None:
     """``s`` as a transpose (module docstring), None when it is not one, or when its tiles of
-    ``lanes x lanes`` would be less than half full along ``a`` or ``b`` (a 3x3 filter's taps,
-    a 7-pixel row: the loop vectoriser's copy moves as many elements per instruction)."""
+    ``lanes x lanes`` (``isa``'s vectors of the tensors' element type) would be less than half
+    full along ``a`` or ``b`` (a 7-pixel row: the loop vectoriser's copy moves as many
+    elements per instruction)."""
     if s.micro is not None or s.transpose is not None or s.op != "=":
         return None
     src = s.expr
     if not isinstance(src, Load) or src.tensor == s.target.tensor:
         return None
-    if {kernel.arg(t).dtype for t in (src.tensor, s.target.tensor)} != {"f32"}:
+    dtypes = {kernel.arg(t).dtype for t in (src.tensor, s.target.tensor)}
+    if len(dtypes) != 1 or not dtypes <= set(ELEMENT_BYTES):  # a copy, no conversion
         return None
     lt, ls = linearize(kernel, s.target), linearize(kernel, src)
     if lt is None or ls is None:
@@ -93,6 +95,7 @@ def match(kernel: Kernel, s: Statement, lanes: int = 16) -> Match | None:
     (a,), (b,) = a, b
     if lt.coef(a) < 1 or ls.coef(b) < 1:
         return None
+    lanes = tile(isa, dtypes.pop())
     if min(box[v][1] - box[v][0] + 1 for v in (a, b)) < max(2, -(-lanes // 2)):
         return None
     if not _one_to_one(lt, box, used):
@@ -124,7 +127,7 @@ def transpose_nests(kernel: Kernel, target) -> tuple[Kernel, dict[str, frozenset
     for s in kernel.statements:
         pos = tops[s.name]
         if pos is not None and list(tops.values()).count(pos) == 1:
-            m = match(kernel, s, tile(target.isa))
+            m = match(kernel, s, target.isa)
             if m is not None:
                 found[s.name] = m
     if not found:
@@ -139,12 +142,11 @@ def transpose_nests(kernel: Kernel, target) -> tuple[Kernel, dict[str, frozenset
             out.append(replace(s, schedule=poly.pad_schedule(s.schedule, ndim)))
             continue
         src, dst = s.expr.tensor, s.target.tensor  # type: ignore[union-attr]
+        ahead = PREFETCH_BYTES // ELEMENT_BYTES[kernel.arg(src).dtype]
         largest = max((c.size_bytes for c in target.caches), default=1 << 25)
         stream = target.private_bytes() if STREAM_BYTES is None else STREAM_BYTES
         knobs = {
-            "prefetch": PREFETCH_BYTES // 4
-            if kernel.nbytes(src) > stream and m.extent(m.a) > PREFETCH_BYTES // 4
-            else 0,
+            "prefetch": ahead if kernel.nbytes(src) > stream and m.extent(m.a) > ahead else 0,
             "nontemporal": kernel.nbytes(dst) > NT_SHARE * largest,
         }
         new = _lowered(kernel, s, m, tops[s.name], ndim, target.isa, knobs)
@@ -159,7 +161,8 @@ def _lowered(
 ) -> list[Statement]:
     """The statements of ``s``'s tiles: full and partial ones in ``a`` and ``b`` (tiles of the
     family's vector width; non-temporal stores on the tiles whose columns are whole vectors)."""
-    t = tile(isa)
+    dtype = kernel.arg(s.target.tensor).dtype
+    t = tile(isa, dtype)
     order = (*m.outer, m.a, m.b)
     params = poly.params_text(kernel.sizes)
     outer = [f"{lo} <= {v} <= {hi}" for v, (lo, hi) in m.box.items() if v in m.outer]
@@ -173,7 +176,7 @@ def _lowered(
         dims += ["0"] * (ndim - len(dims))
         sched = f"{params} -> {{ {name}[{', '.join(order)}] -> [{', '.join(dims)}] }}"
         cfg = TransposeConfig(
-            rows=rows, cols=cols, lds=m.src.coef(m.b), ldd=m.dst.coef(m.a), isa=isa
+            rows=rows, cols=cols, lds=m.src.coef(m.b), ldd=m.dst.coef(m.a), isa=isa, dtype=dtype
         )
         tr = Transpose(
             rows=rows,
@@ -186,6 +189,7 @@ def _lowered(
             dst_origin=m.dst.expr(),
             prefetch=knobs["prefetch"],
             nontemporal=knobs["nontemporal"] and cfg.nt_ok(),
+            dtype=dtype,
         )
         new.append(
             replace(s, name=name, iterators=order, domain=domain, schedule=sched, transpose=tr)
