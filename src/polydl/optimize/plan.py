@@ -119,7 +119,8 @@ MIN_SHARED_WORK = 1 << 22
 
 def micro_blocks(c: Contraction, lanes: int) -> tuple[int, int, int]:
     """(bm, bn, bk) of one call: columns a multiple of the widest efficient register tile of the
-    ISA (the whole extent when it is at most that wide), rows a multiple of the tile rows (the
+    ISA (the whole extent when it is at most that wide; one call fewer, of whole vectors, when
+    that would leave a last call of less than one vector), rows a multiple of the tile rows (the
     whole extent up to 128), the largest reduction block <= MAX_BK."""
     from ..kernels import FAMILIES
 
