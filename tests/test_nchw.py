@@ -155,6 +155,9 @@ def test_route_rule():
     assert pd.nn.conv_route((8, 512, 7, 7), (512, 512, 3, 3), 1, 1) == "blocked"
     assert pd.nn.conv_route((1, 512, 7, 7), (512, 512, 3, 3), 1, 1) == "rows"
     assert pd.nn.conv_route((1, 256, 14, 14), (256, 256, 3, 3), 1, 1) == "rows"
+    # a batch of 14x14 images: "rows" would drop 2 of every 16 columns
+    assert pd.nn.conv_route((8, 256, 14, 14), (256, 256, 3, 3), 1, 1) == "blocked"
+    assert pd.nn.conv_route((8, 128, 28, 28), (128, 128, 3, 3), 1, 1) == "rows"
     assert pd.nn.conv_route((8, 64, 56, 56), (64, 64, 3, 3), 1, 1) == "rows"
 
 
@@ -199,6 +202,16 @@ def test_default_route_blocked_for_wide_3x3(threads):
     assert pd.nn.conv_route(x.shape, w.shape, 1, 1) == "blocked"
     y = pd.nn.conv2d(x, w, bias=b, padding=1, activation="relu", threads=threads)
     np.testing.assert_allclose(y, conv_ref(x, w, b, 1, 1, True), rtol=3e-4, atol=3e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_default_route_blocked_for_a_batch_of_small_images(threads):
+    """3 images of 13 x 11 pixels, 3x3, 5 channels: "rows" would drop 2 of every 13 padded
+    columns, so the rule takes the blocked route, which matches the reference."""
+    x, w, b = rand(3, 5, 13, 11), rand(7, 5, 3, 3), rand(7)
+    assert pd.nn.conv_route(x.shape, w.shape, 1, 1) == "blocked"
+    y = pd.nn.conv2d(x, w, bias=b, padding=1, activation="relu", threads=threads)
+    np.testing.assert_allclose(y, conv_ref(x, w, b, 1, 1, True), rtol=2e-4, atol=2e-4)
 
 
 def test_nn_conv2d_routes_agree():

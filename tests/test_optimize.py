@@ -295,6 +295,31 @@ def test_even_row_blocks_ranked(threads):
         np.testing.assert_allclose(out, a @ b, rtol=1e-4)
 
 
+@pytest.mark.parametrize(("cols", "bn"), [(197, 80), (131, 80), (196, 80), (208, 64), (64, 64)])
+def test_no_call_of_less_than_a_vector_of_columns(cols, bn):
+    """Columns that calls of 64 would leave an edge of less than one vector (197: 5 columns;
+    131: 3) take one call fewer, of the narrowest whole vectors that do it (197: 80 + 80 + 37;
+    131: 80 + 51); an edge of a vector or more (208: 16) and one whole call keep 64. Every
+    variant ranked computes the same product."""
+    from polydl.optimize.plan import micro_blocks, ranked
+    from polydl.pipeline import bind_sizes
+    from polydl.target import resolve
+
+    kern = pd.ops.matmul(37, cols, 29)
+    bound = bind_sizes(kern.ir, {})
+    (c,) = find_all(bound)
+    assert micro_blocks(c, 16)[1] == bn
+    plans = ranked(bound, c, target=resolve("znver4"), threads=2, top=4)
+    assert {p.bn for _, p in plans} == {bn}
+    rng = np.random.default_rng(cols)
+    a = rng.standard_normal((37, 29), dtype=np.float32)
+    b = rng.standard_normal((29, cols), dtype=np.float32)
+    for threads in (1, 2):
+        out = np.zeros((37, cols), np.float32)
+        pd.compile(kern, threads=threads)(out, a, b)
+        np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-4)
+
+
 def test_one_row_block_is_split_for_two_threads_when_there_is_work():
     """A filter gradient with 64 output channels: one 64-row block, 3 column tiles, which two
     threads share 2:1. Two 32-row blocks share evenly; the cost model ranks both (tiny

@@ -172,8 +172,13 @@ def conv_route(
     Rule: ``"direct"`` for a strided convolution (the compiler gathers its input once per call,
     one image at a time when the batch's copy would not fit one core's share of the last-level cache: a 1x1's subsample,
     a larger filter's im2col, ``transform/gather.py``); ``"blocked"`` for a stride-1 filter larger
-    than 1x1 with at least 512 input channels whose packed weights serve at least 256 output
-    pixels (``N*P*Q``); else ``"rows"``. Measured on a Zen 5 host with ``benchmarks/nchw.py
+    than 1x1 whose packed weights serve at least 256 output pixels (``N*P*Q``) and that has at
+    least 512 input channels or would drop at least an eighth of the columns on ``"rows"``
+    (``dw*(S - 1)`` of every padded row of ``W + 2*pw``: 2 of 16 on 14x14 pixels); else
+    ``"rows"``. The second clause measured on a Zen 4 host (resnet_12, 256 channels 14x14, batch
+    8, ratios to torch rows / blocked: 0.76 / 0.85 at 1 thread, 0.80-0.81 / 0.90-0.93 at 2;
+    at batch 1, 196 pixels, the weight packing does not pay: 0.94 / 0.85, 0.89 / 0.85; resnet_07,
+    2 of 30 columns dropped, 0.87 / 0.87-0.91 at batch 8 stays on "rows"). Measured on a Zen 5 host with ``benchmarks/nchw.py
     --routes`` (ratios to torch, 1 thread batch 1 / batch 8 / 2 threads batch 1 / batch 8):
     on the six stride-2 1x1 layers "direct" 1.00-1.20 / 0.85-1.03 / 0.95-1.08 / 0.84-1.05 against
     "rows" with a subsample 0.94-1.19 / 0.79-0.98 / 0.90-1.05 / 0.81-1.05 and "blocked" 0.35-0.62;
@@ -189,9 +194,12 @@ def conv_route(
     unit = ops._pair(stride, "stride") == (1, 1)
     if not unit:
         return "direct"
-    if (R, S) != (1, 1) and C >= 512:
+    if (R, S) != (1, 1):
         P, Q = ops.conv_shape(H, W, R, S, stride, padding, dilation)
-        if N * P * Q >= 256:
+        # the columns "rows" computes and drops: dw*(S - 1) of each padded row of Wp
+        dropped = ops._pair(dilation, "dilation")[1] * (S - 1)
+        wp = W + 2 * ops._pair(padding, "padding")[1]
+        if N * P * Q >= 256 and (C >= 512 or 8 * dropped >= wp):
             return "blocked"
     return "rows"
 

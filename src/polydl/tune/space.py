@@ -47,11 +47,11 @@ from dataclasses import dataclass, replace
 
 from ..errors import TuneError
 from ..ir.nodes import DTYPE_BYTES
+from ..optimize.plan import MAX_BN_VECTORS, fewer_calls
 from ..schedule import ContractionSchedule, Schedule
 from .builder import Workload
 
 MAX_CALL_ROWS = 256
-MAX_BN_VECTORS = 8
 MAX_BK = 256
 MIN_BK = 8
 TILE_OPTIONS = 8
@@ -409,16 +409,7 @@ class ContractionSpace:
         (196 pixels by 64: 4 calls, the last of 4 columns; by 112: 112 + 84). Wider calls
         stream the rows' A panel once per call fewer times, which the analytic model sees
         little of: on a 1x1 conv over 14x14 pixels (batch 8) 112 columns ran 1.18x faster."""
-        ext = self.ext[self.c.n]
-        calls = -(-ext // kn.bn)
-        out: list[int] = []
-        for fewer in sorted({max(1, calls // 2), calls - 1}):
-            if fewer >= calls:
-                continue
-            b = next((b for b in self.bn_range if -(-ext // b) <= fewer), None)
-            if b is not None and b not in out:
-                out.append(b)
-        return out
+        return fewer_calls(self.ext[self.c.n], kn.bn, self.bn_range)
 
     def rule_tile(self, kn: Knobs) -> tuple[int, int]:
         """(rows, vectors) of the register tile the blocking rule gives ``kn``'s full calls."""
