@@ -78,8 +78,8 @@ class Evolution:
     def propose(
         self, n: int, history: Mapping[Point, Trial], pending: frozenset[Point] = frozenset()
     ) -> list[Proposal]:
-        """Up to ``n`` points to measure next, none measured or pending (fewer only when no
-        legal unmeasured point could be found)."""
+        """Up to ``n`` points to measure next, none measured or pending (fewer when no
+        legal unmeasured point could be found, or when the sweep waits for a pending seed)."""
         taken = set(history) | set(pending)
         out: list[Proposal] = []
 
@@ -91,7 +91,10 @@ class Evolution:
             if len(out) < n and p not in taken:
                 take(p, origin)
         if len(out) < n:
-            for p, origin in self._sweep_points(history, taken):
+            sweep = self._sweep_points(history, taken)
+            if sweep is None:  # a seed is still being measured: the sweep waits for it
+                return out
+            for p, origin in sweep:
                 if len(out) < n and p not in taken:
                     take(p, origin)
         if len(out) < n:
@@ -117,11 +120,12 @@ class Evolution:
 
     def _sweep_points(self, history: Mapping[Point, Trial], taken: set[Point]):
         """The microkernel sweep (module docstring, 2.), around the fastest seed once every
-        seed is measured (nothing before; nothing when no seed succeeded)."""
+        seed is measured (None before, while a seed is pending; nothing when no seed
+        succeeded)."""
         if self._sweep is None:
             seeds = [p for p, _ in self.seeds]
             if any(p not in history for p in seeds):
-                return []
+                return None if any(p in taken for p in seeds) else []
             ok = [(history[p].seconds, i, p) for i, p in enumerate(seeds) if history[p].ok]
             if not ok:
                 self._sweep = []
