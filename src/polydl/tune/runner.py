@@ -86,6 +86,7 @@ class Measurement:
     error: str = ""
     build_seconds: float = 0.0
     wall: float = 0.0
+    prebuilt: bool = False  # the code came from the builder process (LocalRunner.build_ahead)
 
 
 def failed(error: str, *, build_seconds: float = 0.0, wall: float = 0.0) -> Measurement:
@@ -173,25 +174,26 @@ class Bench:
         """The record compiled and loaded; ``obj``: the builder's ``(object file, hash of the
         LLVM IR, seconds)`` for it (used when this build's IR has that hash)."""
         key = record.to_json(indent=None)
-        ck = self._built.get(key)
-        if ck is None:
+        got = self._built.get(key)
+        if got is None:
             ck = build(self.job.workload, record, threads=self.job.threads)
             code = None
             if obj is not None and hashlib.sha1(ck.llvm_ir.encode()).hexdigest() == obj[1]:
                 code = Path(obj[0]).read_bytes()
             ck.load(code)
-            self._built[key] = ck
+            self._built[key] = got = (ck, code is not None)
             while len(self._built) > 8:  # the last few, for a confirmation's re-measurements
                 self._built.popitem(last=False)
-        return ck
+        return got
 
     def _ready(self, record: Schedule, obj: tuple | None = None):
-        """(call, build seconds, seconds of one call) of ``record`` built, checked and warmed
-        up, or the failed :class:`Measurement` of whichever step failed."""
+        """(call, build seconds, seconds of one call, whether the builder's code was used) of
+        ``record`` built, checked and warmed up, or the failed :class:`Measurement` of
+        whichever step failed."""
         m = self.job.measure
         t0 = time.perf_counter()
         try:
-            ck = self._build(record, obj)
+            ck, prebuilt = self._build(record, obj)
         except ScheduleError as e:
             return failed(f"record does not replay: {e}", wall=time.perf_counter() - t0)
         except Exception as e:
@@ -214,7 +216,7 @@ class Bench:
         while calls == 0 or time.perf_counter() - w0 < m.warmup:
             call()
             calls += 1
-        return call, built, max((time.perf_counter() - w0) / calls, 1e-9)
+        return call, built, max((time.perf_counter() - w0) / calls, 1e-9), prebuilt
 
     @contextlib.contextmanager
     def quiet(self):
@@ -249,7 +251,7 @@ class Bench:
         ready = self._ready(record, obj)
         if isinstance(ready, Measurement):
             return ready
-        call, built, once = ready
+        call, built, once, prebuilt = ready
         with self.quiet():
             samples = [self._sample(call, once) for _ in range(self.job.measure.repeat)]
         return Measurement(
@@ -258,6 +260,7 @@ class Bench:
             samples=tuple(samples),
             build_seconds=built,
             wall=time.perf_counter() - t0,
+            prebuilt=prebuilt,
         )
 
     def compare(self, records: Sequence[Schedule], rounds: int) -> list[Measurement]:
@@ -278,9 +281,9 @@ class Bench:
         with self.quiet():
             for rnd in range(rounds):
                 for i in keys[rnd % max(1, len(keys)) :] + keys[: rnd % max(1, len(keys))]:
-                    call, _, once = ready[i]
+                    call, _, once, _ = ready[i]
                     samples[i].append(self._sample(call, once))
-        for i, (_, built, _) in ready.items():
+        for i, (_, built, _, _) in ready.items():
             out[i] = Measurement(
                 ok=True,
                 seconds=float(np.median(samples[i])),
