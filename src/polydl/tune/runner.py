@@ -156,7 +156,7 @@ class Bench:
         ref(*self._call_args(arrays), **self.free)
         self.reference = {n: np.array(arrays[n]) for n in self.written}
         self._built: collections.OrderedDict[str, object] = collections.OrderedDict()
-        self.pause: int | None = None  # a process to stop while timing (see quiet())
+        self.pause: tuple[int, ...] = ()  # processes to stop while timing (see quiet())
 
     def fresh(self) -> dict[str, object]:
         """Copies of the inputs (64-byte aligned), scalars as they are."""
@@ -220,19 +220,19 @@ class Bench:
 
     @contextlib.contextmanager
     def quiet(self):
-        """While samples are timed: the builder process (``self.pause``, a pid) is stopped, so
-        that a trial is timed as it would be without one (it shares the last-level cache and
-        the memory bandwidth), and continued after."""
-        pid, self.pause = self.pause, None
-        if pid is not None:
-            try:
+        """While samples are timed: the builder processes (``self.pause``, pids) are stopped,
+        so that a trial is timed as it would be without them (they share the last-level cache
+        and the memory bandwidth, one of them this CPU), and continued after."""
+        pids, self.pause = self.pause, ()
+        stopped = []
+        for pid in pids:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGSTOP)
-            except OSError:
-                pid = None
+                stopped.append(pid)
         try:
             yield
         finally:
-            if pid is not None:
+            for pid in stopped:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGCONT)
 
@@ -366,12 +366,14 @@ class LocalRunner:
     """Trials in a local worker process, one at a time (see the module docstring).
 
     ``cpus``: the CPUs to pin the worker to (None: :func:`default_cpus`); ``recycle``: a fresh
-    worker after this many trials (JIT modules accumulate in a process); ``build_ahead``: a
-    second worker, on CPUs the measuring one does not use, compiles the records named by
-    :meth:`prefetch` to object code while the current trial is timed, so that a trial's
-    build (pd.compile, LLVM O3 and code generation: most of a trial's time) is off the
-    critical path. None: when this process has such CPUs. A record whose build fails there,
-    or whose code the builder did not produce, is built by the measuring worker itself."""
+    worker after this many trials (JIT modules accumulate in a process); ``build_ahead``:
+    builder processes compile the records named by :meth:`prefetch` to object code while the
+    current trial is timed, so that a trial's build (pd.compile, LLVM O3 and code generation:
+    most of a trial's time) is off the critical path: one on the CPUs the measuring worker
+    does not use, one on the measuring worker's own CPUs at the lowest priority (it uses the
+    time that worker waits). Both are stopped while samples are timed. None: when this
+    process has CPUs besides the measuring worker's. A record whose build fails there is
+    built by the measuring worker itself (which then says why it fails)."""
 
     parallelism = 1
 
@@ -385,12 +387,17 @@ class LocalRunner:
         self.cpus, self.recycle, self.build_ahead = cpus, recycle, build_ahead
         self.job: Job | None = None
         self._worker: _Process | None = None
-        self._builder: _Process | None = None
-        self._built: dict[str, tuple | None] = {}  # record text -> what the builder sent
-        self._queued: set[str] = set()  # sent to the builder, not yet answered
+        self._builders: list[_Process] = []
+        self._built: dict[str, tuple | None] = {}  # record text -> what its builder sent
+        self._queued: dict[str, int] = {}  # sent to builder i, not yet answered
         self._dir: tempfile.TemporaryDirectory | None = None
         self._count = 0
         self.measuring = False  # a trial is in the worker's hands right now
+
+    @property
+    def ahead(self) -> int:
+        """How many records beyond the current batch the tuner should :meth:`prefetch`."""
+        return 2 if self._build_cpus() is not None else 0
 
     def start(self, job: Job) -> None:
         """Measure for ``job`` from now on (the worker starts at the first trial)."""
@@ -404,50 +411,53 @@ class LocalRunner:
         w = self._worker
         return w.proc.pid if w is not None and w.alive else None
 
-    def _builder_pid(self) -> int | None:
-        b = self._builder
-        return b.proc.pid if b is not None and b.alive else None
+    def _builder_pids(self) -> tuple[int, ...]:
+        return tuple(b.proc.pid for b in self._builders if b.alive)
 
     def _build_cpus(self) -> tuple[int, ...] | None:
-        """The CPUs of the builder: this process's CPUs the measuring worker is not pinned to
-        (None: no builder)."""
-        if self.build_ahead is False or not hasattr(os, "sched_getaffinity"):
+        """The CPUs of the first builder: this process's CPUs the measuring worker is not
+        pinned to (None: no builders)."""
+        if self.job is None or self.build_ahead is False or not hasattr(os, "sched_getaffinity"):
             return None
         measured = set(self.job.cpus or ())
         rest = tuple(c for c in sorted(os.sched_getaffinity(0)) if c not in measured)
         return rest if rest and measured else None
 
     def prefetch(self, records: Sequence[Schedule]) -> None:
-        """Start building ``records`` (in the builder, when there is one): they are measured
-        next."""
+        """Start building ``records`` (in the builders, when there are any, each to the one
+        with the fewest waiting): they are measured next."""
         assert self.job is not None, "LocalRunner.start(job) first"
-        if self._builder is None or not self._builder.alive:
-            if self._builder is not None:
-                self._close_builder()
+        if not self._builders or not all(b.alive for b in self._builders):
+            self._close_builders()
             cpus = self._build_cpus()
             if cpus is None:
                 return
             self._dir = tempfile.TemporaryDirectory(prefix="polydl-tune-")
-            self._builder = _Process("build", replace(self.job, cpus=cpus))
-            self._builder.put(("dir", self._dir.name))
+            for i, (role, on) in enumerate((("build", cpus), ("build-idle", self.job.cpus))):
+                self._builders.append(_Process(role, replace(self.job, cpus=on)))
+                self._builders[-1].put(("dir", (self._dir.name, i)))
         for r in records:
             text = r.to_json(indent=None)
             if text not in self._built and text not in self._queued:
-                self._queued.add(text)
-                self._builder.put(("build", text))
+                waiting = [0] * len(self._builders)
+                for i in self._queued.values():
+                    waiting[i] += 1
+                i = waiting.index(min(waiting))
+                self._queued[text] = i
+                self._builders[i].put(("build", text))
 
     def _object(self, text: str) -> tuple | str | None:
         """The builder's (object file, IR hash, seconds) for ``text``; None: build it in the
         measuring worker; a string: the trial failed (the build timed out)."""
         while text in self._queued:
-            kind, payload = self._builder.reply(self.job.measure.timeout)
+            kind, payload = self._builders[self._queued[text]].reply(self.job.measure.timeout)
             if kind != "result":
-                self._close_builder()
+                self._close_builders()
                 if kind == "timeout":
                     return f"timeout: the build took over {self.job.measure.timeout:g} s"
-                return None  # the builder died: the measuring worker builds (and fails) it
+                return None  # a builder died: the measuring worker builds (and fails) it
             got, built = payload
-            self._queued.discard(got)
+            self._queued.pop(got, None)
             self._built[got] = built
         return self._built.pop(text, None)
 
@@ -470,8 +480,7 @@ class LocalRunner:
         if kind == "result":
             return payload
         self._close_worker()
-        pid = self._builder_pid()
-        if pid is not None:  # the worker may have died while the builder was stopped
+        for pid in self._builder_pids():  # the worker may have died while they were stopped
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
         return f"timeout: {payload} (worker killed)" if kind == "timeout" else str(payload)
@@ -485,11 +494,13 @@ class LocalRunner:
         for record in records:
             t0 = time.perf_counter()
             text = record.to_json(indent=None)
-            obj = self._object(text) if self._builder is not None else None
+            obj = self._object(text) if self._builders else None
             if isinstance(obj, str):
                 out.append(failed(f"{obj} (build worker killed)", wall=time.perf_counter() - t0))
                 continue
-            got = self._ask(("measure", (text, obj, self._builder_pid())), self.job.measure.timeout)
+            got = self._ask(
+                ("measure", (text, obj, self._builder_pids())), self.job.measure.timeout
+            )
             if obj is not None and obj[0] is not None:
                 Path(obj[0]).unlink(missing_ok=True)
             out.append(
@@ -501,7 +512,7 @@ class LocalRunner:
         """Time ``records`` against each other in one worker (:meth:`Bench.compare`)."""
         texts = [r.to_json(indent=None) for r in records]
         timeout = self.job.measure.timeout * max(1, len(texts))
-        got = self._ask(("compare", (texts, rounds, self._builder_pid())), timeout)
+        got = self._ask(("compare", (texts, rounds, self._builder_pids())), timeout)
         return got if isinstance(got, list) else [failed(got) for _ in texts]
 
     def _close_worker(self) -> None:
@@ -509,22 +520,22 @@ class LocalRunner:
             self._worker.close()
         self._worker = None
 
-    def _close_builder(self) -> None:
-        if self._builder is not None:
-            if self._builder.alive:  # stopped by a measurement that did not finish
+    def _close_builders(self) -> None:
+        for b in self._builders:
+            if b.alive:  # stopped by a measurement that did not finish
                 with contextlib.suppress(OSError):
-                    os.kill(self._builder.proc.pid, signal.SIGCONT)
-            self._builder.close()
+                    os.kill(b.proc.pid, signal.SIGCONT)
+            b.close()
         if self._dir is not None:
             self._dir.cleanup()
-        self._builder = self._dir = None
+        self._builders, self._dir = [], None
         self._built.clear()
         self._queued.clear()
 
     def close(self) -> None:
         """Stop the workers (killed if they do not stop)."""
         self._close_worker()
-        self._close_builder()
+        self._close_builders()
 
     def __enter__(self) -> LocalRunner:
         return self
@@ -540,7 +551,7 @@ def serve_builds(recv: Connection, send: Connection, job: Job) -> None:
     from .. import jit
 
     send.send_bytes(pickle.dumps(("ready", os.getpid())))
-    folder, done, count = None, {}, 0
+    folder, tag, done, count = None, 0, {}, 0
     while True:
         try:
             kind, payload = pickle.loads(recv.recv_bytes())
@@ -549,7 +560,7 @@ def serve_builds(recv: Connection, send: Connection, job: Job) -> None:
         if kind == "stop":
             return
         if kind == "dir":
-            folder = Path(payload)
+            folder, tag = Path(payload[0]), payload[1]
             continue
         t0 = time.perf_counter()
         built = None
@@ -559,7 +570,7 @@ def serve_builds(recv: Connection, send: Connection, job: Job) -> None:
             if digest not in done:
                 done[digest] = jit.emit_object(ck.llvm_ir, target=ck.cpu, name=ck.kernel.name)
             count += 1
-            path = folder / f"{count}-{digest[:12]}.o"
+            path = folder / f"{tag}-{count}-{digest[:12]}.o"
             path.write_bytes(done[digest])
             built = (str(path), digest, time.perf_counter() - t0)
         except Exception:  # the measuring worker builds it again and says why it fails
@@ -575,7 +586,9 @@ def serve(read_fd: int, write_fd: int) -> None:
     send = Connection(write_fd, readable=False)
     role, job = pickle.loads(recv.recv_bytes())
     pin(job.cpus)
-    if role == "build":
+    if role in ("build", "build-idle"):
+        if role == "build-idle":  # on the measuring worker's CPU: only its idle time
+            os.nice(19)
         serve_builds(recv, send, job)
         return
     try:

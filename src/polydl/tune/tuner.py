@@ -238,8 +238,8 @@ def _search(
         unit="trial", disable=not show, leave=False,
     )  # fmt: skip
     stopped, start = "trials", len(done)
-    ahead = hasattr(runner, "prefetch")  # the next batch is built while this one is timed
-    nxt: list = []
+    ahead = getattr(runner, "ahead", 0)  # proposals built while the current batch is timed
+    queue: list = []  # proposed, named to the runner, not yet measured
 
     def records(props) -> list[Schedule]:
         return [space.baseline if p.point == base_point else space.record(p.point) for p in props]
@@ -250,17 +250,16 @@ def _search(
             if budget is not None and len(done) > start and time.perf_counter() - t0 >= budget:
                 return "budget"
             n = min(runner.parallelism, trials - len(done))
-            props = nxt or strategy.propose(n, history)
-            if not props:
+            want = min(n + ahead, trials - len(done))
+            if len(queue) < want:  # beyond the first n: proposed before their times are in
+                pending = frozenset(p.point for p in queue)
+                queue += strategy.propose(want - len(queue), history, pending)
+            if not queue:
                 return "exhausted"
+            props, queue = queue[:n], queue[n:]
             batch = records(props)
-            left = trials - len(done) - len(props)
-            nxt = []
-            if ahead and left > 0:
-                # proposed before this batch's times are known (the model lags one batch)
-                pending = frozenset(p.point for p in props)
-                nxt = strategy.propose(min(runner.parallelism, left), history, pending)
-                runner.prefetch(batch + records(nxt))
+            if ahead:
+                runner.prefetch(batch + records(queue))
             for prop, record, m in zip(props, batch, runner.measure(batch), strict=True):
                 trial = Trial(
                     record=record,
