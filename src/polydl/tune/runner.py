@@ -220,9 +220,9 @@ class Bench:
 
     @contextlib.contextmanager
     def quiet(self):
-        """While samples are timed: the builder processes (``self.pause``, pids) are stopped,
-        so that a trial is timed as it would be without them (they share the last-level cache
-        and the memory bandwidth, one of them this CPU), and continued after."""
+        """While samples are timed: the builder process (``self.pause``: its pid, or none) is
+        stopped, so that a trial is timed as it would be without it (it shares the last-level
+        cache and the memory bandwidth), and continued after."""
         pids, self.pause = self.pause, ()
         stopped = []
         for pid in pids:
@@ -366,14 +366,15 @@ class LocalRunner:
     """Trials in a local worker process, one at a time (see the module docstring).
 
     ``cpus``: the CPUs to pin the worker to (None: :func:`default_cpus`); ``recycle``: a fresh
-    worker after this many trials (JIT modules accumulate in a process); ``build_ahead``:
-    builder processes compile the records named by :meth:`prefetch` to object code while the
-    current trial is timed, so that a trial's build (pd.compile, LLVM O3 and code generation:
-    most of a trial's time) is off the critical path: one on the CPUs the measuring worker
-    does not use, one on the measuring worker's own CPUs at the lowest priority (it uses the
-    time that worker waits). Both are stopped while samples are timed. None: when this
-    process has CPUs besides the measuring worker's. A record whose build fails there is
-    built by the measuring worker itself (which then says why it fails)."""
+    worker after this many trials (JIT modules accumulate in a process); ``build_ahead``: a
+    builder process, on the CPUs the measuring worker does not use, compiles the records
+    named by :meth:`prefetch` to object code while the current trial is timed, so that a
+    trial's build (pd.compile, LLVM O3 and code generation: most of a trial's time) is off
+    the critical path; it is stopped while samples are timed. When the worker would wait for
+    a build the builder has started, it builds the next record the builder has not started
+    itself meanwhile (so both CPUs build). None: when this process has CPUs besides the
+    measuring worker's. A record whose build fails in the builder is built by the measuring
+    worker (which then says why it fails)."""
 
     parallelism = 1
 
@@ -387,9 +388,10 @@ class LocalRunner:
         self.cpus, self.recycle, self.build_ahead = cpus, recycle, build_ahead
         self.job: Job | None = None
         self._worker: _Process | None = None
-        self._builders: list[_Process] = []
-        self._built: dict[str, tuple | None] = {}  # record text -> what its builder sent
-        self._queued: dict[str, int] = {}  # sent to builder i, not yet answered
+        self._builder: _Process | None = None
+        self._built: dict[str, tuple | None] = {}  # record text -> what the builder sent
+        self._queued: list[str] = []  # sent to the builder, not yet answered, in order
+        self._started: set[str] = set()  # of those, the ones it is building
         self._dir: tempfile.TemporaryDirectory | None = None
         self._count = 0
         self.measuring = False  # a trial is in the worker's hands right now
@@ -412,11 +414,12 @@ class LocalRunner:
         return w.proc.pid if w is not None and w.alive else None
 
     def _builder_pids(self) -> tuple[int, ...]:
-        return tuple(b.proc.pid for b in self._builders if b.alive)
+        b = self._builder
+        return (b.proc.pid,) if b is not None and b.alive else ()
 
     def _build_cpus(self) -> tuple[int, ...] | None:
-        """The CPUs of the first builder: this process's CPUs the measuring worker is not
-        pinned to (None: no builders)."""
+        """The CPUs of the builder: this process's CPUs the measuring worker is not pinned to
+        (None: no builder)."""
         if self.job is None or self.build_ahead is False or not hasattr(os, "sched_getaffinity"):
             return None
         measured = set(self.job.cpus or ())
@@ -424,41 +427,63 @@ class LocalRunner:
         return rest if rest and measured else None
 
     def prefetch(self, records: Sequence[Schedule]) -> None:
-        """Start building ``records`` (in the builders, when there are any, each to the one
-        with the fewest waiting): they are measured next."""
+        """Start building ``records`` (in the builder, when there is one): they are measured
+        next."""
         assert self.job is not None, "LocalRunner.start(job) first"
-        if not self._builders or not all(b.alive for b in self._builders):
-            self._close_builders()
+        if self._builder is None or not self._builder.alive:
+            self._close_builder()
             cpus = self._build_cpus()
             if cpus is None:
                 return
             self._dir = tempfile.TemporaryDirectory(prefix="polydl-tune-")
-            for i, (role, on) in enumerate((("build", cpus), ("build-idle", self.job.cpus))):
-                self._builders.append(_Process(role, replace(self.job, cpus=on)))
-                self._builders[-1].put(("dir", (self._dir.name, i)))
+            self._builder = _Process("build", replace(self.job, cpus=cpus))
+            self._builder.put(("dir", (self._dir.name, 0)))
         for r in records:
             text = r.to_json(indent=None)
             if text not in self._built and text not in self._queued:
-                waiting = [0] * len(self._builders)
-                for i in self._queued.values():
-                    waiting[i] += 1
-                i = waiting.index(min(waiting))
-                self._queued[text] = i
-                self._builders[i].put(("build", text))
+                self._queued.append(text)
+                self._builder.put(("build", text))
+
+    def _take(self, timeout: float) -> str | None:
+        """Handle the builder's next message, waiting at most ``timeout`` (0: only one that is
+        there); the error text when it timed out or died (the builder is then closed)."""
+        if timeout == 0 and not self._builder.recv.poll(0):
+            return None
+        kind, payload = self._builder.reply(timeout)
+        if kind == "started":
+            self._started.add(payload)
+        elif kind == "result":
+            text, built = payload
+            if text in self._queued:  # else taken back after it had started
+                self._queued.remove(text)
+            self._started.discard(text)
+            self._built[text] = built
+        else:
+            self._close_builder()
+            return f"timeout: the build took over {timeout:g} s" if kind == "timeout" else kind
+        return None
 
     def _object(self, text: str) -> tuple | str | None:
-        """The builder's (object file, IR hash, seconds) for ``text``; None: build it in the
-        measuring worker; a string: the trial failed (the build timed out)."""
-        while text in self._queued:
-            kind, payload = self._builders[self._queued[text]].reply(self.job.measure.timeout)
-            if kind != "result":
-                self._close_builders()
-                if kind == "timeout":
-                    return f"timeout: the build took over {self.job.measure.timeout:g} s"
-                return None  # a builder died: the measuring worker builds (and fails) it
-            got, built = payload
-            self._queued.pop(got, None)
-            self._built[got] = built
+        """The builder's (object file, IR hash, seconds) for ``text``; None: the measuring
+        worker builds it; a string: the trial failed (the build timed out)."""
+        while self._builder is not None and self._builder.recv.poll(0):
+            self._take(0)
+        if self._builder is None:
+            return None
+        if text in self._queued and text not in self._started:  # taken back: built there
+            self._queued.remove(text)
+            self._builder.put(("skip", text))
+            return None
+        if text in self._queued:  # meanwhile the worker builds the next one not started
+            later = [t for t in self._queued if t != text and t not in self._started]
+            if later:
+                self._queued.remove(later[0])
+                self._builder.put(("skip", later[0]))
+                self._ask(("build", later[0]), self.job.measure.timeout)
+        while self._builder is not None and text in self._queued:
+            why = self._take(self.job.measure.timeout)
+            if why is not None:
+                return why if why.startswith("timeout") else None
         return self._built.pop(text, None)
 
     def _ask(self, message: tuple, timeout: float):
@@ -494,7 +519,7 @@ class LocalRunner:
         for record in records:
             t0 = time.perf_counter()
             text = record.to_json(indent=None)
-            obj = self._object(text) if self._builders else None
+            obj = self._object(text) if self._builder is not None else None
             if isinstance(obj, str):
                 out.append(failed(f"{obj} (build worker killed)", wall=time.perf_counter() - t0))
                 continue
@@ -520,22 +545,23 @@ class LocalRunner:
             self._worker.close()
         self._worker = None
 
-    def _close_builders(self) -> None:
-        for b in self._builders:
-            if b.alive:  # stopped by a measurement that did not finish
+    def _close_builder(self) -> None:
+        if self._builder is not None:
+            if self._builder.alive:  # stopped by a measurement that did not finish
                 with contextlib.suppress(OSError):
-                    os.kill(b.proc.pid, signal.SIGCONT)
-            b.close()
+                    os.kill(self._builder.proc.pid, signal.SIGCONT)
+            self._builder.close()
         if self._dir is not None:
             self._dir.cleanup()
-        self._builders, self._dir = [], None
+        self._builder = self._dir = None
         self._built.clear()
         self._queued.clear()
+        self._started.clear()
 
     def close(self) -> None:
         """Stop the workers (killed if they do not stop)."""
         self._close_worker()
-        self._close_builders()
+        self._close_builder()
 
     def __enter__(self) -> LocalRunner:
         return self
@@ -546,26 +572,40 @@ class LocalRunner:
 
 def serve_builds(recv: Connection, send: Connection, job: Job) -> None:
     """The builder's loop: records in, object files out (``(path, IR hash, seconds)``, or
-    ``None`` where the build failed: the measuring worker then builds it and reports why).
-    A record whose LLVM IR was built before reuses that object code."""
+    ``None`` where the build failed: the measuring worker then builds it and reports why),
+    in the order asked, each announced ("started") before it is built; a record the parent
+    took back ("skip", the measuring worker builds it) before that is not built. A record
+    whose LLVM IR was built before reuses that object code."""
     from .. import jit
 
     send.send_bytes(pickle.dumps(("ready", os.getpid())))
     folder, tag, done, count = None, 0, {}, 0
+    pending: collections.deque[str] = collections.deque()
+    skip: set[str] = set()
     while True:
-        try:
-            kind, payload = pickle.loads(recv.recv_bytes())
-        except EOFError:
-            return
-        if kind == "stop":
-            return
-        if kind == "dir":
-            folder, tag = Path(payload[0]), payload[1]
+        if not pending or recv.poll(0):
+            try:
+                kind, payload = pickle.loads(recv.recv_bytes())
+            except EOFError:
+                return
+            if kind == "stop":
+                return
+            if kind == "dir":
+                folder, tag = Path(payload[0]), payload[1]
+            elif kind == "skip":
+                skip.add(payload)
+            else:
+                pending.append(payload)
             continue
+        text = pending.popleft()
+        if text in skip:
+            skip.discard(text)
+            continue
+        send.send_bytes(pickle.dumps(("started", text)))
         t0 = time.perf_counter()
         built = None
         try:
-            ck = build(job.workload, Schedule.from_json(payload), threads=job.threads)
+            ck = build(job.workload, Schedule.from_json(text), threads=job.threads)
             digest = hashlib.sha1(ck.llvm_ir.encode()).hexdigest()
             if digest not in done:
                 done[digest] = jit.emit_object(ck.llvm_ir, target=ck.cpu, name=ck.kernel.name)
@@ -575,7 +615,7 @@ def serve_builds(recv: Connection, send: Connection, job: Job) -> None:
             built = (str(path), digest, time.perf_counter() - t0)
         except Exception:  # the measuring worker builds it again and says why it fails
             built = None
-        send.send_bytes(pickle.dumps(("result", (payload, built))))
+        send.send_bytes(pickle.dumps(("result", (text, built))))
 
 
 def serve(read_fd: int, write_fd: int) -> None:
@@ -586,9 +626,7 @@ def serve(read_fd: int, write_fd: int) -> None:
     send = Connection(write_fd, readable=False)
     role, job = pickle.loads(recv.recv_bytes())
     pin(job.cpus)
-    if role in ("build", "build-idle"):
-        if role == "build-idle":  # on the measuring worker's CPU: only its idle time
-            os.nice(19)
+    if role == "build":
         serve_builds(recv, send, job)
         return
     try:
@@ -607,6 +645,10 @@ def serve(read_fd: int, write_fd: int) -> None:
         if kind == "compare":
             texts, rounds, bench.pause = payload
             result = bench.compare([Schedule.from_json(t) for t in texts], rounds)
+        elif kind == "build":  # built now, measured next (a failure is reported then)
+            with contextlib.suppress(Exception):
+                bench._build(Schedule.from_json(payload))
+            result = None
         else:
             text, obj, bench.pause = payload
             result = bench.measure(Schedule.from_json(text), obj)
