@@ -182,7 +182,7 @@ class Bench:
                 code = Path(obj[0]).read_bytes()
             ck.load(code)
             self._built[key] = got = (ck, code is not None)
-            while len(self._built) > 8:  # the last few, for a confirmation's re-measurements
+            while len(self._built) > 64:  # the last ones: the confirmation measures again
                 self._built.popitem(last=False)
         return got
 

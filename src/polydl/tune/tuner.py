@@ -43,6 +43,7 @@ from .space import KernelSpace, Point
 from .strategy import Evolution
 
 CONFIRM_ROUNDS = 15  # rounds of the confirmation (one sample of each record per round)
+CONFIRM_RECORDS = 5  # the fastest records timed against the untuned pick (pd.tune's confirm)
 WIN_SHARE = 0.7  # share of the rounds a record must win to replace the untuned pick
 MIN_GAIN = 0.02  # and how much faster than it its median must be (a tie keeps the untuned pick)
 
@@ -138,8 +139,8 @@ def tune(
     runner=None,
     measure: Measure | None = None,
     seed: int = 0,
-    top_k: int = 8,
-    confirm: int = 3,
+    top_k: int = 5,
+    confirm: int = CONFIRM_RECORDS,
     progress: bool | None = None,
     **sizes: int,
 ) -> TuneResult:
