@@ -22,9 +22,10 @@ Columns: ``choice`` the cost model's ranked variants (1: it had no choice); GFLO
 20, N trials; ``fastest`` the fastest trial's record among all N (no confirmation);
 ``wall`` the tuning time of ``pd.tune(trials=N)`` (search and confirmation); ``tuned/0`` the
 tuned pick (N trials) over the untuned one; ``@20 %`` the pick after 20 trials as a % of the
-best of the row (the median of per-round ratios, like ``tuned/0``); last, where the tuned pick came from (the trial's origin) and its
-microkernel knobs. Goals (issue 14): @20 >= 95%, < 1 minute per operator, tuned/0 geomean >=
-1.05 over the workloads where the cost model has a choice.
+best of the row (the median of per-round ratios, like ``tuned/0``); last, where the tuned
+pick came from (the trial's origin) and its microkernel knobs. Goals (issue 14): @20 >= 95%,
+< 1 minute per operator, tuned/0 geomean >= 1.05 over the workloads where the cost model has
+a choice.
 """
 
 from __future__ import annotations

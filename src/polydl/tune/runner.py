@@ -2,8 +2,9 @@
 
 A trial is measured by :class:`Bench` (the same code in a local worker and in a Ray actor):
 
-1. build: ``pd.compile(workload, schedule=record)`` (:mod:`polydl.tune.builder`), then the JIT;
-   a record that does not replay (``ScheduleError``) or does not compile fails the trial;
+1. build: ``pd.compile(workload, schedule=record)`` (:mod:`polydl.tune.builder`), then the JIT
+   (or only the link of the object code a builder process compiled for it, see below); a
+   record that does not replay (``ScheduleError``) or does not compile fails the trial;
 2. check: one call on fresh copies of the inputs (uniform in [-1, 1), seeded), every tensor
    the kernel writes compared with what the ``optimize=False`` build computed from the same
    inputs: ``max |out - ref| <= rtol * max |ref|``; a wrong, non-finite or crashing result fails
@@ -21,7 +22,10 @@ polydl.tune._worker``: no re-import of the user's script), pinned to ``threads``
 (``os.sched_setaffinity``, ``OMP_PROC_BIND``), ignoring Ctrl-C (the tuner stops it). The parent
 waits at most ``timeout`` seconds per trial: past that the worker is killed and the trial
 fails as timed out; a worker that dies (a segfault in generated code) fails its trial with the
-exit code and the tail of its stderr. Either way the next trial gets a fresh worker.
+exit code and the tail of its stderr. Either way the next trial gets a fresh worker. With a
+CPU to spare, a builder process (:func:`serve_builds`) compiles the records the tuner names
+ahead (:meth:`LocalRunner.prefetch`) to object code while the worker times the current one;
+the worker stops it (SIGSTOP) while it takes samples (:meth:`Bench.quiet`).
 """
 
 from __future__ import annotations

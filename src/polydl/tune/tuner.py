@@ -6,7 +6,10 @@
    strategy (:mod:`.strategy`) with the cost model's residual refitted after every batch
    (:mod:`.model`);
 2. each batch of proposals is built and measured by the runner (:mod:`.runner`, or
-   :mod:`.ray_runner`): a worker process, pinned, checked against the reference;
+   :mod:`.ray_runner`): a worker process, pinned, checked against the reference; with a
+   runner that builds ahead (``runner.ahead``, ``runner.prefetch``) the next proposals are
+   made before this batch's times are in and named to it, so that they are compiled while
+   this batch is timed;
 3. every finished trial goes to the database at once (:mod:`.database`), so Ctrl-C keeps it;
    with ``resume=True`` the trials already there for this workload, machine and compiler
    version count toward ``trials`` and are not measured again;
