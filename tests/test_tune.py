@@ -374,3 +374,118 @@ def test_tuning_nchw_kernels_reaches_nn_conv2d(x_shape, w_shape, stride, pad, ro
     assert len(tuned) == 1 and tuned[0].schedule.choices() == r.best
     np.testing.assert_allclose(y, conv_ref(x, w, None, stride, pad, False), rtol=1e-4, atol=1e-4)
     nn._compiled.cache_clear()
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (``T``: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_the_builder_compiles_ahead_and_is_never_left_stopped():
+    """With a CPU to spare, the next records are compiled to object code in a builder process
+    while the current one is timed (stopped while samples are taken, continued after); the
+    worker loads that code (checked against the reference like any build); a dead builder
+    only costs the worker its own build."""
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: no builder")
+    base = pd.compile(gemm_bias_relu, threads=1, tuned=False, **GEMM).schedule.choices()
+    (c,) = base.contractions
+    other = dataclasses.replace(base, contractions=(dataclasses.replace(c, bk=32),))
+    wrong = dataclasses.replace(base, contractions=(dataclasses.replace(c, bk=7),))
+    with LocalRunner(build_ahead=True) as runner:
+        runner.start(Job(workload=workload(), threads=1, measure=FAST))
+        assert runner.ahead == 2
+        runner.prefetch([base, other, wrong])
+        pid = runner._builder.proc.pid
+        while runner._queued:  # all three built there (none taken back by the worker)
+            assert runner._take(60.0) is None
+        a, b, x = runner.measure([base, other, wrong])
+        assert a.ok and b.ok and a.prebuilt and b.prebuilt
+        assert not x.ok and "does not replay" in x.error and "bk=7" in x.error
+        assert _state(pid) != "T"
+        os.kill(pid, signal.SIGKILL)
+        runner._builder.proc.wait()
+        (m,) = runner.measure([other])  # a fresh builder
+        assert m.ok and runner._builder.proc.pid != pid
+    with LocalRunner(build_ahead=False) as runner:
+        runner.start(Job(workload=workload(), threads=1, measure=FAST))
+        (m,) = runner.measure([base])
+        assert m.ok and not m.prebuilt and runner._builder is None and runner.ahead == 0
+
+
+def test_object_code_compiled_elsewhere_computes_like_the_jit():
+    """jit.emit_object (what the builder process runs) then CompiledKernel.load(obj): the
+    same results as the JIT build, at odd sizes."""
+    from polydl import jit
+
+    sizes = dict(M=37, N=29, K=53)
+    k = pd.compile(gemm_bias_relu, threads=1, tuned=False, **sizes)
+    other = pd.compile(gemm_bias_relu, threads=1, tuned=False, **sizes)
+    assert other.llvm_ir == k.llvm_ir
+    other.load(jit.emit_object(other.llvm_ir, target=other.cpu))
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((37, 53)).astype(np.float32)
+    b = rng.standard_normal((53, 29)).astype(np.float32)
+    bias = rng.standard_normal(29).astype(np.float32)
+    want, got = np.zeros((37, 29), np.float32), np.zeros((37, 29), np.float32)
+    k(want, a, b, bias)
+    other(got, a, b, bias)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(want, np.maximum(a @ b + bias, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_the_untuned_pick_is_the_fallback():
+    """A record replaces the untuned pick only when confirmed faster than it by more than
+    MIN_GAIN (1% faster in every round is a tie); without a confirmation (Ctrl-C) likewise
+    by the trials' times."""
+    from polydl.tune.space import KernelSpace
+    from polydl.tune.tuner import MIN_GAIN, choose
+
+    space = KernelSpace(workload(), threads=1)
+    base = space.baseline
+    (c,) = base.contractions
+    other = dataclasses.replace(base, contractions=(dataclasses.replace(c, bk=32),))
+    for gain, wins in ((0.01, False), (0.05, True)):
+
+        def clock(record, gain=gain):
+            s = 1.0 if record.choices() == base.choices() else 1.0 - gain
+            return Measurement(ok=True, seconds=s, samples=(s,))
+
+        trials = [
+            database.Trial(record=r, status="ok", seconds=clock(r).seconds, origin="x")
+            for r in (base, other)
+        ]
+        for confirm in (3, 0):
+            best, seconds, base_s = choose(space, FakeRunner(clock), trials, confirm=confirm)
+            assert base_s == 1.0, (gain, confirm)
+            if wins:
+                assert gain > MIN_GAIN and best.choices() == other.choices()
+                assert seconds == 1.0 - gain
+            else:
+                assert gain < MIN_GAIN and best.choices() == base.choices() and seconds == 1.0
+
+
+def test_the_next_trial_is_built_while_this_one_is_measured(tmp_path):
+    """pd.tune names the next proposals to the runner (prefetch) before measuring the current
+    ones, and measures exactly what it prefetched: no trial is lost or measured twice."""
+
+    class Ahead(FakeRunner):
+        ahead = 2
+
+        def __init__(self, clock):
+            super().__init__(clock)
+            self.fetched, self.early = [], 0
+
+        def prefetch(self, records):
+            self.fetched += [r.to_json() for r in records if r.to_json() not in self.fetched]
+
+        def measure(self, records):
+            self.early += sum(r.to_json() in self.fetched for r in records)
+            return super().measure(records)
+
+    runner = Ahead(by_bk)
+    r = pd.tune(gemm_bias_relu, trials=12, db=tmp_path / "t.sqlite", runner=runner, **GEMM)
+    asked = [x.to_json() for x in runner.asked]
+    assert len(r.trials) == 12 and len(set(asked)) == 12
+    assert set(asked) == set(runner.fetched)  # nothing built ahead that was not measured
+    assert runner.early == 12  # every trial was named to the builder before its measurement

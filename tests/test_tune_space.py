@@ -230,3 +230,59 @@ def test_after_the_seeds_the_microkernel_knobs_of_the_fastest_are_swept():
     taken = {**history, **{p.point: history[best] for p in sweep}}
     after = strategy.propose(3, taken)
     assert not any(p.origin.startswith("microkernel sweep") for p in after)
+
+
+def test_the_sweep_waits_for_a_seed_still_being_measured():
+    """Proposed ahead (the last seed pending, not yet timed), the strategy offers nothing
+    rather than breed before it knows which seed is fastest; once that seed's time is in,
+    the sweep is around the fastest seed, which may be that last one."""
+    space = KernelSpace(Workload.of(gemm_bias_relu, dict(M=192, N=160, K=256)), threads=1)
+    strategy = Evolution(space, CostModel(space), seed=1, top_k=3, micro_sweep=4)
+    seeds = [p.point for p in strategy.propose(len(strategy.seeds), {})]
+    assert len(seeds) == 3
+    history = {
+        p: Trial(record=space.record(p), status="ok", seconds=1e-3 / (i + 1))
+        for i, p in enumerate(seeds[:-1])
+    }
+    assert strategy.propose(2, history, frozenset(seeds[-1:])) == []
+    history[seeds[-1]] = Trial(record=space.record(seeds[-1]), status="ok", seconds=1e-6)
+    sweep = strategy.propose(4, history)
+    assert sweep and all(p.origin.startswith("microkernel sweep") for p in sweep)
+    for p in sweep:  # one knob away from the last seed, the fastest
+        (kn,), (b,) = p.point.knobs, seeds[-1].knobs
+        assert sum(getattr(kn, f.name) != getattr(b, f.name) for f in dataclasses.fields(kn)) == 1
+
+
+def test_the_faster_sweep_changes_are_then_measured_together():
+    space = KernelSpace(Workload.of(gemm_bias_relu, dict(M=192, N=160, K=256)), threads=1)
+    strategy = Evolution(space, CostModel(space), seed=1, top_k=3, micro_sweep=6)
+    seeds = [p.point for p in strategy.propose(3, {})]
+    history = {
+        p: Trial(record=space.record(p), status="ok", seconds=1e-3 * (i + 1))
+        for i, p in enumerate(seeds)
+    }
+    sweep = strategy.propose(6, history)
+    assert len(sweep) == 6 and all(p.origin.startswith("microkernel sweep") for p in sweep)
+    assert strategy.propose(1, history, frozenset(p.point for p in sweep)) == []  # waits
+    # the 2nd and 4th changes measured faster than their seed (1 ms), the rest slower
+    times = [2e-3, 0.8e-3, 3e-3, 0.9e-3, 2e-3, 2e-3]
+    for p, t in zip(sweep, times, strict=True):
+        history[p.point] = Trial(record=space.record(p.point), status="ok", seconds=t)
+    combos = strategy.propose(2, history)
+    assert combos and combos[0].origin.startswith("sweep combination")
+    names = [sweep[1].origin.split(": ")[1], sweep[3].origin.split(": ")[1]]
+    assert combos[0].origin == "sweep combination: " + " + ".join(names)
+    (kn,), (b,) = combos[0].point.knobs, seeds[0].knobs
+    changed = {f.name for f in dataclasses.fields(kn) if getattr(kn, f.name) != getattr(b, f.name)}
+    want = set()
+    for i in (1, 3):
+        (s,) = sweep[i].point.knobs
+        want |= {f.name for f in dataclasses.fields(s) if getattr(s, f.name) != getattr(b, f.name)}
+    assert changed == want and len(want) == 2 and space.problem(combos[0].point) is None
+    k = pd.compile(gemm_bias_relu, threads=1, schedule=space.record(combos[0].point), M=192,
+                   N=160, K=256)  # fmt: skip
+    rng = np.random.default_rng(1)
+    a, bb = rng.standard_normal((192, 256), np.float32), rng.standard_normal((256, 160), np.float32)
+    bias, c = rng.standard_normal(160, np.float32), np.zeros((192, 160), np.float32)
+    k(c, a, bb, bias)
+    np.testing.assert_allclose(c, np.maximum(a @ bb + bias, 0), rtol=1e-4, atol=1e-3)

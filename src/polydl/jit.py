@@ -224,6 +224,33 @@ def build(ir: str, *, target: str | None = None, name: str = "module") -> JitMod
     return JitModule(name=name, cpu=cpu, llvm_ir=ir, features=features, _engine=engine)
 
 
+def emit_object(ir: str, *, target: str | None = None, name: str = "module") -> bytes:
+    """The native object code :func:`build` would JIT for ``ir`` (the same O3 pipeline, target
+    machine and code model), for :func:`load_object` in another process: the tuner compiles
+    the next candidate in a builder process while the current one is timed."""
+    cpu, features = resolve_cpu(target)
+    with _lock:
+        tm, mod = _prepared(ir, cpu, features, name, jit=True)
+        return bytes(tm.emit_object(mod))
+
+
+def load_object(obj: bytes, *, ir: str, target: str | None = None, name: str = "module"):
+    """A :class:`JitModule` of object code from :func:`emit_object` of ``ir`` (only linked
+    here: no optimisation, no code generation)."""
+    cpu, features = resolve_cpu(target)
+    check_runnable(cpu)
+    if gomp_available():
+        load_gomp()
+    with _lock:
+        tm = _target_machine(cpu, features, jit=True)
+        empty = llvm.parse_assembly("")
+        empty.triple = tm.triple
+        engine = llvm.create_mcjit_compiler(empty, tm)
+        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        engine.finalize_object()
+    return JitModule(name=name, cpu=cpu, llvm_ir=ir, features=features, _engine=engine)
+
+
 @functools.cache
 def _gomp_path() -> str | None:
     return ctypes.util.find_library("gomp")

@@ -73,12 +73,19 @@ class CompiledKernel:
         self._tls = threading.local()
 
     # ------------------------------------------------------------ compilation
-    def load(self):
-        """JIT-compile now (otherwise done at the first call); returns the native entry."""
+    def load(self, obj: bytes | None = None):
+        """JIT-compile now (otherwise done at the first call); returns the native entry.
+        ``obj``: the module's object code, compiled elsewhere by ``jit.emit_object`` from this
+        kernel's ``llvm_ir`` (then only linked here)."""
         if self._fn is None:
             with self._lock:
                 if self._fn is None:
-                    self._module = jit.build(self.llvm_ir, target=self.cpu, name=self.kernel.name)
+                    name = self.kernel.name
+                    self._module = (
+                        jit.build(self.llvm_ir, target=self.cpu, name=name)
+                        if obj is None
+                        else jit.load_object(obj, ir=self.llvm_ir, target=self.cpu, name=name)
+                    )
                     if AMX_MARK in self.llvm_ir:  # Linux hands out the tile state on request
                         amx.request_permission()
                     self._fn = self._module.cfunc(

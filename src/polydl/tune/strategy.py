@@ -9,7 +9,9 @@
    non-temporal stores, wider calls, prefetch, the widest register tile of each vector count;
    ``micro_sweep`` points at most, :meth:`KernelSpace.micro_neighbours`): the analytic model
    does not see most of these knobs, so they are measured directly, and the residual then has
-   measurements that vary them.
+   measurements that vary them. Then the combination: the seed with every change that
+   measured faster, merged, and with the two fastest (the knobs' gains mostly add up: k
+   unroll and non-temporal stores, a register tile and non-temporal stores).
 3. Evolution. The ``population`` fastest measured points are the parents. Each round breeds
    ``children`` legal, unmeasured points: a parent chosen by rank (the fastest most often),
    crossed with another now and then (blocks from one, the nest from the other), then one to
@@ -33,6 +35,7 @@ children for free (an analytic cost takes milliseconds; a trial a second).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -74,12 +77,14 @@ class Evolution:
         self.explore, self.cross = explore, cross
         self.micro_sweep = micro_sweep
         self._sweep: list[tuple[Point, str]] | None = None  # made once the seeds are measured
+        self._swept: Point | None = None  # the seed the sweep is around
+        self._combos: list[tuple[Point, str]] | None = None  # made once the sweep is measured
 
     def propose(
         self, n: int, history: Mapping[Point, Trial], pending: frozenset[Point] = frozenset()
     ) -> list[Proposal]:
-        """Up to ``n`` points to measure next, none measured or pending (fewer only when no
-        legal unmeasured point could be found)."""
+        """Up to ``n`` points to measure next, none measured or pending (fewer when no
+        legal unmeasured point could be found, or when the sweep waits for a pending seed)."""
         taken = set(history) | set(pending)
         out: list[Proposal] = []
 
@@ -91,7 +96,17 @@ class Evolution:
             if len(out) < n and p not in taken:
                 take(p, origin)
         if len(out) < n:
-            for p, origin in self._sweep_points(history, taken):
+            sweep = self._sweep_points(history, taken)
+            if sweep is None:  # a seed is still being measured: the sweep waits for it
+                return out
+            for p, origin in sweep:
+                if len(out) < n and p not in taken:
+                    take(p, origin)
+        if len(out) < n and self._sweep:
+            combos = self._combinations(history, taken)
+            if combos is None:  # a sweep point is still being measured: they wait for it
+                return out
+            for p, origin in combos:
                 if len(out) < n and p not in taken:
                     take(p, origin)
         if len(out) < n:
@@ -117,19 +132,68 @@ class Evolution:
 
     def _sweep_points(self, history: Mapping[Point, Trial], taken: set[Point]):
         """The microkernel sweep (module docstring, 2.), around the fastest seed once every
-        seed is measured (nothing before; nothing when no seed succeeded)."""
+        seed is measured (None before, while a seed is pending; nothing when no seed
+        succeeded)."""
         if self._sweep is None:
             seeds = [p for p, _ in self.seeds]
             if any(p not in history for p in seeds):
-                return []
+                return None if any(p in taken for p in seeds) else []
             ok = [(history[p].seconds, i, p) for i, p in enumerate(seeds) if history[p].ok]
             if not ok:
                 self._sweep = []
                 return []
-            best = min(ok)[2]
+            best = self._swept = min(ok)[2]
             near = self.space.micro_neighbours(best)[: self.micro_sweep]
             self._sweep = [(p, f"microkernel sweep: {why}") for p, why in near]
         return [(p, o) for p, o in self._sweep if p not in taken]
+
+    def _combinations(self, history: Mapping[Point, Trial], taken: set[Point]):
+        """Once the sweep is measured: the swept seed with every one-knob change that measured
+        faster than it, merged (the fastest change first; a change that makes the point
+        illegal, or sets a knob a faster change set, is left out), then the two fastest
+        changes alone, when that is another point (module docstring, 2.). None while a sweep
+        point is pending."""
+        if self._combos is None:
+            points = [p for p, _ in self._sweep]
+            if any(p not in history for p in points):
+                return None if any(p in taken for p in points) else []
+            best = self._swept
+            if best not in history or not history[best].ok:
+                self._combos = []
+                return []
+            faster = sorted(
+                (history[p].seconds, i, p, why.split(": ", 1)[-1])
+                for i, (p, why) in enumerate(self._sweep)
+                if history[p].ok and history[p].seconds < history[best].seconds
+            )
+            combos: list[tuple[Point, str]] = []
+            for group in (faster, faster[:2]):
+                point, names = self._merge(best, [(p, why) for _, _, p, why in group])
+                if len(names) >= 2 and point not in (c for c, _ in combos):
+                    combos.append((point, "sweep combination: " + " + ".join(names)))
+            self._combos = combos
+        return [(p, o) for p, o in self._combos if p not in taken]
+
+    def _merge(self, base: Point, changes: list[tuple[Point, str]]) -> tuple[Point, list[str]]:
+        """``base`` with the knobs each of ``changes`` (one-knob neighbours of it) changed."""
+        point, names, fixed = base, [], set()
+        for p, why in changes:
+            knobs = list(point.knobs)
+            diff = []
+            for i, (kn, b) in enumerate(zip(p.knobs, base.knobs, strict=True)):
+                for f in dataclasses.fields(kn):
+                    if getattr(kn, f.name) != getattr(b, f.name):
+                        diff.append((i, f.name, getattr(kn, f.name)))
+            if not diff or any((i, name) in fixed for i, name, _ in diff):
+                continue
+            for i, name, value in diff:
+                knobs[i] = dataclasses.replace(knobs[i], **{name: value})
+            merged = dataclasses.replace(point, knobs=tuple(knobs))
+            if self.space.problem(merged) is None:
+                point = merged
+                names.append(why)
+                fixed |= {(i, name) for i, name, _ in diff}
+        return point, names
 
     def _breed(self, history: Mapping[Point, Trial], taken: set[Point]) -> dict[Point, str]:
         """Legal, unmeasured children of the fastest measured points: point -> how made."""

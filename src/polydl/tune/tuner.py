@@ -6,17 +6,23 @@
    strategy (:mod:`.strategy`) with the cost model's residual refitted after every batch
    (:mod:`.model`);
 2. each batch of proposals is built and measured by the runner (:mod:`.runner`, or
-   :mod:`.ray_runner`): a worker process, pinned, checked against the reference;
+   :mod:`.ray_runner`): a worker process, pinned, checked against the reference; with a
+   runner that builds ahead (``runner.ahead``, ``runner.prefetch``) the next proposals are
+   made before this batch's times are in and named to it, so that they are compiled while
+   this batch is timed;
 3. every finished trial goes to the database at once (:mod:`.database`), so Ctrl-C keeps it;
    with ``resume=True`` the trials already there for this workload, machine and compiler
    version count toward ``trials`` and are not measured again;
 4. the end: the fastest few measured records and the untuned pick are timed against each other,
    one sample of each per round, for 15 rounds (a confirmation: the first pass's fastest of
    many noisy medians is biased low); a record replaces the untuned pick only if it was faster
-   in at least 70% of the rounds, the lowest median ratio among those winning. That is the
-   tuned record, stored as the key's best: ``pd.compile`` uses it from then on.
+   in at least 70% of the rounds and by more than 2% in the median, the lowest median ratio
+   among those winning (:func:`choose`: the untuned pick is always measured there and is the
+   fallback). That is the tuned record, stored as the key's best: ``pd.compile`` uses it from
+   then on.
 
-Ctrl-C stops the search, stores the fastest finished trial as the best (no confirmation) and
+Ctrl-C stops the search, stores the fastest finished trial as the best (no confirmation; the
+untuned pick unless that trial was more than 2% faster than the untuned pick's) and
 raises :class:`TuneInterrupted` (a ``KeyboardInterrupt``) carrying the result.
 """
 
@@ -40,7 +46,9 @@ from .space import KernelSpace, Point
 from .strategy import Evolution
 
 CONFIRM_ROUNDS = 15  # rounds of the confirmation (one sample of each record per round)
+CONFIRM_RECORDS = 5  # the fastest records timed against the untuned pick (pd.tune's confirm)
 WIN_SHARE = 0.7  # share of the rounds a record must win to replace the untuned pick
+MIN_GAIN = 0.02  # and how much faster than it its median must be (a tie keeps the untuned pick)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,8 +142,8 @@ def tune(
     runner=None,
     measure: Measure | None = None,
     seed: int = 0,
-    top_k: int = 8,
-    confirm: int = 3,
+    top_k: int = 5,
+    confirm: int = CONFIRM_RECORDS,
     progress: bool | None = None,
     **sizes: int,
 ) -> TuneResult:
@@ -186,12 +194,12 @@ def tune(
         )  # fmt: skip
         flops = contraction_flops(space, space.baseline.lowering)
         try:
-            best, seconds, base_s = _choose(
+            best, seconds, base_s = choose(
                 space, runner, done, confirm=confirm if stopped != "interrupted" else 0
             )
         except KeyboardInterrupt:  # during the confirmation: the fastest trial, unconfirmed
             stopped = "interrupted"
-            best, seconds, base_s = _choose(space, runner, done, confirm=0)
+            best, seconds, base_s = choose(space, runner, done, confirm=0)
         if best is not None:
             database.set_best(
                 key, best, seconds=seconds, baseline=base_s, trials=len(done), session=session
@@ -234,19 +242,29 @@ def _search(
         unit="trial", disable=not show, leave=False,
     )  # fmt: skip
     stopped, start = "trials", len(done)
+    ahead = getattr(runner, "ahead", 0)  # proposals built while the current batch is timed
+    queue: list = []  # proposed, named to the runner, not yet measured
+
+    def records(props) -> list[Schedule]:
+        return [space.baseline if p.point == base_point else space.record(p.point) for p in props]
+
     try:
         while len(done) < trials:
             # the budget counts from the call (the space's setup too); one trial runs anyway
             if budget is not None and len(done) > start and time.perf_counter() - t0 >= budget:
                 return "budget"
             n = min(runner.parallelism, trials - len(done))
-            props = strategy.propose(n, history)
-            if not props:
+            want = min(n + ahead, trials - len(done))
+            if len(queue) < want:  # beyond the first n: proposed before their times are in
+                pending = frozenset(p.point for p in queue)
+                queue += strategy.propose(want - len(queue), history, pending)
+            if not queue:
                 return "exhausted"
-            records = [
-                space.baseline if p.point == base_point else space.record(p.point) for p in props
-            ]
-            for prop, record, m in zip(props, records, runner.measure(records), strict=True):
+            props, queue = queue[:n], queue[n:]
+            batch = records(props)
+            if ahead:
+                runner.prefetch(batch + records(queue))
+            for prop, record, m in zip(props, batch, runner.measure(batch), strict=True):
                 trial = Trial(
                     record=record,
                     status="ok" if m.ok else "failed",
@@ -274,22 +292,30 @@ def _search(
     return stopped
 
 
-def _choose(
+def choose(
     space: KernelSpace, runner, done: Sequence[Trial], *, confirm: int
 ) -> tuple[Schedule | None, float | None, float | None]:
-    """(record, seconds, the untuned pick's seconds). With ``confirm``: the ``confirm``
-    fastest records and the untuned pick timed against each other (``runner.compare``: one
-    sample of each per round, :data:`CONFIRM_ROUNDS` rounds); a record replaces the untuned
-    pick only when it was faster in at least :data:`WIN_SHARE` of the rounds, and of those the
-    one with the lowest median ratio to the untuned pick's time wins (a close call goes to the
-    cost model). Without: the fastest trial and the untuned pick's trial."""
+    """(record, seconds, the untuned pick's seconds): what ``pd.tune`` returns after the
+    trials ``done``. The untuned pick is the fallback: another record replaces it only when
+    measured faster than it by more than :data:`MIN_GAIN`.
+
+    With ``confirm``: the ``confirm`` fastest records and the untuned pick timed against each
+    other (``runner.compare``: one sample of each per round, :data:`CONFIRM_ROUNDS` rounds, in
+    one worker); a record replaces the untuned pick only when it was faster in at least
+    :data:`WIN_SHARE` of the rounds and its median ratio to the untuned pick's time is below
+    ``1 - MIN_GAIN``; of those, the lowest median ratio wins. Without (Ctrl-C): the fastest
+    trial, if its time is below ``1 - MIN_GAIN`` of the untuned pick's trial (or the untuned
+    pick was not measured). Only when the untuned pick fails is the fastest other record
+    returned whatever its time."""
     ok = sorted((t for t in done if t.ok), key=lambda t: t.seconds)
     if not ok:
         return None, None, None
     base_key = record_key(space.baseline)
     base = next((t.seconds for t in ok if t.key == base_key), None)
     if confirm <= 0:
-        return ok[0].record.choices(), ok[0].seconds, base
+        if base is None or ok[0].seconds < (1.0 - MIN_GAIN) * base:
+            return ok[0].record.choices(), ok[0].seconds, base
+        return space.baseline, base, base
     picks: dict[str, Schedule] = {base_key: space.baseline}
     for t in ok:
         if len(picks) <= confirm:
@@ -305,7 +331,7 @@ def _choose(
         k = min(fine, key=lambda k: got[k].seconds)
         return picks[k], got[k].seconds, None
     base_t = np.array(got[base_key].samples)
-    best, best_ratio = base_key, 1.0
+    best, best_ratio = base_key, 1.0 - MIN_GAIN
     for k in keys:
         if k == base_key or not got[k].ok:
             continue
