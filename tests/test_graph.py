@@ -191,6 +191,44 @@ def test_kernels_per_contraction_share_identical_groups():
     assert len(per.seconds) == len(per.parts)
 
 
+def padded_pair(N, C, K, H, W):
+    """conv 1x1 -> ReLU -> conv 3x3 (pad 1) -> add (the input): on the blocked layout, x packed
+    with a zero border (the residual's pack without) and the ReLU's value repadded."""
+    g = pd.graph.Graph("padded_pair")
+    x = g.input("x", (N, C, H, W))
+    w1, w2 = r(K, C, 1, 1, scale=0.3), r(C, K, 3, 3, scale=0.2)
+    w0 = r(C, C, 3, 3, scale=0.2)
+    y = g.relu(g.conv2d(g.conv2d(x, w0, padding=1), w1))
+    g.output(g.add(g.conv2d(y, w2, padding=1), x))
+    want = lambda a: (  # noqa: E731
+        numpy_conv(np.maximum(numpy_conv(numpy_conv(a, w0, 1, 1), w1, 1, 0), 0), w2, 1, 1) + a
+    )
+    return g, want
+
+
+@pytest.mark.parametrize("N,C,K,H,W", [(1, 8, 12, 7, 9), (2, 5, 16, 11, 6)])
+def test_blocked_one_kernel_writes_its_scratch_borders(N, C, K, H, W):
+    """layout="blocked" as one kernel: the pack and the repad write scratch tensors of the
+    call (allocated uninitialised), whose zero borders the 3x3 convs read as their padding;
+    compiled, and the compiled loop tree walked by the interpreter (scratch filled with NaN)."""
+    from polydl.ir import interp
+
+    g, ref = padded_pair(N, C, K, H, W)
+    f = g.compile(kernels="one", layout="blocked")
+    assert [ck is not None for ck, *_ in f.parts] == [True]
+    assert f.part_ops[0].count("pack") == 2 and "repad" in f.part_ops[0]
+    for _ in range(3):
+        x = r(N, C, H, W)
+        np.testing.assert_allclose(f(x), ref(x), rtol=2e-4, atol=2e-4)
+    ck, _, params, _ = f.parts[0]
+    x = r(N, C, H, W)
+    out = np.full((N, C, H, W), np.nan, np.float32)
+    names = [t.name for t in ck.kernel.tensors]
+    arrays = dict(zip(names, [x, *(p for _, p in params), out], strict=True))
+    interp.run(ck.kernel, arrays, tree=ck.tree)
+    np.testing.assert_allclose(out, ref(x), rtol=2e-4, atol=2e-4)
+
+
 @pytest.mark.parametrize("N,C,K,H,W", [(1, 8, 12, 7, 9), (2, 5, 16, 11, 6)])
 def test_blocked_layout_keeps_activations_blocked(N, C, K, H, W):
     """layout="blocked": the bottleneck's convs on blocked values, one pack of the input (the
