@@ -190,9 +190,7 @@ class _Builder:
         self.pos += 1
         self.tail = None
 
-    def box(
-        self, node: Node, target: Load, value: Expr, its, shape, where: str = ""
-    ) -> Statement:
+    def box(self, node: Node, target: Load, value: Expr, its, shape, where: str = "") -> Statement:
         """A fresh statement ``target = value`` over the box ``0 <= its < shape`` (and the
         constraint ``where``), in a nest of its own at the next top-level position."""
         new = self.fresh()
