@@ -191,6 +191,46 @@ def test_kernels_per_contraction_share_identical_groups():
     assert len(per.seconds) == len(per.parts)
 
 
+def test_an_output_past_the_caches_is_stored_non_temporally():
+    """conv 1x1 -> batch norm -> add -> ReLU: the output, larger than half the largest cache
+    (caches shrunk to 64 KiB), is stored non-temporally by the calls that finish it; with the
+    host's caches it is not; an intermediate (a scratch tensor) never is. Values as NumPy's."""
+    import dataclasses
+
+    from polydl.target import resolve
+
+    N, C, K, H, W = 2, 16, 48, 13, 11
+    h = resolve(None)
+    small = dataclasses.replace(
+        h, caches=tuple(dataclasses.replace(c, size_bytes=2**16) for c in h.caches)
+    )
+    p = dict(w=r(K, C, 1, 1, scale=0.3), s=np.abs(r(K)) + 0.5, t=r(K), w2=r(C, K, 1, 1))
+    g = pd.graph.Graph("chain")
+    x, res = g.input("x", (N, C, H, W)), g.input("res", (N, K, H, W))
+    y = g.batch_norm(g.conv2d(x, p["w"]), np.zeros(K), p["s"] ** 2 - 1e-5, np.ones(K), p["t"])
+    y = g.relu(g.add(y, res))
+    g.output(y)
+    xa, ra = r(N, C, H, W), r(N, K, H, W)
+    conv = numpy_conv(xa, p["w"], 1, 0) / p["s"][None, :, None, None]
+    want = np.maximum(conv + p["t"][None, :, None, None] + ra, 0)
+    assert N * K * H * W * 4 > 2**15  # past half of the 64 KiB cache
+    streamed, kept = g.compile(target=small), g.compile()
+    calls = lambda f: [ln for ln in f.show("loops").splitlines() if "brgemm(" in ln]  # noqa: E731
+    assert calls(streamed) and all(", nt," in ln for ln in calls(streamed))
+    assert not any(", nt," in ln for ln in calls(kept))
+    for f in (streamed, kept):
+        np.testing.assert_allclose(f(xa, ra), want, rtol=2e-4, atol=2e-4)
+    g2 = pd.graph.Graph("pair")
+    x2 = g2.input("x", (N, C, H, W))
+    g2.output(g2.conv2d(g2.relu(g2.conv2d(x2, p["w"])), p["w2"]))
+    pair = g2.compile(target=small)  # one kernel: the first conv writes a scratch tensor
+    assert N * K * H * W * 4 > 2**15  # the scratch intermediate too
+    first = [ln for ln in calls(pair) if "; t0_conv2d@" in ln]
+    assert first and not any(", nt," in ln for ln in first)
+    want2 = numpy_conv(np.maximum(numpy_conv(xa, p["w"], 1, 0), 0), p["w2"], 1, 0)
+    np.testing.assert_allclose(pair(xa), want2, rtol=2e-4, atol=2e-4)
+
+
 def padded_pair(N, C, K, H, W):
     """conv 1x1 -> ReLU -> conv 3x3 (pad 1) -> add (the input): on the blocked layout, x packed
     with a zero border (the residual's pack without) and the ReLU's value repadded."""
