@@ -2,7 +2,7 @@
 chain one kernel per operator (``fuse=False``), torch eager (oneDNN) and torch.compile (Inductor).
 
     python benchmarks/fusion.py [--threads 1 2] [--batch 1 8] [--no-inductor] [--chains res2 ...]
-                                [--conv-only]
+                                [--conv-only] [--prefetch-ab]
 
 Chains:
 
@@ -23,6 +23,10 @@ Chains:
   (``forced``, ``fuse="always"``), torch eager; ``forced/off``: what fusion gives on this host.
   The 3x3 -> 1x1 pairs again as ``compile_model``'s kernel on the blocked layout (the pair one
   group, ``graph/groups.conv_pair``), auto / off / forced, on a bordered blocked input.
+
+``--prefetch-ab``: only the residual chains, the fused kernel with the epilogue's prefetch of
+its residual (each tile's lines asked for as the tile starts) against the same kernel without,
+and the unfused chain.
 
 Threads pinned on both sides (``torch.set_num_threads``, polydl ``threads=``); contenders timed
 in interleaved rounds (``common.interleaved``); ratios are medians of per-round ratios
@@ -299,6 +303,44 @@ def convconv(args, rng) -> None:
             )
 
 
+def prefetch_ab(args, rng) -> None:
+    """The residual chains' fused kernel with and without the epilogue's operand prefetch
+    (``kernels/generator.PREFETCH_EPILOGUE``), both compiled in this process, interleaved."""
+    from polydl.codegen import llvm
+    from polydl.kernels import generator
+
+    for threads in args.threads:
+        print(f"\nepilogue operand prefetch, threads={threads}  (ratios = other time / time)")
+        print(
+            f"{'chain':<14} {'pf ms':>8} {'no-pf ms':>8} {'unf ms':>8} {'no/pf':>6} {'unf/pf':>6}"
+        )
+        for name, (cin, cout, hw) in RES.items():
+            for batch in args.batch:
+                if args.chains and name not in args.chains:
+                    continue
+                g, inputs, _, _, _ = residual_chain(batch, cin, cout, hw, rng)
+                unfused = g.compile(threads=threads, fuse=False)
+                want = unfused(*inputs)
+                contenders = {"unfused": lambda f=unfused: f(*inputs)}
+                for on in (True, False):
+                    generator.PREFETCH_EPILOGUE = on
+                    llvm._micro_ir.cache_clear()  # the microkernel text, rendered again
+                    f = g.compile(threads=threads)
+                    np.testing.assert_allclose(f(*inputs), want, rtol=1e-4, atol=1e-4)
+                    contenders["pf" if on else "nopf"] = lambda f=f: f(*inputs)
+                generator.PREFETCH_EPILOGUE = True
+                llvm._micro_ir.cache_clear()
+                t = interleaved(contenders, rounds=args.rounds, repeat=args.repeat)
+                ms = {k: 1e3 * float(np.median(v)) for k, v in t.items()}
+                no = float(np.median(t["nopf"] / t["pf"]))
+                unf = float(np.median(t["unfused"] / t["pf"]))
+                print(
+                    f"{name + f' N={batch}':<14} {ms['pf']:8.3f} {ms['nopf']:8.3f}"
+                    f" {ms['unfused']:8.3f} {no:6.2f} {unf:6.2f}",
+                    flush=True,
+                )
+
+
 def main() -> None:
     import torch
 
@@ -310,8 +352,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--conv-only", action="store_true", help="only the conv -> conv table")
+    ap.add_argument(
+        "--prefetch-ab",
+        action="store_true",
+        help="only the residual chains, the epilogue's operand prefetch on and off",
+    )
     args = ap.parse_args()
     rng = np.random.default_rng(0)
+    if args.prefetch_ab:
+        prefetch_ab(args, rng)
+        return
     convconv(args, rng)
     convconv_blocked(args, rng)
     if args.conv_only:

@@ -140,6 +140,34 @@ def test_grouped_rows_operand():
         )
 
 
+def test_full_operands_prefetched_as_a_tile_starts():
+    """A residual (one value per element) is prefetched, a tile's lines of it as the tile
+    starts, once per line of the tile; a per-column scale is not; the values stay exact."""
+    from polydl.kernels import generate
+
+    m, n, k, ldr = 7, 37, 5, 41
+    res = Operand(ld=ldr, col=1, name="res")
+    scale = Operand(ld=0, col=1, name="scale")
+    expr = ("+", ("*", ACC, ("in", 0)), ("in", 1))
+    cfg = BrgemmConfig(m=m, n=n, k=k, beta=0, epilogue=Epilogue(operands=(scale, res), expr=expr))
+    text = generate(cfg).definition
+    starts = text.index("store <16 x float> zeroinitializer")
+    prefetches = [i for i in range(len(text)) if text.startswith("call void @llvm.prefetch", i)]
+    tiles = text.count("; tile group")
+    assert prefetches and all(i < text.index("call void @llvm.masked.store") for i in prefetches)
+    assert prefetches[0] < starts and len(prefetches) >= tiles
+    only_scale = BrgemmConfig(
+        m=m, n=n, k=k, beta=0, epilogue=Epilogue(operands=(scale,), expr=("*", ACC, ("in", 0)))
+    )
+    assert "llvm.prefetch" not in generate(only_scale).definition
+    kern = compile_brgemm(cfg)
+    a, b, c = rand(m * k), rand(k * n), np.zeros(cfg.c_extent(), np.float32)
+    operands = [rand(n), rand(m * ldr)]
+    want = reference(cfg, a, b, c, batch=1, operands=operands)
+    kern(a, b, c, batch=1, operands=operands)
+    np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
+
+
 def test_operand_checks():
     epi = Epilogue(operands=(Operand(ld=0, col=1, name="s"),), expr=("*", ACC, ("in", 0)))
     kern = compile_brgemm(BrgemmConfig(m=2, n=8, k=1, epilogue=epi))

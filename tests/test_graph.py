@@ -191,6 +191,84 @@ def test_kernels_per_contraction_share_identical_groups():
     assert len(per.seconds) == len(per.parts)
 
 
+def test_an_output_past_the_caches_is_stored_non_temporally():
+    """conv 1x1 -> batch norm -> add -> ReLU: the output, larger than half the largest cache
+    (caches shrunk to 64 KiB), is stored non-temporally by the calls that finish it; with the
+    host's caches it is not; an intermediate (a scratch tensor) never is. Values as NumPy's."""
+    import dataclasses
+
+    from polydl.target import resolve
+
+    N, C, K, H, W = 2, 16, 48, 13, 11
+    h = resolve(None)
+    small = dataclasses.replace(
+        h, caches=tuple(dataclasses.replace(c, size_bytes=2**16) for c in h.caches)
+    )
+    p = dict(w=r(K, C, 1, 1, scale=0.3), s=np.abs(r(K)) + 0.5, t=r(K), w2=r(C, K, 1, 1))
+    g = pd.graph.Graph("chain")
+    x, res = g.input("x", (N, C, H, W)), g.input("res", (N, K, H, W))
+    y = g.batch_norm(g.conv2d(x, p["w"]), np.zeros(K), p["s"] ** 2 - 1e-5, np.ones(K), p["t"])
+    y = g.relu(g.add(y, res))
+    g.output(y)
+    xa, ra = r(N, C, H, W), r(N, K, H, W)
+    conv = numpy_conv(xa, p["w"], 1, 0) / p["s"][None, :, None, None]
+    want = np.maximum(conv + p["t"][None, :, None, None] + ra, 0)
+    assert N * K * H * W * 4 > 2**15  # past half of the 64 KiB cache
+    streamed, kept = g.compile(target=small), g.compile()
+    calls = lambda f: [ln for ln in f.show("loops").splitlines() if "brgemm(" in ln]  # noqa: E731
+    assert calls(streamed) and all(", nt," in ln for ln in calls(streamed))
+    assert not any(", nt," in ln for ln in calls(kept))
+    for f in (streamed, kept):
+        np.testing.assert_allclose(f(xa, ra), want, rtol=2e-4, atol=2e-4)
+    g2 = pd.graph.Graph("pair")
+    x2 = g2.input("x", (N, C, H, W))
+    g2.output(g2.conv2d(g2.relu(g2.conv2d(x2, p["w"])), p["w2"]))
+    pair = g2.compile(target=small)  # one kernel: the first conv writes a scratch tensor
+    assert N * K * H * W * 4 > 2**15  # the scratch intermediate too
+    first = [ln for ln in calls(pair) if "; t0_conv2d@" in ln]
+    assert first and not any(", nt," in ln for ln in first)
+    want2 = numpy_conv(np.maximum(numpy_conv(xa, p["w"], 1, 0), 0), p["w2"], 1, 0)
+    np.testing.assert_allclose(pair(xa), want2, rtol=2e-4, atol=2e-4)
+
+
+def padded_pair(N, C, K, H, W):
+    """conv 1x1 -> ReLU -> conv 3x3 (pad 1) -> add (the input): on the blocked layout, x packed
+    with a zero border (the residual's pack without) and the ReLU's value repadded."""
+    g = pd.graph.Graph("padded_pair")
+    x = g.input("x", (N, C, H, W))
+    w1, w2 = r(K, C, 1, 1, scale=0.3), r(C, K, 3, 3, scale=0.2)
+    w0 = r(C, C, 3, 3, scale=0.2)
+    y = g.relu(g.conv2d(g.conv2d(x, w0, padding=1), w1))
+    g.output(g.add(g.conv2d(y, w2, padding=1), x))
+    want = lambda a: (  # noqa: E731
+        numpy_conv(np.maximum(numpy_conv(numpy_conv(a, w0, 1, 1), w1, 1, 0), 0), w2, 1, 1) + a
+    )
+    return g, want
+
+
+@pytest.mark.parametrize("N,C,K,H,W", [(1, 8, 12, 7, 9), (2, 5, 16, 11, 6)])
+def test_blocked_one_kernel_writes_its_scratch_borders(N, C, K, H, W):
+    """layout="blocked" as one kernel: the pack and the repad write scratch tensors of the
+    call (allocated uninitialised), whose zero borders the 3x3 convs read as their padding;
+    compiled, and the compiled loop tree walked by the interpreter (scratch filled with NaN)."""
+    from polydl.ir import interp
+
+    g, ref = padded_pair(N, C, K, H, W)
+    f = g.compile(kernels="one", layout="blocked")
+    assert [ck is not None for ck, *_ in f.parts] == [True]
+    assert f.part_ops[0].count("pack") == 2 and "repad" in f.part_ops[0]
+    for _ in range(3):
+        x = r(N, C, H, W)
+        np.testing.assert_allclose(f(x), ref(x), rtol=2e-4, atol=2e-4)
+    ck, _, params, _ = f.parts[0]
+    x = r(N, C, H, W)
+    out = np.full((N, C, H, W), np.nan, np.float32)
+    names = [t.name for t in ck.kernel.tensors]
+    arrays = dict(zip(names, [x, *(p for _, p in params), out], strict=True))
+    interp.run(ck.kernel, arrays, tree=ck.tree)
+    np.testing.assert_allclose(out, ref(x), rtol=2e-4, atol=2e-4)
+
+
 @pytest.mark.parametrize("N,C,K,H,W", [(1, 8, 12, 7, 9), (2, 5, 16, 11, 6)])
 def test_blocked_layout_keeps_activations_blocked(N, C, K, H, W):
     """layout="blocked": the bottleneck's convs on blocked values, one pack of the input (the

@@ -12,7 +12,8 @@ enters, ``unpack`` where a blocked one leaves for another operator or the graph'
         -> unpack -> max_pool2d
 
 A blocked conv reads its input with a zero border as wide as its padding (``pack`` writes one,
-``repad`` copies a blocked value into one: their buffers keep their zero borders between calls);
+``repad`` copies a blocked value into one: their buffers keep their zero borders between calls,
+or, scratch of a one-kernel graph, have them written each call);
 its weights are packed to ``[K/kb, C/cb, R, S, cb, kb]`` here, once, and its bias to
 ``[K/kb, kb]``. Elementwise nodes on blocked values stay elementwise (per-channel parameters
 blocked the same way), in the conv's nest. Grouped convolutions stay NCHW.

@@ -15,7 +15,10 @@ into that node's weights and bias. Buffers: graph inputs, parameters and outputs
 kernel's arguments; every other value is a scratch tensor of the call (``Kernel.temps``); an
 elementwise node writes its input's buffer in place when nothing else reads that value (and
 the value is not an input or output of the graph), so that its statement follows the
-producer's on the same elements, where the compiler folds it into the BRGEMM store.
+producer's on the same elements, where the compiler folds it into the BRGEMM store. A pack or
+repad (the blocked layout's bordered conv inputs) writing a scratch tensor also writes its zero
+border, every call (scratch is allocated uninitialised); one writing a kernel's output leaves
+the border to the caller (:class:`CompiledGraph` keeps that buffer, zeroed once).
 """
 
 from __future__ import annotations
@@ -176,11 +179,23 @@ class _Builder:
         self.pos += 1
         self.tail = None
 
-    def box(self, node: Node, target: Load, value: Expr, its, shape) -> Statement:
-        """A fresh statement ``target = value`` over the box ``0 <= its < shape``, in a nest of
-        its own at the next top-level position."""
+    def border(self, node: Node, out: str, shape: tuple[int, ...], width: int) -> None:
+        """Zeros in the border ``width`` pixels wide around the rows and columns (axes 2 and
+        3) of the blocked ``out``: a nest of its own, the interior left to the pack or repad."""
+        its = tuple(f"a{d}" for d in range(len(shape)))
+        (h, H), (w, W) = (its[2], shape[2]), (its[3], shape[3])
+        rim = f"({h} < {width} or {h} >= {H - width} or {w} < {width} or {w} >= {W - width})"
+        target = Load(tensor=out, index=tuple(Var(name=v) for v in its))
+        self.statements.append(self.box(node, target, Num(value=0.0), its, shape, where=rim))
+        self.pos += 1
+        self.tail = None
+
+    def box(self, node: Node, target: Load, value: Expr, its, shape, where: str = "") -> Statement:
+        """A fresh statement ``target = value`` over the box ``0 <= its < shape`` (and the
+        constraint ``where``), in a nest of its own at the next top-level position."""
         new = self.fresh()
         dom = " and ".join(f"0 <= {v} < {d}" for v, d in zip(its, shape, strict=True))
+        dom = f"{dom} and {where}" if where else dom
         dims = [str(self.pos)] + [x for v in its for x in (v, "0")]
         return Statement(
             name=new,
@@ -345,6 +360,8 @@ def lower(
                 kern = ops.unpack_output(N, K, P, Q, block=nd.attrs["block"])
                 tensors = {"Y": out, "Op": ins[0]}
             b.part(kern.ir, tensors, nd, out=out)
+            if nd.op == "pack" and out in temps and border:
+                b.border(nd, out, nd.out.shape, border)
             continue
         if nd.op == "repad":
             out = new_buffer(nd.out, nd.op)
@@ -355,6 +372,8 @@ def lower(
             ]
             value = Load(tensor=ins[0], index=tuple(its))
             b.copy(nd, Load(tensor=out, index=tuple(at)), value, nd.inputs[0].shape)
+            if out in temps:
+                b.border(nd, out, nd.out.shape, nd.attrs["border"])
             continue
         if nd.op in ("transpose", "concat"):
             out = new_buffer(nd.out, nd.op)

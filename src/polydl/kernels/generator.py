@@ -36,6 +36,9 @@ _SYMBOL = re.compile(r"^[A-Za-z_.$][A-Za-z0-9_.$]*$")
 # llvm.prefetch(address, rw = 0: read, locality = 3: keep in every level (prefetcht0), cache
 # type = 1: data)
 PREFETCH_DECL = "declare void @llvm.prefetch.p0(ptr, i32 immarg, i32 immarg, i32 immarg)"
+# whether a tile's lines of the epilogue's full operands are prefetched as it starts (an A/B
+# switch: benchmarks/fusion.py --prefetch-ab)
+PREFETCH_EPILOGUE = True
 # after non-temporal stores (weakly ordered): they are visible to other threads before the
 # kernel returns to code that may hand C on
 SFENCE_DECL = "declare void @llvm.x86.sse.sfence()"
@@ -386,6 +389,10 @@ def generate(
     vty = fam.vty
     mty = f"<{v} x i1>"
     program, result, needs = _program(cfg.epilogue, v, cfg.row_group)
+    # the epilogue's full operands (a residual: one value per element), each tile's lines of
+    # them prefetched as the tile starts (common/epilogue.ll.j2, prefetch_col)
+    prefetched = [st for st in program if st["kind"] == "load_col" and st["ld"]]
+    prefetched = prefetched if PREFETCH_EPILOGUE else []
     math = math_context(v, fma)
     bf16 = cfg.ab_dtype == "bf16"
     if bf16 and cfg.ab_dtype not in fam.dtypes:
@@ -415,7 +422,7 @@ def generate(
         *([f"declare {ity} @{mload32}(ptr, i32 immarg, {mty}, {ity})"] if cfg.b_vnni else []),
         *([f"declare {vty} @{dot_fn}({vty}, {bty16}, {bty16})"] if dot and not fam.amx else []),
         *(amx.DECLARATIONS if fam.amx else ()),
-        *([PREFETCH_DECL] if cfg.prefetch_b else []),
+        *([PREFETCH_DECL] if cfg.prefetch_b or prefetched else []),
         *([SFENCE_DECL] if nt else []),
     )
     params, c_params = _params(cfg)
@@ -480,6 +487,7 @@ def generate(
         "groups": groups,
         **(amx.context(cfg, _mask, params) if fam.amx else {}),
         "prefetch_b": cfg.prefetch_b,
+        "prefetched": prefetched,
         "nontemporal": nt,
     }
     text = environment().get_template(fam.template).render(**ctx)

@@ -49,6 +49,14 @@ STREAM_BYTES: int | None = None  # sources larger than this are prefetched (None
 NT_SHARE = 0.5
 
 
+def past_caches(nbytes: int, target) -> bool:
+    """Whether a destination of ``nbytes`` written once is stored non-temporally: larger than
+    ``NT_SHARE`` of the largest cache, its lines would not stay in the caches anyway (a copy's
+    output here; a BRGEMM's C, ``pipeline.lower_contractions``)."""
+    largest = max((c.size_bytes for c in target.caches), default=1 << 25)
+    return nbytes > NT_SHARE * largest
+
+
 @dataclass(frozen=True, kw_only=True)
 class Match:
     """A transpose statement: its used iterators (outer ones first, then ``a`` and ``b``), their
@@ -143,11 +151,10 @@ def transpose_nests(kernel: Kernel, target) -> tuple[Kernel, dict[str, frozenset
             continue
         src, dst = s.expr.tensor, s.target.tensor  # type: ignore[union-attr]
         ahead = PREFETCH_BYTES // ELEMENT_BYTES[kernel.arg(src).dtype]
-        largest = max((c.size_bytes for c in target.caches), default=1 << 25)
         stream = target.private_bytes() if STREAM_BYTES is None else STREAM_BYTES
         knobs = {
             "prefetch": ahead if kernel.nbytes(src) > stream and m.extent(m.a) > ahead else 0,
-            "nontemporal": kernel.nbytes(dst) > NT_SHARE * largest,
+            "nontemporal": past_caches(kernel.nbytes(dst), target),
         }
         new = _lowered(kernel, s, m, tops[s.name], ndim, target.isa, knobs)
         out.extend(new)
