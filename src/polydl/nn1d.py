@@ -111,7 +111,25 @@ class _Plan:
         N, C, K, S, T, Cg = p.N, p.C, p.K, p.S, p.stride, p.Cg
         S1, J = ops1d.phases(S, T, p.dilation, p.Q)
         self.pack = self.wpack = self.unpack = None
-        if route == "ncw":
+        self.edges = None
+        spans = _spans(p) if route == "ncw" else None
+        if spans is not None:
+            # the interior straight from the input, the ends from a small zero-bordered copy
+            self.xp = memory.zeros((N, C, spans.rows), np.float32)
+            self.pack = compiled(
+                ops1d.pack_spans,
+                N,
+                C,
+                p.W,
+                spans.rows,
+                spans=spans.count,
+                width=spans.width,
+                start=spans.out_start - p.left,
+                step=spans.out_step,
+                threads=_few(N * C * spans.rows, threads),
+            )
+            self.edges = _edge_kernel(p, spans, threads)
+        elif route == "ncw":
             if p.copy_free:
                 self.xp = None
             elif T == 1:
@@ -149,6 +167,12 @@ class _Plan:
     def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         p = self.p
         extra = () if bias is None else (bias,)
+        if self.edges is not None:
+            y = memory.empty((p.N, p.K, p.Q), np.float32)
+            self.pack(self.xp, x)
+            self.conv(y, x, w, *extra)
+            self.edges(y, self.xp, w, *extra)
+            return y
         if self.pack is not None:
             self.pack(self.xp, x)
             x = self.xp
@@ -198,6 +222,83 @@ def _plan(key: tuple, build):
     return plan
 
 
+@dataclass(frozen=True, kw_only=True)
+class Spans:
+    """How a stride-1 NCW convolution runs without copying its input (:func:`_spans`): output
+    positions ``[lo, hi)`` (``lo`` a multiple of :data:`ALIGN_POSITIONS`, every tap inside the
+    input) straight from it, and ``count`` runs of ``span`` positions at the ends (from
+    ``out_start``, ``out_step`` apart) from windows of ``width`` positions of the input with its
+    zero border, side by side in ``rows`` positions (``ops1d.pack_spans``)."""
+
+    lo: int
+    hi: int
+    count: int
+    span: int
+    out_start: int
+    out_step: int
+    width: int
+
+    @property
+    def rows(self) -> int:
+        return self.count * self.width
+
+
+# the first interior output position is a multiple of this (64 bytes: whole vectors stored
+# aligned when the output's rows are), and the interior takes at least this share of the output
+ALIGN_POSITIONS = 16
+MIN_INTERIOR = 0.75
+
+
+def _spans(p: Problem) -> Spans | None:
+    """The interior and end runs of ``p`` (:class:`Spans`), or None: a stride, a spread
+    (``step``), no padding at all (nothing to copy anyway), or an interior less than
+    :data:`MIN_INTERIOR` of the output (a small input: its copy is cheap)."""
+    if p.stride != 1 or p.step != 1 or p.copy_free:
+        return None
+    reach = p.dilation * (p.S - 1)
+    right = p.L - p.left - p.W
+    lo = -(-p.left // ALIGN_POSITIONS) * ALIGN_POSITIONS
+    hi = p.Q - right
+    if hi - lo < MIN_INTERIOR * p.Q:
+        return None
+    span = max(lo, right)
+    starts = [0] * (lo > 0) + [p.Q - span] * (right > 0)
+    return Spans(
+        lo=lo,
+        hi=hi,
+        count=len(starts),
+        span=span,
+        out_start=starts[0],
+        out_step=starts[-1] - starts[0],
+        width=span + reach,
+    )
+
+
+def _span_opts(p: Problem, threads: int | None) -> dict:
+    return dict(
+        dilation=p.dilation, bias=p.bias, activation=p.activation, groups=p.groups, threads=threads
+    )
+
+
+def _edge_kernel(p: Problem, sp: Spans, threads: int | None):
+    """The end runs of :class:`Spans` on their windows (``ops1d.conv1d_spans``)."""
+    return compiled(
+        ops1d.conv1d_spans,
+        p.N,
+        p.C,
+        p.K,
+        p.Q,
+        sp.rows,
+        p.S,
+        spans=sp.count,
+        span=sp.span,
+        out_start=sp.out_start,
+        out_step=sp.out_step,
+        src_step=sp.width,
+        **_span_opts(p, threads),
+    )
+
+
 def _kernel(p: Problem, route: str, threads: int | None):
     """The compiled convolution kernel of a route: ``ops1d.conv1d`` on the padded rows (NCW,
     stride 1: no guard is left, the domain is a box) or on NWC, ``ops1d.conv1d_phases`` for a
@@ -208,6 +309,21 @@ def _kernel(p: Problem, route: str, threads: int | None):
     if route == "nwc":
         return compiled(
             ops1d.conv1d, p.N, p.C, p.K, p.L, p.S, stride=p.stride, layout="nwc", **opts
+        )
+    sp = _spans(p)
+    if sp is not None:  # the interior on the input itself
+        return compiled(
+            ops1d.conv1d_spans,
+            p.N,
+            p.C,
+            p.K,
+            p.Q,
+            p.W,
+            p.S,
+            span=sp.hi - sp.lo,
+            out_start=sp.lo,
+            src_start=sp.lo - p.left,
+            **_span_opts(p, threads),
         )
     if p.stride == 1:
         return compiled(ops1d.conv1d, p.N, p.C, p.K, p.L, p.S, **opts)
@@ -248,7 +364,11 @@ def route_costs(p: Problem, threads: int | None = None) -> dict[str, float | Non
     tgt, cores = host(), default_threads() if threads is None else threads
     S1, J = ops1d.phases(p.S, p.stride, p.dilation, p.Q)
     ncw = _predicted(_kernel(p, "ncw", threads))
-    if ncw is not None and not p.copy_free:
+    sp = _spans(p)
+    if ncw is not None and sp is not None:
+        edges = _predicted(_edge_kernel(p, sp, threads))
+        ncw = None if edges is None else ncw + edges + copy_cost(p.N * p.C * sp.rows, tgt, cores)
+    elif ncw is not None and not p.copy_free:
         ncw += copy_cost(p.N * p.C * p.stride * J, tgt, cores)
     if ncw is not None and p.stride > 1:
         ncw += copy_cost(p.K * p.Cg * p.stride * S1, tgt, cores)
