@@ -4,9 +4,13 @@ filters, ``padding`` an int, a pair or ``"same"``/``"valid"``, ``dilation``, ``g
 
 Every step is a kernel of :mod:`polydl.ops1d` compiled once per shape (``nn.compiled``):
 
-- forward, route ``"ncw"``: the input copied into zero-bordered rows
-  (:func:`~polydl.ops1d.spread`; no copy at all for stride 1 without padding), then
-  ``ops1d.conv1d`` on them (no guard is left); for a stride, the rows split into their phases
+- forward, route ``"ncw"``: for stride 1, the output positions whose taps all lie in the
+  input computed straight from it (:func:`~polydl.ops1d.conv1d_spans`, no guard, no copy) and
+  the few at its ends from a small zero-bordered copy of their windows
+  (:func:`~polydl.ops1d.pack_spans`, :class:`Spans`); when that interior is small (a short
+  input, a wide filter), the input copied into zero-bordered rows
+  (:func:`~polydl.ops1d.spread`; no copy at all without padding), then ``ops1d.conv1d`` on them
+  (no guard is left); for a stride, the rows split into their phases
   (:func:`~polydl.ops1d.pack_phases`) and :func:`~polydl.ops1d.conv1d_phases`. Both have the
   positions on the vector columns, output channels as rows, the filter taps as the reduction
   of one call, the input channels as its batch. Route
@@ -95,9 +99,15 @@ def _int(v, name: str, what: str) -> int:
 FEW_ELEMENTS = 1 << 16
 
 
-def _few(elements: int, threads: int | None) -> int | None:
-    """The thread count of a packing kernel copying ``elements`` elements."""
-    return 1 if elements < FEW_ELEMENTS else threads
+# the same for the multiply-adds of a convolution's ends (``conv1d_spans`` on their windows):
+# tens of microseconds on one core
+FEW_PRODUCTS = 1 << 22
+
+
+def _few(elements: int, threads: int | None, few: int = FEW_ELEMENTS) -> int | None:
+    """The thread count of a packing kernel copying ``elements`` elements (of a kernel of
+    ``elements`` multiply-adds when ``few`` is :data:`FEW_PRODUCTS`)."""
+    return 1 if elements < few else threads
 
 
 class _Plan:
@@ -281,7 +291,9 @@ def _span_opts(p: Problem, threads: int | None) -> dict:
 
 
 def _edge_kernel(p: Problem, sp: Spans, threads: int | None):
-    """The end runs of :class:`Spans` on their windows (``ops1d.conv1d_spans``)."""
+    """The end runs of :class:`Spans` on their windows (``ops1d.conv1d_spans``; on one thread
+    when they are few products, :data:`FEW_PRODUCTS`)."""
+    threads = _few(p.N * p.K * p.Cg * p.S * sp.count * sp.span, threads, FEW_PRODUCTS)
     return compiled(
         ops1d.conv1d_spans,
         p.N,
@@ -338,9 +350,13 @@ def _predicted(kernel) -> float | None:
     return sum(x.cost for x in preds)
 
 
-# cycles per element of the packing kernels (plain loops the LLVM vectoriser widens), measured on
-# the Zen 4 host (15-64 channels, 1k-10k positions): a contiguous copy (spread, pack_phases)
-# about 0.6, a transpose 1.3-2 (to_nwc: whole output rows) to 2.4-2.9 (from_nwc: strided loads)
+# cycles per element of the packing kernels, measured on the Zen 4 host (15-64 channels, 1k-10k
+# positions): a contiguous copy (spread, pack_phases) about 0.6, a transpose 1.3-2 (to_nwc: whole
+# output rows) to 2.4-2.9 (from_nwc: strided loads) as vectorised loops. The tiled transposes
+# (transform/transpose.py) now measure 0.31-0.47 cycles per element in L2/L3 (one thread, 15-128
+# channels, 1k-10k positions; spread 0.35-0.45), but the constant stays: lowered to that, ten
+# shapes of the benchmark's --sample 40 move to NWC, and those measured 3-9% slower there at one
+# thread (the NWC kernel's predicted cost, not its copies, is what is low)
 COPY_CYCLES = 0.5
 TRANSPOSE_CYCLES = 2.0
 

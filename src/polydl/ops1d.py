@@ -17,8 +17,10 @@ Layouts (``G`` groups; ``Cg = C/G`` input and ``Kg = K/G`` output channels per g
   rows the positions (a stride is the rows' step), the input channels the reduction, the taps
   the batch.
 
-``pd.nn.conv1d`` copies the NCW input into zero-bordered rows (:func:`spread`) and runs
-:func:`conv1d` on them without padding (no guard is left), for a stride splits them into phases
+``pd.nn.conv1d`` computes a stride-1 convolution's interior on the NCW input itself and its ends
+from their windows with the zero border (:func:`conv1d_spans`, :func:`pack_spans`), or copies
+the NCW input into zero-bordered rows (:func:`spread`) and runs :func:`conv1d` on them without
+padding (no guard is left), for a stride splits them into phases
 (:func:`pack_phases`) and runs :func:`conv1d_phases`, or packs into NWC with :func:`to_nwc`,
 whichever the cost model ranks cheaper (``nn1d.conv1d_route``).
 """
