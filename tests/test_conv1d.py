@@ -275,6 +275,24 @@ def test_nn_conv1d_interior_from_the_input(shape):
     close(pd.nn.conv1d_backward_data(dy, w, W, **kw), ref_grads(x, w, dy, 1, pads, d, G)[0])
 
 
+@pytest.mark.parametrize("W", [2048, 1013])  # rows of whole vectors, and odd ones
+def test_interior_with_nontemporal_stores(monkeypatch, W):
+    """A large output with a short reduction is stored non-temporally by the interior's calls
+    (``nn1d._streams``; here for a small one: the share lowered to 0). Where a row does not
+    start on a vector, the calls' plain stores run instead (checked at the call)."""
+    monkeypatch.setattr(nn1d, "NT_SHARE", 0.0)
+    N, C, K, S, d = 2, 9, 11, 3, 2
+    x, w, b = rand(N, C, W), rand(K, C, S), rand(K)
+    p = nn1d._forward(x.shape, w.shape, b.shape, 1, "same", d, 1, "relu")
+    assert nn1d._streams(p)
+    (entry,) = nn1d._nontemporal(p, 2).schedule.contractions
+    assert entry.nontemporal
+    monkeypatch.setattr(nn1d, "_plans", type(nn1d._plans)())  # plans built anew
+    y = pd.nn.conv1d(x, w, b, padding="same", dilation=d, activation="relu", threads=2)
+    close(y, ref_conv1d(x, w, b, 1, ops1d.padding1d("same", S, d), d, relu=True))
+    assert not nn1d._streams(nn1d._forward(x.shape, (K, C, 51), None, 1, "same", 1, 1, None))
+
+
 def test_small_interior_keeps_the_padded_copy():
     """An interior of less than ``MIN_INTERIOR`` of the output (a short input, wide filter):
     the whole input is copied into zero-bordered rows as before."""

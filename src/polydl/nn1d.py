@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import operator
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -173,6 +173,8 @@ class _Plan:
             self.o = memory.empty((N, p.Q, K), np.float32)
             self.unpack = compiled(ops1d.from_nwc, N, K, p.Q, threads=threads)
         self.conv = _kernel(p, route, threads)
+        if spans is not None and _streams(p):
+            self.conv = _nontemporal(p, threads)
 
     def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         p = self.p
@@ -284,10 +286,54 @@ def _spans(p: Problem) -> Spans | None:
     )
 
 
-def _span_opts(p: Problem, threads: int | None) -> dict:
-    return dict(
-        dilation=p.dilation, bias=p.bias, activation=p.activation, groups=p.groups, threads=threads
-    )
+# the interior's output is stored non-temporally (vmovntps: its lines bypass the caches) when
+# it is more than this share of the largest cache (as the transposes, transform/transpose.py)
+# and each output sums at most SHORT_REDUCTION products (3 taps x 64 channels: the stores are a
+# large part of the traffic; a long reduction hides them)
+NT_SHARE = 0.5
+SHORT_REDUCTION = 256
+NONTEMPORAL = True
+
+
+def _streams(p: Problem) -> bool:
+    """Whether the interior kernel of ``p`` stores its output non-temporally."""
+    from .target import host
+
+    largest = max((c.size_bytes for c in host().caches), default=1 << 25)
+    big = 4 * p.N * p.K * p.Q > NT_SHARE * largest
+    return NONTEMPORAL and big and p.Cg * p.S <= SHORT_REDUCTION
+
+
+@functools.lru_cache(maxsize=64)
+def _nontemporal(p: Problem, threads: int | None):
+    """The interior kernel of ``p`` compiled again on its own schedule (nothing ranked anew),
+    with non-temporal stores of C wherever a call writes C whole (zeroes and finishes it); the
+    kernel itself when the replay refuses that."""
+    from .api import compile as compile_
+    from .errors import PolyDLError
+
+    kernel = _kernel(p, "ncw", threads)
+    rec = kernel.schedule
+    entries = tuple(replace(c, nontemporal=True) for c in rec.contractions)
+    factory, args, kwargs = _interior(p)
+    try:
+        return compile_(
+            factory(*args, **kwargs), threads=threads, schedule=replace(rec, contractions=entries)
+        )
+    except PolyDLError:
+        return kernel
+
+
+def _span_opts(p: Problem) -> dict:
+    """The options every convolution kernel of ``p`` takes."""
+    return dict(dilation=p.dilation, bias=p.bias, activation=p.activation, groups=p.groups)
+
+
+def _interior(p: Problem):
+    """(factory, args, keyword args) of the interior kernel of ``p`` (:class:`Spans`)."""
+    sp = _spans(p)
+    kwargs = dict(span=sp.hi - sp.lo, out_start=sp.lo, src_start=sp.lo - p.left, **_span_opts(p))
+    return ops1d.conv1d_spans, (p.N, p.C, p.K, p.Q, p.W, p.S), kwargs
 
 
 def _edge_kernel(p: Problem, sp: Spans, threads: int | None):
@@ -307,36 +353,24 @@ def _edge_kernel(p: Problem, sp: Spans, threads: int | None):
         out_start=sp.out_start,
         out_step=sp.out_step,
         src_step=sp.width,
-        **_span_opts(p, threads),
+        threads=threads,
+        **_span_opts(p),
     )
 
 
 def _kernel(p: Problem, route: str, threads: int | None):
     """The compiled convolution kernel of a route: ``ops1d.conv1d`` on the padded rows (NCW,
     stride 1: no guard is left, the domain is a box) or on NWC, ``ops1d.conv1d_phases`` for a
-    stride on NCW."""
-    opts = dict(
-        dilation=p.dilation, bias=p.bias, activation=p.activation, groups=p.groups, threads=threads
-    )
+    stride on NCW; for a stride-1 NCW problem with :class:`Spans`, ``ops1d.conv1d_spans`` on
+    its interior."""
+    opts = dict(_span_opts(p), threads=threads)
     if route == "nwc":
         return compiled(
             ops1d.conv1d, p.N, p.C, p.K, p.L, p.S, stride=p.stride, layout="nwc", **opts
         )
-    sp = _spans(p)
-    if sp is not None:  # the interior on the input itself
-        return compiled(
-            ops1d.conv1d_spans,
-            p.N,
-            p.C,
-            p.K,
-            p.Q,
-            p.W,
-            p.S,
-            span=sp.hi - sp.lo,
-            out_start=sp.lo,
-            src_start=sp.lo - p.left,
-            **_span_opts(p, threads),
-        )
+    if _spans(p) is not None:  # the interior on the input itself
+        factory, args, kwargs = _interior(p)
+        return compiled(factory, *args, threads=threads, **kwargs)
     if p.stride == 1:
         return compiled(ops1d.conv1d, p.N, p.C, p.K, p.L, p.S, **opts)
     return compiled(ops1d.conv1d_phases, p.N, p.C, p.K, p.Q, p.S, stride=p.stride, **opts)
