@@ -7,7 +7,8 @@ Every step is a kernel of :mod:`polydl.ops1d` compiled once per shape (``nn.comp
 - forward, route ``"ncw"``: for stride 1, the output positions whose taps all lie in the
   input computed straight from it (:func:`~polydl.ops1d.conv1d_spans`, no guard, no copy) and
   the few at its ends from a small zero-bordered copy of their windows
-  (:func:`~polydl.ops1d.pack_spans`, :class:`Spans`); when that interior is small (a short
+  (:func:`~polydl.ops1d.pack_spans`, :class:`Spans`), a large output of a short reduction
+  stored non-temporally (:func:`_streams`); when that interior is small (a short
   input, a wide filter), the input copied into zero-bordered rows
   (:func:`~polydl.ops1d.spread`; no copy at all without padding), then ``ops1d.conv1d`` on them
   (no guard is left); for a stride, the rows split into their phases
