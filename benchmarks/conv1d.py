@@ -4,7 +4,7 @@ the efficiency of each shape as a share of the FP32 peak measured in the same ru
     python benchmarks/conv1d.py [--threads 1 2] [--passes fwd data weight] [--full]
         [--sample K [--seed 0] [--budget 15]]
         [--widths 1000 10000 60000] [--filters 3 9 25 51] [--dilations 1 8]
-        [--channels 32 64] [--batch 1]
+        [--channels 32 64] [--batch 1] [--shape N,C,W,S,d ...] [--keep-channels 64]
 
 Default: a representative subset of the issue's sweep, every width and filter width at 32 and 64
 channels (as many filters as channels), dilations 1 and 8, batch 1, the three passes at 1 and 2
@@ -71,6 +71,21 @@ def _args() -> argparse.Namespace:
     )
     for name in FULL:
         ap.add_argument(f"--{name}", type=int, nargs="+", default=None)
+    ap.add_argument(
+        "--shape",
+        nargs="+",
+        default=None,
+        metavar="N,C,W,S,d",
+        help="these shapes (N, C, W, S, d) instead of a grid, e.g. 1,64,60000,3,1",
+    )
+    ap.add_argument(
+        "--keep-channels",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="C",
+        help="of the shapes drawn (--sample) or listed, only those of these channel counts",
+    )
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per shape")
@@ -176,6 +191,10 @@ def main() -> None:
         print(f"--sample {args.sample} --seed {args.seed}: {len(shapes)} shapes", flush=True)
     else:
         shapes = list(itertools.product(*(grid[a] for a in AXES)))
+    if args.shape:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shape]
+    if args.keep_channels:
+        shapes = [s for s in shapes if s[1] in args.keep_channels]
     summary = []
     for threads in args.threads:
         torch.set_num_threads(threads)

@@ -148,6 +148,61 @@ def test_ops_conv1d_nwc_and_phases_layouts():
     close(op, want)
 
 
+def test_ops_conv1d_spans_and_pack_spans():
+    """Runs of output positions from given offsets of the rows (no guard), and the windows
+    with their zero border that the ends of ``pd.nn.conv1d`` read."""
+    N, C, K, W, S, d, G = 2, 6, 9, 311, 5, 3, 3
+    x, w, b = rand(N, C, W), rand(K, C // G, S), rand(K)
+    pl, pr = 7, 6
+    want = ref_conv1d(x, w, b, 1, (pl, pr), d, G, relu=True)
+    Q = want.shape[2]
+    lo, hi = 16, Q - pr  # every tap of these lies in x
+    o = np.full((N, K, Q), np.nan, np.float32)
+    kern = ops1d.conv1d_spans(
+        N,
+        C,
+        K,
+        Q,
+        W,
+        S,
+        span=hi - lo,
+        out_start=lo,
+        src_start=lo - pl,
+        dilation=d,
+        groups=G,
+        bias=True,
+        activation="relu",
+    )
+    pd.compile(kern, threads=2)(o, x, w, b)
+    close(o[:, :, lo:hi], want[:, :, lo:hi])
+    assert np.isnan(o[:, :, :lo]).all() and np.isnan(o[:, :, hi:]).all()  # nothing else written
+    # both ends: 16 positions each, from windows of 16 + d*(S-1) positions
+    E, Le = 16, 16 + d * (S - 1)
+    xe = np.zeros((N, C, 2 * Le), np.float32)
+    pd.compile(ops1d.pack_spans(N, C, W, 2 * Le, spans=2, width=Le, start=-pl, step=Q - E))(xe, x)
+    xp = np.pad(x, ((0, 0), (0, 0), (pl, pr)))
+    np.testing.assert_array_equal(xe[:, :, :Le], xp[:, :, :Le])
+    np.testing.assert_array_equal(xe[:, :, Le:], xp[:, :, Q - E : Q - E + Le])
+    kern = ops1d.conv1d_spans(
+        N,
+        C,
+        K,
+        Q,
+        2 * Le,
+        S,
+        spans=2,
+        span=E,
+        out_step=Q - E,
+        src_step=Le,
+        dilation=d,
+        groups=G,
+        bias=True,
+        activation="relu",
+    )
+    pd.compile(kern, threads=2)(o, xe, w, b)
+    close(o, want)
+
+
 # ---------------------------------------------------------------- pd.nn
 
 
@@ -183,6 +238,67 @@ def test_nn_conv1d_and_gradients(shape):
         pd.nn.conv1d(x2, w, b, activation="relu", route=route, **kw),
         ref_conv1d(x2, w, b, st, pads, d, G, relu=True),
     )
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # N, C, K, W, S, padding, dilation, groups, threads
+        (1, 7, 5, 1009, 3, "same", 1, 1, 2),
+        (2, 16, 16, 997, 9, "same", 2, 1, 1),
+        (1, 5, 6, 613, 5, (7, 2), 3, 1, 2),
+        (1, 5, 6, 613, 5, (0, 9), 3, 1, 2),  # the right end only
+        (1, 5, 6, 613, 5, (13, 0), 3, 1, 2),  # the left end only
+        (2, 6, 9, 401, 4, "same", 5, 3, 2),  # groups, the odd position on the right
+        (1, 3, 3, 2003, 51, "same", 8, 1, 2),  # ends 208 positions wide
+    ],
+)
+def test_nn_conv1d_interior_from_the_input(shape):
+    """Stride 1 with padding: the interior positions straight from the input, the ends from a
+    small zero-bordered copy (``nn1d._spans``); forward and data gradient, against float64."""
+    N, C, K, W, S, pad, d, G, threads = shape
+    x, w, b = rand(N, C, W), rand(K, C // G, S), rand(K)
+    pads = ops1d.padding1d(pad, S, d)
+    p = nn1d._forward(x.shape, w.shape, b.shape, 1, pad, d, G, "relu")
+    sp = nn1d._spans(p)
+    assert sp is not None and sp.lo % nn1d.ALIGN_POSITIONS == 0
+    assert sp.count == (pads[0] > 0) + (pads[1] > 0)
+    kw = dict(padding=pad, dilation=d, groups=G, threads=threads, route="ncw")
+    for _ in range(2):  # the second call on the same plan: the windows' borders stay zero
+        x = rand(N, C, W)
+        close(
+            pd.nn.conv1d(x, w, b, activation="relu", **kw),
+            ref_conv1d(x, w, b, 1, pads, d, G, relu=True),
+        )
+    dy = rand(N, K, p.Q)
+    assert nn1d._spans(nn1d._data(dy.shape, w.shape, W, 1, pad, d, G)) is not None
+    close(pd.nn.conv1d_backward_data(dy, w, W, **kw), ref_grads(x, w, dy, 1, pads, d, G)[0])
+
+
+@pytest.mark.parametrize("W", [2048, 1013])  # rows of whole vectors, and odd ones
+def test_interior_with_nontemporal_stores(monkeypatch, W):
+    """A large output with a short reduction is stored non-temporally by the interior's calls
+    (``nn1d._streams``; here for a small one: the share lowered to 0). Where a row does not
+    start on a vector, the calls' plain stores run instead (checked at the call)."""
+    monkeypatch.setattr(nn1d, "NT_SHARE", 0.0)
+    N, C, K, S, d = 2, 9, 11, 3, 2
+    x, w, b = rand(N, C, W), rand(K, C, S), rand(K)
+    p = nn1d._forward(x.shape, w.shape, b.shape, 1, "same", d, 1, "relu")
+    assert nn1d._streams(p)
+    (entry,) = nn1d._nontemporal(p, 2).schedule.contractions
+    assert entry.nontemporal
+    monkeypatch.setattr(nn1d, "_plans", type(nn1d._plans)())  # plans built anew
+    y = pd.nn.conv1d(x, w, b, padding="same", dilation=d, activation="relu", threads=2)
+    close(y, ref_conv1d(x, w, b, 1, ops1d.padding1d("same", S, d), d, relu=True))
+    assert not nn1d._streams(nn1d._forward(x.shape, (K, C, 51), None, 1, "same", 1, 1, None))
+
+
+def test_small_interior_keeps_the_padded_copy():
+    """An interior of less than ``MIN_INTERIOR`` of the output (a short input, wide filter):
+    the whole input is copied into zero-bordered rows as before."""
+    p = nn1d._forward((1, 4, 300), (4, 4, 51), None, 1, "same", 4, 1, None)
+    assert nn1d._spans(p) is None
+    assert nn1d._spans(nn1d._forward((1, 4, 300), (4, 4, 3), None, 2, 1, 1, 1, None)) is None
 
 
 def test_route_is_the_cheaper_prediction():

@@ -4,9 +4,14 @@ filters, ``padding`` an int, a pair or ``"same"``/``"valid"``, ``dilation``, ``g
 
 Every step is a kernel of :mod:`polydl.ops1d` compiled once per shape (``nn.compiled``):
 
-- forward, route ``"ncw"``: the input copied into zero-bordered rows
-  (:func:`~polydl.ops1d.spread`; no copy at all for stride 1 without padding), then
-  ``ops1d.conv1d`` on them (no guard is left); for a stride, the rows split into their phases
+- forward, route ``"ncw"``: for stride 1, the output positions whose taps all lie in the
+  input computed straight from it (:func:`~polydl.ops1d.conv1d_spans`, no guard, no copy) and
+  the few at its ends from a small zero-bordered copy of their windows
+  (:func:`~polydl.ops1d.pack_spans`, :class:`Spans`), a large output of a short reduction
+  stored non-temporally (:func:`_streams`); when that interior is small (a short
+  input, a wide filter), the input copied into zero-bordered rows
+  (:func:`~polydl.ops1d.spread`; no copy at all without padding), then ``ops1d.conv1d`` on them
+  (no guard is left); for a stride, the rows split into their phases
   (:func:`~polydl.ops1d.pack_phases`) and :func:`~polydl.ops1d.conv1d_phases`. Both have the
   positions on the vector columns, output channels as rows, the filter taps as the reduction
   of one call, the input channels as its batch. Route
@@ -34,7 +39,7 @@ from __future__ import annotations
 import functools
 import operator
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -95,9 +100,15 @@ def _int(v, name: str, what: str) -> int:
 FEW_ELEMENTS = 1 << 16
 
 
-def _few(elements: int, threads: int | None) -> int | None:
-    """The thread count of a packing kernel copying ``elements`` elements."""
-    return 1 if elements < FEW_ELEMENTS else threads
+# the same for the multiply-adds of a convolution's ends (``conv1d_spans`` on their windows):
+# tens of microseconds on one core
+FEW_PRODUCTS = 1 << 22
+
+
+def _few(elements: int, threads: int | None, few: int = FEW_ELEMENTS) -> int | None:
+    """The thread count of a packing kernel copying ``elements`` elements (of a kernel of
+    ``elements`` multiply-adds when ``few`` is :data:`FEW_PRODUCTS`)."""
+    return 1 if elements < few else threads
 
 
 class _Plan:
@@ -111,7 +122,25 @@ class _Plan:
         N, C, K, S, T, Cg = p.N, p.C, p.K, p.S, p.stride, p.Cg
         S1, J = ops1d.phases(S, T, p.dilation, p.Q)
         self.pack = self.wpack = self.unpack = None
-        if route == "ncw":
+        self.edges = None
+        spans = _spans(p) if route == "ncw" else None
+        if spans is not None:
+            # the interior straight from the input, the ends from a small zero-bordered copy
+            self.xp = memory.zeros((N, C, spans.rows), np.float32)
+            self.pack = compiled(
+                ops1d.pack_spans,
+                N,
+                C,
+                p.W,
+                spans.rows,
+                spans=spans.count,
+                width=spans.width,
+                start=spans.out_start - p.left,
+                step=spans.out_step,
+                threads=_few(N * C * spans.rows, threads),
+            )
+            self.edges = _edge_kernel(p, spans, threads)
+        elif route == "ncw":
             if p.copy_free:
                 self.xp = None
             elif T == 1:
@@ -145,10 +174,18 @@ class _Plan:
             self.o = memory.empty((N, p.Q, K), np.float32)
             self.unpack = compiled(ops1d.from_nwc, N, K, p.Q, threads=threads)
         self.conv = _kernel(p, route, threads)
+        if spans is not None and _streams(p):
+            self.conv = _nontemporal(p, threads)
 
     def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         p = self.p
         extra = () if bias is None else (bias,)
+        if self.edges is not None:
+            y = memory.empty((p.N, p.K, p.Q), np.float32)
+            self.pack(self.xp, x)
+            self.conv(y, x, w, *extra)
+            self.edges(y, self.xp, w, *extra)
+            return y
         if self.pack is not None:
             self.pack(self.xp, x)
             x = self.xp
@@ -198,17 +235,143 @@ def _plan(key: tuple, build):
     return plan
 
 
+@dataclass(frozen=True, kw_only=True)
+class Spans:
+    """How a stride-1 NCW convolution runs without copying its input (:func:`_spans`): output
+    positions ``[lo, hi)`` (``lo`` a multiple of :data:`ALIGN_POSITIONS`, every tap inside the
+    input) straight from it, and ``count`` runs of ``span`` positions at the ends (from
+    ``out_start``, ``out_step`` apart) from windows of ``width`` positions of the input with its
+    zero border, side by side in ``rows`` positions (``ops1d.pack_spans``)."""
+
+    lo: int
+    hi: int
+    count: int
+    span: int
+    out_start: int
+    out_step: int
+    width: int
+
+    @property
+    def rows(self) -> int:
+        return self.count * self.width
+
+
+# the first interior output position is a multiple of this (64 bytes: whole vectors stored
+# aligned when the output's rows are), and the interior takes at least this share of the output
+ALIGN_POSITIONS = 16
+MIN_INTERIOR = 0.75
+
+
+def _spans(p: Problem) -> Spans | None:
+    """The interior and end runs of ``p`` (:class:`Spans`), or None: a stride, a spread
+    (``step``), no padding at all (nothing to copy anyway), or an interior less than
+    :data:`MIN_INTERIOR` of the output (a small input: its copy is cheap)."""
+    if p.stride != 1 or p.step != 1 or p.copy_free:
+        return None
+    reach = p.dilation * (p.S - 1)
+    right = p.L - p.left - p.W
+    lo = -(-p.left // ALIGN_POSITIONS) * ALIGN_POSITIONS
+    hi = p.Q - right
+    if hi - lo < MIN_INTERIOR * p.Q:
+        return None
+    span = max(lo, right)
+    starts = [0] * (lo > 0) + [p.Q - span] * (right > 0)
+    return Spans(
+        lo=lo,
+        hi=hi,
+        count=len(starts),
+        span=span,
+        out_start=starts[0],
+        out_step=starts[-1] - starts[0],
+        width=span + reach,
+    )
+
+
+# the interior's output is stored non-temporally (vmovntps: its lines bypass the caches) when
+# it is more than this share of the largest cache (as the transposes, transform/transpose.py)
+# and each output sums at most SHORT_REDUCTION products (3 taps x 64 channels: the stores are a
+# large part of the traffic; a long reduction hides them)
+NT_SHARE = 0.5
+SHORT_REDUCTION = 256
+NONTEMPORAL = True
+
+
+def _streams(p: Problem) -> bool:
+    """Whether the interior kernel of ``p`` stores its output non-temporally."""
+    from .target import host
+
+    largest = max((c.size_bytes for c in host().caches), default=1 << 25)
+    big = 4 * p.N * p.K * p.Q > NT_SHARE * largest
+    return NONTEMPORAL and big and p.Cg * p.S <= SHORT_REDUCTION
+
+
+@functools.lru_cache(maxsize=64)
+def _nontemporal(p: Problem, threads: int | None):
+    """The interior kernel of ``p`` compiled again on its own schedule (nothing ranked anew),
+    with non-temporal stores of C wherever a call writes C whole (zeroes and finishes it); the
+    kernel itself when the replay refuses that."""
+    from .api import compile as compile_
+    from .errors import PolyDLError
+
+    kernel = _kernel(p, "ncw", threads)
+    rec = kernel.schedule
+    entries = tuple(replace(c, nontemporal=True) for c in rec.contractions)
+    factory, args, kwargs = _interior(p)
+    try:
+        return compile_(
+            factory(*args, **kwargs), threads=threads, schedule=replace(rec, contractions=entries)
+        )
+    except PolyDLError:
+        return kernel
+
+
+def _span_opts(p: Problem) -> dict:
+    """The options every convolution kernel of ``p`` takes."""
+    return dict(dilation=p.dilation, bias=p.bias, activation=p.activation, groups=p.groups)
+
+
+def _interior(p: Problem):
+    """(factory, args, keyword args) of the interior kernel of ``p`` (:class:`Spans`)."""
+    sp = _spans(p)
+    kwargs = dict(span=sp.hi - sp.lo, out_start=sp.lo, src_start=sp.lo - p.left, **_span_opts(p))
+    return ops1d.conv1d_spans, (p.N, p.C, p.K, p.Q, p.W, p.S), kwargs
+
+
+def _edge_kernel(p: Problem, sp: Spans, threads: int | None):
+    """The end runs of :class:`Spans` on their windows (``ops1d.conv1d_spans``; on one thread
+    when they are few products, :data:`FEW_PRODUCTS`)."""
+    threads = _few(p.N * p.K * p.Cg * p.S * sp.count * sp.span, threads, FEW_PRODUCTS)
+    return compiled(
+        ops1d.conv1d_spans,
+        p.N,
+        p.C,
+        p.K,
+        p.Q,
+        sp.rows,
+        p.S,
+        spans=sp.count,
+        span=sp.span,
+        out_start=sp.out_start,
+        out_step=sp.out_step,
+        src_step=sp.width,
+        threads=threads,
+        **_span_opts(p),
+    )
+
+
 def _kernel(p: Problem, route: str, threads: int | None):
     """The compiled convolution kernel of a route: ``ops1d.conv1d`` on the padded rows (NCW,
     stride 1: no guard is left, the domain is a box) or on NWC, ``ops1d.conv1d_phases`` for a
-    stride on NCW."""
-    opts = dict(
-        dilation=p.dilation, bias=p.bias, activation=p.activation, groups=p.groups, threads=threads
-    )
+    stride on NCW; for a stride-1 NCW problem with :class:`Spans`, ``ops1d.conv1d_spans`` on
+    its interior."""
+    opts = dict(_span_opts(p), threads=threads)
     if route == "nwc":
         return compiled(
             ops1d.conv1d, p.N, p.C, p.K, p.L, p.S, stride=p.stride, layout="nwc", **opts
         )
+    if _spans(p) is not None:  # the interior on the input itself
+        factory, args, kwargs = _interior(p)
+        return compiled(factory, *args, threads=threads, **kwargs)
     if p.stride == 1:
         return compiled(ops1d.conv1d, p.N, p.C, p.K, p.L, p.S, **opts)
     return compiled(ops1d.conv1d_phases, p.N, p.C, p.K, p.Q, p.S, stride=p.stride, **opts)
@@ -222,9 +385,13 @@ def _predicted(kernel) -> float | None:
     return sum(x.cost for x in preds)
 
 
-# cycles per element of the packing kernels (plain loops the LLVM vectoriser widens), measured on
-# the Zen 4 host (15-64 channels, 1k-10k positions): a contiguous copy (spread, pack_phases)
-# about 0.6, a transpose 1.3-2 (to_nwc: whole output rows) to 2.4-2.9 (from_nwc: strided loads)
+# cycles per element of the packing kernels, measured on the Zen 4 host (15-64 channels, 1k-10k
+# positions): a contiguous copy (spread, pack_phases) about 0.6, a transpose 1.3-2 (to_nwc: whole
+# output rows) to 2.4-2.9 (from_nwc: strided loads) as vectorised loops. The tiled transposes
+# (transform/transpose.py) now measure 0.31-0.47 cycles per element in L2/L3 (one thread, 15-128
+# channels, 1k-10k positions; spread 0.35-0.45), but the constant stays: lowered to that, ten
+# shapes of the benchmark's --sample 40 move to NWC, and those measured 3-9% slower there at one
+# thread (the NWC kernel's predicted cost, not its copies, is what is low)
 COPY_CYCLES = 0.5
 TRANSPOSE_CYCLES = 2.0
 
@@ -248,7 +415,11 @@ def route_costs(p: Problem, threads: int | None = None) -> dict[str, float | Non
     tgt, cores = host(), default_threads() if threads is None else threads
     S1, J = ops1d.phases(p.S, p.stride, p.dilation, p.Q)
     ncw = _predicted(_kernel(p, "ncw", threads))
-    if ncw is not None and not p.copy_free:
+    sp = _spans(p)
+    if ncw is not None and sp is not None:
+        edges = _predicted(_edge_kernel(p, sp, threads))
+        ncw = None if edges is None else ncw + edges + copy_cost(p.N * p.C * sp.rows, tgt, cores)
+    elif ncw is not None and not p.copy_free:
         ncw += copy_cost(p.N * p.C * p.stride * J, tgt, cores)
     if ncw is not None and p.stride > 1:
         ncw += copy_cost(p.K * p.Cg * p.stride * S1, tgt, cores)

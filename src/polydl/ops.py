@@ -469,11 +469,13 @@ def global_avg_pool(N: int, C: int, H: int, W: int):
 from .ops1d import (  # noqa: E402, F401
     conv1d,
     conv1d_phases,
+    conv1d_spans,
     conv1d_wgrad,
     conv1d_width,
     flip_taps,
     from_nwc,
     pack_phases,
+    pack_spans,
     pack_taps,
     padding1d,
     spread,

@@ -17,8 +17,10 @@ Layouts (``G`` groups; ``Cg = C/G`` input and ``Kg = K/G`` output channels per g
   rows the positions (a stride is the rows' step), the input channels the reduction, the taps
   the batch.
 
-``pd.nn.conv1d`` copies the NCW input into zero-bordered rows (:func:`spread`) and runs
-:func:`conv1d` on them without padding (no guard is left), for a stride splits them into phases
+``pd.nn.conv1d`` computes a stride-1 convolution's interior on the NCW input itself and its ends
+from their windows with the zero border (:func:`conv1d_spans`, :func:`pack_spans`), or copies
+the NCW input into zero-bordered rows (:func:`spread`) and runs :func:`conv1d` on them without
+padding (no guard is left), for a stride splits them into phases
 (:func:`pack_phases`) and runs :func:`conv1d_phases`, or packs into NWC with :func:`to_nwc`,
 whichever the cost model ranks cheaper (``nn1d.conv1d_route``).
 """
@@ -426,3 +428,98 @@ def unpack_wgrad(K: int, Cg: int, S: int, *, groups: int = 1) -> KernelFunction:
                         dW[Kg * g + k, c, s] = D[g, k, s, c]
 
     return unpack_wgrad
+
+
+@functools.cache
+def conv1d_spans(
+    N: int,
+    C: int,
+    K: int,
+    Q: int,
+    R: int,
+    S: int,
+    *,
+    spans: int = 1,
+    span: int,
+    out_start: int = 0,
+    out_step: int = 0,
+    src_start: int = 0,
+    src_step: int = 0,
+    dilation: int = 1,
+    bias: bool = False,
+    activation: str | None = None,
+    groups: int = 1,
+) -> KernelFunction:
+    """A stride-1 convolution of some runs of output positions only: ``spans`` runs of
+    ``span`` positions of ``O[N, K, Q]``, run ``j`` starting at ``out_start + out_step*j``,
+    read from the rows ``X[N, C, R]`` at ``src_start + src_step*j`` on (no guard: every tap
+    lies in the row). Arguments ``(O, X, Wt[, b])``, ``Wt[K, Cg, S]`` torch's; the other
+    positions of ``O`` are not written. The contraction is :func:`conv1d`'s (positions on the
+    columns, taps the reduction, channels the batch).
+
+    ``pd.nn.conv1d`` computes the positions whose taps all lie in the input straight from the
+    unpadded input (one span) and the few near its ends from a small zero-bordered copy of
+    them (:func:`pack_spans`, two spans), rather than copying the whole input."""
+    relu = _relu(activation, "conv1d_spans")
+    N, C, K, Q, R, S, d, G = _ints(N, C, K, Q, R, S, dilation, groups)
+    M, E, o0, ou, s0, su = _ints(spans, span, out_start, out_step, src_start, src_step)
+    _positive("conv1d_spans", N=N, C=C, K=K, Q=Q, R=R, S=S, spans=M, span=E, dilation=d)
+    Cg, Kg = _groups(C, K, G)
+    if o0 + ou * (M - 1) + E > Q or min(o0, ou, s0, su) < 0:
+        raise ValueError(
+            f"conv1d_spans: {M} spans of {E} positions from {o0} (step {ou}) pass Q={Q}"
+        )
+    if s0 + su * (M - 1) + E + d * (S - 1) > R:
+        raise ValueError(f"conv1d_spans: spans read past the rows' {R} positions")
+    if M == 1:  # j is 0: steps that keep it an outer loop of C and B (not a zero reduction)
+        ou, su = ou or Q, su or R
+    has_bias = bool(bias)
+
+    @kernel
+    def conv1d_spans(
+        O: f32[N, K, Q], X: f32[N, C, R], Wt: f32[K, Cg, S], b: f32[K] if has_bias else None
+    ):
+        for n in range(N):
+            for j in range(M):
+                for g in range(G):
+                    for k in range(Kg):
+                        for q in range(E):
+                            O[n, Kg * g + k, o0 + ou * j + q] = 0.0
+                            for c in range(Cg):
+                                for s in range(S):
+                                    O[n, Kg * g + k, o0 + ou * j + q] += (
+                                        X[n, Cg * g + c, s0 + su * j + q + d * s]
+                                        * Wt[Kg * g + k, c, s]
+                                    )
+                            if has_bias:
+                                O[n, Kg * g + k, o0 + ou * j + q] = (
+                                    O[n, Kg * g + k, o0 + ou * j + q] + b[Kg * g + k]
+                                )
+                            if relu:
+                                O[n, Kg * g + k, o0 + ou * j + q] = max(
+                                    O[n, Kg * g + k, o0 + ou * j + q], 0.0
+                                )
+
+    return conv1d_spans
+
+
+@functools.cache
+def pack_spans(
+    N: int, C: int, W: int, R: int, *, spans: int, width: int, start: int = 0, step: int = 0
+) -> KernelFunction:
+    """Windows of the rows ``X[N, C, W]`` side by side in ``Xe[N, C, R]`` (``R = spans *
+    width``): ``Xe[n, c, width*j + i] = X[n, c, start + step*j + i]`` where that lies in ``X``
+    (``start`` may be negative: a zero border; pass a buffer whose other elements are zero).
+    Arguments ``(Xe, X)``: the edges :func:`conv1d_spans` reads."""
+    N, C, W, R, M, Le, x0, xu = _ints(N, C, W, R, spans, width, start, step)
+
+    @kernel
+    def pack_spans(Xe: f32[N, C, R], X: f32[N, C, W]):
+        for n in range(N):
+            for c in range(C):
+                for j in range(M):
+                    for i in range(Le):
+                        if 0 <= x0 + xu * j + i < W:
+                            Xe[n, c, Le * j + i] = X[n, c, x0 + xu * j + i]
+
+    return pack_spans
