@@ -12,6 +12,7 @@ from kernels import conv_ref
 import polydl as pd
 from polydl import nn1d, ops1d
 from polydl.analysis.contraction import find_all
+from polydl.transform import transpose as tiles
 
 rng = np.random.default_rng(15)
 
@@ -278,9 +279,9 @@ def test_nn_conv1d_interior_from_the_input(shape):
 @pytest.mark.parametrize("W", [2048, 1013])  # rows of whole vectors, and odd ones
 def test_interior_with_nontemporal_stores(monkeypatch, W):
     """A large output with a short reduction is stored non-temporally by the interior's calls
-    (``nn1d._streams``; here for a small one: the share lowered to 0). Where a row does not
+    (``nn1d._streams``; here for a small one: the caches' share lowered to 0). Where a row does not
     start on a vector, the calls' plain stores run instead (checked at the call)."""
-    monkeypatch.setattr(nn1d, "NT_SHARE", 0.0)
+    monkeypatch.setattr(tiles, "NT_SHARE", 0.0)
     N, C, K, S, d = 2, 9, 11, 3, 2
     x, w, b = rand(N, C, W), rand(K, C, S), rand(K)
     p = nn1d._forward(x.shape, w.shape, b.shape, 1, "same", d, 1, "relu")

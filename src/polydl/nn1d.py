@@ -288,20 +288,21 @@ def _spans(p: Problem) -> Spans | None:
 
 
 # the interior's output is stored non-temporally (vmovntps: its lines bypass the caches) when
-# it is more than this share of the largest cache (as the transposes, transform/transpose.py)
+# it is larger than the caches keep (transform/transpose.past_caches, as the copy kernels)
 # and each output sums at most SHORT_REDUCTION products (3 taps x 64 channels: the stores are a
 # large part of the traffic; a long reduction hides them)
-NT_SHARE = 0.5
 SHORT_REDUCTION = 256
 NONTEMPORAL = True
 
 
 def _streams(p: Problem) -> bool:
-    """Whether the interior kernel of ``p`` stores its output non-temporally."""
+    """Whether the interior kernel of ``p`` stores its output non-temporally (larger than the
+    caches keep: the rule of the copy kernels and of the compiler's default plans,
+    ``transform/transpose.past_caches``)."""
     from .target import host
+    from .transform.transpose import past_caches
 
-    largest = max((c.size_bytes for c in host().caches), default=1 << 25)
-    big = 4 * p.N * p.K * p.Q > NT_SHARE * largest
+    big = past_caches(4 * p.N * p.K * p.Q, host())
     return NONTEMPORAL and big and p.Cg * p.S <= SHORT_REDUCTION
 
 
