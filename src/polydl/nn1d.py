@@ -316,6 +316,8 @@ def _nontemporal(p: Problem, threads: int | None):
 
     kernel = _kernel(p, "ncw", threads)
     rec = kernel.schedule
+    if all(c.nontemporal for c in rec.contractions):  # the default plan stores so already
+        return kernel
     entries = tuple(replace(c, nontemporal=True) for c in rec.contractions)
     factory, args, kwargs = _interior(p)
     try:
