@@ -2,7 +2,7 @@
 chain one kernel per operator (``fuse=False``), torch eager (oneDNN) and torch.compile (Inductor).
 
     python benchmarks/fusion.py [--threads 1 2] [--batch 1 8] [--no-inductor] [--chains res2 ...]
-                                [--conv-only] [--prefetch-ab]
+                                [--conv-only] [--prefetch-ab] [--narrow-ab]
 
 Chains:
 
@@ -26,7 +26,9 @@ Chains:
 
 ``--prefetch-ab``: only the residual chains, the fused kernel with the epilogue's prefetch of
 its residual (each tile's lines asked for as the tile starts) against the same kernel without,
-and the unfused chain.
+and the unfused chain. ``--narrow-ab``: the same with a tile's last column of at most 8 lanes
+(7x7: 49 = 3 x 16 + 1) accumulated in ymm vectors against zmm ones
+(``kernels/generator.NARROW_TAIL``).
 
 Threads pinned on both sides (``torch.set_num_threads``, polydl ``threads=``); contenders timed
 in interleaved rounds (``common.interleaved``); ratios are medians of per-round ratios
@@ -303,17 +305,18 @@ def convconv(args, rng) -> None:
             )
 
 
-def prefetch_ab(args, rng) -> None:
-    """The residual chains' fused kernel with and without the epilogue's operand prefetch
-    (``kernels/generator.PREFETCH_EPILOGUE``), both compiled in this process, interleaved."""
+def switch_ab(args, rng, flag: str) -> None:
+    """The residual chains' fused kernel with the microkernel switch ``flag`` of
+    ``kernels/generator`` (``PREFETCH_EPILOGUE``: the epilogue's operand prefetch;
+    ``NARROW_TAIL``: a tile's last column of at most half a vector's lanes in a half-width
+    vector) on and off, both compiled in this process, interleaved, and the unfused chain."""
     from polydl.codegen import llvm
     from polydl.kernels import generator
 
+    default = getattr(generator, flag)
     for threads in args.threads:
-        print(f"\nepilogue operand prefetch, threads={threads}  (ratios = other time / time)")
-        print(
-            f"{'chain':<14} {'pf ms':>8} {'no-pf ms':>8} {'unf ms':>8} {'no/pf':>6} {'unf/pf':>6}"
-        )
+        print(f"\n{flag} on / off, threads={threads}  (ratios = other time / time)")
+        print(f"{'chain':<14} {'on ms':>8} {'off ms':>8} {'unf ms':>8} {'off/on':>6} {'unf/on':>6}")
         for name, (cin, cout, hw) in RES.items():
             for batch in args.batch:
                 if args.chains and name not in args.chains:
@@ -323,20 +326,20 @@ def prefetch_ab(args, rng) -> None:
                 want = unfused(*inputs)
                 contenders = {"unfused": lambda f=unfused: f(*inputs)}
                 for on in (True, False):
-                    generator.PREFETCH_EPILOGUE = on
+                    setattr(generator, flag, on)
                     llvm._micro_ir.cache_clear()  # the microkernel text, rendered again
                     f = g.compile(threads=threads)
                     np.testing.assert_allclose(f(*inputs), want, rtol=1e-4, atol=1e-4)
-                    contenders["pf" if on else "nopf"] = lambda f=f: f(*inputs)
-                generator.PREFETCH_EPILOGUE = True
+                    contenders["on" if on else "off"] = lambda f=f: f(*inputs)
+                setattr(generator, flag, default)
                 llvm._micro_ir.cache_clear()
                 t = interleaved(contenders, rounds=args.rounds, repeat=args.repeat)
                 ms = {k: 1e3 * float(np.median(v)) for k, v in t.items()}
-                no = float(np.median(t["nopf"] / t["pf"]))
-                unf = float(np.median(t["unfused"] / t["pf"]))
+                off = float(np.median(t["off"] / t["on"]))
+                unf = float(np.median(t["unfused"] / t["on"]))
                 print(
-                    f"{name + f' N={batch}':<14} {ms['pf']:8.3f} {ms['nopf']:8.3f}"
-                    f" {ms['unfused']:8.3f} {no:6.2f} {unf:6.2f}",
+                    f"{name + f' N={batch}':<14} {ms['on']:8.3f} {ms['off']:8.3f}"
+                    f" {ms['unfused']:8.3f} {off:6.2f} {unf:6.2f}",
                     flush=True,
                 )
 
@@ -357,10 +360,15 @@ def main() -> None:
         action="store_true",
         help="only the residual chains, the epilogue's operand prefetch on and off",
     )
+    ap.add_argument(
+        "--narrow-ab",
+        action="store_true",
+        help="only the residual chains, the half-width last column of a tile on and off",
+    )
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    if args.prefetch_ab:
-        prefetch_ab(args, rng)
+    if args.prefetch_ab or args.narrow_ab:
+        switch_ab(args, rng, "PREFETCH_EPILOGUE" if args.prefetch_ab else "NARROW_TAIL")
         return
     convconv(args, rng)
     convconv_blocked(args, rng)
