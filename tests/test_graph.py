@@ -191,6 +191,35 @@ def test_kernels_per_contraction_share_identical_groups():
     assert len(per.seconds) == len(per.parts)
 
 
+@pytest.mark.parametrize("cache, streamed", [(2**14, True), (2**16, False)])
+def test_an_output_of_a_kernel_streaming_past_the_caches_is_stored_non_temporally(cache, streamed):
+    """The output (7.6 KiB) is under half the largest cache in both cases, the kernel's
+    arguments together (input, residual, output, weights: 24 KiB) past half of a 16 KiB one:
+    there the calls store it non-temporally, with 64 KiB caches they do not. Values as
+    NumPy's either way."""
+    import dataclasses
+
+    from polydl.target import resolve
+
+    N, C, K, H, W = 1, 16, 16, 11, 11
+    h = resolve(None)
+    tgt = dataclasses.replace(
+        h, caches=tuple(dataclasses.replace(c, size_bytes=cache) for c in h.caches)
+    )
+    p = dict(w=r(K, C, 1, 1, scale=0.3), b=r(K))
+    g = pd.graph.Graph("chain")
+    x, res = g.input("x", (N, C, H, W)), g.input("res", (N, K, H, W))
+    g.output(g.relu(g.add(g.conv2d(x, p["w"], p["b"]), res)))
+    out = N * K * H * W * 4
+    assert out < 2**13 and 3 * out > 2**13 and 3 * out < 2**15
+    f = g.compile(target=tgt, threads=1)
+    calls = [ln for ln in f.show("loops").splitlines() if "brgemm(" in ln]
+    assert calls and all((", nt," in ln) == streamed for ln in calls)
+    xa, ra = r(N, C, H, W), r(N, K, H, W)
+    conv = numpy_conv(xa, p["w"], 1, 0) + p["b"][None, :, None, None]
+    np.testing.assert_allclose(f(xa, ra), np.maximum(conv + ra, 0), rtol=2e-4, atol=2e-4)
+
+
 def test_an_output_past_the_caches_is_stored_non_temporally():
     """conv 1x1 -> batch norm -> add -> ReLU: the output, larger than half the largest cache
     (caches shrunk to 64 KiB), is stored non-temporally by the calls that finish it; with the
