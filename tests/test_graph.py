@@ -191,6 +191,30 @@ def test_kernels_per_contraction_share_identical_groups():
     assert len(per.seconds) == len(per.parts)
 
 
+@pytest.mark.parametrize("N, H, W", [(1, 7, 7), (3, 11, 3)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_residual_chain_on_planes_with_a_narrow_tail(N, H, W, threads):
+    """conv 1x1 + batch norm + add + ReLU on planes of 49 and 33 pixels (the calls' last
+    column a vector of one live lane, accumulated half-width; a reduction of 300 channels,
+    whole in one call on a Zen 4 host): fused, unfused and NumPy agree."""
+    C, K = 300, 37
+    p = dict(w=r(K, C, 1, 1, scale=0.1), m=r(K), v=np.abs(r(K)) + 0.5, g=r(K), b=r(K))
+    g = pd.graph.Graph("narrow")
+    x, res = g.input("x", (N, C, H, W)), g.input("res", (N, K, H, W))
+    y = g.batch_norm(g.conv2d(x, p["w"]), p["m"], p["v"], p["g"], p["b"])
+    g.output(g.relu(g.add(y, res)))
+    xa, ra = r(N, C, H, W), r(N, K, H, W)
+    scale = p["g"] / np.sqrt(p["v"] + 1e-5)
+    bn = (numpy_conv(xa, p["w"], 1, 0) - p["m"][None, :, None, None]) * scale[
+        None, :, None, None
+    ] + p["b"][None, :, None, None]
+    want = np.maximum(bn + ra, 0)
+    fused, unfused = g.compile(threads=threads), g.compile(threads=threads, fuse=False)
+    assert any("then" in ln for ln in fused.show("loops").splitlines() if "brgemm(" in ln)
+    for f in (fused, unfused):
+        np.testing.assert_allclose(f(xa, ra), want, rtol=3e-4, atol=3e-4)
+
+
 @pytest.mark.parametrize("cache, streamed", [(2**14, True), (2**16, False)])
 def test_an_output_of_a_kernel_streaming_past_the_caches_is_stored_non_temporally(cache, streamed):
     """The output (7.6 KiB) is under half the largest cache in both cases, the kernel's
