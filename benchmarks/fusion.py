@@ -2,7 +2,7 @@
 chain one kernel per operator (``fuse=False``), torch eager (oneDNN) and torch.compile (Inductor).
 
     python benchmarks/fusion.py [--threads 1 2] [--batch 1 8] [--no-inductor] [--chains res2 ...]
-                                [--conv-only] [--prefetch-ab]
+                                [--conv-only] [--prefetch-ab] [--narrow-ab] [--nt-ab]
 
 Chains:
 
@@ -26,7 +26,10 @@ Chains:
 
 ``--prefetch-ab``: only the residual chains, the fused kernel with the epilogue's prefetch of
 its residual (each tile's lines asked for as the tile starts) against the same kernel without,
-and the unfused chain.
+and the unfused chain. ``--narrow-ab``: the same with a tile's last column of at most 8 lanes
+(7x7: 49 = 3 x 16 + 1) accumulated in ymm vectors against zmm ones
+(``kernels/generator.NARROW_TAIL``). ``--nt-ab``: C stored non-temporally where the size rule
+says (``transform/transpose.past_caches``), never, and wherever the microkernel can.
 
 Threads pinned on both sides (``torch.set_num_threads``, polydl ``threads=``); contenders timed
 in interleaved rounds (``common.interleaved``); ratios are medians of per-round ratios
@@ -303,16 +306,25 @@ def convconv(args, rng) -> None:
             )
 
 
-def prefetch_ab(args, rng) -> None:
-    """The residual chains' fused kernel with and without the epilogue's operand prefetch
-    (``kernels/generator.PREFETCH_EPILOGUE``), both compiled in this process, interleaved."""
+def switch_ab(args, rng, module, flag: str, variants: dict) -> None:
+    """The residual chains' fused kernel with ``module.flag`` at each of ``variants`` (label:
+    value; the first the default), all compiled in this process and timed interleaved, and the
+    unfused chain. ``kernels/generator``'s ``PREFETCH_EPILOGUE``: the epilogue's operand
+    prefetch; ``NARROW_TAIL``: a tile's last column of at most half a vector's lanes in a
+    half-width vector; ``transform/transpose.NT_SHARE``: the share of the largest cache past
+    which C is stored non-temporally."""
     from polydl.codegen import llvm
-    from polydl.kernels import generator
 
+    default = getattr(module, flag)
+    first = next(iter(variants))
+    others = [k for k in variants if k != first]
     for threads in args.threads:
-        print(f"\nepilogue operand prefetch, threads={threads}  (ratios = other time / time)")
+        print(f"\n{flag}: {variants}, threads={threads}  (ratios = other time / {first} time)")
         print(
-            f"{'chain':<14} {'pf ms':>8} {'no-pf ms':>8} {'unf ms':>8} {'no/pf':>6} {'unf/pf':>6}"
+            f"{'chain':<14} "
+            + " ".join(f"{k + ' ms':>9}" for k in [*variants, "unfused"])
+            + " "
+            + " ".join(f"{k + '/' + first:>12}" for k in [*others, "unfused"])
         )
         for name, (cin, cout, hw) in RES.items():
             for batch in args.batch:
@@ -322,23 +334,22 @@ def prefetch_ab(args, rng) -> None:
                 unfused = g.compile(threads=threads, fuse=False)
                 want = unfused(*inputs)
                 contenders = {"unfused": lambda f=unfused: f(*inputs)}
-                for on in (True, False):
-                    generator.PREFETCH_EPILOGUE = on
+                for label, value in variants.items():
+                    setattr(module, flag, value)
                     llvm._micro_ir.cache_clear()  # the microkernel text, rendered again
                     f = g.compile(threads=threads)
                     np.testing.assert_allclose(f(*inputs), want, rtol=1e-4, atol=1e-4)
-                    contenders["pf" if on else "nopf"] = lambda f=f: f(*inputs)
-                generator.PREFETCH_EPILOGUE = True
+                    contenders[label] = lambda f=f: f(*inputs)
+                setattr(module, flag, default)
                 llvm._micro_ir.cache_clear()
                 t = interleaved(contenders, rounds=args.rounds, repeat=args.repeat)
                 ms = {k: 1e3 * float(np.median(v)) for k, v in t.items()}
-                no = float(np.median(t["nopf"] / t["pf"]))
-                unf = float(np.median(t["unfused"] / t["pf"]))
-                print(
-                    f"{name + f' N={batch}':<14} {ms['pf']:8.3f} {ms['nopf']:8.3f}"
-                    f" {ms['unfused']:8.3f} {no:6.2f} {unf:6.2f}",
-                    flush=True,
+                line = f"{name + f' N={batch}':<14} "
+                line += " ".join(f"{ms[k]:9.3f}" for k in [*variants, "unfused"])
+                line += " " + " ".join(
+                    f"{float(np.median(t[k] / t[first])):12.2f}" for k in [*others, "unfused"]
                 )
+                print(line, flush=True)
 
 
 def main() -> None:
@@ -357,10 +368,30 @@ def main() -> None:
         action="store_true",
         help="only the residual chains, the epilogue's operand prefetch on and off",
     )
+    ap.add_argument(
+        "--narrow-ab",
+        action="store_true",
+        help="only the residual chains, the half-width last column of a tile on and off",
+    )
+    ap.add_argument(
+        "--nt-ab",
+        action="store_true",
+        help="only the residual chains, C stored non-temporally as the size rule says, never, always",
+    )
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    if args.prefetch_ab:
-        prefetch_ab(args, rng)
+    if args.prefetch_ab or args.narrow_ab:
+        from polydl.kernels import generator
+
+        flag = "PREFETCH_EPILOGUE" if args.prefetch_ab else "NARROW_TAIL"
+        switch_ab(args, rng, generator, flag, {"on": True, "off": False})
+        return
+    if args.nt_ab:
+        from polydl.transform import transpose
+
+        share = transpose.NT_SHARE
+        variants = {f"auto{share:g}": share, "never": float("inf"), "always": 0.0}
+        switch_ab(args, rng, transpose, "NT_SHARE", variants)
         return
     convconv(args, rng)
     convconv_blocked(args, rng)

@@ -123,6 +123,39 @@ def test_stride_form_custom_strides(isa):
     check(cfg, batch=4)
 
 
+# tails of at most 8 lanes after 16-lane vectors: 49 = 3 x 16 + 1 (a 7x7 plane), 40 = 2 x 16 + 8,
+# 72 = 4 x 16 + 8 (a 5-vector tile absorbing the remainder), 196 = 12 x 16 + 4; several k sets
+# (m = 1) and grouped rows
+NARROW = [
+    dict(m=13, n=49, k=11),
+    dict(m=1, n=40, k=9),
+    dict(m=29, n=72, k=3, ldc=75),
+    dict(m=5, n=196, k=7, lda=9, ldb=199),
+    dict(m=7, n=33, k=5, row_group=3, lda=6, lda_group=23, ldc=34, ldc_group=110),
+]
+
+
+@pytest.mark.skipif("avx512" not in RUNNABLE, reason="host has no avx512f")
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shape", NARROW, ids=lambda s: f"{s['m']}x{s['n']}x{s['k']}")
+@pytest.mark.parametrize(
+    "epi", EPILOGUES[1::2], ids=lambda e: "-".join(f"{k}{v}" for k, v in e.items())
+)
+def test_narrow_tail(form, shape, epi):
+    """A last column of at most half a vector's lanes accumulates in half-width vectors (the
+    kernel's IR has ymm FMAs, and none with the switch off) and still matches the reference."""
+    from polydl.kernels import generate, generator
+
+    cfg = BrgemmConfig(form=form, isa="avx512", **shape, **epi)
+    assert "@llvm.fma.v8f32" in generate(cfg).definition
+    old, generator.NARROW_TAIL = generator.NARROW_TAIL, False
+    try:
+        assert "v8f32" not in generate(cfg).definition
+    finally:
+        generator.NARROW_TAIL = old
+    check(cfg, batch=3, seed=shape["n"])
+
+
 @settings(
     max_examples=25,
     deadline=None,

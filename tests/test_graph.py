@@ -191,6 +191,59 @@ def test_kernels_per_contraction_share_identical_groups():
     assert len(per.seconds) == len(per.parts)
 
 
+@pytest.mark.parametrize("N, H, W", [(1, 7, 7), (3, 11, 3)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_residual_chain_on_planes_with_a_narrow_tail(N, H, W, threads):
+    """conv 1x1 + batch norm + add + ReLU on planes of 49 and 33 pixels (the calls' last
+    column a vector of one live lane, accumulated half-width; a reduction of 300 channels,
+    whole in one call on a Zen 4 host): fused, unfused and NumPy agree."""
+    C, K = 300, 37
+    p = dict(w=r(K, C, 1, 1, scale=0.1), m=r(K), v=np.abs(r(K)) + 0.5, g=r(K), b=r(K))
+    g = pd.graph.Graph("narrow")
+    x, res = g.input("x", (N, C, H, W)), g.input("res", (N, K, H, W))
+    y = g.batch_norm(g.conv2d(x, p["w"]), p["m"], p["v"], p["g"], p["b"])
+    g.output(g.relu(g.add(y, res)))
+    xa, ra = r(N, C, H, W), r(N, K, H, W)
+    scale = p["g"] / np.sqrt(p["v"] + 1e-5)
+    bn = (numpy_conv(xa, p["w"], 1, 0) - p["m"][None, :, None, None]) * scale[
+        None, :, None, None
+    ] + p["b"][None, :, None, None]
+    want = np.maximum(bn + ra, 0)
+    fused, unfused = g.compile(threads=threads), g.compile(threads=threads, fuse=False)
+    assert any("then" in ln for ln in fused.show("loops").splitlines() if "brgemm(" in ln)
+    for f in (fused, unfused):
+        np.testing.assert_allclose(f(xa, ra), want, rtol=3e-4, atol=3e-4)
+
+
+@pytest.mark.parametrize("cache, streamed", [(2**14, True), (2**16, False)])
+def test_an_output_of_a_kernel_streaming_past_the_caches_is_stored_non_temporally(cache, streamed):
+    """The output (7.6 KiB) is under half the largest cache in both cases, the kernel's
+    arguments together (input, residual, output, weights: 24 KiB) past half of a 16 KiB one:
+    there the calls store it non-temporally, with 64 KiB caches they do not. Values as
+    NumPy's either way."""
+    import dataclasses
+
+    from polydl.target import resolve
+
+    N, C, K, H, W = 1, 16, 16, 11, 11
+    h = resolve(None)
+    tgt = dataclasses.replace(
+        h, caches=tuple(dataclasses.replace(c, size_bytes=cache) for c in h.caches)
+    )
+    p = dict(w=r(K, C, 1, 1, scale=0.3), b=r(K))
+    g = pd.graph.Graph("chain")
+    x, res = g.input("x", (N, C, H, W)), g.input("res", (N, K, H, W))
+    g.output(g.relu(g.add(g.conv2d(x, p["w"], p["b"]), res)))
+    out = N * K * H * W * 4
+    assert out < 2**13 and 3 * out > 2**13 and 3 * out < 2**15
+    f = g.compile(target=tgt, threads=1)
+    calls = [ln for ln in f.show("loops").splitlines() if "brgemm(" in ln]
+    assert calls and all((", nt," in ln) == streamed for ln in calls)
+    xa, ra = r(N, C, H, W), r(N, K, H, W)
+    conv = numpy_conv(xa, p["w"], 1, 0) + p["b"][None, :, None, None]
+    np.testing.assert_allclose(f(xa, ra), np.maximum(conv + ra, 0), rtol=2e-4, atol=2e-4)
+
+
 def test_an_output_past_the_caches_is_stored_non_temporally():
     """conv 1x1 -> batch norm -> add -> ReLU: the output, larger than half the largest cache
     (caches shrunk to 64 KiB), is stored non-temporally by the calls that finish it; with the

@@ -23,6 +23,17 @@ from polydl.transform.brgemm import BlockPlan, lower
 rng = np.random.default_rng(5)
 
 
+@pytest.fixture(autouse=True)
+def _planner_default_split(monkeypatch):
+    """The host with the planner's default whole-k limit (``plan.KC_WHOLE_MAX``), whatever this
+    CPU's ``kc_whole_max``: the variants of these GEMMs must include ones that split k."""
+    from dataclasses import replace
+
+    from polydl import target
+
+    monkeypatch.setattr(target, "_host", replace(target.host(), kc_whole_max=None))
+
+
 def rand(*shape):
     return rng.uniform(-1, 1, size=shape).astype(np.float32)
 
@@ -196,6 +207,36 @@ def test_k_tiles_candidates():
     assert plans.k_tiles(small, 64) == [256]
     prime = find_all(gemm_init.ir.bind({"M": 8, "N": 8, "K": 1031}))[0]
     assert plans.k_tiles(prime, 1) == [1031]  # nothing to split on: the whole extent
+
+
+def test_k_tiles_follow_the_targets_whole_k_limit():
+    """A target's ``kc_whole_max`` (Zen 4's host: 1024) keeps a reduction up to it whole in one
+    call; past it the split is the default's; the presets keep the planner's 256. The kernel
+    planned so still matches its reference."""
+    from dataclasses import replace
+
+    from polydl.target import PRESETS, host
+
+    zen = replace(PRESETS["icelake-server"], kc_whole_max=1024)
+    c768 = find_all(gemm_init.ir.bind({"M": 8, "N": 8, "K": 768}))[0]
+    c2048 = find_all(gemm_init.ir.bind({"M": 8, "N": 8, "K": 2048}))[0]
+    assert plans.k_tiles(c768, 64, zen) == [768]
+    assert plans.k_tiles(c768, 64, PRESETS["icelake-server"]) == plans.k_tiles(c768, 64) == [256]
+    assert plans.k_tiles(c2048, 64, zen) == plans.k_tiles(c2048, 64) == [256]
+    assert PRESETS["icelake-server"].kc_whole_max is None
+    M, N, K = 37, 70, 600
+    C, A, B = rand(M, N), rand(M, K), rand(K, N)
+    whole = pd.compile(
+        gemm_init, threads=2, target=replace(host(), kc_whole_max=1024), M=M, N=N, K=K
+    )
+    split = pd.compile(gemm_init, threads=2, M=M, N=N, K=K)
+    assert not splits_k(whole) and splits_k(split)
+    want = C.copy()
+    gemm_init.reference(want, A, B)
+    for k in (whole, split):
+        got = C.copy()
+        k(got, A, B)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------ a loop over a batch iterator (conv's cb)

@@ -467,21 +467,25 @@ def lower_contractions(
 
 
 def _streamed_stores(kernel: Kernel, plans: list, chosen: list, isa: str, target):
-    """The plans with non-temporal stores of C where C is a kernel argument larger than the
-    caches keep (``transform/transpose.past_caches``) and the microkernel may store it so (one
-    call zeroes and finishes each C block): no read for ownership of lines that leave the
-    caches anyway; a fused chain's output (conv 1x1 + BN + residual + ReLU, ResNet-50 res2 at
-    batch 8, 25.7 MB) gained 1.15x at one thread. A scratch C (read again in the kernel,
-    perhaps from a cache once fused) keeps its ordinary stores."""
+    """The plans with non-temporal stores of C where C is a kernel argument, the kernel's
+    arguments together larger than the caches keep (``transform/transpose.past_caches`` of
+    their bytes: the kernel's own streams push C's lines out before anything reads them) and
+    the microkernel may store it so (one call zeroes and finishes each C block): no read for
+    ownership of lines that leave the caches anyway. Fused chains (conv 1x1 + BN + residual +
+    ReLU): ResNet-50 res2 at batch 8 (its output alone 25.7 MB) gained 1.15-1.2x at one
+    thread, res3 at batch 8 (12.8 MB of output, 28.8 MB with the input and residual) 1.1x,
+    res4 at batch 8 (14.4 MB in all) nothing (``benchmarks/fusion.py --nt-ab``). A scratch C
+    (read again in the kernel, perhaps from a cache once fused) keeps its ordinary stores."""
     from .transform.transpose import past_caches
 
     temps = {t.name for t in kernel.temps}
+    footprint = sum(kernel.nbytes(t.name) for t in kernel.tensors)
     plans, chosen = list(plans), list(chosen)
     for i, (c, plan, n_par, predicted) in enumerate(plans):
         nt = replace(plan, nontemporal=True)
         if plan.nontemporal or c.c in temps or micro_problem(c, nt, isa):
             continue
-        if past_caches(kernel.nbytes(c.c), target):
+        if past_caches(footprint, target):
             plans[i] = (c, nt, n_par, predicted)
             chosen[i] = replace(chosen[i], nontemporal=True)
     return plans, chosen

@@ -13,7 +13,7 @@ gives one core, normalised to L1 = 1. They weigh the data movement of ``optimize
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import TargetError
@@ -66,6 +66,9 @@ class Target:
     tile_cycles: float = 6.0
     batch_cycles: float = 1.0
     plain_cycles: float = 2.0
+    # the longest reduction one BRGEMM call covers whole (longer ones split near 256:
+    # optimize/plan.k_tiles); None: the planner's default (optimize/plan.KC_WHOLE_MAX)
+    kc_whole_max: int | None = None
 
     def __post_init__(self) -> None:
         from .kernels.isa import FAMILIES
@@ -234,6 +237,13 @@ PRESETS: dict[str, Target] = {
     ),
 }
 
+# The longest reduction a call covers whole on a detected CPU (Target.kc_whole_max), where it
+# differs from the planner's default of 256 (set on Ice Lake, where longer panels missed in L1
+# and the TLB): on Zen 4, one thread, the whole k against k split in 256 ran GEMM 1024^3 1.11x,
+# 512^3 1.05x, 256 x 1024 x 768 and 1024 x 1024 x 576 the same, linear + GELU at BERT-base
+# shapes (K = 768) 1.06-1.19x and conv 1x1 + BN + add + ReLU at res5 (K = 512) 1.01-1.10x.
+KC_WHOLE = {"znver4": 1024}
+
 # Weights for a detected or unknown machine: L1, L2, L3, ... then memory.
 _DEFAULT_COSTS = (1.0, 2.5, 7.0, 20.0)
 
@@ -337,7 +347,10 @@ def host() -> Target:
             if cpu in PRESETS and len(PRESETS[cpu].caches) == len(caches)
             else _costs_for(len(caches))
         )
-        _host = _target("host", cpu, isa, caches, fma="fma" in feats, costs=costs)
+        _host = replace(
+            _target("host", cpu, isa, caches, fma="fma" in feats, costs=costs),
+            kc_whole_max=KC_WHOLE.get(cpu),
+        )
     return _host
 
 

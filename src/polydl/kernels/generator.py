@@ -44,6 +44,12 @@ PREFETCH_EPILOGUE = True
 SFENCE_DECL = "declare void @llvm.x86.sse.sfence()"
 # families whose kernels may store C non-temporally (x86: vmovntps and sfence)
 NT_FAMILIES = frozenset({"avx512", "avx512_bf16", "avx2"})
+# whether a tile's last column, when it holds at most half a vector's lanes (a 7x7 conv's 49
+# pixels: 3 zmm vectors and one lane), is accumulated in a half-width vector (ymm): a core
+# whose 512-bit FMAs take both 256-bit pipes (Zen 4) does two of those per cycle, so the row
+# of 3 zmm + 1 ymm FMAs costs 3.5 FMA slots instead of 4 (an A/B switch:
+# benchmarks/fusion.py --narrow-ab)
+NARROW_TAIL = True
 
 
 def nontemporal_align(config: BrgemmConfig) -> int:
@@ -295,13 +301,44 @@ def math_code(fn: str, prefix: str, src: str, dst: str) -> tuple[str, list[str]]
     return code, decls
 
 
+def narrow_width(cfg: BrgemmConfig, fam: IsaFamily, lanes: int) -> int | None:
+    """The half width (lanes) a column of ``lanes`` live lanes accumulates in, or None for the
+    family's own width: f32 A and B (not the bf16 paths), 16-lane vectors, at most half of
+    them live (:data:`NARROW_TAIL`)."""
+    v = fam.vector_width
+    if not NARROW_TAIL or v < 16 or cfg.ab_dtype != "f32" or fam.amx or 2 * lanes > v:
+        return None
+    return v // 2
+
+
+def _col_ctx(c: int, lanes: int, cfg: BrgemmConfig, fam: IsaFamily, nt: bool) -> dict:
+    """One column of a tile group: its offset, store mask, and the vector type (``cvty``),
+    mask (``bmask``), masked load and FMA of its B loads and accumulators (half width when
+    :func:`narrow_width` says so; widened to the full vector before the store's stages)."""
+    v = fam.vector_width
+    w = narrow_width(cfg, fam, lanes) or v
+    return {
+        "c": c,
+        "off": c * v,
+        "mask": _mask(v, lanes),
+        "lanes": lanes,
+        "nt": nt and lanes == v,
+        "narrow": w < v,
+        "cvty": f"<{w} x float>",
+        "calign": 4 * w,
+        "bmask": _mask(w, lanes),
+        "cload": f"llvm.masked.load.v{w}f32.p0",
+        "cfma": f"{fam.fma}.v{w}f32",
+        "widen": f"<{v} x i32> "
+        + _vec_const("i32", [str(j) for j in range(w)] + ["poison"] * (v - w)),
+        "csplat": f"<{w} x i32>",
+        "cmty": f"<{w} x i1>",
+    }
+
+
 def _group_ctx(gi: int, g: TileGroup, cfg: BrgemmConfig, fam: IsaFamily, nt: bool) -> dict:
     p = f"g{gi}"
-    v = fam.vector_width
-    cols = [
-        {"c": c, "off": c * v, "mask": _mask(v, lanes), "lanes": lanes, "nt": nt and lanes == v}
-        for c, lanes in enumerate(g.lanes)
-    ]
+    cols = [_col_ctx(c, lanes, cfg, fam, nt) for c, lanes in enumerate(g.lanes)]
     row_setup: list[str] = []
     if cfg.row_group is None:  # one run of rows: offsets from the tile's first row
         rows = [{"r": r, "a_off": r * cfg.lda, "c_off": f"{r * cfg.ldc}"} for r in range(g.mr)]
@@ -350,7 +387,10 @@ def _group_ctx(gi: int, g: TileGroup, cfg: BrgemmConfig, fam: IsaFamily, nt: boo
         "ldc_step": ldc_step,
         "row_setup": row_setup,
         "acc": acc,
-        "acc_list": [a for s in acc for r in s for a in r],
+        "acc_list": [
+            (a, cols[c]["cvty"], cols[c]["calign"]) for s in acc for r in s for c, a in enumerate(r)
+        ],
+        "narrow": any(col["narrow"] for col in cols),
         "sets": list(range(g.ksets)),
         "steps": [{"t": t, "s": t % g.ksets} for t in range(g.unroll)],
         "k_main": k_main,
@@ -412,6 +452,10 @@ def generate(
     mstore16 = f"llvm.masked.store.v{v}i16.p0"
     mload32 = f"llvm.masked.load.v{v}i32.p0"
     dot_fn = f"llvm.x86.avx512bf16.dpbf16ps.{32 * v}"
+    params, c_params = _params(cfg)
+    groups = (
+        [] if fam.amx else [_group_ctx(gi, g, cfg, fam, nt) for gi, g in enumerate(blocking.groups)]
+    )
     declarations = (
         f"declare {vty} @{fma}({vty}, {vty}, {vty})",
         f"declare {vty} @{mload}(ptr, i32 immarg, {mty}, {vty})",
@@ -424,10 +468,19 @@ def generate(
         *(amx.DECLARATIONS if fam.amx else ()),
         *([PREFETCH_DECL] if cfg.prefetch_b or prefetched else []),
         *([SFENCE_DECL] if nt else []),
-    )
-    params, c_params = _params(cfg)
-    groups = (
-        [] if fam.amx else [_group_ctx(gi, g, cfg, fam, nt) for gi, g in enumerate(blocking.groups)]
+        *sorted(
+            {
+                d
+                for g in groups
+                for col in g["cols"]
+                if col["narrow"]
+                for d in (
+                    f"declare {col['cvty']} @{col['cfma']}({', '.join([col['cvty']] * 3)})",
+                    f"declare {col['cvty']} @{col['cload']}(ptr, i32 immarg, {col['cmty']}, "
+                    f"{col['cvty']})",
+                )
+            }
+        ),
     )
     counters = [f"{g['p']}.{lvl}" for g in groups for lvl in ("j", "i", "b", "k", "q")]
     ctx = {
@@ -483,7 +536,7 @@ def generate(
         "pair_mask": f"<{2 * v} x i32> "
         + _vec_const("i32", [str(x) for j in range(v) for x in (j, j + v)]),
         "counters": counters,
-        "accs": [a for g in groups for a in g["acc_list"]],
+        "accs": [a for g in groups for a in g["acc_list"]],  # (name, type, alignment)
         "groups": groups,
         **(amx.context(cfg, _mask, params) if fam.amx else {}),
         "prefetch_b": cfg.prefetch_b,

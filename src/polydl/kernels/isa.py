@@ -17,7 +17,9 @@ Rows are split into ``ceil(m / mr)`` balanced tiles of ``base`` or ``base + 1`` 
 AVX2: nine 6-row and two 5-row tiles, not ten 6-row and one 4-row tile), so no thin tile streams
 B for a few FMAs. When ``n`` is not a multiple of the tile width, the last full-width column
 tile absorbs the remainder: a wider tile (e.g. 3 ymm vectors, the last one masked) with fewer
-rows, instead of a one-vector tile that would need one broadcast per FMA. The block is covered
+rows, instead of a one-vector tile that would need one broadcast per FMA; on 16-lane vectors a
+last column of at most 8 live lanes accumulates in an 8-lane vector
+(``generator.narrow_width``: one 256-bit FMA where Zen 4 splits a 512-bit one in two). The block is covered
 by at most four tile groups (two row heights x two column kinds); partial vectors use masked
 vector loads and stores, never scalar code. When a tile has fewer accumulators
 than ``min_accumulators`` (FMA latency x FMA ports), the k loop keeps several accumulator sets

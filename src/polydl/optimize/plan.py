@@ -25,7 +25,8 @@ KC_TARGETS = (256,)
 # the whole k extent in one call only up to this (a longer one is always split): longer panels of strided rows (lda, ldb a
 # multiple of 4 KiB is common) miss in L1 and the TLB in ways the cost model does not see;
 # measured on Ice Lake (single core): 1024^3 and 2048^3 run 1.3-1.8x faster with kc = 256
-# than whole, 512^3 about 5-10% faster, K = 576 the same
+# than whole, 512^3 about 5-10% faster, K = 576 the same. The default of a target whose
+# ``kc_whole_max`` does not say otherwise (Zen 4: the other way round, target.KC_WHOLE)
 KC_WHOLE_MAX = 256
 
 
@@ -164,15 +165,16 @@ def fewer_calls(ext: int, bn: int, widths) -> list[int]:
     return out
 
 
-def k_tiles(c: Contraction, bk: int) -> list[int]:
+def k_tiles(c: Contraction, bk: int, target=None) -> list[int]:
     """Reduction extents of one call (``kc``), largest first: the whole k extent when it is at
-    most :data:`KC_WHOLE_MAX` (or when nothing else divides it), else the multiples of ``bk``
-    dividing it nearest to :data:`KC_TARGETS` (at least half a target); a loop over k then
-    steps the call's origin."""
+    most ``target.kc_whole_max`` (:data:`KC_WHOLE_MAX` without one, or when nothing else
+    divides it), else the multiples of ``bk`` dividing it nearest to :data:`KC_TARGETS` (at
+    least half a target); a loop over k then steps the call's origin."""
     if c.k is None:
         return []
     ext = c.extent(c.k)
-    if ext <= KC_WHOLE_MAX:
+    whole = getattr(target, "kc_whole_max", None) or KC_WHOLE_MAX
+    if ext <= whole:
         return [ext]
     divs = [d for d in range(bk, ext, bk) if ext % d == 0 and 2 * d >= min(KC_TARGETS)]
     picked = {min(divs, key=lambda d: (abs(d - t), d)) for t in KC_TARGETS} if divs else set()
@@ -193,7 +195,7 @@ def panel_budget(target) -> int:
 
 
 def batch_tiles(
-    c: Contraction, bk: int, bn: int, budget: int = 320 * 1024
+    c: Contraction, bk: int, bn: int, budget: int = 320 * 1024, target=None
 ) -> list[tuple[int | None, str, int]]:
     """(kc, batch iterator, its extent in one call) of calls that cover the whole k but only
     part of the batch iterator outermost in B (a conv's input-channel blocks): the largest
@@ -203,7 +205,7 @@ def batch_tiles(
     split = max(c.batch, key=lambda v: abs(lb.coef(v)), default=None)
     if split is None or c.extent(split) < 2:
         return []
-    if c.k is not None and c.extent(c.k) not in k_tiles(c, bk):
+    if c.k is not None and c.extent(c.k) not in k_tiles(c, bk, target):
         return []  # k is tiled: one reduction loop at a time
     kc = c.extent(c.k) if c.k else 1
     per_value = kc * math.prod(c.extent(v) for v in c.batch if v != split)  # reduction rows
@@ -293,14 +295,16 @@ def _ranked_rows(kernel, c: Contraction, bm, bn, bk, target, threads, top):
             | ({ext // 2} if b == 1 and ext >= 4 else set())
         )
     found = []
-    options: list[tuple[int | None, str | None, int]] = [(kc, None, 0) for kc in k_tiles(c, bk)]
+    options: list[tuple[int | None, str | None, int]] = [
+        (kc, None, 0) for kc in k_tiles(c, bk, target)
+    ]
     options = options or [(None, None, 0)]
     if kernel.arg(c.c).dtype == "bf16":
         # a bf16 C is rounded once (analysis/contraction.bf16_accumulated): each call holds
         # its elements' whole reduction, no loop over k or a batch iterator around it
         options = [(c.extent(c.k), None, 0)] if c.k else [(None, None, 0)]
     else:
-        options += batch_tiles(c, bk, min(bn, c.extent(c.n)), panel_budget(target))
+        options += batch_tiles(c, bk, min(bn, c.extent(c.n)), panel_budget(target), target)
     for kc, looped, chunk in options:
         micro = {c.m: bm, c.n: bn, **{v: c.extent(v) for v in covered}}
         if c.k is not None:
