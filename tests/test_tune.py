@@ -88,6 +88,22 @@ def test_bench_checks_against_the_reference_and_times():
     assert not b.ok and "bk=7" in b.error
 
 
+def test_a_clearly_slower_trial_stops_after_fewer_samples():
+    """Told the fastest time so far (``bar``), a trial whose first samples are all more than
+    10% above it stops after 2 of its 7 samples; near or below the bar, or without one, it
+    takes all 7."""
+    from polydl.tune.runner import EARLY_SAMPLES
+
+    bench = Bench(Job(workload=workload(), threads=1, measure=dataclasses.replace(FAST, repeat=7)))
+    rec = pd.compile(gemm_bias_relu, threads=1, tuned=False, **GEMM).schedule.choices()
+    full = bench.measure(rec)
+    assert full.ok and len(full.samples) == 7
+    slow = bench.measure(rec, bar=full.seconds / 1e3)  # 1000x slower than the bar
+    assert slow.ok and len(slow.samples) == EARLY_SAMPLES == 2
+    assert slow.seconds == float(np.median(slow.samples))
+    assert len(bench.measure(rec, bar=full.seconds * 1e3).samples) == 7
+
+
 def test_local_runner_timeout_and_crash_fail_the_trial():
     rec = pd.compile(gemm_bias_relu, threads=1, tuned=False, **GEMM).schedule.choices()
     with LocalRunner() as runner:
@@ -348,11 +364,11 @@ def test_tuning_nchw_kernels_reaches_nn_conv2d(x_shape, w_shape, stride, pad, ro
     (kern,) = nn.conv2d_kernels(x_shape, w_shape, stride, pad, threads=1)
     untuned = pd.compile(kern, threads=1, tuned=False).schedule.choices()
 
-    def clock(record):  # anything but the untuned pick is faster, in a fixed order
+    def clock(record):  # anything but the untuned pick is faster (by 25% or more), in a fixed order
         t = (
             1.0
             if record.choices() == untuned
-            else 0.5 + len(database.record_key(record)) % 97 / 200
+            else 0.5 + len(database.record_key(record)) % 97 / 400
         )
         return Measurement(ok=True, seconds=t * 1e-3, samples=(t * 1e-3,))
 
@@ -463,6 +479,42 @@ def test_the_untuned_pick_is_the_fallback():
                 assert seconds == 1.0 - gain
             else:
                 assert gain < MIN_GAIN and best.choices() == base.choices() and seconds == 1.0
+
+
+def test_the_next_trials_are_proposed_while_one_is_measured(tmp_path):
+    """With a runner taking hints (LocalRunner), pd.tune proposes and names the next trials
+    while the current one is measured (``meanwhile``), so most trials were named before their
+    own measurement began (not the ones after the last point of a sweep group: the next group
+    waits for its time), every one named was measured, and each trial is told the fastest
+    time so far (``bar``)."""
+
+    class Hinted(FakeRunner):
+        ahead, hints = 2, True
+
+        def __init__(self, clock):
+            super().__init__(clock)
+            self.fetched, self.early, self.bars, self.seen = [], 0, [], []
+
+        def prefetch(self, records):
+            self.fetched += [r.to_json() for r in records if r.to_json() not in self.fetched]
+
+        def measure(self, records, *, bar=None, meanwhile=None):
+            self.early += sum(r.to_json() in self.fetched for r in records)
+            self.bars.append(bar)
+            got = super().measure(records)
+            if meanwhile is not None:
+                meanwhile()
+            self.seen += [m.seconds for m in got]
+            return got
+
+    runner = Hinted(by_bk)
+    r = pd.tune(gemm_bias_relu, trials=12, db=tmp_path / "t.sqlite", runner=runner, **GEMM)
+    asked = [x.to_json() for x in runner.asked]
+    assert len(r.trials) == 12 and len(set(asked)) == 12
+    assert set(runner.fetched) <= set(asked)
+    assert runner.early >= 4  # 0 if nothing were named ahead (this prefetches only then)
+    assert runner.bars[0] is None
+    assert runner.bars[1:] == [min(runner.seen[:i]) for i in range(1, 12)]
 
 
 def test_the_next_trial_is_built_while_this_one_is_measured(tmp_path):

@@ -160,7 +160,7 @@ def test_residual_learns_what_the_analytic_model_misses():
 def test_proposals_are_seeds_then_new_legal_points():
     space = gemm_space()
     model = CostModel(space)
-    strategy = Evolution(space, model, seed=3, top_k=3)
+    strategy = Evolution(space, model, seed=3, top_k=3, sweep=False)
     first = strategy.propose(2, {})
     assert [p.origin for p in first][0].startswith("untuned pick")
     history = {
@@ -192,8 +192,8 @@ def test_the_sweep_offers_wider_even_calls_and_they_run():
     (kn,) = seed.knobs
     assert kn.bn == 80 and base.wider_columns(kn) == [112]
     assert base.wider_columns(dataclasses.replace(kn, bn=64)) == [112, 80]
-    swept = [p for p, why in space.micro_neighbours(seed) if why.startswith("columns")]
-    assert [p.knobs[0].bn for p in swept] == [112]
+    swept = [p for p, why in space.sweep_group("columns", seed) if why.startswith("columns")]
+    assert [p.knobs[0].bn for p in swept] == [112, 32]  # fewer calls, then half as wide
     swept.append(seed)
     x = rng.standard_normal((2, 24, 14, 14)).astype(np.float32)
     w = rng.standard_normal((40, 24, 1, 1)).astype(np.float32)
@@ -205,31 +205,33 @@ def test_the_sweep_offers_wider_even_calls_and_they_run():
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_after_the_seeds_the_microkernel_knobs_of_the_fastest_are_swept():
+def _changed(a, b) -> set[str]:
+    """The knobs ``a`` and ``b`` (points of one contraction) differ in."""
+    (ka,), (kb,) = a.knobs, b.knobs
+    return {f.name for f in dataclasses.fields(ka) if getattr(ka, f.name) != getattr(kb, f.name)}
+
+
+def _measured(space, history, props, times):
+    for p, t in zip(props, times, strict=True):
+        history[p.point] = Trial(record=space.record(p.point), status="ok", seconds=t)
+
+
+def test_after_the_seeds_the_sweep_measures_one_group_of_knobs_of_the_fastest():
     space = gemm_space()
-    strategy = Evolution(space, CostModel(space), seed=1, top_k=3, micro_sweep=5)
+    strategy = Evolution(space, CostModel(space), seed=1, top_k=3)
     seeds = strategy.propose(len(strategy.seeds), {})
     assert [p.point for p in seeds] == [p for p, _ in strategy.seeds]
-    # the last seed is the fastest: the sweep changes one microkernel knob of it at a time
-    history = {
-        p.point: Trial(record=space.record(p.point), status="ok", seconds=1e-3 / (i + 1))
-        for i, p in enumerate(seeds)
-    }
+    # the last seed is the fastest: the first group (non-temporal stores) is around it, and
+    # only that group: the next one waits for its times
+    history: dict = {}
+    _measured(space, history, seeds, [1e-3 / (i + 1) for i in range(len(seeds))])
     best = seeds[-1].point
-    sweep = strategy.propose(5, history)
-    assert len(sweep) == 5 and all(p.origin.startswith("microkernel sweep") for p in sweep)
-    micro = ("register_tile", "k_unroll", "prefetch", "nontemporal", "bn")
-    for p in sweep:
-        (kn,), (b,) = p.point.knobs, best.knobs
-        changed = [
-            f.name for f in dataclasses.fields(kn) if getattr(kn, f.name) != getattr(b, f.name)
-        ]
-        assert len(changed) == 1 and changed[0] in micro, changed
-        assert space.problem(p.point) is None
-    # then the evolution: none of the sweep again
-    taken = {**history, **{p.point: history[best] for p in sweep}}
-    after = strategy.propose(3, taken)
-    assert not any(p.origin.startswith("microkernel sweep") for p in after)
+    group = strategy.propose(8, history)
+    want = space.sweep_group("stores", best)
+    assert [p.point for p in group] == [p for p, _ in want] and group
+    assert all(p.origin.startswith("sweep: ") for p in group)
+    assert all(_changed(p.point, best) == {"nontemporal"} for p in group)
+    assert strategy.propose(3, history, frozenset(p.point for p in group)) == []
 
 
 def test_the_sweep_waits_for_a_seed_still_being_measured():
@@ -237,7 +239,7 @@ def test_the_sweep_waits_for_a_seed_still_being_measured():
     rather than breed before it knows which seed is fastest; once that seed's time is in,
     the sweep is around the fastest seed, which may be that last one."""
     space = KernelSpace(Workload.of(gemm_bias_relu, dict(M=192, N=160, K=256)), threads=1)
-    strategy = Evolution(space, CostModel(space), seed=1, top_k=3, micro_sweep=4)
+    strategy = Evolution(space, CostModel(space), seed=1, top_k=3)
     seeds = [p.point for p in strategy.propose(len(strategy.seeds), {})]
     assert len(seeds) == 3
     history = {
@@ -247,42 +249,48 @@ def test_the_sweep_waits_for_a_seed_still_being_measured():
     assert strategy.propose(2, history, frozenset(seeds[-1:])) == []
     history[seeds[-1]] = Trial(record=space.record(seeds[-1]), status="ok", seconds=1e-6)
     sweep = strategy.propose(4, history)
-    assert sweep and all(p.origin.startswith("microkernel sweep") for p in sweep)
-    for p in sweep:  # one knob away from the last seed, the fastest
-        (kn,), (b,) = p.point.knobs, seeds[-1].knobs
-        assert sum(getattr(kn, f.name) != getattr(b, f.name) for f in dataclasses.fields(kn)) == 1
+    assert sweep and all(p.origin.startswith("sweep: ") for p in sweep)
+    assert [p.point for p in sweep] == [p for p, _ in space.sweep_group("stores", seeds[-1])]
 
 
-def test_the_faster_sweep_changes_are_then_measured_together():
-    space = KernelSpace(Workload.of(gemm_bias_relu, dict(M=192, N=160, K=256)), threads=1)
-    strategy = Evolution(space, CostModel(space), seed=1, top_k=3, micro_sweep=6)
-    seeds = [p.point for p in strategy.propose(3, {})]
-    history = {
-        p: Trial(record=space.record(p), status="ok", seconds=1e-3 * (i + 1))
-        for i, p in enumerate(seeds)
-    }
-    sweep = strategy.propose(6, history)
-    assert len(sweep) == 6 and all(p.origin.startswith("microkernel sweep") for p in sweep)
-    assert strategy.propose(1, history, frozenset(p.point for p in sweep)) == []  # waits
-    # the 2nd and 4th changes measured faster than their seed (1 ms), the rest slower
-    times = [2e-3, 0.8e-3, 3e-3, 0.9e-3, 2e-3, 2e-3]
-    for p, t in zip(sweep, times, strict=True):
-        history[p.point] = Trial(record=space.record(p.point), status="ok", seconds=t)
-    combos = strategy.propose(2, history)
-    assert combos and combos[0].origin.startswith("sweep combination")
-    names = [sweep[1].origin.split(": ")[1], sweep[3].origin.split(": ")[1]]
-    assert combos[0].origin == "sweep combination: " + " + ".join(names)
-    (kn,), (b,) = combos[0].point.knobs, seeds[0].knobs
-    changed = {f.name for f in dataclasses.fields(kn) if getattr(kn, f.name) != getattr(b, f.name)}
-    want = set()
-    for i in (1, 3):
-        (s,) = sweep[i].point.knobs
-        want |= {f.name for f in dataclasses.fields(s) if getattr(s, f.name) != getattr(b, f.name)}
-    assert changed == want and len(want) == 2 and space.problem(combos[0].point) is None
-    k = pd.compile(gemm_bias_relu, threads=1, schedule=space.record(combos[0].point), M=192,
-                   N=160, K=256)  # fmt: skip
+def test_the_sweep_adopts_a_faster_value_and_measures_the_next_groups_on_top_of_it():
+    """A coordinate descent: the whole reduction per call with non-temporal stores measured
+    faster than the seed, so every later group is around that point (it keeps both changes);
+    a group whose values all measured slower leaves the incumbent as it was; the point it
+    ends on replays and computes the GEMM."""
+    sizes = dict(M=64, N=48, K=1024)
+    space = KernelSpace(Workload.of(gemm_bias_relu, sizes), threads=1)
+    strategy = Evolution(space, CostModel(space), seed=1, top_k=1)
+    (seed,) = strategy.propose(4, {})
+    assert seed.point.knobs[0].reduce is not None  # a loop over k splits the reduction
+    history: dict = {}
+    _measured(space, history, [seed], [1e-3])
+    stores = strategy.propose(8, history)
+    assert [p.origin for p in stores] == [
+        "sweep: the whole reduction per call, non-temporal stores",
+        "sweep: the whole reduction per call",
+    ]
+    _measured(space, history, stores, [0.9e-3, 0.95e-3])
+    incumbent = stores[0].point
+    assert incumbent.knobs[0].reduce is None and incumbent.knobs[0].nontemporal
+    groups = []
+    while True:
+        got = strategy.propose(8, history)
+        if not got or not got[0].origin.startswith("sweep: "):
+            break
+        groups.append(got)
+        for p in got:  # one group's knobs changed on top of the incumbent, nothing else
+            assert _changed(p.point, incumbent) and not _changed(p.point, incumbent) & {
+                "reduce",
+                "nontemporal",
+            }, p.origin
+            assert space.problem(p.point) is None
+        _measured(space, history, got, [1.2e-3] * len(got))  # all slower: no adoption
+        assert strategy.incumbent == incumbent
+    assert len(groups) >= 4  # columns, register tile, k unroll, reduction block (at least)
+    k = pd.compile(gemm_bias_relu, threads=1, schedule=space.record(incumbent), **sizes)
     rng = np.random.default_rng(1)
-    a, bb = rng.standard_normal((192, 256), np.float32), rng.standard_normal((256, 160), np.float32)
-    bias, c = rng.standard_normal(160, np.float32), np.zeros((192, 160), np.float32)
+    a, bb = rng.standard_normal((64, 1024), np.float32), rng.standard_normal((1024, 48), np.float32)
+    bias, c = rng.standard_normal(48, np.float32), np.zeros((64, 48), np.float32)
     k(c, a, bb, bias)
     np.testing.assert_allclose(c, np.maximum(a @ bb + bias, 0), rtol=1e-4, atol=1e-3)

@@ -11,7 +11,10 @@ A trial is measured by :class:`Bench` (the same code in a local worker and in a 
    the trial, and a failed trial is never chosen;
 3. warm-up: calls for ``warmup`` seconds (at least one);
 4. timing: ``repeat`` samples, each as many calls as take ``min_time`` seconds, timed with
-   ``perf_counter``; the trial's time is the median sample (per call).
+   ``perf_counter``; the trial's time is the median sample (per call). Given ``bar`` (the
+   fastest trial's time so far), a trial stops after :data:`EARLY_SAMPLES` samples when
+   every one of them is more than :data:`SLOWER` above it: clearly slower, it cannot be
+   chosen, and its time is the median of those samples.
 
 :meth:`Bench.compare` times several records against each other (the tuner's confirmation,
 the benchmark): built, checked and warmed up like trials, then one sample of each per round,
@@ -51,6 +54,9 @@ import numpy as np
 from ..errors import TuneError
 from ..schedule import Schedule, ScheduleError
 from .builder import Workload, build, reference
+
+EARLY_SAMPLES = 2  # samples before a clearly slower trial stops (Bench.measure's bar)
+SLOWER = 0.10  # clearly slower: every sample more than this above the fastest trial's time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +117,20 @@ def pin(cpus: tuple[int, ...] | None) -> None:
     """Pin this process (and the threads it starts) to ``cpus``."""
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(cpus))
+
+
+@contextlib.contextmanager
+def _pinned(cpus: tuple[int, ...] | None):
+    """The calling thread pinned to ``cpus`` for the block (its affinity restored after)."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cpus))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def compare(got: dict[str, np.ndarray], want: dict[str, np.ndarray], rtol: float) -> str | None:
@@ -248,16 +268,22 @@ class Bench:
             call()
         return (time.perf_counter() - s0) / inner
 
-    def measure(self, record: Schedule, obj: tuple | None = None) -> Measurement:
+    def measure(
+        self, record: Schedule, obj: tuple | None = None, bar: float | None = None
+    ) -> Measurement:
         """One trial: build (or load the builder's ``obj``), check, warm up, then ``repeat``
-        samples."""
+        samples (fewer when clearly slower than ``bar``, see the module docstring)."""
         t0 = time.perf_counter()
         ready = self._ready(record, obj)
         if isinstance(ready, Measurement):
             return ready
         call, built, once, prebuilt = ready
+        samples: list[float] = []
         with self.quiet():
-            samples = [self._sample(call, once) for _ in range(self.job.measure.repeat)]
+            while len(samples) < self.job.measure.repeat:
+                samples.append(self._sample(call, once))
+                if bar and len(samples) >= EARLY_SAMPLES and min(samples) > (1 + SLOWER) * bar:
+                    break
         return Measurement(
             ok=True,
             seconds=float(np.median(samples)),
@@ -302,7 +328,7 @@ class _Process:
     """One worker process (``python -m polydl.tune._worker``) and the pipes to it: started with
     a role (``"measure"``: a :class:`Bench`; ``"build"``: :func:`serve_builds`) and a job."""
 
-    def __init__(self, role: str, job: Job) -> None:
+    def __init__(self, role: str, job: Job, *, wait: bool = True) -> None:
         to_r, to_w = os.pipe()
         from_r, from_w = os.pipe()
         env = dict(os.environ)
@@ -323,10 +349,19 @@ class _Process:
         self.send = Connection(to_w, readable=False)
         self.recv = Connection(from_r, writable=False)
         self.put((role, job))
-        kind, payload = self.reply(max(120.0, job.measure.timeout))
+        self.job, self.started = job, False
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
+        """Wait for the worker's setup (once; TuneError when it failed)."""
+        if self.started:
+            return
+        kind, payload = self.reply(max(120.0, self.job.measure.timeout))
         if kind != "ready":
             self.close()
-            raise TuneError(f"{job.workload.describe()}: the worker did not start: {payload}")
+            raise TuneError(f"{self.job.workload.describe()}: the worker did not start: {payload}")
+        self.started = True
 
     @property
     def alive(self) -> bool:
@@ -381,6 +416,7 @@ class LocalRunner:
     worker (which then says why it fails)."""
 
     parallelism = 1
+    hints = True  # measure() takes bar= and meanwhile= (polydl.tune.tuner)
 
     def __init__(
         self,
@@ -405,12 +441,23 @@ class LocalRunner:
         """How many records beyond the current batch the tuner should :meth:`prefetch`."""
         return 2 if self._build_cpus() is not None else 0
 
-    def start(self, job: Job) -> None:
-        """Measure for ``job`` from now on (the worker starts at the first trial)."""
+    def start(self, job: Job, *, spawn: bool = False) -> None:
+        """Measure for ``job`` from now on (the worker starts at the first trial; with
+        ``spawn``, the worker and the builder start now, set up while the caller goes on)."""
         if job.cpus is None:
             job = replace(job, cpus=self.cpus or default_cpus(job.threads))
         self.close()
         self.job = job
+        if spawn:
+            self._worker = _Process("measure", job, wait=False)
+            self._spawn_builder()
+
+    def _spawn_builder(self) -> None:
+        cpus = self._build_cpus()
+        if cpus is not None:
+            self._dir = tempfile.TemporaryDirectory(prefix="polydl-tune-")
+            self._builder = _Process("build", replace(self.job, cpus=cpus), wait=False)
+            self._builder.put(("dir", (self._dir.name, 0)))
 
     @property
     def worker_pid(self) -> int | None:
@@ -436,12 +483,10 @@ class LocalRunner:
         assert self.job is not None, "LocalRunner.start(job) first"
         if self._builder is None or not self._builder.alive:
             self._close_builder()
-            cpus = self._build_cpus()
-            if cpus is None:
+            self._spawn_builder()
+            if self._builder is None:
                 return
-            self._dir = tempfile.TemporaryDirectory(prefix="polydl-tune-")
-            self._builder = _Process("build", replace(self.job, cpus=cpus))
-            self._builder.put(("dir", (self._dir.name, 0)))
+        self._builder.ready()
         for r in records:
             text = r.to_json(indent=None)
             if text not in self._built and text not in self._queued:
@@ -490,19 +535,29 @@ class LocalRunner:
                 return why if why.startswith("timeout") else None
         return self._built.pop(text, None)
 
-    def _ask(self, message: tuple, timeout: float):
+    def _ask(self, message: tuple, timeout: float, meanwhile=None):
         """Send one request to the worker (started or restarted as needed); its result, or
-        the error text of a timeout (worker killed) or of the worker's death."""
+        the error text of a timeout (worker killed) or of the worker's death. ``meanwhile``:
+        called once the request is sent, pinned to the builder's CPUs (so that it does not
+        run on the measuring worker's), before the reply is awaited."""
         w = self._worker
         if w is None or not w.alive or self._count >= self.recycle:
             self._close_worker()
             assert self.job is not None, "LocalRunner.start(job) first"
             self._worker = _Process("measure", self.job)
             self._count = 0
+        self._worker.ready()
         self._worker.put(message)
         self._count += 1
         self.measuring = True
         try:
+            if meanwhile is not None:
+                try:
+                    with _pinned(self._build_cpus()):
+                        meanwhile()
+                except BaseException:  # the request is unanswered: this worker is done
+                    self._close_worker()
+                    raise
             kind, payload = self._worker.reply(timeout)
         finally:
             self.measuring = False
@@ -514,9 +569,13 @@ class LocalRunner:
                 os.kill(pid, signal.SIGCONT)
         return f"timeout: {payload} (worker killed)" if kind == "timeout" else str(payload)
 
-    def measure(self, records: Sequence[Schedule]) -> list[Measurement]:
+    def measure(
+        self, records: Sequence[Schedule], *, bar: float | None = None, meanwhile=None
+    ) -> list[Measurement]:
         """Measure ``records`` one after the other, a trial each (each built by the builder
-        while the one before is timed)."""
+        while the one before is timed). ``bar``: the fastest time so far (a clearly slower
+        trial takes fewer samples, :meth:`Bench.measure`); ``meanwhile``: called once, while
+        the first record is measured (the tuner proposes and names the next ones then)."""
         out = []
         if records:
             self.prefetch(records)
@@ -528,8 +587,11 @@ class LocalRunner:
                 out.append(failed(f"{obj} (build worker killed)", wall=time.perf_counter() - t0))
                 continue
             got = self._ask(
-                ("measure", (text, obj, self._builder_pids())), self.job.measure.timeout
+                ("measure", (text, obj, self._builder_pids(), bar)),
+                self.job.measure.timeout,
+                meanwhile,
             )
+            meanwhile = None
             if obj is not None and obj[0] is not None:
                 Path(obj[0]).unlink(missing_ok=True)
             out.append(
@@ -654,6 +716,6 @@ def serve(read_fd: int, write_fd: int) -> None:
                 bench._build(Schedule.from_json(payload))
             result = None
         else:
-            text, obj, bench.pause = payload
-            result = bench.measure(Schedule.from_json(text), obj)
+            text, obj, bench.pause, bar = payload
+            result = bench.measure(Schedule.from_json(text), obj, bar)
         send.send_bytes(pickle.dumps(("result", result)))

@@ -59,6 +59,10 @@ TILE_ROWS = (2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 30)
 MAX_TILE_VECTORS = 6
 MIN_TILE_ACCS = 4
 PREFETCH_CALLS = (1, 0, 2)  # calls ahead, the default first
+# the sweep's knob groups (ContractionSpace.sweep_group), in the order it measures them: the
+# ones that won most often first (the whole reduction per call with non-temporal stores,
+# packing off and narrower or wider calls on the NCHW ResNet-50 layers and GEMM 1024^3)
+SWEEP = ("stores", "pack", "columns", "tile", "unroll", "bk", "prefetch")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -372,35 +376,58 @@ class ContractionSpace:
                 kn = replace(kn, reduce=None)
         return self.repair(kn)
 
-    def micro_neighbours(self, kn: Knobs) -> list[tuple[Knobs, str]]:
-        """``kn`` with one microkernel knob changed, the likeliest first: the k unroll (8, 1),
-        non-temporal stores (where no reduction loop splits the reduction), wider calls
-        (:meth:`wider_columns`), the k unroll 4,
-        per vector count up to the vectors ``bn`` needs the widest register tile that fits
-        (more vectors first: fewer broadcasts per FMA; the rule's own tile left out), the
-        prefetch (it changes nothing where the calls read packed B), one-vector tiles last.
-        Legal points only."""
-        unroll = [u for u in (8, 1, 4) if u in self.unroll_range and u != kn.k_unroll]
-        out = [(replace(kn, k_unroll=u), f"k unroll {u}") for u in unroll[:2]]
-        if True in self.nt_range and kn.reduce is None:
-            out.append((replace(kn, nontemporal=not kn.nontemporal), "non-temporal stores"))
-        out += [(replace(kn, bn=b), f"columns {b} per call") for b in self.wider_columns(kn)]
-        out += [(replace(kn, k_unroll=u), f"k unroll {u}") for u in unroll[2:]]
-        rule = self.rule_tile(kn)
-        need = -(-min(kn.bn, self.ext[self.c.n]) // self.target.lanes())
-        widest: dict[int, tuple[int, int]] = {}
-        for t in self.regtile_range[1:]:
-            if t[1] <= need and t[0] * t[1] > math.prod(widest.get(t[1], (0, 0))):
-                widest[t[1]] = t
-        tiles = sorted((t for t in widest.values() if t != rule), key=lambda t: -t[1])
-        wide = [t for t in tiles if t[1] > 1 or need == 1]
-        out += [(replace(kn, register_tile=t), f"register tile {t[0]}x{t[1]}v") for t in wide]
-        out += [(replace(kn, prefetch=p), f"prefetch {p}") for p in self.prefetch_range]
-        out += [
-            (replace(kn, register_tile=t), f"register tile {t[0]}x{t[1]}v")
-            for t in tiles
-            if t not in wide
-        ]
+    def sweep_group(self, name: str, kn: Knobs) -> list[tuple[Knobs, str]]:
+        """``kn`` with the knob (or knobs) of group ``name`` of :data:`SWEEP` changed: the
+        values the sweep measures for it, legal points only, the likeliest first.
+
+        * ``stores``: non-temporal stores toggled; where a reduction loop splits the reduction
+          (non-temporal stores then are not offered), the whole reduction in one call with
+          non-temporal stores (where offered) and without;
+        * ``pack``: packing of B flipped (where B is widely strided);
+        * ``columns``: wider calls (:meth:`wider_columns`), and half as wide;
+        * ``tile``: per vector count up to what ``bn`` needs, the widest register tile that
+          fits (more vectors first: fewer broadcasts per FMA; the rule's own left out), two
+          at most, then the widest one-vector tile;
+        * ``unroll``: the k unroll 8, 1, 4 (the current one left out);
+        * ``bk``: the reduction block halved and doubled;
+        * ``prefetch``: the other distances (where B is widely strided and not packed)."""
+        out: list[tuple[Knobs, str]] = []
+        if name == "stores":
+            if kn.reduce is None:
+                if True in self.nt_range:
+                    why = "cached stores" if kn.nontemporal else "non-temporal stores"
+                    out.append((replace(kn, nontemporal=not kn.nontemporal), why))
+            else:
+                whole = self.repair(replace(kn, reduce=None))
+                if True in self.nt_range:
+                    nt = replace(whole, nontemporal=True)
+                    out.append((nt, "the whole reduction per call, non-temporal stores"))
+                out.append((whole, "the whole reduction per call"))
+        elif name == "pack" and self.packable:
+            out.append((replace(kn, pack=not kn.pack), f"packing {'off' if kn.pack else 'on'}"))
+        elif name == "columns":
+            half = [b for b in self.bn_range if b <= kn.bn // 2][-1:]
+            for b in [*self.wider_columns(kn), *half]:
+                out.append((self.repair(replace(kn, bn=b)), f"columns {b} per call"))
+        elif name == "tile":
+            rule = self.rule_tile(kn)
+            need = -(-min(kn.bn, self.ext[self.c.n]) // self.target.lanes())
+            widest: dict[int, tuple[int, int]] = {}
+            for t in self.regtile_range[1:]:
+                if t[1] <= need and t[0] * t[1] > math.prod(widest.get(t[1], (0, 0))):
+                    widest[t[1]] = t
+            tiles = sorted((t for t in widest.values() if t != rule), key=lambda t: -t[1])
+            wide = [t for t in tiles if t[1] > 1][:2] + [t for t in tiles if t[1] == 1]
+            out += [(replace(kn, register_tile=t), f"register tile {t[0]}x{t[1]}v") for t in wide]
+        elif name == "unroll":
+            unroll = [u for u in (8, 1, 4) if u in self.unroll_range and u != kn.k_unroll]
+            out += [(replace(kn, k_unroll=u), f"k unroll {u}") for u in unroll]
+        elif name == "bk":
+            for bk in (kn.bk // 2, kn.bk * 2):
+                if bk in self.bk_range:
+                    out.append((self.repair(replace(kn, bk=bk)), f"reduction block {bk}"))
+        elif name == "prefetch":
+            out += [(replace(kn, prefetch=p), f"prefetch {p}") for p in self.prefetch_range]
         return [(k, why) for k, why in out if k != kn and self.problem(k) is None]
 
     def wider_columns(self, kn: Knobs) -> list[int]:
@@ -634,13 +661,13 @@ class KernelSpace:
                 uniq.append((p, origin))
         return uniq[:k] if k > 0 else uniq[:1]
 
-    def micro_neighbours(self, p: Point) -> list[tuple[Point, str]]:
-        """``p`` with one microkernel knob of its largest contraction changed
-        (:meth:`ContractionSpace.micro_neighbours`)."""
+    def sweep_group(self, name: str, p: Point) -> list[tuple[Point, str]]:
+        """``p`` with the knobs of group ``name`` of its largest contraction changed
+        (:meth:`ContractionSpace.sweep_group`)."""
         spaces = self.spaces[p.lowering]
         i = max(range(len(spaces)), key=lambda j: spaces[j].work)
         out = []
-        for kn, why in spaces[i].micro_neighbours(p.knobs[i]):
+        for kn, why in spaces[i].sweep_group(name, p.knobs[i]):
             knobs = list(p.knobs)
             knobs[i] = kn
             out.append((replace(p, knobs=tuple(knobs)), why))

@@ -5,13 +5,17 @@
    analytic model is within a few per cent of the best of its own variants on most layers, so
    its top ranks are where the good points are, and trial 0 measures the baseline the result
    is compared with.
-2. Microkernel sweep. The fastest seed with one microkernel knob changed at a time (k unroll,
-   non-temporal stores, wider calls, prefetch, the widest register tile of each vector count;
-   ``micro_sweep`` points at most, :meth:`KernelSpace.micro_neighbours`): the analytic model
-   does not see most of these knobs, so they are measured directly, and the residual then has
-   measurements that vary them. Then the combination: the seed with every change that
-   measured faster, merged, and with the two fastest (the knobs' gains mostly add up: k
-   unroll and non-temporal stores, a register tile and non-temporal stores).
+2. The sweep: a coordinate descent from the fastest seed, one group of knobs at a time
+   (:data:`~polydl.tune.space.SWEEP`: the stores, with the whole reduction in one call where a
+   reduction loop keeps non-temporal stores off; packing; narrower or wider calls; the
+   register tile; the k unroll; the reduction block; the prefetch;
+   :meth:`KernelSpace.sweep_group`). Each group's values are measured around the incumbent,
+   and the fastest becomes the incumbent when it measured more than :data:`ADOPT` faster, so
+   the next groups are measured on top of it: the knobs' gains mostly add up (the whole
+   reduction per call and non-temporal stores, packing off and a one-vector register tile),
+   and the analytic model does not see most of these knobs, so they are measured rather than
+   predicted, the likeliest winners first (15 trials at most after the seeds: the best the
+   descent finds is in by trial 20). The next group waits for the last of the group before.
 3. Evolution. The ``population`` fastest measured points are the parents. Each round breeds
    ``children`` legal, unmeasured points: a parent chosen by rank (the fastest most often),
    crossed with another now and then (blocks from one, the nest from the other), then one to
@@ -35,14 +39,15 @@ children for free (an analytic cost takes milliseconds; a trial a second).
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .database import Trial
 from .model import CostModel
-from .space import KernelSpace, Point
+from .space import SWEEP, KernelSpace, Point
+
+ADOPT = 0.005  # how much faster than the incumbent a sweep value must measure to replace it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,17 +73,17 @@ class Evolution:
         children: int = 32,
         explore: float = 0.2,
         cross: float = 0.2,
-        micro_sweep: int = 8,
+        sweep: bool = True,
     ) -> None:
         self.space, self.model = space, model
         self.rng = random.Random(seed)
         self.seeds = space.seeds(top_k)
         self.population, self.children = population, children
         self.explore, self.cross = explore, cross
-        self.micro_sweep = micro_sweep
-        self._sweep: list[tuple[Point, str]] | None = None  # made once the seeds are measured
-        self._swept: Point | None = None  # the seed the sweep is around
-        self._combos: list[tuple[Point, str]] | None = None  # made once the sweep is measured
+        self._groups: list[str] | None = None  # the sweep's groups to come (once seeds are in)
+        self._group: list[tuple[Point, str]] = []  # the group being measured
+        self.incumbent: Point | None = None  # the sweep's fastest point so far
+        self._sweep_groups = list(SWEEP) if sweep else []
 
     def propose(
         self, n: int, history: Mapping[Point, Trial], pending: frozenset[Point] = frozenset()
@@ -97,18 +102,13 @@ class Evolution:
                 take(p, origin)
         if len(out) < n:
             sweep = self._sweep_points(history, taken)
-            if sweep is None:  # a seed is still being measured: the sweep waits for it
+            if sweep is None:  # a seed or the group before is still being measured: wait
                 return out
             for p, origin in sweep:
                 if len(out) < n and p not in taken:
                     take(p, origin)
-        if len(out) < n and self._sweep:
-            combos = self._combinations(history, taken)
-            if combos is None:  # a sweep point is still being measured: they wait for it
+            if len(out) < n and sweep:  # the rest of this group is proposed, not yet measured
                 return out
-            for p, origin in combos:
-                if len(out) < n and p not in taken:
-                    take(p, origin)
         if len(out) < n:
             pool = self._breed(history, taken)
             while len(out) < n and pool:
@@ -131,69 +131,40 @@ class Evolution:
         return out
 
     def _sweep_points(self, history: Mapping[Point, Trial], taken: set[Point]):
-        """The microkernel sweep (module docstring, 2.), around the fastest seed once every
-        seed is measured (None before, while a seed is pending; nothing when no seed
+        """The sweep's points to propose now (module docstring, 2.): the current group's not
+        yet taken; None while a seed or a point of the group is pending (the next group is
+        around the incumbent after it); nothing once the sweep is done (or no seed
         succeeded)."""
-        if self._sweep is None:
+        if self._groups is None:
             seeds = [p for p, _ in self.seeds]
             if any(p not in history for p in seeds):
                 return None if any(p in taken for p in seeds) else []
             ok = [(history[p].seconds, i, p) for i, p in enumerate(seeds) if history[p].ok]
-            if not ok:
-                self._sweep = []
+            self._groups = list(self._sweep_groups) if ok else []
+            self.incumbent = min(ok)[2] if ok else None
+        while True:
+            left = [(p, o) for p, o in self._group if p not in taken]
+            if left:
+                return left
+            if any(p not in history for p, _ in self._group):
+                return None
+            self._adopt(history)
+            if not self._groups:
+                self._group = []
                 return []
-            best = self._swept = min(ok)[2]
-            near = self.space.micro_neighbours(best)[: self.micro_sweep]
-            self._sweep = [(p, f"microkernel sweep: {why}") for p, why in near]
-        return [(p, o) for p, o in self._sweep if p not in taken]
+            name = self._groups.pop(0)
+            self._group = [
+                (p, f"sweep: {why}") for p, why in self.space.sweep_group(name, self.incumbent)
+            ]
 
-    def _combinations(self, history: Mapping[Point, Trial], taken: set[Point]):
-        """Once the sweep is measured: the swept seed with every one-knob change that measured
-        faster than it, merged (the fastest change first; a change that makes the point
-        illegal, or sets a knob a faster change set, is left out), then the two fastest
-        changes alone, when that is another point (module docstring, 2.). None while a sweep
-        point is pending."""
-        if self._combos is None:
-            points = [p for p, _ in self._sweep]
-            if any(p not in history for p in points):
-                return None if any(p in taken for p in points) else []
-            best = self._swept
-            if best not in history or not history[best].ok:
-                self._combos = []
-                return []
-            faster = sorted(
-                (history[p].seconds, i, p, why.split(": ", 1)[-1])
-                for i, (p, why) in enumerate(self._sweep)
-                if history[p].ok and history[p].seconds < history[best].seconds
-            )
-            combos: list[tuple[Point, str]] = []
-            for group in (faster, faster[:2]):
-                point, names = self._merge(best, [(p, why) for _, _, p, why in group])
-                if len(names) >= 2 and point not in (c for c, _ in combos):
-                    combos.append((point, "sweep combination: " + " + ".join(names)))
-            self._combos = combos
-        return [(p, o) for p, o in self._combos if p not in taken]
-
-    def _merge(self, base: Point, changes: list[tuple[Point, str]]) -> tuple[Point, list[str]]:
-        """``base`` with the knobs each of ``changes`` (one-knob neighbours of it) changed."""
-        point, names, fixed = base, [], set()
-        for p, why in changes:
-            knobs = list(point.knobs)
-            diff = []
-            for i, (kn, b) in enumerate(zip(p.knobs, base.knobs, strict=True)):
-                for f in dataclasses.fields(kn):
-                    if getattr(kn, f.name) != getattr(b, f.name):
-                        diff.append((i, f.name, getattr(kn, f.name)))
-            if not diff or any((i, name) in fixed for i, name, _ in diff):
-                continue
-            for i, name, value in diff:
-                knobs[i] = dataclasses.replace(knobs[i], **{name: value})
-            merged = dataclasses.replace(point, knobs=tuple(knobs))
-            if self.space.problem(merged) is None:
-                point = merged
-                names.append(why)
-                fixed |= {(i, name) for i, name, _ in diff}
-        return point, names
+    def _adopt(self, history: Mapping[Point, Trial]) -> None:
+        """The measured group's fastest point becomes the incumbent when it measured more than
+        :data:`ADOPT` faster than it."""
+        ok = [(history[p].seconds, i, p) for i, (p, _) in enumerate(self._group) if history[p].ok]
+        if ok and self.incumbent is not None:
+            seconds, _, p = min(ok)
+            if seconds < (1.0 - ADOPT) * history[self.incumbent].seconds:
+                self.incumbent = p
 
     def _breed(self, history: Mapping[Point, Trial], taken: set[Point]) -> dict[Point, str]:
         """Legal, unmeasured children of the fastest measured points: point -> how made."""

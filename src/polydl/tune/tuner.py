@@ -9,7 +9,11 @@
    :mod:`.ray_runner`): a worker process, pinned, checked against the reference; with a
    runner that builds ahead (``runner.ahead``, ``runner.prefetch``) the next proposals are
    made before this batch's times are in and named to it, so that they are compiled while
-   this batch is timed;
+   this batch is timed; with :class:`~.runner.LocalRunner` (``runner.hints``) they are
+   proposed while the worker measures (``measure(meanwhile=...)``, the tuner's own work
+   pinned to the builder's CPU), and each trial is told the fastest time so far
+   (``measure(bar=...)``: a clearly slower trial takes fewer samples); its worker and
+   builder start before the space is made, and set up meanwhile;
 3. every finished trial goes to the database at once (:mod:`.database`), so Ctrl-C keeps it;
    with ``resume=True`` the trials already there for this workload, machine and compiler
    version count toward ``trials`` and are not measured again;
@@ -28,6 +32,7 @@ raises :class:`TuneInterrupted` (a ``KeyboardInterrupt``) carrying the result.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import time
@@ -164,14 +169,23 @@ def tune(
     budget = parse_duration(time_budget)
     t0 = time.perf_counter()
     workload = Workload.of(kern, sizes)
-    space = KernelSpace(workload, threads=threads)
-    model = CostModel(space)
-    strategy = Evolution(space, model, seed=seed, top_k=top_k)
-    base_point = space.point(space.baseline)
-    key = Key.of(workload, threads)
-    database = Database(db)
     own_runner = runner is None
     runner = LocalRunner() if own_runner else runner
+    job = Job(workload=workload, threads=threads, measure=measure or Measure())
+    local = isinstance(runner, LocalRunner)
+    if local:  # the worker and the builder set up while the space is made
+        runner.start(job, spawn=True)
+    try:
+        space = KernelSpace(workload, threads=threads)
+        model = CostModel(space)
+        strategy = Evolution(space, model, seed=seed, top_k=top_k)
+        base_point = space.point(space.baseline)
+        key = Key.of(workload, threads)
+        database = Database(db)
+    except BaseException:
+        if own_runner:
+            runner.close()
+        raise
     history: dict[Point, Trial] = {}
     done: list[Trial] = []
     try:
@@ -186,7 +200,8 @@ def tune(
                 done.append(t)
         resumed = len(done)
         session = database.start_session(key)
-        runner.start(Job(workload=workload, threads=threads, measure=measure or Measure()))
+        if not local:
+            runner.start(job)
         model.fit([(p, t.seconds) for p, t in history.items() if t.ok])
         stopped = _search(
             space, model, strategy, runner, database, key, session, history, done,
@@ -243,10 +258,22 @@ def _search(
     )  # fmt: skip
     stopped, start = "trials", len(done)
     ahead = getattr(runner, "ahead", 0)  # proposals built while the current batch is timed
+    hints = getattr(runner, "hints", False)  # measure(bar=, meanwhile=): LocalRunner
     queue: list = []  # proposed, named to the runner, not yet measured
 
     def records(props) -> list[Schedule]:
         return [space.baseline if p.point == base_point else space.record(p.point) for p in props]
+
+    def refill(k: int, measuring=()) -> None:
+        """Propose until ``k`` are queued (the points being measured count as pending)."""
+        nonlocal queue
+        if len(queue) < k:
+            pending = frozenset(p.point for p in [*measuring, *queue])
+            queue += strategy.propose(k - len(queue), history, pending)
+
+    def name_ahead(k: int, measuring) -> None:
+        refill(k, measuring)
+        runner.prefetch(records(queue))
 
     try:
         while len(done) < trials:
@@ -254,17 +281,22 @@ def _search(
             if budget is not None and len(done) > start and time.perf_counter() - t0 >= budget:
                 return "budget"
             n = min(runner.parallelism, trials - len(done))
-            want = min(n + ahead, trials - len(done))
-            if len(queue) < want:  # beyond the first n: proposed before their times are in
-                pending = frozenset(p.point for p in queue)
-                queue += strategy.propose(want - len(queue), history, pending)
+            later = min(ahead, trials - len(done) - n)  # beyond the first n: named ahead
+            refill(n if hints else n + later)
             if not queue:
                 return "exhausted"
             props, queue = queue[:n], queue[n:]
             batch = records(props)
-            if ahead:
-                runner.prefetch(batch + records(queue))
-            for prop, record, m in zip(props, batch, runner.measure(batch), strict=True):
+
+            if hints:  # the next ones proposed and named while this batch is timed
+                ok = [t.seconds for t in done if t.ok]
+                meanwhile = functools.partial(name_ahead, later, props) if later else None
+                got = runner.measure(batch, bar=min(ok) if ok else None, meanwhile=meanwhile)
+            else:
+                if ahead:
+                    runner.prefetch(batch + records(queue))
+                got = runner.measure(batch)
+            for prop, record, m in zip(props, batch, got, strict=True):
                 trial = Trial(
                     record=record,
                     status="ok" if m.ok else "failed",
