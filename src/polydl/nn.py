@@ -500,6 +500,17 @@ def _bias_shape(bias: np.ndarray, K: int) -> None:
 BF16_BLOCKED_PIXELS = 128
 
 
+def bf16_vnni(cb: int) -> bool:
+    """Whether the bf16 blocked route packs its weights in VNNI-2 pairs (``ops.pack_weights``
+    ``vnni``): where this host's bf16 family multiplies pairs (``vdpbf16ps``, AMX) and the
+    input-channel block ``cb`` is even. The kernel then reads its weights where they are,
+    instead of copying each weight panel into pairs at every call (``transform/pack.py``)."""
+    from .optimize.cost import vnni_target
+    from .target import resolve
+
+    return cb % 2 == 0 and vnni_target(resolve(None))
+
+
 def _bf16_blocked_plan(x_shape, w_shape, opts, threads, out):
     """A bf16 convolution larger than 1x1 on the blocked layout: the input (with its zero
     border) and the weights packed to NCHWc / KCRSck in bf16 (the weights once per
@@ -511,10 +522,14 @@ def _bf16_blocked_plan(x_shape, w_shape, opts, threads, out):
     ph, pw = ops._pair(opts["padding"], "padding")
     block = ops.conv_block(Q, P)
     cb, kb = ops.channel_block(C, block), ops.channel_block(K, block)
+    vnni = bf16_vnni(cb)
+    w_shape = (K // kb, C // cb, R, S, *((cb // 2, kb, 2) if vnni else (cb, kb)))
     pack_in = compiled(
         ops.pack_input, N, C, H, W, padding=(ph, pw), block=block, dtype="bf16", threads=threads
     )
-    pack_w = compiled(ops.pack_weights, K, C, R, S, block=block, dtype="bf16", threads=threads)
+    pack_w = compiled(
+        ops.pack_weights, K, C, R, S, block=block, dtype="bf16", vnni=vnni, threads=threads
+    )
     conv = compiled(
         ops.conv2d,
         N,
@@ -527,6 +542,7 @@ def _bf16_blocked_plan(x_shape, w_shape, opts, threads, out):
         layout="nchwc",
         block=block,
         dtype="bf16",
+        vnni=vnni,
         threads=threads,
         **opts,
     )
@@ -537,11 +553,11 @@ def _bf16_blocked_plan(x_shape, w_shape, opts, threads, out):
         # packing writes the interior), the packed weights and the blocked output are
         # overwritten whole
         xp = _scratch(("bf16 in", N, C // cb, H + 2 * ph, W + 2 * pw, cb), np.uint16)
-        wp = _scratch(("bf16 w", K // kb, C // cb, R, S, cb, kb), np.uint16)
+        wp = _scratch(("bf16 w", *w_shape), np.uint16)
         op = _scratch(("bf16 out", N, K // kb, P, Q, kb))
         pack_in(xp, x)
         if packed is not None:
-            wp = packed.blocked(block, "bf16", threads)
+            wp = packed.blocked(block, "bf16", threads, vnni=vnni)
         else:
             pack_w(wp, w)
         if bias is None:

@@ -66,6 +66,8 @@ def m_blocks(c: Contraction) -> list[int]:
 def config_ok(c: Contraction, plan: BlockPlan) -> bool:
     """Whether the microkernel's layout rules accept this plan's blocks."""
     lc, la, lb = c.linear("C"), c.linear("A"), c.linear("B")
+    if c.b_vnni and plan.bk % 2:
+        return False  # a call's k covers whole VNNI-2 pairs of B
     try:
         BrgemmConfig(
             m=min(plan.bm, c.extent(c.m)) * c.rows_per_m,
@@ -75,6 +77,7 @@ def config_ok(c: Contraction, plan: BlockPlan) -> bool:
             ldb=lb.coef(c.k) if c.k else min(plan.bn, c.extent(c.n)),
             ldc=lc.coef(c.row),
             **c.row_groups(),
+            **({"ab_dtype": "bf16", "b_vnni": True} if c.b_vnni else {}),
         )
     except PolyDLError:
         return False
