@@ -69,7 +69,9 @@ def pairs_of(b: np.ndarray) -> np.ndarray:
     return out.view(b.dtype)
 
 
-@pytest.mark.parametrize("M,N,K,paired", [(37, 53, 30, True), (5, 96, 64, True), (19, 23, 13, False)])
+@pytest.mark.parametrize(
+    "M,N,K,paired", [(37, 53, 30, True), (5, 96, 64, True), (19, 23, 13, False)]
+)
 def test_matmul_on_b_in_pairs(M, N, K, paired):
     # an even reduction over whole pairs is a contraction on a B in pairs (the call reads it in
     # place, no pair copy); an odd one is not (its last pair is half outside k): plain loops
@@ -109,7 +111,9 @@ def reference_conv(x, w, b, pad):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("N,C,K,H,W,R,S,block", [(2, 6, 10, 7, 5, 3, 2, 6), (1, 64, 24, 9, 11, 3, 3, 32)])
+@pytest.mark.parametrize(
+    "N,C,K,H,W,R,S,block", [(2, 6, 10, 7, 5, 3, 2, 6), (1, 64, 24, 9, 11, 3, 3, 32)]
+)
 def test_conv2d_on_weights_in_pairs(threads, N, C, K, H, W, R, S, block):
     # the blocked bf16 convolution on VNNI-2 weights: its calls read them in place (no pair
     # copies), the result against float64 of the bf16-rounded operands
@@ -120,8 +124,9 @@ def test_conv2d_on_weights_in_pairs(threads, N, C, K, H, W, R, S, block):
     cb, kb = pd.ops.channel_block(C, block), pd.ops.channel_block(K, block)
     P, Q = H + 2 * pad - R + 1, W + 2 * pad - S + 1
     opts = dict(padding=pad, block=block, dtype="bf16")
-    conv = pd.ops.conv2d(N, C, K, H, W, R, S, layout="nchwc", bias=True, activation="relu",
-                         vnni=True, **opts)
+    conv = pd.ops.conv2d(
+        N, C, K, H, W, R, S, layout="nchwc", bias=True, activation="relu", vnni=True, **opts
+    )
     ck = pd.compile(conv, threads=threads, target="cooperlake")
     assert not [n for n in L.walk(ck.tree) if isinstance(n, L.Copy)], ck.show("loops")
     assert "(VNNI-2)" in ck.show("loops")
@@ -139,8 +144,9 @@ def test_conv2d_on_weights_in_pairs(threads, N, C, K, H, W, R, S, block):
 
 
 def test_weights_in_pairs_need_a_pair_family():
-    conv = pd.ops.conv2d(1, 8, 8, 6, 6, 3, 3, padding=1, layout="nchwc", block=8, dtype="bf16",
-                         vnni=True)
+    conv = pd.ops.conv2d(
+        1, 8, 8, 6, 6, 3, 3, padding=1, layout="nchwc", block=8, dtype="bf16", vnni=True
+    )
     with pytest.raises(TargetError, match="VNNI-2 pairs"):
         pd.compile(conv, target="skylake-avx512")
 
@@ -155,6 +161,8 @@ def test_nn_conv2d_packs_weights_in_pairs_once():
     wc = pd.nn.ConvWeights(w)
     got = pd.nn.conv2d(x, wc, b, padding=1, activation="relu", threads=2)
     assert "'bf16', True)" in repr(wc), repr(wc)
-    np.testing.assert_array_equal(got, pd.nn.conv2d(x, w, b, padding=1, activation="relu", threads=2))
+    np.testing.assert_array_equal(
+        got, pd.nn.conv2d(x, w, b, padding=1, activation="relu", threads=2)
+    )
     want = reference_conv(x, w, b, 1)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * 128 * 9 * np.abs(want).max())
