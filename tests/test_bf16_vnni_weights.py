@@ -166,3 +166,16 @@ def test_nn_conv2d_packs_weights_in_pairs_once():
     )
     want = reference_conv(x, w, b, 1)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * 128 * 9 * np.abs(want).max())
+
+
+def test_cost_model_prices_pairs_read_in_place():
+    # a B that holds its pairs costs the calls no copy: the pair call's in-core cycles alone
+    from polydl.optimize import cost
+    from polydl.target import resolve
+
+    zen = resolve("znver4")
+    copied = cost.call_model(98, 64, 64, 9, zen, ab_dtype="bf16", b_vnni=True)
+    in_place = cost.call_model(98, 64, 64, 9, zen, ab_dtype="bf16", b_vnni=True, b_copied=False)
+    plain = cost.call_model(98, 64, 64, 9, zen, ab_dtype="bf16", b_vnni=False)
+    assert in_place.cycles == copied.cycles - cost.vnni_copy_cycles(64 * 9 * 64, zen)
+    assert in_place.cycles < plain.cycles

@@ -352,7 +352,8 @@ def call_of(
     if looped is not None:
         pairs = pairs // c.extent(looped) * chunk
     n = min(bn, c.extent(c.n))
-    # bf16: B in VNNI-2 pairs where the packing pass would copy them for one call
+    # bf16: B in VNNI-2 pairs where the packing pass would copy them for one call, or read in
+    # place where the tensor holds them so
     return call_model(
         rows,
         n,
@@ -361,6 +362,7 @@ def call_of(
         target,
         beta=1,
         ab_dtype=ab_dtype,
-        b_vnni=None,
+        b_vnni=True if c.b_vnni else None,
         register_tile=register_tile,
+        b_copied=not c.b_vnni,
     )
