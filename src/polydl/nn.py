@@ -493,28 +493,45 @@ def _bias_shape(bias: np.ndarray, K: int) -> None:
 
 # output pixels (N*P*Q) from which a bf16 filter larger than 1x1 runs on the blocked layout: the
 # weights are packed at every call (unless they come as ConvWeights), paid back over the pixels.
-# Measured on a Zen 4 host, one thread, 3x3 filters, blocked / direct NCHW time: 256 channels
-# 14x14 (196 pixels) 0.71, 64 channels 14x14 0.89, 512 channels 7x7 (49) 0.93, 256 channels 7x7
-# 1.08, 128 channels 4x4 1.34. With ConvWeights (packed once) at least 128 input channels suffice:
-# 512 channels 7x7 0.63, 256 channels 7x7 0.72, 128 channels 4x4 0.94, 64 channels 7x7 1.3.
-BF16_BLOCKED_PIXELS = 128
+# Measured on a Zen 4 host, one thread, 3x3 filters, C = K, the weights packed in VNNI-2 pairs,
+# blocked / direct NCHW time: 512 channels 7x7 (49 pixels) 0.77, 256 channels 7x7 0.80, 128
+# channels 7x7 0.89, 64 channels 7x7 1.01, 128 channels 10x10 0.72, 512 channels 4x4 1.26. With
+# ConvWeights (packed once) at least 128 input channels suffice: 512 channels 7x7 0.53, 512
+# channels 4x4 0.57, 128 channels 4x4 0.94, 64 channels 7x7 1.3.
+BF16_BLOCKED_PIXELS = 48
+
+
+def bf16_vnni(cb: int) -> bool:
+    """Whether the bf16 blocked route packs its weights in VNNI-2 pairs (``ops.pack_weights``
+    ``vnni``): where this host's bf16 family multiplies pairs (``vdpbf16ps``, AMX) and the
+    input-channel block ``cb`` is even. The kernel then reads its weights where they are,
+    instead of copying each weight panel into pairs at every call (``transform/pack.py``)."""
+    from .optimize.cost import vnni_target
+    from .target import resolve
+
+    return cb % 2 == 0 and vnni_target(resolve(None))
 
 
 def _bf16_blocked_plan(x_shape, w_shape, opts, threads, out):
     """A bf16 convolution larger than 1x1 on the blocked layout: the input (with its zero
     border) and the weights packed to NCHWc / KCRSck in bf16 (the weights once per
-    :class:`ConvWeights`), the blocked bf16 kernel (its weight panels copied into VNNI-2 pairs
-    once per call, ``transform/pack.py``), the f32 output unpacked. Measured on a Zen 4 host
+    :class:`ConvWeights`; in VNNI-2 pairs where :func:`bf16_vnni` says so, read in place by the
+    kernel, else the kernel copies its weight panels into pairs, ``transform/pack.py``), the
+    blocked bf16 kernel, the f32 output unpacked. Measured on a Zen 4 host
     (``benchmarks/bf16.py``): resnet_03 at 1 thread 227 GFLOPS for the kernel, against about
     100 for the direct NCHW kernel."""
     (N, C, H, W), (K, _, R, S), (P, Q) = x_shape, w_shape, out
     ph, pw = ops._pair(opts["padding"], "padding")
     block = ops.conv_block(Q, P)
     cb, kb = ops.channel_block(C, block), ops.channel_block(K, block)
+    vnni = bf16_vnni(cb)
+    w_shape = (K // kb, C // cb, R, S, *((cb // 2, kb, 2) if vnni else (cb, kb)))
     pack_in = compiled(
         ops.pack_input, N, C, H, W, padding=(ph, pw), block=block, dtype="bf16", threads=threads
     )
-    pack_w = compiled(ops.pack_weights, K, C, R, S, block=block, dtype="bf16", threads=threads)
+    pack_w = compiled(
+        ops.pack_weights, K, C, R, S, block=block, dtype="bf16", vnni=vnni, threads=threads
+    )
     conv = compiled(
         ops.conv2d,
         N,
@@ -527,6 +544,7 @@ def _bf16_blocked_plan(x_shape, w_shape, opts, threads, out):
         layout="nchwc",
         block=block,
         dtype="bf16",
+        vnni=vnni,
         threads=threads,
         **opts,
     )
@@ -537,11 +555,11 @@ def _bf16_blocked_plan(x_shape, w_shape, opts, threads, out):
         # packing writes the interior), the packed weights and the blocked output are
         # overwritten whole
         xp = _scratch(("bf16 in", N, C // cb, H + 2 * ph, W + 2 * pw, cb), np.uint16)
-        wp = _scratch(("bf16 w", K // kb, C // cb, R, S, cb, kb), np.uint16)
+        wp = _scratch(("bf16 w", *w_shape), np.uint16)
         op = _scratch(("bf16 out", N, K // kb, P, Q, kb))
         pack_in(xp, x)
         if packed is not None:
-            wp = packed.blocked(block, "bf16", threads)
+            wp = packed.blocked(block, "bf16", threads, vnni=vnni)
         else:
             pack_w(wp, w)
         if bias is None:

@@ -49,9 +49,12 @@ class ConvWeights:
         """The KCRS weights in ``"f32"`` or ``"bf16"`` (rounded once, kept)."""
         return self._get(("kcrs", dtype), lambda: self._convert(dtype))
 
-    def blocked(self, block: int, dtype: str, threads: int | None = None) -> np.ndarray:
+    def blocked(
+        self, block: int, dtype: str, threads: int | None = None, *, vnni: bool = False
+    ) -> np.ndarray:
         """The weights in the blocked layout of ``ops.conv2d(layout="nchwc", block=block)``
-        (``ops.pack_weights``), in ``"f32"`` or ``"bf16"``; packed at the first request."""
+        (``ops.pack_weights``), in ``"f32"`` or ``"bf16"`` (``vnni``: bf16 input channels in
+        pairs, ``[K/kb, C/cb, R, S, cb/2, kb, 2]``); packed at the first request."""
 
         def pack() -> np.ndarray:
             from .nn import compiled
@@ -59,13 +62,14 @@ class ConvWeights:
             src = self.as_dtype(dtype)
             K, C, R, S = src.shape
             cb, kb = ops.channel_block(C, block), ops.channel_block(K, block)
-            wp = memory.empty((K // kb, C // cb, R, S, cb, kb), src.dtype)
-            compiled(ops.pack_weights, K, C, R, S, block=block, dtype=dtype, threads=threads)(
-                wp, src
-            )
+            inner = (cb // 2, kb, 2) if vnni else (cb, kb)
+            wp = memory.empty((K // kb, C // cb, R, S, *inner), src.dtype)
+            compiled(
+                ops.pack_weights, K, C, R, S, block=block, dtype=dtype, vnni=vnni, threads=threads
+            )(wp, src)
             return wp
 
-        return self._get(("blocked", block, dtype), pack)
+        return self._get(("blocked", block, dtype, vnni), pack)
 
     def _convert(self, dtype: str) -> np.ndarray:
         is_bf16 = memory.is_bf16(self.array)

@@ -28,6 +28,10 @@ from .dsl.kernel import KernelFunction, kernel
 from .dsl.types import DType, bf16, f32
 
 TILE = 16  # the packing kernels transpose tiles of TILE pixels x one channel block
+# output channels a tile of the VNNI-2 weight pack reads (pack_weights(vnni=True)): runs of
+# 2*PAIR_TILE elements written per (pair, tap); on a Zen 4 host (512x512x3x3, one thread) 8 runs
+# as fast as the plain bf16 pack (0.47 ms), 16 takes 0.63 ms and 4 0.73 ms
+PAIR_TILE = 8
 
 
 def _pair(v, what: str) -> tuple[int, int]:
@@ -155,10 +159,13 @@ def conv2d(
     block: int | None = None,
     dilation=1,
     dtype: str = "f32",
+    vnni: bool = False,
 ) -> KernelFunction:
     """A 2-D convolution kernel; arguments ``(O, I, Wt[, b])`` in the chosen layout. Filter
     tap ``(r, s)`` reads input pixel ``(sh*p + dh*r - ph, sw*q + dw*s - pw)``;
-    ``dtype="bf16"``: ``I`` and ``Wt`` bfloat16, ``O`` (and ``b``) float32."""
+    ``dtype="bf16"``: ``I`` and ``Wt`` bfloat16, ``O`` (and ``b``) float32. ``vnni`` (bf16,
+    ``layout="nchwc"``, an even input-channel block ``cb``): ``Wt[K/kb, C/cb, R, S, cb/2, kb,
+    2]``, input channels in pairs (:func:`pack_weights`), as ``vdpbf16ps``/AMX read them."""
     relu = _activation(activation)
     ab = _operand_type(dtype)
     N, C, K, H, W, R, S = _ints(N, C, K, H, W, R, S)
@@ -205,12 +212,17 @@ def conv2d(
     CV, KV = channel_block(C, block), channel_block(K, block)  # channels per block
     CB, KB = C // CV, K // KV  # blocks
     Hp, Wp = H + 2 * ph, W + 2 * pw
+    if vnni:
+        _vnni_block(dtype, CV, "conv2d")
+    # the weights: KCRSck, or with vnni the input channels of a block in pairs (CV2 x KV x 2)
+    CV2 = CV // 2
+    w_shape = (KB, CB, R, S, CV2, KV, 2) if vnni else (KB, CB, R, S, CV, KV)
 
     @kernel
     def conv2d(
         O: f32[N, KB, P, Q, KV],
         I: ab[N, CB, Hp, Wp, CV],
-        Wt: ab[KB, CB, R, S, CV, KV],
+        Wt: ab[w_shape],
         b: f32[KB, KV] if has_bias else None,
     ):
         for n in range(N):
@@ -225,10 +237,16 @@ def conv2d(
                                 for q in range(Q):
                                     for cv in range(CV):
                                         for kv in range(KV):
-                                            O[n, kb, p, q, kv] += (
-                                                I[n, cb, sh * p + dh * r, sw * q + dw * s, cv]
-                                                * Wt[kb, cb, r, s, cv, kv]
-                                            )
+                                            if vnni:
+                                                O[n, kb, p, q, kv] += (
+                                                    I[n, cb, sh * p + dh * r, sw * q + dw * s, cv]
+                                                    * Wt[kb, cb, r, s, cv // 2, kv, cv % 2]
+                                                )
+                                            else:
+                                                O[n, kb, p, q, kv] += (
+                                                    I[n, cb, sh * p + dh * r, sw * q + dw * s, cv]
+                                                    * Wt[kb, cb, r, s, cv, kv]
+                                                )
                     if has_bias or relu:
                         for q in range(Q):
                             for kv in range(KV):
@@ -269,7 +287,13 @@ def pack_input(
 
 @functools.cache
 def pack_weights(
-    K: int, C: int, R: int, S: int, block: int | None = None, dtype: str = "f32"
+    K: int,
+    C: int,
+    R: int,
+    S: int,
+    block: int | None = None,
+    dtype: str = "f32",
+    vnni: bool = False,
 ) -> KernelFunction:
     """KCRS ``Wt`` -> blocked ``Wp[K/kb, C/cb, R, S, cb, kb]``. Arguments ``(Wp, Wt)``, both of
     ``dtype``.
@@ -280,11 +304,33 @@ def pack_weights(
     (tiles of 16 x 9 for a 3x3 filter). In bf16 (32 lanes a vector: 9 taps too few to fill
     half a tile), TILE output channels at a time: a tile reads TILE rows of ``cb*R*S``
     consecutive elements (a few KiB, L1-resident) and writes runs of TILE consecutive
-    elements; a 1x1 filter's pack is a transpose of output by input channels either way."""
+    elements; a 1x1 filter's pack is a transpose of output by input channels either way.
+    ``vnni`` (bf16, an even ``cb``): ``Wp[K/kb, C/cb, R, S, cb/2, kb, 2]``, the weights of
+    :func:`conv2d`'s ``vnni``: input channels ``2u, 2u + 1`` side by side for each output
+    channel (``Wp[k, c, r, s, u, v, h] = Wt[kb*k + v, cb*c + 2u + h, r, s]``)."""
     et = _operand_type(dtype)
     K, C, R, S = _ints(K, C, R, S)
     cb, kb = channel_block(C, block), channel_block(K, block)
     KB, CB, RS = K // kb, C // cb, R * S
+    if vnni:
+        _vnni_block(dtype, cb, "pack_weights")
+        cb2 = cb // 2
+
+        @kernel
+        def pack_weights(Wp: et[KB, CB, R, S, cb2, kb, 2], Wt: et[K, C, R, S]):
+            for k in range(KB):
+                for c in range(CB):
+                    for v0 in range(0, kb, PAIR_TILE):
+                        for u in range(cb2):
+                            for r in range(R):
+                                for s in range(S):
+                                    for v in range(v0, min(v0 + PAIR_TILE, kb)):
+                                        for h in range(2):
+                                            Wp[k, c, r, s, u, v, h] = Wt[
+                                                kb * k + v, cb * c + 2 * u + h, r, s
+                                            ]
+
+        return pack_weights
 
     if dtype == "f32":
 
@@ -313,6 +359,14 @@ def pack_weights(
                                     Wp[k, c, r, s, u, v] = Wt[kb * k + v, cb * c + u, r, s]
 
     return pack_weights
+
+
+def _vnni_block(dtype: str, cb: int, what: str) -> None:
+    if dtype != "bf16" or cb % 2:
+        raise ValueError(
+            f"{what}: vnni=True pairs the input channels of bf16 weights; got dtype={dtype!r}, "
+            f"input-channel block {cb} (it must be even)"
+        )
 
 
 @functools.cache

@@ -56,10 +56,16 @@ from ..kernels.epilogue import ACC, Epilogue, Operand, compose
 
 @dataclass(frozen=True, kw_only=True)
 class Linear:
-    """A flat element offset ``sum(coefs[v] * v) + const`` (iterators only, sizes folded)."""
+    """A flat element offset ``sum(coefs[v] * v) + const`` (iterators only, sizes folded).
+
+    ``pair``: an iterator ``i`` that indexes VNNI-2 pairs (``i // 2`` and ``i % 2``, the latter
+    of stride 1: a bf16 B in the layout ``kernels/config.py`` calls ``b_vnni``); its
+    coefficient is then half the stride of ``i // 2`` (the row stride ``ldb``), so the offset is
+    exact at even values of ``i`` only (the origins of calls whose ``k`` covers whole pairs)."""
 
     coefs: tuple[tuple[str, int], ...]
     const: int
+    pair: str | None = None
 
     def coef(self, v: str) -> int:
         return dict(self.coefs).get(v, 0)
@@ -91,10 +97,12 @@ def _pseudo(e: IExpr, sizes: Mapping[str, int]) -> IExpr:
     return replace(e, a=_pseudo(e.a, sizes), b=_pseudo(e.b, sizes))
 
 
-def linearize(kernel: Kernel, load: Load) -> Linear | None:
+def linearize(kernel: Kernel, load: Load, *, pairs: bool = False) -> Linear | None:
     """The flat offset of ``load`` (None if it is not affine in the iterators: min/max, or
     ``//`` and ``%`` other than the two halves ``i // E``, ``i % E`` of an iterator indexing
-    two dimensions of strides ``E*s`` and ``s``, which add up to ``s*i``)."""
+    two dimensions of strides ``E*s`` and ``s``, which add up to ``s*i``). With ``pairs``, also
+    one iterator in VNNI-2 pairs: ``i // 2`` of an even stride ``2*ldb`` and ``i % 2`` of
+    stride 1 (``Linear.pair``)."""
     shape = kernel.shape_of(load.tensor)
     sizes = kernel.size_values
     coefs: dict[str, int] = {}
@@ -109,15 +117,23 @@ def linearize(kernel: Kernel, load: Load) -> Linear | None:
         const += aff[1] * stride
         stride *= extent
     # a coalesced iterator (transform/coalesce.py): ``E*(i // E) + i % E`` is ``i``
+    pair = None
     for v in [v for v in coefs if "//" in v]:
         i, e = v.split("//")
         div, mod = coefs.pop(v), coefs.pop(f"{i}%{e}", 0)
-        if div != int(e) * mod:
+        if div == int(e) * mod:
+            coefs[i] = coefs.get(i, 0) + mod
+        elif pairs and pair is None and e == "2" and mod == 1 and div > 0 and div % 2 == 0:
+            if coefs.get(i, 0):
+                return None  # the pair iterator indexes another dimension too
+            pair, coefs[i] = i, div // 2
+        else:
             return None
-        coefs[i] = coefs.get(i, 0) + mod
     if any("%" in v for v in coefs):
         return None
-    return Linear(coefs=tuple(sorted((v, x) for v, x in coefs.items() if x)), const=const)
+    return Linear(
+        coefs=tuple(sorted((v, x) for v, x in coefs.items() if x)), const=const, pair=pair
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,6 +197,11 @@ class Contraction:
 
     def linear(self, role: str) -> Linear:
         return dict(self.lin)[role]
+
+    @property
+    def b_vnni(self) -> bool:
+        """Whether B holds its reduction rows in VNNI-2 pairs (``Linear.pair``, bf16 only)."""
+        return self.linear("B").pair is not None
 
     def extent(self, v: str) -> int:
         lo, hi = dict(self.extents)[v]
@@ -255,14 +276,18 @@ def recognise(kernel: Kernel, red: Statement) -> Contraction | None:
     if box is None:
         return None
     lc = linearize(kernel, red.target)
-    lx, ly = linearize(kernel, loads[0]), linearize(kernel, loads[1])
+    # a bf16 B may come in VNNI-2 pairs of its reduction rows (Linear.pair)
+    paired = ab == {"bf16"}
+    lx, ly = (linearize(kernel, ld, pairs=paired) for ld in loads)
     if lc is None or lx is None or ly is None:
         return None
     for (la, a), (lb, b) in (((lx, loads[0]), (ly, loads[1])), ((ly, loads[1]), (lx, loads[0]))):
         roles = _roles(red.iterators, lc, la, lb, box)
-        if roles is None:
+        if roles is None or la.pair is not None:
             continue
         m, n, k, batch, outer = roles
+        if lb.pair is not None and not _whole_pairs(lb.pair, k, box):
+            continue
         found = Contraction(
             stmt=red.name,
             init=None,
@@ -308,8 +333,16 @@ def bf16_accumulated(kernel: Kernel) -> frozenset[str]:
     return frozenset(c.c for c in find_all(kernel) if kernel.arg(c.c).dtype == "bf16")
 
 
+def _whole_pairs(pair: str, k: str | None, box) -> bool:
+    """Whether the iterator ``pair`` of a VNNI-2 B is the reduction ``k`` over whole pairs (an
+    even extent from an even start): the calls' k origins are then even."""
+    lo, hi = box[pair]
+    return pair == k and lo % 2 == 0 and (hi - lo + 1) % 2 == 0
+
+
 def _roles(iters, lc: Linear, la: Linear, lb: Linear, box):
-    n = [v for v in iters if lc.coef(v) == 1 and lb.coef(v) == 1 and la.coef(v) == 0]
+    col = 2 if lb.pair is not None else 1  # a VNNI-2 B's columns are pairs apart
+    n = [v for v in iters if lc.coef(v) == 1 and lb.coef(v) == col and la.coef(v) == 0]
     if not n:
         return None
     n_it = n[0]

@@ -480,6 +480,15 @@ class ModuleEmitter:
             from ..kernels.isa import bf16_family, isa_for_cpu
 
             fam = bf16_family(self.cpu, isa or isa_for_cpu(self.cpu).name, cfg)
+            if mk.b_vnni and not fam.bf16_dot:
+                from ..errors import TargetError
+
+                raise TargetError(
+                    f"BRGEMM of {mk.c} += {mk.a} x {mk.b}: {mk.b} holds its rows in VNNI-2 "
+                    f"pairs (k={mk.k}, n={mk.n}, ldb={mk.ldb}), which only a bf16 family that "
+                    f"multiplies pairs reads (avx512_bf16, amx_bf16); CPU {self.cpu or 'host'} "
+                    f"runs {fam.name}"
+                )
             cfg = replace(cfg, isa=fam.name)
         b_offsets = mk.b_offsets
         if packed_b is not None:  # dense blocks, one after the other

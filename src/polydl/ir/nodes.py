@@ -205,6 +205,9 @@ class Micro:
     alpha_arg: str | None = None  # scalar argument multiplying the products, at run time
     ab_dtype: str = "f32"  # A and B elements ("bf16": products accumulated in f32)
     c_dtype: str = "f32"  # C elements ("bf16": the store rounds to nearest even)
+    # B's rows in VNNI-2 pairs in the tensor itself (kernels/config.py ``b_vnni``, ``ldb`` the
+    # row stride: a pair row is ``2*ldb`` elements), as the contraction analysis found them
+    b_vnni: bool = False
     # grouped rows (kernels/config.py): groups of ``row_group`` rows, ``lda_group``/``ldc_group``
     # from one group's first row to the next one's (None: one run of rows)
     row_group: int | None = None
@@ -235,7 +238,8 @@ class Micro:
         return (
             f"brgemm(m={self.m}{rows}, n={self.n}, k={self.k}, batch={len(self.a_offsets)}, "
             f"beta={self.beta}{knobs}{epi}; {self.c}@{self.c_origin} "
-            f"+= {self.a}@{self.a_origin} x {self.b}@{self.b_origin})"
+            f"+= {self.a}@{self.a_origin} x {self.b}@{self.b_origin}"
+            f"{' (VNNI-2)' if self.b_vnni else ''})"
         )
 
 

@@ -207,7 +207,7 @@ class BrgemmConfig:
             form="offset",
             epilogue=mk.epilogue,
             ab_dtype=mk.ab_dtype,
-            b_vnni=vnni,
+            b_vnni=vnni or mk.b_vnni,
             c_dtype=mk.c_dtype,
             isa=isa,
             alpha_arg=mk.alpha_arg is not None,

@@ -113,6 +113,7 @@ def call_model(
     ab_dtype: str = "f32",
     b_vnni: bool | None = False,
     register_tile: tuple[int, int] | None = None,
+    b_copied: bool = True,
 ) -> Call:
     """The in-core cycles and panel traffic of one BRGEMM call of ``m x n``, reduction ``k``
     and ``batch`` blocks, with the register blocking the microkernel generator picks on
@@ -122,7 +123,8 @@ def call_model(
     VNNI-2 pairs first, ``transform/pack.py``) one load, plus the copy (:func:`vnni_copy_cycles`)
     in the call's cycles. ``b_vnni=None``: as the packing pass would choose for one call
     (:func:`vnni_pays` with no reuse across calls). ``register_tile``: a schedule record's
-    override of the register tile (``BrgemmConfig.register_tile``)."""
+    override of the register tile (``BrgemmConfig.register_tile``). ``b_copied=False``: a
+    VNNI-2 B read where it is (the tensor holds the pairs: no copy in the cycles)."""
     from ..kernels import isa as kisa
     from ..kernels.config import BrgemmConfig
 
@@ -162,7 +164,7 @@ def call_model(
         acc_io = g.mr * g.nv * (1 + beta) / load_ports  # store (and load, beta = 1) of C
         tile = k * batch * per_k + batch * target.batch_cycles + target.tile_cycles + acc_io
         cycles += g.i_count * g.j_count * tile
-    if b_vnni:
+    if b_vnni and b_copied:
         cycles += vnni_copy_cycles(k * batch * n, target)
     first_cols = blocking.groups[0].j_start
     row_tiles = sum(g.i_count for g in blocking.groups if g.j_start == first_cols)

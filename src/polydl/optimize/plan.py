@@ -67,6 +67,8 @@ def m_blocks(c: Contraction) -> list[int]:
 def config_ok(c: Contraction, plan: BlockPlan) -> bool:
     """Whether the microkernel's layout rules accept this plan's blocks."""
     lc, la, lb = c.linear("C"), c.linear("A"), c.linear("B")
+    if c.b_vnni and plan.bk % 2:
+        return False  # a call's k covers whole VNNI-2 pairs of B
     try:
         BrgemmConfig(
             m=min(plan.bm, c.extent(c.m)) * c.rows_per_m,
@@ -76,6 +78,7 @@ def config_ok(c: Contraction, plan: BlockPlan) -> bool:
             ldb=lb.coef(c.k) if c.k else min(plan.bn, c.extent(c.n)),
             ldc=lc.coef(c.row),
             **c.row_groups(),
+            **({"ab_dtype": "bf16", "b_vnni": True} if c.b_vnni else {}),
         )
     except PolyDLError:
         return False
@@ -353,7 +356,8 @@ def call_of(
     if looped is not None:
         pairs = pairs // c.extent(looped) * chunk
     n = min(bn, c.extent(c.n))
-    # bf16: B in VNNI-2 pairs where the packing pass would copy them for one call
+    # bf16: B in VNNI-2 pairs where the packing pass would copy them for one call, or read in
+    # place where the tensor holds them so
     return call_model(
         rows,
         n,
@@ -362,6 +366,7 @@ def call_of(
         target,
         beta=1,
         ab_dtype=ab_dtype,
-        b_vnni=None,
+        b_vnni=True if c.b_vnni else None,
         register_tile=register_tile,
+        b_copied=not c.b_vnni,
     )

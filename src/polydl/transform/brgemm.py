@@ -106,6 +106,8 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
     ext_k = c.extent(c.k) if c.k else 1
     if ext_k % plan.bk:
         raise ValueError(f"bk={plan.bk} must divide the k extent {ext_k}")
+    if c.b_vnni and plan.bk % 2:
+        raise ValueError(f"bk={plan.bk}: B {c.b!r} holds k in VNNI-2 pairs, bk must be even")
     kc = plan.block(c.k) if split == c.k and split is not None else ext_k
     if kc % plan.bk or ext_k % kc:
         raise ValueError(
@@ -174,6 +176,7 @@ def lower(kernel: Kernel, c: Contraction, plan: BlockPlan) -> Kernel:
             alpha_arg=c.alpha_arg,
             ab_dtype=kernel.arg(c.a).dtype,
             c_dtype=c_dtype,
+            b_vnni=c.b_vnni,
             a=c.a,
             b=c.b,
             c=c.c,

@@ -159,8 +159,8 @@ def pack_operands(
                 visit(n.orelse, stack, False)
             elif isinstance(n, L.Call) and n.stmt not in skip:
                 mk = stmts[n.stmt].micro
-                if mk is None or mk.b in written:
-                    continue
+                if mk is None or mk.b in written or mk.b_vnni:
+                    continue  # (a B in VNNI-2 pairs already is read where it is)
                 if pairs and mk.ab_dtype == "bf16":
                     vnni.add(id(n))
                 elif not (clean and _wide(mk, kernel)):

@@ -128,6 +128,8 @@ class ContractionSpace:
         ext_k = self.ext[c.k] if c.k else 1
         self.bk_range = tuple(d for d in _divisors(ext_k) if min(ext_k, MIN_BK) <= d <= MAX_BK)
         self.bk_range = self.bk_range or (ext_k,)
+        if c.b_vnni:  # a call's k covers whole VNNI-2 pairs of B
+            self.bk_range = tuple(d for d in self.bk_range if d % 2 == 0) or (ext_k,)
         self.free = free_iterators(nest, c.stmt) if threads > 1 else frozenset()
         ldb = c.linear("B").coef(c.k) if c.k else 0
         eb = DTYPE_BYTES[nest.arg(c.b).dtype]
