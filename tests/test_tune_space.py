@@ -253,11 +253,15 @@ def test_the_sweep_waits_for_a_seed_still_being_measured():
     assert [p.point for p in sweep] == [p for p, _ in space.sweep_group("stores", seeds[-1])]
 
 
-def test_the_sweep_adopts_a_faster_value_and_measures_the_next_groups_on_top_of_it():
+def test_the_sweep_adopts_a_faster_value_and_measures_the_next_groups_on_top_of_it(monkeypatch):
     """A coordinate descent: the whole reduction per call with non-temporal stores measured
     faster than the seed, so every later group is around that point (it keeps both changes);
     a group whose values all measured slower leaves the incumbent as it was; the point it
-    ends on replays and computes the GEMM."""
+    ends on replays and computes the GEMM. The host keeps the planner's default whole-k limit
+    (a Zen 4 host's own would keep K = 1024 whole, and the seed would not split it)."""
+    from polydl import target
+
+    monkeypatch.setattr(target, "_host", dataclasses.replace(target.host(), kc_whole_max=None))
     sizes = dict(M=64, N=48, K=1024)
     space = KernelSpace(Workload.of(gemm_bias_relu, sizes), threads=1)
     strategy = Evolution(space, CostModel(space), seed=1, top_k=1)
