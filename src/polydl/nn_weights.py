@@ -3,8 +3,9 @@ place of a KCRS array when the same weights serve many calls (inference).
 
 ``pd.nn.conv2d`` on the blocked layout (API.md section 4) copies the KCRS weights into the
 blocked ``[K/kb, C/cb, R, S, cb, kb]`` layout of ``ops.conv2d(layout="nchwc")`` at every call:
-for ResNet-50's 3x3 layers in bf16 that costs as much as 10% (resnet_12, 1.2 MB) to 50%
-(resnet_17, 4.7 MB) of the convolution. A :class:`ConvWeights` is a private, read-only copy of
+for ResNet-50's 3x3 layers in bf16 that cost as much as 10% (resnet_12, 1.2 MB) to 50%
+(resnet_17, 4.7 MB) of the convolution with ``ops.pack_weights``, about half that with the
+one-pass VNNI-2 pack (:func:`weight_packer`, ``kernels/pack_vnni.py``). A :class:`ConvWeights` is a private, read-only copy of
 the weights taken when it is made (changing the caller's array afterwards changes nothing:
 make a new one), and it keeps each packed form it has been asked for (per block and element
 type), so the packing runs once.
