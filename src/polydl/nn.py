@@ -16,7 +16,7 @@ from . import memory, ops
 from .api import compile as _compile
 from .dsl.kernel import KernelFunction, kernel
 from .dsl.types import f32
-from .nn_weights import ConvWeights
+from .nn_weights import ConvWeights, weight_packer
 
 _lock = threading.Lock()
 
@@ -529,9 +529,7 @@ def _bf16_blocked_plan(x_shape, w_shape, opts, threads, out):
     pack_in = compiled(
         ops.pack_input, N, C, H, W, padding=(ph, pw), block=block, dtype="bf16", threads=threads
     )
-    pack_w = compiled(
-        ops.pack_weights, K, C, R, S, block=block, dtype="bf16", vnni=vnni, threads=threads
-    )
+    pack_w = weight_packer(K, C, R, S, block, "bf16", vnni, threads)
     conv = compiled(
         ops.conv2d,
         N,
