@@ -20,6 +20,7 @@ from kernels import gemm_bias_relu
 
 import polydl as pd
 from polydl import cli
+from polydl.errors import TuneError
 from polydl.tune import database
 from polydl.tune.builder import Workload
 from polydl.tune.database import Database, Key
@@ -104,6 +105,32 @@ def test_a_clearly_slower_trial_stops_after_fewer_samples():
     assert len(bench.measure(rec, bar=full.seconds * 1e3).samples) == 7
 
 
+def test_a_long_running_kernel_takes_fewer_samples_within_the_time_budget():
+    """``Measure.budget``: the samples of a trial take at most that long, at least
+    MIN_SAMPLES of them (never more than ``repeat``); a sample is ``min_time`` rounded up to
+    whole calls (a 17 ms call: 2 calls of 34 ms). A trial's time is still their median."""
+    from polydl.tune.runner import MIN_SAMPLES, samples_within
+
+    m = Measure(repeat=5, min_time=0.02, budget=0.1)
+    assert MIN_SAMPLES == 3
+    assert samples_within(m, 0.017) == 3  # 0.1 s holds 2 samples of 34 ms: 3 at least
+    assert samples_within(dataclasses.replace(m, budget=0.2), 0.017) == 5
+    assert samples_within(dataclasses.replace(m, budget=0.14), 0.017) == 4
+    assert samples_within(m, 0.03) == 3 and samples_within(m, 1e-5) == 5
+    assert samples_within(dataclasses.replace(m, budget=None), 1.0) == 5
+    assert samples_within(dataclasses.replace(m, repeat=2), 1.0) == 2
+    with pytest.raises(TuneError):
+        Measure(budget=-1.0)
+    seven = dataclasses.replace(FAST, repeat=7)
+    rec = pd.compile(gemm_bias_relu, threads=1, tuned=False, **GEMM).schedule.choices()
+    for budget, n in ((0.0, MIN_SAMPLES), (None, 7), (60.0, 7)):
+        job = Job(workload=workload(), threads=1, measure=dataclasses.replace(seven, budget=budget))
+        bench = Bench(job)
+        got = bench.measure(rec)
+        assert got.ok and len(got.samples) == n, budget
+        assert got.seconds == float(np.median(got.samples))
+
+
 def test_local_runner_timeout_and_crash_fail_the_trial():
     rec = pd.compile(gemm_bias_relu, threads=1, tuned=False, **GEMM).schedule.choices()
     with LocalRunner() as runner:
@@ -114,7 +141,11 @@ def test_local_runner_timeout_and_crash_fail_the_trial():
         (m,) = runner.measure([rec])  # a fresh worker after the kill
         assert m.ok
         pid = runner.worker_pid
-        slow = Job(workload=workload(), threads=1, measure=dataclasses.replace(FAST, repeat=10**6))
+        slow = Job(  # no time budget: a million samples
+            workload=workload(),
+            threads=1,
+            measure=dataclasses.replace(FAST, repeat=10**6, budget=None),
+        )
         runner.start(slow)
         runner.measure([])  # nothing to measure: no worker yet
         killer = threading.Thread(target=_kill_worker_soon, args=(runner,))

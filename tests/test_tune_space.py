@@ -205,6 +205,35 @@ def test_the_sweep_offers_wider_even_calls_and_they_run():
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_the_sweep_tries_a_mid_size_one_vector_tile_and_the_k_unrolls_4_and_1():
+    """The register-tile group: the widest tiles of the two largest vector counts, the widest
+    one-vector tile and one of about half its rows (the rule's own tile never); the unroll
+    group 4 then 1; every point legal, changing only its group's knob, and a record with the
+    mid-size tile (rows not dividing the call's) computes the GEMM."""
+    from polydl.tune.space import SWEEP_UNROLLS, TILE_ROWS
+
+    space = gemm_space()
+    (cs,) = space.spaces[space.lowerings[0]]
+    seed = space.seeds(1)[0][0]
+    tiles = space.sweep_group("tile", seed)
+    got = [p.knobs[0].register_tile for p, _ in tiles]
+    one = [t for t in got if t[1] == 1]
+    assert len(one) == 2 and len(got) == len(set(got))
+    widest = max(r for r, v in cs.regtile_range[1:] if v == 1)
+    assert one[0] == (widest, 1)
+    mid = min((r for r in TILE_ROWS if r < widest), key=lambda r: (abs(r - widest // 2), r))
+    assert one[1] == (mid, 1) and cs.mid_tile((widest, 1)) == (mid, 1)
+    assert cs.mid_tile(None) is None and cs.mid_tile((min(TILE_ROWS), 1)) is None
+    assert cs.rule_tile(seed.knobs[0]) not in got
+    assert all(_changed(p, seed) == {"register_tile"} for p, _ in tiles)
+    unrolls = space.sweep_group("unroll", seed)
+    assert [p.knobs[0].k_unroll for p, _ in unrolls] == list(SWEEP_UNROLLS)
+    assert all(space.problem(p) is None for p, _ in [*tiles, *unrolls])
+    (p,) = [p for p, _ in tiles if p.knobs[0].register_tile == (mid, 1)]
+    assert GEMM["M"] % mid != 0
+    run_gemm(pd.compile(gemm_bias_relu, threads=1, schedule=space.record(p), **GEMM))
+
+
 def _changed(a, b) -> set[str]:
     """The knobs ``a`` and ``b`` (points of one contraction) differ in."""
     (ka,), (kb,) = a.knobs, b.knobs

@@ -11,7 +11,11 @@ A trial is measured by :class:`Bench` (the same code in a local worker and in a 
    the trial, and a failed trial is never chosen;
 3. warm-up: calls for ``warmup`` seconds (at least one);
 4. timing: ``repeat`` samples, each as many calls as take ``min_time`` seconds, timed with
-   ``perf_counter``; the trial's time is the median sample (per call). Given ``bar`` (the
+   ``perf_counter``; the trial's time is the median sample (per call). When ``repeat``
+   samples would take longer than ``budget`` seconds (a kernel whose calls are longer than
+   ``min_time``: one sample is then one call or two), fewer, at least :data:`MIN_SAMPLES`
+   (:func:`samples_within`), so a long-running kernel is not timed for longer than a short
+   one; still their median. Given ``bar`` (the
    fastest trial's time so far), a trial stops after :data:`EARLY_SAMPLES` samples when
    every one of them is more than :data:`SLOWER` above it: clearly slower, it cannot be
    chosen, and its time is the median of those samples.
@@ -57,6 +61,7 @@ from .builder import Workload, build, reference
 
 EARLY_SAMPLES = 2  # samples before a clearly slower trial stops (Bench.measure's bar)
 SLOWER = 0.10  # clearly slower: every sample more than this above the fastest trial's time
+MIN_SAMPLES = 3  # a trial's samples within its time budget, at least (Measure.budget)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,12 +71,19 @@ class Measure:
     warmup: float = 0.05  # seconds of calls before timing (at least one call)
     repeat: int = 5  # timed samples; the trial's time is their median
     min_time: float = 0.02  # seconds per sample (calls looped until this long)
+    budget: float | None = 0.1  # seconds of a trial's samples, at most (MIN_SAMPLES at least)
     timeout: float = 60.0  # seconds per trial (build, JIT, check, warm-up, samples)
     rtol: float = 1e-3  # max |out - ref| <= rtol * max |ref| for every written tensor
     seed: int = 0  # of the inputs
 
     def __post_init__(self) -> None:
-        if self.repeat < 1 or self.timeout <= 0 or self.min_time < 0 or self.warmup < 0:
+        if (
+            self.repeat < 1
+            or self.timeout <= 0
+            or self.min_time < 0
+            or self.warmup < 0
+            or (self.budget is not None and self.budget < 0)
+        ):
             raise TuneError(f"measure settings out of range: {self}")
 
 
@@ -97,6 +109,17 @@ class Measurement:
     build_seconds: float = 0.0
     wall: float = 0.0
     prebuilt: bool = False  # the code came from the builder process (LocalRunner.build_ahead)
+
+
+def samples_within(measure: Measure, once: float) -> int:
+    """How many samples a trial takes whose call lasts ``once`` seconds: ``measure.repeat``,
+    or as many as fit ``measure.budget`` (each ``min_time`` rounded up to whole calls), at
+    least :data:`MIN_SAMPLES` (and never more than ``repeat``)."""
+    if measure.budget is None:
+        return measure.repeat
+    sample = max(1, math.ceil(measure.min_time / max(once, 1e-12))) * once
+    fit = int(measure.budget // sample) if sample > 0 else measure.repeat
+    return min(measure.repeat, max(MIN_SAMPLES, fit))
 
 
 def failed(error: str, *, build_seconds: float = 0.0, wall: float = 0.0) -> Measurement:
@@ -272,15 +295,17 @@ class Bench:
         self, record: Schedule, obj: tuple | None = None, bar: float | None = None
     ) -> Measurement:
         """One trial: build (or load the builder's ``obj``), check, warm up, then ``repeat``
-        samples (fewer when clearly slower than ``bar``, see the module docstring)."""
+        samples (fewer for a long-running kernel, ``Measure.budget``, or when clearly slower
+        than ``bar``, see the module docstring)."""
         t0 = time.perf_counter()
         ready = self._ready(record, obj)
         if isinstance(ready, Measurement):
             return ready
         call, built, once, prebuilt = ready
         samples: list[float] = []
+        repeat = samples_within(self.job.measure, once)
         with self.quiet():
-            while len(samples) < self.job.measure.repeat:
+            while len(samples) < repeat:
                 samples.append(self._sample(call, once))
                 if bar and len(samples) >= EARLY_SAMPLES and min(samples) > (1 + SLOWER) * bar:
                     break

@@ -62,7 +62,8 @@ PREFETCH_CALLS = (1, 0, 2)  # calls ahead, the default first
 # the sweep's knob groups (ContractionSpace.sweep_group), in the order it measures them: the
 # ones that won most often first (the whole reduction per call with non-temporal stores,
 # packing off and narrower or wider calls on the NCHW ResNet-50 layers and GEMM 1024^3)
-SWEEP = ("stores", "pack", "columns", "tile", "unroll", "bk", "prefetch")
+SWEEP = ("stores", "pack", "columns", "tile", "unroll", "prefetch", "bk")
+SWEEP_UNROLLS = (4, 1)  # the k unrolls the sweep measures (4 the tuned picks' most often, then 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -389,10 +390,10 @@ class ContractionSpace:
         * ``columns``: wider calls (:meth:`wider_columns`), and half as wide;
         * ``tile``: per vector count up to what ``bn`` needs, the widest register tile that
           fits (more vectors first: fewer broadcasts per FMA; the rule's own left out), two
-          at most, then the widest one-vector tile;
-        * ``unroll``: the k unroll 8, 1, 4 (the current one left out);
-        * ``bk``: the reduction block halved and doubled;
-        * ``prefetch``: the other distances (where B is widely strided and not packed)."""
+          at most, then the widest one-vector tile and a mid-size one (:meth:`mid_tile`);
+        * ``unroll``: the k unrolls of :data:`SWEEP_UNROLLS` (the current one left out);
+        * ``prefetch``: the other distances (where B is widely strided and not packed);
+        * ``bk``: the reduction block halved and doubled."""
         out: list[tuple[Knobs, str]] = []
         if name == "stores":
             if kn.reduce is None:
@@ -420,9 +421,11 @@ class ContractionSpace:
                     widest[t[1]] = t
             tiles = sorted((t for t in widest.values() if t != rule), key=lambda t: -t[1])
             wide = [t for t in tiles if t[1] > 1][:2] + [t for t in tiles if t[1] == 1]
+            mid = self.mid_tile(widest.get(1))
+            wide += [mid] if mid is not None and mid != rule else []
             out += [(replace(kn, register_tile=t), f"register tile {t[0]}x{t[1]}v") for t in wide]
         elif name == "unroll":
-            unroll = [u for u in (8, 1, 4) if u in self.unroll_range and u != kn.k_unroll]
+            unroll = [u for u in SWEEP_UNROLLS if u in self.unroll_range and u != kn.k_unroll]
             out += [(replace(kn, k_unroll=u), f"k unroll {u}") for u in unroll]
         elif name == "bk":
             for bk in (kn.bk // 2, kn.bk * 2):
@@ -431,6 +434,17 @@ class ContractionSpace:
         elif name == "prefetch":
             out += [(replace(kn, prefetch=p), f"prefetch {p}") for p in self.prefetch_range]
         return [(k, why) for k, why in out if k != kn and self.problem(k) is None]
+
+    def mid_tile(self, widest: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The one-vector register tile of about half the rows of ``widest`` (the widest
+        one-vector tile; the fewer rows on a tie), or None. Such a tile keeps a few
+        accumulators less than the widest but splits a call's rows into more, shorter
+        tiles: on the 1x1 conv of ResNet-50 layer 01 (batch 8, 128 x 80 calls, B unpacked)
+        12-16 x 1 vector ran 1.04-1.06x the blocking rule's tile, 30 x 1 1.02x."""
+        if widest is None:
+            return None
+        rows = [t[0] for t in self.regtile_range[1:] if t[1] == 1 and t[0] < widest[0]]
+        return (_near(rows, widest[0] // 2), 1) if rows else None
 
     def wider_columns(self, kn: Knobs) -> list[int]:
         """Column blocks that cover the columns in fewer calls than ``kn.bn`` (half as many,

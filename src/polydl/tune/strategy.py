@@ -8,14 +8,15 @@
 2. The sweep: a coordinate descent from the fastest seed, one group of knobs at a time
    (:data:`~polydl.tune.space.SWEEP`: the stores, with the whole reduction in one call where a
    reduction loop keeps non-temporal stores off; packing; narrower or wider calls; the
-   register tile; the k unroll; the reduction block; the prefetch;
+   register tile (a mid-size one-vector tile among them); the k unroll; the prefetch; the
+   reduction block;
    :meth:`KernelSpace.sweep_group`). Each group's values are measured around the incumbent,
    and the fastest becomes the incumbent when it measured more than :data:`ADOPT` faster, so
    the next groups are measured on top of it: the knobs' gains mostly add up (the whole
    reduction per call and non-temporal stores, packing off and a one-vector register tile),
    and the analytic model does not see most of these knobs, so they are measured rather than
-   predicted, the likeliest winners first (15 trials at most after the seeds: the best the
-   descent finds is in by trial 20). The next group waits for the last of the group before.
+   predicted, the likeliest winners first (15 trials at most after the seeds on GEMM and the
+   NCHW ResNet-50 layers: the best the descent finds is in by trial 20). The next group waits for the last of the group before.
 3. Evolution. The ``population`` fastest measured points are the parents. Each round breeds
    ``children`` legal, unmeasured points: a parent chosen by rank (the fastest most often),
    crossed with another now and then (blocks from one, the nest from the other), then one to
