@@ -26,13 +26,26 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .. import ops
 from ..ir import poly
-from ..ir.nodes import BinOp, Expr, Int, IntOp, Kernel, Load, Num, Statement, TensorArg, UnOp, Var
+from ..ir.nodes import (
+    BinOp,
+    Expr,
+    IExpr,
+    Int,
+    IntOp,
+    Kernel,
+    Load,
+    Num,
+    Statement,
+    TensorArg,
+    UnOp,
+    Var,
+)
 from ..transform.fuse import fused_schedules, spine
 from . import VIEWS, Graph, GraphError, Node, Value
 
@@ -49,6 +62,48 @@ ITERATORS = {
 
 def iterators(rank: int) -> tuple[str, ...]:
     return ITERATORS.get(rank) or tuple(f"a{d}" for d in range(rank))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Form:
+    """How the statements over a value's elements name them: their iterators (outer first),
+    the element's index in those iterators and each iterator's extent. A linear on blocked
+    weights writes its ``[M, N]`` output as ``C[i, jb * nb + jv]`` over ``(i, jb, jv)``; the
+    elementwise statements after it (bias, activation, residual) use the same form, so that
+    they update the contraction's elements as it names them and fold into its calls."""
+
+    iterators: tuple[str, ...]
+    index: tuple[IExpr, ...]
+    extents: tuple[int, ...]
+
+    @staticmethod
+    def plain(shape: tuple[int, ...]) -> Form:
+        its = iterators(len(shape))
+        return Form(iterators=its, index=tuple(Var(name=v) for v in its), extents=tuple(shape))
+
+    @staticmethod
+    def column_blocked(M: int, N: int, nb: int) -> Form:
+        col = IntOp(op="+", a=IntOp(op="*", a=Var(name="jb"), b=Int(value=nb)), b=Var(name="jv"))
+        return Form(
+            iterators=("i", "jb", "jv"), index=(Var(name="i"), col), extents=(M, N // nb, nb)
+        )
+
+
+# False: every linear's weights kept [K, N] (benchmarks/fusion.py --blocked-ab compares)
+BLOCKED_WEIGHTS = True
+
+
+def linear_block(N: int) -> int | None:
+    """Columns per block of a linear's weights laid out ``[N/nb][K][nb]`` at build time
+    (:func:`polydl.ops.linear_blocked`): the largest divisor of ``N`` up to four vectors of f32
+    (the microkernel's widest column tile), None (the weights kept ``[K, N]``, their blocks
+    copied at call time where the compiler finds that pays) when it is under two vectors."""
+    from ..ops import channel_block, default_block
+
+    if not BLOCKED_WEIGHTS:
+        return None
+    nb = channel_block(N, 2 * default_block())
+    return nb if nb >= default_block() else None
 
 
 CONTRACTIONS = ("conv2d", "linear", "matmul")
@@ -136,13 +191,11 @@ class _Builder:
         self.pos += max(tops) + 1
         self.tail = (out, new_stmts) if node.op in CONTRACTIONS else None
 
-    def elementwise(
-        self, node: Node, out: str, value: Expr, shape: tuple[int, ...], *, in_place: bool
-    ) -> None:
-        """``out[...] = value`` over ``shape``: merged into the statement before it or placed in
-        the contraction's nest (see the class doc), else a nest of its own."""
-        its = iterators(len(shape))
-        target = Load(tensor=out, index=tuple(Var(name=v) for v in its))
+    def elementwise(self, node: Node, out: str, value: Expr, form: Form, *, in_place: bool) -> None:
+        """``out[...] = value`` over the elements of ``form``: merged into the statement before
+        it or placed in the contraction's nest (see the class doc), else a nest of its own."""
+        its = form.iterators
+        target = Load(tensor=out, index=form.index)
         prev = self.statements[-1] if self.statements else None
         if (
             in_place
@@ -155,7 +208,7 @@ class _Builder:
             merged = _substitute(value, target, prev.expr)
             self.statements[-1] = replace(prev, expr=merged, source=f"{prev.source}; {node.op}")
             return
-        stmt = self.box(node, target, value, its, shape)
+        stmt = self.box(node, target, value, its, form.extents)
         new = stmt.name
         if in_place and self.tail is not None and self.tail[0] == out:
             part = self.tail[1]
@@ -307,6 +360,11 @@ def lower(
     temps: list[str] = []
     b = _Builder(name)
 
+    forms: dict[str, Form] = {}  # buffer -> the form its elementwise statements use
+
+    def form_of(nm: str, shape: tuple[int, ...]) -> Form:
+        return forms.get(nm) or Form.plain(shape)
+
     def new_buffer(v: Value, hint: str) -> str:
         vid = root(v)
         if vid in out_ids:
@@ -318,10 +376,13 @@ def lower(
         shapes[nm] = v.shape
         return nm
 
-    def param(nd: Node, key: str) -> str:
+    def param(nd: Node, key: str, array: np.ndarray | None = None) -> str:
+        """The parameter ``key`` of ``nd`` as an argument (``array``: in its place, the
+        parameter laid out as the kernel reads it)."""
         nm = f"{nd.op}{nd.out.id}_{key}"
-        params.append((nm, nd.params[key]))
-        shapes[nm] = nd.params[key].shape
+        array = nd.params[key] if array is None else array
+        params.append((nm, array))
+        shapes[nm] = array.shape
         return nm
 
     def in_place(v: Value) -> bool:
@@ -451,15 +512,24 @@ def lower(
                 (B, M, K), N = nd.inputs[0].shape, nd.out.shape[2]
                 kern = ops.batch_matmul(B, M, N, K)
                 b.part(kern.ir, {"C": out, "A": ins[0], "Bm": ins[1]}, nd, out=out)
+            elif nd.op == "linear" and (nb := linear_block(nd.out.shape[1])):
+                # the weights [K, N] laid out [N/nb][K][nb] here, once: each column block's
+                # rows read contiguously by its calls, no copy at call time
+                (M, K), N = nd.inputs[0].shape, nd.out.shape[1]
+                w = nd.params["w"].reshape(K, N // nb, nb).transpose(1, 0, 2)
+                tensors = {"C": out, "A": ins[0], "Bp": param(nd, "w", np.ascontiguousarray(w))}
+                b.part(ops.linear_blocked(M, N, K, nb).ir, tensors, nd, out=out)
+                forms[out] = Form.column_blocked(M, N, nb)
             else:
                 (M, K), N = nd.inputs[0].shape, nd.out.shape[1]
                 rhs = param(nd, "w") if nd.op == "linear" else ins[1]
                 b.part(ops.matmul(M, N, K).ir, {"C": out, "A": ins[0], "B": rhs}, nd, out=out)
             if "b" in nd.params:  # a bias (or a folded batch norm's shift) after the contraction
-                x = _element(out, nd.out.shape)
-                bias = _channel(param(nd, "b"), nd.out.shape)
+                form = form_of(out, nd.out.shape)
+                x = _element(out, form)
+                bias = _channel(param(nd, "b"), nd.out.shape, form)
                 value = BinOp(op="+", a=x, b=bias)
-                b.elementwise(replace(nd, op="bias_add"), out, value, nd.out.shape, in_place=True)
+                b.elementwise(replace(nd, op="bias_add"), out, value, form, in_place=True)
             continue
         # elementwise: in place on its first (or, commutative, second) input when possible
         order = list(range(len(nd.inputs)))
@@ -467,21 +537,21 @@ def lower(
             order = [1, 0]
         first = nd.inputs[order[0]]
         inplace = in_place(first)
+        form = form_of(buffer[root(first)], nd.out.shape)  # the elements as its producer names them
         if inplace:
             out = buffer[root(first)]
             buffer[root(nd.out)] = out
         else:
             out = new_buffer(nd.out, nd.op)
-        x = _element(buffer[root(first)], nd.out.shape)
-        other = (
-            _element(buffer[root(nd.inputs[order[1]])], nd.out.shape) if len(order) > 1 else None
-        )
+            forms[out] = form
+        x = _element(buffer[root(first)], form)
+        other = _element(buffer[root(nd.inputs[order[1]])], form) if len(order) > 1 else None
         channel = None
         if nd.op in ("bias_add", "batch_norm"):
             keys = ("b",) if nd.op == "bias_add" else ("s", "t")
-            channel = [_channel(param(nd, k), nd.out.shape) for k in keys]
+            channel = [_channel(param(nd, k), nd.out.shape, form) for k in keys]
         value = _value(nd.op, x, other, channel, nd.attrs)
-        b.elementwise(nd, out, value, nd.out.shape, in_place=inplace)
+        b.elementwise(nd, out, value, form, in_place=inplace)
 
     # an output computed in place on a scratch buffer (conv -> relu -> output): the buffer is
     # the output argument
@@ -520,16 +590,16 @@ def lower(
     return kernel, params
 
 
-def _element(tensor: str, shape: tuple[int, ...]) -> Load:
-    return Load(tensor=tensor, index=tuple(Var(name=v) for v in iterators(len(shape))))
+def _element(tensor: str, form: Form) -> Load:
+    return Load(tensor=tensor, index=form.index)
 
 
-def _channel(tensor: str, shape: tuple[int, ...]) -> Load:
+def _channel(tensor: str, shape: tuple[int, ...], form: Form) -> Load:
     """A per-channel vector read at the element: axis 1 of NCHW, the last axis of 2-D."""
-    its = iterators(len(shape))
+    at = form.index
     if len(shape) == 5:  # blocked: the parameter blocked too, [K/kb, kb]
-        return Load(tensor=tensor, index=(Var(name=its[1]), Var(name=its[4])))
-    return Load(tensor=tensor, index=(Var(name=its[1] if len(shape) == 4 else its[-1]),))
+        return Load(tensor=tensor, index=(at[1], at[4]))
+    return Load(tensor=tensor, index=(at[1] if len(shape) == 4 else at[-1],))
 
 
 # ---------------------------------------------------------------- compiled graphs
