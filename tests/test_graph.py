@@ -376,3 +376,46 @@ def test_blocked_layout_keeps_activations_blocked(N, C, K, H, W):
     text = f.show("loops")
     assert text.count("pack: Xp") == 2 and text.count("unpack: Y") == 1  # x: bordered, plain
     assert "then max((acc + in1), 0.0)" in text  # the residual add and ReLU in the calls
+
+
+@pytest.mark.parametrize("kernels", ["one", "contraction"])
+def test_output_buffers_reused_only_when_let_go(kernels):
+    """A call writes the buffers of its last call when nothing refers to them any more, and
+    never an array the caller still holds (itself, a NumPy view, a torch tensor on its memory,
+    a memoryview); a thread of its own has buffers of its own. Every result stays right."""
+    import threading
+
+    import torch
+
+    w, b = r(7, 9, scale=0.3), r(9)
+    g = pd.graph.Graph("reuse")
+    x = g.input("x", (5, 7))
+    y = g.relu(g.linear(x, w, b))
+    g.output(g.tanh(g.linear(y, r(9, 9, scale=0.3))) if kernels == "contraction" else y)
+    f = g.compile(kernels=kernels)
+    u = g.compile(fuse=False)
+    xs = [r(5, 7) for _ in range(8)]
+    want = [u(a) for a in xs]
+    first = f(xs[0])
+    ptr = first.ctypes.data
+    del first
+    again = f(xs[1])
+    assert again.ctypes.data == ptr  # let go: written again
+    held = {
+        "array": again,
+        "view": f(xs[2])[1:],
+        "torch": torch.from_numpy(f(xs[3])),
+        "memoryview": memoryview(f(xs[4])),
+    }
+    for i in range(5, 8):
+        np.testing.assert_allclose(f(xs[i]), want[i], rtol=1e-5, atol=1e-6)
+    other = []
+    t = threading.Thread(target=lambda: other.append(f(xs[5])))
+    t.start()
+    t.join()
+    np.testing.assert_allclose(f(xs[6]), want[6], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(held["array"], want[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(held["view"], want[2][1:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(held["torch"].numpy(), want[3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(held["memoryview"]), want[4], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(other[0], want[5], rtol=1e-5, atol=1e-6)

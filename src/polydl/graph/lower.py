@@ -24,7 +24,6 @@ the border to the caller (:class:`CompiledGraph` keeps that buffer, zeroed once)
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -48,6 +47,7 @@ from ..ir.nodes import (
 )
 from ..transform.fuse import fused_schedules, spine
 from . import VIEWS, Graph, GraphError, Node, Value
+from .compiled import CompiledGraph
 
 # as pd.ops.conv2d, pd.ops.matmul and pd.ops.batch_matmul name them (other ranks: a0, a1, ...)
 # (5-D: the blocked layout's [N, K/kb, P, Q, kb], as pd.ops.conv2d(layout="nchwc") names them)
@@ -602,93 +602,7 @@ def _channel(tensor: str, shape: tuple[int, ...], form: Form) -> Load:
     return Load(tensor=tensor, index=(at[1] if len(shape) == 4 else at[-1],))
 
 
-# ---------------------------------------------------------------- compiled graphs
-
-
-class CompiledGraph:
-    """A graph compiled into kernels: ``f(*inputs) -> output`` (a tuple for several);
-    ``seconds``: each kernel's time at the last call."""
-
-    def __init__(
-        self,
-        graph: Graph,
-        parts: list[tuple],
-        outputs: Sequence[Value],
-        same: dict[int, int] | None = None,
-        part_of: dict[int, int] | None = None,
-        bordered: set[int] | frozenset[int] = frozenset(),
-    ):
-        self.graph = graph
-        self.parts = parts  # (compiled kernel, input value ids, params, output value ids)
-        self.output_shapes = [v.shape for v in outputs]
-        self._outputs = [v.id for v in outputs]
-        self.seconds: list[float] = []
-        self.part_ops: list[list[str]] = []  # the operators of each kernel
-        self._part_of = dict(part_of or {})  # node id -> index of its kernel
-        self._same = dict(same or {})
-        # values written inside a zero border that must stay zero (blocked conv inputs): kept
-        # between calls, one buffer per thread, zeroed once
-        self._bordered = frozenset(bordered)
-        self._tls = threading.local()
-
-    @property
-    def kernel(self):
-        """The compiled kernel (the fused graph is one)."""
-        return self.parts[0][0]
-
-    def part_of(self, node_id: int) -> int | None:
-        """The index of the kernel computing graph node ``node_id`` (a folded batch norm: its
-        conv's), or None (an input, or a value computed in place of another)."""
-        return self._part_of.get(self._same.get(node_id, node_id))
-
-    def __call__(self, *inputs: np.ndarray):
-        import time
-
-        from ..memory import empty
-
-        g = self.graph
-        if len(inputs) != len(g.inputs):
-            raise GraphError(f"graph {g.name} takes {len(g.inputs)} input(s), got {len(inputs)}")
-        values: dict[int, np.ndarray] = {}
-        for v, a in zip(g.inputs, inputs, strict=True):
-            arr = np.asarray(a)
-            if arr.shape != v.shape or arr.dtype != np.float32:
-                raise GraphError(
-                    f"input {v.name}: expected float32 {v.shape}, got {arr.dtype} {arr.shape}"
-                )
-            values[v.id] = np.ascontiguousarray(arr)
-        seconds = []
-        for ck, ins, params, outs in self.parts:
-            t0 = time.perf_counter()
-            if ck is None:  # a view
-                for vid, shape in outs:
-                    values[vid] = values[ins[0]].reshape(shape)
-                seconds.append(time.perf_counter() - t0)
-                continue
-            out_arrays = [
-                self._kept(vid, shape) if vid in self._bordered else empty(shape)
-                for vid, shape in outs
-            ]
-            ck(*[values[i] for i in ins], *(p for _, p in params), *out_arrays)
-            for (vid, _), arr in zip(outs, out_arrays, strict=True):
-                values[vid] = arr
-            seconds.append(time.perf_counter() - t0)
-        self.seconds = seconds
-        res = [values[i] for i in self._outputs]
-        return res[0] if len(res) == 1 else tuple(res)
-
-    def _kept(self, vid: int, shape) -> np.ndarray:
-        from ..memory import zeros
-
-        kept = getattr(self._tls, "kept", None)
-        if kept is None:
-            kept = self._tls.kept = {}
-        if vid not in kept:
-            kept[vid] = zeros(shape)
-        return kept[vid]
-
-    def show(self, what: str = "loops") -> str:
-        return "\n".join(ck.show(what) for ck, *_ in self.parts if ck is not None)
+# ---------------------------------------------------------------- compiling
 
 
 @functools.cache
