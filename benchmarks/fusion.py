@@ -3,6 +3,7 @@ chain one kernel per operator (``fuse=False``), torch eager (oneDNN) and torch.c
 
     python benchmarks/fusion.py [--threads 1 2] [--batch 1 8] [--no-inductor] [--chains res2 ...]
                                 [--conv-only] [--prefetch-ab] [--narrow-ab] [--nt-ab]
+                                [--blocked-ab]
 
 Chains:
 
@@ -30,6 +31,9 @@ and the unfused chain. ``--narrow-ab``: the same with a tile's last column of at
 (7x7: 49 = 3 x 16 + 1) accumulated in ymm vectors against zmm ones
 (``kernels/generator.NARROW_TAIL``). ``--nt-ab``: C stored non-temporally where the size rule
 says (``transform/transpose.past_caches``), never, and wherever the microkernel can.
+``--blocked-ab``: the chains chosen (default: the BERT ones) with a linear's weights laid out
+``[N/nb][K][nb]`` at build time (``graph/lower.BLOCKED_WEIGHTS``) against ``[K, N]`` (their
+column blocks copied at call time where the compiler finds that pays), and the unfused chain.
 
 Threads pinned on both sides (``torch.set_num_threads``, polydl ``threads=``); contenders timed
 in interleaved rounds (``common.interleaved``); ratios are medians of per-round ratios
@@ -306,10 +310,10 @@ def convconv(args, rng) -> None:
             )
 
 
-def switch_ab(args, rng, module, flag: str, variants: dict) -> None:
-    """The residual chains' fused kernel with ``module.flag`` at each of ``variants`` (label:
-    value; the first the default), all compiled in this process and timed interleaved, and the
-    unfused chain. ``kernels/generator``'s ``PREFETCH_EPILOGUE``: the epilogue's operand
+def switch_ab(args, rng, module, flag: str, variants: dict, names=tuple(RES)) -> None:
+    """The fused kernel of the chains ``names`` (``args.chains`` among them) with
+    ``module.flag`` at each of ``variants`` (label: value; the first the default), all compiled
+    in this process and timed interleaved, and the unfused chain (compiled with the default). ``kernels/generator``'s ``PREFETCH_EPILOGUE``: the epilogue's operand
     prefetch; ``NARROW_TAIL``: a tile's last column of at most half a vector's lanes in a
     half-width vector; ``transform/transpose.NT_SHARE``: the share of the largest cache past
     which C is stored non-temporally."""
@@ -326,30 +330,32 @@ def switch_ab(args, rng, module, flag: str, variants: dict) -> None:
             + " "
             + " ".join(f"{k + '/' + first:>12}" for k in [*others, "unfused"])
         )
-        for name, (cin, cout, hw) in RES.items():
-            for batch in args.batch:
-                if args.chains and name not in args.chains:
-                    continue
-                g, inputs, _, _, _ = residual_chain(batch, cin, cout, hw, rng)
-                unfused = g.compile(threads=threads, fuse=False)
-                want = unfused(*inputs)
-                contenders = {"unfused": lambda f=unfused: f(*inputs)}
-                for label, value in variants.items():
-                    setattr(module, flag, value)
-                    llvm._micro_ir.cache_clear()  # the microkernel text, rendered again
-                    f = g.compile(threads=threads)
-                    np.testing.assert_allclose(f(*inputs), want, rtol=1e-4, atol=1e-4)
-                    contenders[label] = lambda f=f: f(*inputs)
-                setattr(module, flag, default)
-                llvm._micro_ir.cache_clear()
-                t = interleaved(contenders, rounds=args.rounds, repeat=args.repeat)
-                ms = {k: 1e3 * float(np.median(v)) for k, v in t.items()}
-                line = f"{name + f' N={batch}':<14} "
-                line += " ".join(f"{ms[k]:9.3f}" for k in [*variants, "unfused"])
-                line += " " + " ".join(
-                    f"{float(np.median(t[k] / t[first])):12.2f}" for k in [*others, "unfused"]
-                )
-                print(line, flush=True)
+        for name, batch in [(n, b) for n in names for b in (args.batch if n in RES else [1])]:
+            if args.chains and name not in args.chains:
+                continue
+            if name in RES:
+                g, inputs, _, _, _ = residual_chain(batch, *RES[name], rng)
+            else:
+                g, inputs, _, _, _ = gelu_chain(BERT[name], rng)
+            unfused = g.compile(threads=threads, fuse=False)
+            want = unfused(*inputs)
+            contenders = {"unfused": lambda f=unfused: f(*inputs)}
+            for label, value in variants.items():
+                setattr(module, flag, value)
+                llvm._micro_ir.cache_clear()  # the microkernel text, rendered again
+                f = g.compile(threads=threads)
+                np.testing.assert_allclose(f(*inputs), want, rtol=1e-4, atol=1e-4)
+                contenders[label] = lambda f=f: f(*inputs)
+            setattr(module, flag, default)
+            llvm._micro_ir.cache_clear()
+            t = interleaved(contenders, rounds=args.rounds, repeat=args.repeat)
+            ms = {k: 1e3 * float(np.median(v)) for k, v in t.items()}
+            line = f"{name + (f' N={batch}' if name in RES else ''):<14} "
+            line += " ".join(f"{ms[k]:9.3f}" for k in [*variants, "unfused"])
+            line += " " + " ".join(
+                f"{float(np.median(t[k] / t[first])):12.2f}" for k in [*others, "unfused"]
+            )
+            print(line, flush=True)
 
 
 def main() -> None:
@@ -378,8 +384,19 @@ def main() -> None:
         action="store_true",
         help="only the residual chains, C stored non-temporally as the size rule says, never, always",
     )
+    ap.add_argument(
+        "--blocked-ab",
+        action="store_true",
+        help="only the chains chosen (default the BERT ones), linear weights blocked or [K, N]",
+    )
     args = ap.parse_args()
     rng = np.random.default_rng(0)
+    if args.blocked_ab:
+        from polydl.graph import lower
+
+        names = [*RES, *BERT] if args.chains else list(BERT)
+        switch_ab(args, rng, lower, "BLOCKED_WEIGHTS", {"blocked": True, "kxn": False}, names)
+        return
     if args.prefetch_ab or args.narrow_ab:
         from polydl.kernels import generator
 

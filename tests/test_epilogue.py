@@ -72,6 +72,9 @@ def test_exp_special_values():
     np.testing.assert_allclose(got[6:], np.exp(x[0, 6:].astype(np.float64)), rtol=4e-6)
     t = identity_call(Epilogue(expr=("tanh", ACC)), x)[0]
     assert np.isnan(t[0]) and t[1] == 1.0 and t[2] == -1.0 and t[5] == 0.0
+    e = identity_call(Epilogue(expr=("erf", ACC)), x)[0]  # |x| past the rational form's 4
+    assert np.isnan(e[0]) and e[1] == 1.0 and e[2] == -1.0 and e[3] == 1.0 and e[4] == -1.0
+    assert e[5] == 0.0 and e[6] == 1.0 and e[7] == -1.0
 
 
 # ------------------------------------------------------------------ configured kernels

@@ -98,6 +98,47 @@ def test_transformer_mlp(approximate):
     assert not plain_statements(f)  # both biases and the GELU folded into the calls
 
 
+@pytest.mark.parametrize(
+    "M,K,N,nb",
+    [(37, 53, 100, 50), (5, 67, 160, 40), (19, 31, 192, 64), (11, 29, 97, None), (3, 7, 24, None)],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_linear_weights_blocked_at_build_time(M, K, N, nb, threads):
+    """A linear's constant weights laid out [N/nb][K][nb] once at build time (nb: the largest
+    divisor of N up to four f32 vectors, at least two; else kept [K, N]): a torch-style [N, K]
+    weight given transposed, a batch norm folded in before the layout, the residual add and
+    ReLU folded into the calls; a second linear reading the first's output twice (GELU out
+    of place, then the add). Fused vs unfused vs NumPy."""
+    from polydl.graph.lower import linear_block
+
+    assert linear_block(N) == nb
+    w_torch, w2 = r(N, K, scale=0.3), r(N, N, scale=0.1)
+    mean, var, gamma, beta, b2 = r(N), np.abs(r(N)) + 0.5, r(N), r(N), r(N)
+    g = pd.graph.Graph("blocked_linear")
+    x, res = g.input("x", (M, K)), g.input("res", (M, N))
+    y = g.batch_norm(g.linear(x, w_torch.T), mean, var, gamma, beta)
+    y = g.relu(g.add(y, res))
+    z = g.linear(y, w2, b2)
+    g.output(g.add(g.gelu(z), z))
+    xa, ra = r(M, K), r(M, N)
+    h = xa.astype(np.float64) @ w_torch.T.astype(np.float64)
+    h = (h - mean) * (gamma / np.sqrt(var.astype(np.float64) + 1e-5)) + beta
+    h = np.maximum(h + ra, 0)
+    zz = h @ w2 + b2
+    want = 0.5 * zz * (1 + erf(zz / np.sqrt(2))) + zz
+    f = g.compile(threads=threads)
+    u = g.compile(threads=threads, fuse=False)
+    # the first linear's weights, as the kernel takes them
+    shapes = [p.shape for _, p in f.parts[0][2] if p.ndim >= 2]
+    assert shapes[0] == ((N // nb, K, nb) if nb else (K, N))
+    assert shapes[1] == ((N // nb, N, nb) if nb else (N, N))
+    # both biases, the residual add and ReLU folded into the calls: only the GELU and the add
+    # after it (z read twice) stay a nest
+    assert [s.source.split(":")[0] for s in plain_statements(f)] == ["gelu"]
+    np.testing.assert_allclose(f(xa, ra), want, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(u(xa, ra), f(xa, ra), rtol=1e-5, atol=1e-5)
+
+
 def test_linear_bias_softmax():
     M, K, N = 17, 33, 250
     w, b = r(K, N, scale=0.3), r(N)
@@ -335,3 +376,46 @@ def test_blocked_layout_keeps_activations_blocked(N, C, K, H, W):
     text = f.show("loops")
     assert text.count("pack: Xp") == 2 and text.count("unpack: Y") == 1  # x: bordered, plain
     assert "then max((acc + in1), 0.0)" in text  # the residual add and ReLU in the calls
+
+
+@pytest.mark.parametrize("kernels", ["one", "contraction"])
+def test_output_buffers_reused_only_when_let_go(kernels):
+    """A call writes the buffers of its last call when nothing refers to them any more, and
+    never an array the caller still holds (itself, a NumPy view, a torch tensor on its memory,
+    a memoryview); a thread of its own has buffers of its own. Every result stays right."""
+    import threading
+
+    import torch
+
+    w, b = r(7, 9, scale=0.3), r(9)
+    g = pd.graph.Graph("reuse")
+    x = g.input("x", (5, 7))
+    y = g.relu(g.linear(x, w, b))
+    g.output(g.tanh(g.linear(y, r(9, 9, scale=0.3))) if kernels == "contraction" else y)
+    f = g.compile(kernels=kernels)
+    u = g.compile(fuse=False)
+    xs = [r(5, 7) for _ in range(8)]
+    want = [u(a) for a in xs]
+    first = f(xs[0])
+    ptr = first.ctypes.data
+    del first
+    again = f(xs[1])
+    assert again.ctypes.data == ptr  # let go: written again
+    held = {
+        "array": again,
+        "view": f(xs[2])[1:],
+        "torch": torch.from_numpy(f(xs[3])),
+        "memoryview": memoryview(f(xs[4])),
+    }
+    for i in range(5, 8):
+        np.testing.assert_allclose(f(xs[i]), want[i], rtol=1e-5, atol=1e-6)
+    other = []
+    t = threading.Thread(target=lambda: other.append(f(xs[5])))
+    t.start()
+    t.join()
+    np.testing.assert_allclose(f(xs[6]), want[6], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(held["array"], want[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(held["view"], want[2][1:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(held["torch"].numpy(), want[3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(held["memoryview"]), want[4], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(other[0], want[5], rtol=1e-5, atol=1e-6)

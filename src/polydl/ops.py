@@ -539,4 +539,10 @@ from .ops1d import (  # noqa: E402, F401
 )
 
 # operators of whole models (pd.graph): their own module (ops_graph.py), the same namespace
-from .ops_graph import avg_pool2d, batch_matmul, grouped_conv2d, layer_norm  # noqa: E402, F401
+from .ops_graph import (  # noqa: E402, F401
+    avg_pool2d,
+    batch_matmul,
+    grouped_conv2d,
+    layer_norm,
+    linear_blocked,
+)

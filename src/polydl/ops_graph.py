@@ -1,5 +1,6 @@
 """DSL kernels of whole models' operators beyond :mod:`polydl.ops` (re-exported there): a
-grouped (and depthwise) convolution, a batched matmul, average pooling, layer normalisation.
+grouped (and depthwise) convolution, a batched matmul, a matmul on column-blocked weights,
+average pooling, layer normalisation.
 ``pd.graph`` lowers its nodes of these operators to them (:mod:`polydl.graph.lower`)."""
 
 from __future__ import annotations
@@ -105,6 +106,32 @@ def batch_matmul(B: int, M: int, N: int, K: int) -> KernelFunction:
                         C[b, i, j] += A[b, i, k] * Bm[b, k, j]
 
     return batch_matmul
+
+
+@functools.cache
+def linear_blocked(M: int, N: int, K: int, block: int) -> KernelFunction:
+    """``C = A @ B`` with ``B`` laid out in column blocks: ``Bp[N/block, K, block]``,
+    ``Bp[jb, k, jv] = B[k, jb * block + jv]`` (``block`` divides ``N``); arguments ``(C, A,
+    Bp)``, ``C`` of shape ``(M, N)``. Each block's ``K`` rows of ``block`` columns are
+    contiguous: a call reads its B panel with ``ldb = block``, nothing to copy
+    (``pd.graph`` lays out a linear's constant weights so at build time)."""
+    M, N, K, block = _ints(M, N, K, block)
+    if min(M, N, K, block) < 1 or N % block:
+        raise ValueError(f"linear_blocked: block {block} does not divide N={N} (M={M}, K={K})")
+    NB = N // block
+
+    @kernel
+    def linear_blocked(C: f32[M, N], A: f32[M, K], Bp: f32[NB, K, block]):
+        for i in range(M):
+            for jb in range(NB):
+                for jv in range(block):
+                    C[i, jb * block + jv] = 0.0
+            for k in range(K):
+                for jb in range(NB):
+                    for jv in range(block):
+                        C[i, jb * block + jv] += A[i, k] * Bp[jb, k, jv]
+
+    return linear_blocked
 
 
 @functools.cache

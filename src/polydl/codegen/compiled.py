@@ -248,6 +248,12 @@ class CompiledKernel:
             st.scalars[i] = v
         fn(st.ptrs_addr, st.scalars_addr, self.threads)
 
+    def holds(self, a) -> int:
+        """How many references to ``a`` this thread's argument cache keeps (the arrays of its
+        last call, kept to skip their checks when the same arrays come again)."""
+        st = getattr(self._tls, "st", None)
+        return 0 if st is None else sum(t is a for t in st.last)
+
     def _state(self):
         """Per-thread argument buffers, so that threads may call one kernel concurrently."""
         st = getattr(self._tls, "st", None)

@@ -24,17 +24,30 @@ the border to the caller (:class:`CompiledGraph` keeps that buffer, zeroed once)
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .. import ops
 from ..ir import poly
-from ..ir.nodes import BinOp, Expr, Int, IntOp, Kernel, Load, Num, Statement, TensorArg, UnOp, Var
+from ..ir.nodes import (
+    BinOp,
+    Expr,
+    IExpr,
+    Int,
+    IntOp,
+    Kernel,
+    Load,
+    Num,
+    Statement,
+    TensorArg,
+    UnOp,
+    Var,
+)
 from ..transform.fuse import fused_schedules, spine
 from . import VIEWS, Graph, GraphError, Node, Value
+from .compiled import CompiledGraph
 
 # as pd.ops.conv2d, pd.ops.matmul and pd.ops.batch_matmul name them (other ranks: a0, a1, ...)
 # (5-D: the blocked layout's [N, K/kb, P, Q, kb], as pd.ops.conv2d(layout="nchwc") names them)
@@ -49,6 +62,48 @@ ITERATORS = {
 
 def iterators(rank: int) -> tuple[str, ...]:
     return ITERATORS.get(rank) or tuple(f"a{d}" for d in range(rank))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Form:
+    """How the statements over a value's elements name them: their iterators (outer first),
+    the element's index in those iterators and each iterator's extent. A linear on blocked
+    weights writes its ``[M, N]`` output as ``C[i, jb * nb + jv]`` over ``(i, jb, jv)``; the
+    elementwise statements after it (bias, activation, residual) use the same form, so that
+    they update the contraction's elements as it names them and fold into its calls."""
+
+    iterators: tuple[str, ...]
+    index: tuple[IExpr, ...]
+    extents: tuple[int, ...]
+
+    @staticmethod
+    def plain(shape: tuple[int, ...]) -> Form:
+        its = iterators(len(shape))
+        return Form(iterators=its, index=tuple(Var(name=v) for v in its), extents=tuple(shape))
+
+    @staticmethod
+    def column_blocked(M: int, N: int, nb: int) -> Form:
+        col = IntOp(op="+", a=IntOp(op="*", a=Var(name="jb"), b=Int(value=nb)), b=Var(name="jv"))
+        return Form(
+            iterators=("i", "jb", "jv"), index=(Var(name="i"), col), extents=(M, N // nb, nb)
+        )
+
+
+# False: every linear's weights kept [K, N] (benchmarks/fusion.py --blocked-ab compares)
+BLOCKED_WEIGHTS = True
+
+
+def linear_block(N: int) -> int | None:
+    """Columns per block of a linear's weights laid out ``[N/nb][K][nb]`` at build time
+    (:func:`polydl.ops.linear_blocked`): the largest divisor of ``N`` up to four vectors of f32
+    (the microkernel's widest column tile), None (the weights kept ``[K, N]``, their blocks
+    copied at call time where the compiler finds that pays) when it is under two vectors."""
+    from ..ops import channel_block, default_block
+
+    if not BLOCKED_WEIGHTS:
+        return None
+    nb = channel_block(N, 2 * default_block())
+    return nb if nb >= default_block() else None
 
 
 CONTRACTIONS = ("conv2d", "linear", "matmul")
@@ -136,13 +191,11 @@ class _Builder:
         self.pos += max(tops) + 1
         self.tail = (out, new_stmts) if node.op in CONTRACTIONS else None
 
-    def elementwise(
-        self, node: Node, out: str, value: Expr, shape: tuple[int, ...], *, in_place: bool
-    ) -> None:
-        """``out[...] = value`` over ``shape``: merged into the statement before it or placed in
-        the contraction's nest (see the class doc), else a nest of its own."""
-        its = iterators(len(shape))
-        target = Load(tensor=out, index=tuple(Var(name=v) for v in its))
+    def elementwise(self, node: Node, out: str, value: Expr, form: Form, *, in_place: bool) -> None:
+        """``out[...] = value`` over the elements of ``form``: merged into the statement before
+        it or placed in the contraction's nest (see the class doc), else a nest of its own."""
+        its = form.iterators
+        target = Load(tensor=out, index=form.index)
         prev = self.statements[-1] if self.statements else None
         if (
             in_place
@@ -155,7 +208,7 @@ class _Builder:
             merged = _substitute(value, target, prev.expr)
             self.statements[-1] = replace(prev, expr=merged, source=f"{prev.source}; {node.op}")
             return
-        stmt = self.box(node, target, value, its, shape)
+        stmt = self.box(node, target, value, its, form.extents)
         new = stmt.name
         if in_place and self.tail is not None and self.tail[0] == out:
             part = self.tail[1]
@@ -307,6 +360,11 @@ def lower(
     temps: list[str] = []
     b = _Builder(name)
 
+    forms: dict[str, Form] = {}  # buffer -> the form its elementwise statements use
+
+    def form_of(nm: str, shape: tuple[int, ...]) -> Form:
+        return forms.get(nm) or Form.plain(shape)
+
     def new_buffer(v: Value, hint: str) -> str:
         vid = root(v)
         if vid in out_ids:
@@ -318,10 +376,13 @@ def lower(
         shapes[nm] = v.shape
         return nm
 
-    def param(nd: Node, key: str) -> str:
+    def param(nd: Node, key: str, array: np.ndarray | None = None) -> str:
+        """The parameter ``key`` of ``nd`` as an argument (``array``: in its place, the
+        parameter laid out as the kernel reads it)."""
         nm = f"{nd.op}{nd.out.id}_{key}"
-        params.append((nm, nd.params[key]))
-        shapes[nm] = nd.params[key].shape
+        array = nd.params[key] if array is None else array
+        params.append((nm, array))
+        shapes[nm] = array.shape
         return nm
 
     def in_place(v: Value) -> bool:
@@ -451,15 +512,24 @@ def lower(
                 (B, M, K), N = nd.inputs[0].shape, nd.out.shape[2]
                 kern = ops.batch_matmul(B, M, N, K)
                 b.part(kern.ir, {"C": out, "A": ins[0], "Bm": ins[1]}, nd, out=out)
+            elif nd.op == "linear" and (nb := linear_block(nd.out.shape[1])):
+                # the weights [K, N] laid out [N/nb][K][nb] here, once: each column block's
+                # rows read contiguously by its calls, no copy at call time
+                (M, K), N = nd.inputs[0].shape, nd.out.shape[1]
+                w = nd.params["w"].reshape(K, N // nb, nb).transpose(1, 0, 2)
+                tensors = {"C": out, "A": ins[0], "Bp": param(nd, "w", np.ascontiguousarray(w))}
+                b.part(ops.linear_blocked(M, N, K, nb).ir, tensors, nd, out=out)
+                forms[out] = Form.column_blocked(M, N, nb)
             else:
                 (M, K), N = nd.inputs[0].shape, nd.out.shape[1]
                 rhs = param(nd, "w") if nd.op == "linear" else ins[1]
                 b.part(ops.matmul(M, N, K).ir, {"C": out, "A": ins[0], "B": rhs}, nd, out=out)
             if "b" in nd.params:  # a bias (or a folded batch norm's shift) after the contraction
-                x = _element(out, nd.out.shape)
-                bias = _channel(param(nd, "b"), nd.out.shape)
+                form = form_of(out, nd.out.shape)
+                x = _element(out, form)
+                bias = _channel(param(nd, "b"), nd.out.shape, form)
                 value = BinOp(op="+", a=x, b=bias)
-                b.elementwise(replace(nd, op="bias_add"), out, value, nd.out.shape, in_place=True)
+                b.elementwise(replace(nd, op="bias_add"), out, value, form, in_place=True)
             continue
         # elementwise: in place on its first (or, commutative, second) input when possible
         order = list(range(len(nd.inputs)))
@@ -467,21 +537,21 @@ def lower(
             order = [1, 0]
         first = nd.inputs[order[0]]
         inplace = in_place(first)
+        form = form_of(buffer[root(first)], nd.out.shape)  # the elements as its producer names them
         if inplace:
             out = buffer[root(first)]
             buffer[root(nd.out)] = out
         else:
             out = new_buffer(nd.out, nd.op)
-        x = _element(buffer[root(first)], nd.out.shape)
-        other = (
-            _element(buffer[root(nd.inputs[order[1]])], nd.out.shape) if len(order) > 1 else None
-        )
+            forms[out] = form
+        x = _element(buffer[root(first)], form)
+        other = _element(buffer[root(nd.inputs[order[1]])], form) if len(order) > 1 else None
         channel = None
         if nd.op in ("bias_add", "batch_norm"):
             keys = ("b",) if nd.op == "bias_add" else ("s", "t")
-            channel = [_channel(param(nd, k), nd.out.shape) for k in keys]
+            channel = [_channel(param(nd, k), nd.out.shape, form) for k in keys]
         value = _value(nd.op, x, other, channel, nd.attrs)
-        b.elementwise(nd, out, value, nd.out.shape, in_place=inplace)
+        b.elementwise(nd, out, value, form, in_place=inplace)
 
     # an output computed in place on a scratch buffer (conv -> relu -> output): the buffer is
     # the output argument
@@ -520,105 +590,19 @@ def lower(
     return kernel, params
 
 
-def _element(tensor: str, shape: tuple[int, ...]) -> Load:
-    return Load(tensor=tensor, index=tuple(Var(name=v) for v in iterators(len(shape))))
+def _element(tensor: str, form: Form) -> Load:
+    return Load(tensor=tensor, index=form.index)
 
 
-def _channel(tensor: str, shape: tuple[int, ...]) -> Load:
+def _channel(tensor: str, shape: tuple[int, ...], form: Form) -> Load:
     """A per-channel vector read at the element: axis 1 of NCHW, the last axis of 2-D."""
-    its = iterators(len(shape))
+    at = form.index
     if len(shape) == 5:  # blocked: the parameter blocked too, [K/kb, kb]
-        return Load(tensor=tensor, index=(Var(name=its[1]), Var(name=its[4])))
-    return Load(tensor=tensor, index=(Var(name=its[1] if len(shape) == 4 else its[-1]),))
+        return Load(tensor=tensor, index=(at[1], at[4]))
+    return Load(tensor=tensor, index=(at[1] if len(shape) == 4 else at[-1],))
 
 
-# ---------------------------------------------------------------- compiled graphs
-
-
-class CompiledGraph:
-    """A graph compiled into kernels: ``f(*inputs) -> output`` (a tuple for several);
-    ``seconds``: each kernel's time at the last call."""
-
-    def __init__(
-        self,
-        graph: Graph,
-        parts: list[tuple],
-        outputs: Sequence[Value],
-        same: dict[int, int] | None = None,
-        part_of: dict[int, int] | None = None,
-        bordered: set[int] | frozenset[int] = frozenset(),
-    ):
-        self.graph = graph
-        self.parts = parts  # (compiled kernel, input value ids, params, output value ids)
-        self.output_shapes = [v.shape for v in outputs]
-        self._outputs = [v.id for v in outputs]
-        self.seconds: list[float] = []
-        self.part_ops: list[list[str]] = []  # the operators of each kernel
-        self._part_of = dict(part_of or {})  # node id -> index of its kernel
-        self._same = dict(same or {})
-        # values written inside a zero border that must stay zero (blocked conv inputs): kept
-        # between calls, one buffer per thread, zeroed once
-        self._bordered = frozenset(bordered)
-        self._tls = threading.local()
-
-    @property
-    def kernel(self):
-        """The compiled kernel (the fused graph is one)."""
-        return self.parts[0][0]
-
-    def part_of(self, node_id: int) -> int | None:
-        """The index of the kernel computing graph node ``node_id`` (a folded batch norm: its
-        conv's), or None (an input, or a value computed in place of another)."""
-        return self._part_of.get(self._same.get(node_id, node_id))
-
-    def __call__(self, *inputs: np.ndarray):
-        import time
-
-        from ..memory import empty
-
-        g = self.graph
-        if len(inputs) != len(g.inputs):
-            raise GraphError(f"graph {g.name} takes {len(g.inputs)} input(s), got {len(inputs)}")
-        values: dict[int, np.ndarray] = {}
-        for v, a in zip(g.inputs, inputs, strict=True):
-            arr = np.asarray(a)
-            if arr.shape != v.shape or arr.dtype != np.float32:
-                raise GraphError(
-                    f"input {v.name}: expected float32 {v.shape}, got {arr.dtype} {arr.shape}"
-                )
-            values[v.id] = np.ascontiguousarray(arr)
-        seconds = []
-        for ck, ins, params, outs in self.parts:
-            t0 = time.perf_counter()
-            if ck is None:  # a view
-                for vid, shape in outs:
-                    values[vid] = values[ins[0]].reshape(shape)
-                seconds.append(time.perf_counter() - t0)
-                continue
-            out_arrays = [
-                self._kept(vid, shape) if vid in self._bordered else empty(shape)
-                for vid, shape in outs
-            ]
-            ck(*[values[i] for i in ins], *(p for _, p in params), *out_arrays)
-            for (vid, _), arr in zip(outs, out_arrays, strict=True):
-                values[vid] = arr
-            seconds.append(time.perf_counter() - t0)
-        self.seconds = seconds
-        res = [values[i] for i in self._outputs]
-        return res[0] if len(res) == 1 else tuple(res)
-
-    def _kept(self, vid: int, shape) -> np.ndarray:
-        from ..memory import zeros
-
-        kept = getattr(self._tls, "kept", None)
-        if kept is None:
-            kept = self._tls.kept = {}
-        if vid not in kept:
-            kept[vid] = zeros(shape)
-        return kept[vid]
-
-    def show(self, what: str = "loops") -> str:
-        return "\n".join(ck.show(what) for ck, *_ in self.parts if ck is not None)
+# ---------------------------------------------------------------- compiling
 
 
 @functools.cache
