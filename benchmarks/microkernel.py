@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         isas = ns.isa.split(",")
     else:
         isas = [f.name for f in sorted(FAMILIES.values(), key=lambda f: f.priority)
-                if f.required_features <= feats and f.name != "generic"] or ["generic"]  # fmt: skip
+                if f.required_features <= feats and f.name != "generic"
+                and "f32" in f.dtypes] or ["generic"]  # fmt: skip
     batches = [1, 16] if ns.quick else BATCHES
     xsmm = None
     if not ns.no_libxsmm:
