@@ -26,7 +26,8 @@ run a block's copy before its calls.
 
 :func:`plan` (``pipeline.lower_contractions``, step 5, before lowering): the contraction's ranked
 plan with the image loop first (several images) and, for each candidate ``B``, a tile loop of
-``B`` rows after it (``fuse_rows.refit``: no call crosses a block), costed by the cost model
+``B`` rows after it (``fuse_rows.refit``: no call crosses a block, and none is narrower than the
+ranked plan's), costed by the cost model
 (``fuse_rows``'s ``_cost``) plus the copy: each element of the copy read from memory and written
 (zeroed first under a guard) to the cache one block fits, and read back by the calls from there
 rather than from where the whole copy fits. The cheapest of whole, per image and per block wins;
@@ -151,7 +152,10 @@ def plan(kernel: Kernel, entry: tuple, nest_k: Kernel, target: Target, threads: 
         options.append((None, replace(bp, loops=_first(bp.loops, g.image))))
     for rows in fuse_rows.candidates(g.height, threads if images == 1 else 1):
         fit = fuse_rows.refit(c, bp, g.column, g.width, rows)
-        if fit is None:
+        if fit is None or (fit.block(c.n) or 1) < (bp.block(c.n) or 1):
+            # calls of fewer columns than ranked cost more than the model says: resnet_07 and
+            # 12 (3x3 im2col, one or two rows of 28 columns a call, not 64-80) at 1 thread,
+            # batch 1: 0.93 -> 0.67 and 0.91 -> 0.53 of torch; blocks keep the ranked calls
             continue
         if threads > 1 and images == 1 and c.extent(c.n) % (fit.block(c.n) or 1):
             # the partial block of pixels would be made after the parallel loop (isl orders it
