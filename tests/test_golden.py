@@ -55,6 +55,20 @@ CASES = {
         2,
     ),
     "conv_nchw_1x1": (lambda: pd.ops.conv2d(1, 32, 64, 14, 14, 1, 1), {}, "znver3", 1),
+    # a 7x7 stride-2 im2col larger than a core's L2: copied block by block of output rows, and
+    # image by image under the image loop (transform/fuse_gather.py)
+    "conv_nchw_7x7_rows": (
+        lambda: pd.ops.conv2d(1, 3, 16, 127, 127, 7, 7, stride=2, padding=3),
+        {},
+        "icelake-server",
+        2,
+    ),
+    "conv_nchw_7x7_images": (
+        lambda: pd.ops.conv2d(3, 3, 16, 127, 127, 7, 7, stride=2, padding=3),
+        {},
+        "icelake-server",
+        1,
+    ),
     "jacobi_1d_plain": (lambda: jacobi_1d, dict(N=100, T=4), "icelake-server", 2),
 }
 

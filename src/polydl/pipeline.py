@@ -29,6 +29,8 @@ from .transform.fuse_contractions import nest as share_batch_loop
 from .transform.fuse_contractions import offer as offer_contractions
 from .transform.fuse_contractions import private as private_tensor
 from .transform.fuse_contractions import verdicts as merge_verdicts
+from .transform.fuse_gather import moved as gathers_moved
+from .transform.fuse_gather import place as place_gather
 from .transform.fuse_rows import compact as compact_rows
 from .transform.fuse_rows import plan as plan_rows
 from .transform.gather import copy_cost, gather_operands
@@ -415,8 +417,16 @@ def lower_contractions(
         kernel, groups if replay is None else (), plans, chosen, threads, target
     )
     total -= saved
+    placements: list = []
     if replay is None and target is not None:
         plans, chosen = _streamed_stores(kernel, plans, chosen, isa, target)
+        # A gathered copy (an im2col) that spills the caches whole is made where its calls
+        # read it: per image, or per block of output rows, its plan tiled to match, when the
+        # cost model says so (transform/fuse_gather.py; placed after lowering, below).
+        plans, chosen, placements, gain = _place_gathers(
+            kernel, plans, chosen, fused, target, threads
+        )
+        total -= gain
     for i, (c, plan, n_par, _) in enumerate(plans):
         what = f"{c.c} += {c.a} x {c.b}"
         before = {s.name for s in kernel.statements}
@@ -433,6 +443,10 @@ def lower_contractions(
                 parallel[s.name] = frozenset(range(1, 1 + n_par))
                 if not chosen[i].pack:
                     unpacked.add(s.name)
+    for pl in placements:
+        kernel = _checked(place_gather(kernel, pl))
+        for name in gathers_moved(kernel, pl):
+            parallel[name] = frozenset({1}) if threads > 1 else frozenset()
     for group, span, tiling in fused:
         # the image loop (several images) or the loop over blocks of rows (one image) shared
         shared = share_batch_loop(kernel, span, iterator=tiling is None)
@@ -464,6 +478,29 @@ def lower_contractions(
         unpacked=frozenset(unpacked),
         fusion=verdicts,
     )
+
+
+def _place_gathers(kernel: Kernel, plans: list, chosen: list, fused: list, target, threads: int):
+    """(plans, records, placements, cost units saved): each contraction outside a fused group
+    whose gathered copy :func:`transform.fuse_gather.plan` places per image or per block."""
+    from .transform.fuse_gather import plan as plan_gather
+
+    spans = [span for _, span, _ in fused]
+    plans, chosen, placements, gain = list(plans), list(chosen), [], 0.0
+    for i, entry in enumerate(plans):
+        pos = poly.top_position(kernel, kernel.statement(entry[0].stmt))
+        if pos is None or any(lo <= pos <= hi for lo, hi in spans):
+            continue
+        pl, new, _, saved = plan_gather(
+            kernel, entry, contraction_nest(kernel, entry[0]), target, threads
+        )
+        if pl is None:
+            continue
+        plans[i], gain = new, gain + saved
+        _, bp, n_par, _ = new
+        chosen[i] = replace(chosen[i], bm=bp.bm, bn=bp.bn, loops=bp.loops, n_parallel=n_par)
+        placements.append(pl)
+    return plans, chosen, placements, gain
 
 
 def _streamed_stores(kernel: Kernel, plans: list, chosen: list, isa: str, target):

@@ -588,7 +588,7 @@ class ModuleEmitter(ScalarEmitter):
 
 _DECLS = {
     "GOMP_parallel": "declare void @GOMP_parallel(ptr, ptr, i32, i32)",
-    "omp_thread": "declare i32 @omp_get_thread_num()",
+    "omp_thread": "declare i32 @omp_get_thread_num() nounwind readnone",
     "omp_threads": "declare i32 @omp_get_num_threads()",
     "smin": "declare i64 @llvm.smin.i64(i64, i64)",
 }

@@ -74,6 +74,7 @@ from .schedules import (  # noqa: F401
     schedule_dim_extent,
     schedule_from_text,
     schedule_ndim,
+    shared_schedule,
     top_position,
     with_constants,
 )

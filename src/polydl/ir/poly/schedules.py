@@ -181,6 +181,20 @@ def row_block_schedule(text: str, first: int, row: str, tile: int, group: int) -
     return pre.align_params(m.get_space()).flat_range_product(m).to_str()
 
 
+@functools.lru_cache(maxsize=4096)
+def shared_schedule(text: str, first: int, prefix: tuple[str, ...], group: int) -> str:
+    """Schedule map ``text`` (``S[i..] -> [d..]``) under loops shared with other nests:
+    ``S[i..] -> [first, e.., group, d..]``, ``prefix`` the affine expressions ``e`` of the shared
+    loops in the statement's iterators (``n``, ``floor(p/8)``), so that the nests given the same
+    ``first`` and prefix values run in ``group`` order at each of their iterations."""
+    m = Map(text)
+    dims, name = names(m, "in"), tuple_name(m, "in") or ""
+    pre = Map(
+        f"{{ {name}[{', '.join(dims)}] -> [{int(first)}, {', '.join((*prefix, str(int(group))))}] }}"
+    )
+    return pre.align_params(m.get_space()).flat_range_product(m).to_str()
+
+
 def dim_iterator(kernel: Kernel, s: Statement, i: int) -> str | None:
     """The iterator of ``s`` whose value schedule output dimension ``i`` is on every point of
     its domain (None: no iterator is)."""
