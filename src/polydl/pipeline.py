@@ -22,6 +22,7 @@ from .ir.nodes import Kernel
 from .schedule import ContractionSchedule, Prediction, Schedule, ScheduleError
 from .transform.brgemm import BlockPlan, foldable, lower
 from .transform.coalesce import coalesce_columns
+from .transform.coalesce_reduction import coalesce_reduction
 from .transform.fuse import fuse_nests
 from .transform.fuse_contractions import batch_first, members, score
 from .transform.fuse_contractions import contract as contract_tensor
@@ -626,6 +627,9 @@ def contractions_of(kernel: Kernel):
     # Columns that continue in the next row (a 1x1 stride-1 NCHW conv: p and q are one run of
     # P*Q pixels) become one iterator, so that a call covers more than one row (coalesce.py).
     kernel, found = coalesce_columns(kernel, found)
+    # Reduction iterators that are one run in both operands (a gathered im2col's c, r, s)
+    # become one k, so that a call reduces over all of them at once (coalesce_reduction.py).
+    kernel, found = coalesce_reduction(kernel, found)
     _checked(kernel)
     return kernel, tuple(c for c in found if foldable(kernel, c))
 
