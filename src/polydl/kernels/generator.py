@@ -438,7 +438,8 @@ def generate(
     mty = f"<{v} x i1>"
     program, result, needs = _program(cfg.epilogue, v, cfg.row_group)
     # the epilogue's full operands (a residual: one value per element), each tile's lines of
-    # them prefetched as the tile starts (common/epilogue.ll.j2, prefetch_col)
+    # them prefetched over its k loop (common/epilogue.ll.j2, prefetch_step; the lines the loop
+    # does not reach, or all of them without PREFETCH_SPREAD, as the tile starts: prefetch_col)
     prefetched = [st for st in program if st["kind"] == "load_col" and st["ld"]]
     prefetched = prefetched if PREFETCH_EPILOGUE else []
     math = math_context(v, fma)
