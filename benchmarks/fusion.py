@@ -314,7 +314,7 @@ def switch_ab(args, rng, module, flag: str, variants: dict, names=tuple(RES)) ->
     """The fused kernel of the chains ``names`` (``args.chains`` among them) with
     ``module.flag`` at each of ``variants`` (label: value; the first the default), all compiled
     in this process and timed interleaved, and the unfused chain (compiled with the default). ``kernels/generator``'s ``PREFETCH_EPILOGUE``: the epilogue's operand
-    prefetch; ``NARROW_TAIL``: a tile's last column of at most half a vector's lanes in a
+    prefetch; ``PREFETCH_SPREAD``: that prefetch spread over the k loop; ``NARROW_TAIL``: a tile's last column of at most half a vector's lanes in a
     half-width vector; ``transform/transpose.NT_SHARE``: the share of the largest cache past
     which C is stored non-temporally."""
     from polydl.codegen import llvm
@@ -375,6 +375,12 @@ def main() -> None:
         help="only the residual chains, the epilogue's operand prefetch on and off",
     )
     ap.add_argument(
+        "--spread-ab",
+        action="store_true",
+        help="only the residual chains, the epilogue's operand prefetch spread over the k loop "
+        "or all at the tile start",
+    )
+    ap.add_argument(
         "--narrow-ab",
         action="store_true",
         help="only the residual chains, the half-width last column of a tile on and off",
@@ -397,10 +403,16 @@ def main() -> None:
         names = [*RES, *BERT] if args.chains else list(BERT)
         switch_ab(args, rng, lower, "BLOCKED_WEIGHTS", {"blocked": True, "kxn": False}, names)
         return
-    if args.prefetch_ab or args.narrow_ab:
+    if args.prefetch_ab or args.narrow_ab or args.spread_ab:
         from polydl.kernels import generator
 
-        flag = "PREFETCH_EPILOGUE" if args.prefetch_ab else "NARROW_TAIL"
+        flag = (
+            "PREFETCH_EPILOGUE"
+            if args.prefetch_ab
+            else "PREFETCH_SPREAD"
+            if args.spread_ab
+            else "NARROW_TAIL"
+        )
         switch_ab(args, rng, generator, flag, {"on": True, "off": False})
         return
     if args.nt_ab:

@@ -171,6 +171,45 @@ def test_full_operands_prefetched_as_a_tile_starts():
     np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("spread", [True, False])
+@pytest.mark.parametrize(
+    "m, n, k, group", [(7, 37, 5, None), (13, 50, 41, None), (10, 33, 29, 4), (3, 17, 1, None)]
+)
+def test_full_operand_prefetch_spread_over_k(monkeypatch, spread, m, n, k, group):
+    """The residual's prefetches spread over the k loop (one line a step, the lines the loop
+    does not reach at the tile start) or all at the tile start: the same values, odd sizes,
+    grouped rows, a k shorter than the tile's lines."""
+    from polydl.kernels import generate, generator, registry
+
+    monkeypatch.setattr(generator, "PREFETCH_SPREAD", spread)
+    monkeypatch.setattr(registry, "_cache", {})
+    ldc, ldr = n + 3, n + 5
+    res = Operand(ld=ldr, col=1, ld_group=None if group is None else 7 * ldr, name="res")
+    epi = Epilogue(operands=(res,), expr=("max", ("+", ACC, ("in", 0)), ("num", 0.0)))
+    grouped = {} if group is None else {"row_group": group, "lda_group": group * k}
+    cfg = BrgemmConfig(
+        m=m,
+        n=n,
+        k=k,
+        lda=k,
+        ldc=ldc,
+        beta=0,
+        epilogue=epi,
+        **grouped,
+        **({} if group is None else {"ldc_group": 7 * ldc}),
+    )
+    text = generate(cfg).definition
+    body = text[text.index("g0.k.b:") : text.index("g0.k.x:")]
+    assert ("llvm.prefetch" in body) == (spread and ".kb = mul" in body and k > 1)
+    kern = compile_brgemm(cfg)
+    a, b = rand(m * k), rand(k * n)
+    c = np.zeros(cfg.c_extent(), np.float32)
+    operands = [rand(cfg.operand_extents()[0])]
+    want = reference(cfg, a, b, c.copy(), batch=1, operands=operands)
+    kern(a, b, c, batch=1, operands=operands)
+    np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
+
+
 def test_operand_checks():
     epi = Epilogue(operands=(Operand(ld=0, col=1, name="s"),), expr=("*", ACC, ("in", 0)))
     kern = compile_brgemm(BrgemmConfig(m=2, n=8, k=1, epilogue=epi))

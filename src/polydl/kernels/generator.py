@@ -39,6 +39,10 @@ PREFETCH_DECL = "declare void @llvm.prefetch.p0(ptr, i32 immarg, i32 immarg, i32
 # whether a tile's lines of the epilogue's full operands are prefetched as it starts (an A/B
 # switch: benchmarks/fusion.py --prefetch-ab)
 PREFETCH_EPILOGUE = True
+# whether those prefetches are spread over the tile's k loop (step t asks for the tile's line t,
+# rows then columns; lines past the loop's steps still at the tile's start) instead of all
+# issued as the tile starts (an A/B switch: benchmarks/fusion.py --spread-ab)
+PREFETCH_SPREAD = True
 # after non-temporal stores (weakly ordered): they are visible to other threads before the
 # kernel returns to code that may hand C on
 SFENCE_DECL = "declare void @llvm.x86.sse.sfence()"
@@ -395,6 +399,9 @@ def _group_ctx(gi: int, g: TileGroup, cfg: BrgemmConfig, fam: IsaFamily, nt: boo
         "sets": list(range(g.ksets)),
         "steps": [{"t": t, "s": t % g.ksets} for t in range(g.unroll)],
         "k_main": k_main,
+        # the tile's lines of each prefetched operand (rows x columns) the k loop asks for, one
+        # a step (the first pf_loop lines); the others are asked for as the tile starts
+        "pf_loop": min(g.mr * g.nv, k_main * g.unroll) if PREFETCH_SPREAD else 0,
         "k_tail": k_tail,
         "k_tail_start": k_main * g.unroll,
         "kstride": 2 if dot else 1,
@@ -431,7 +438,8 @@ def generate(
     mty = f"<{v} x i1>"
     program, result, needs = _program(cfg.epilogue, v, cfg.row_group)
     # the epilogue's full operands (a residual: one value per element), each tile's lines of
-    # them prefetched as the tile starts (common/epilogue.ll.j2, prefetch_col)
+    # them prefetched over its k loop (common/epilogue.ll.j2, prefetch_step; the lines the loop
+    # does not reach, or all of them without PREFETCH_SPREAD, as the tile starts: prefetch_col)
     prefetched = [st for st in program if st["kind"] == "load_col" and st["ld"]]
     prefetched = prefetched if PREFETCH_EPILOGUE else []
     math = math_context(v, fma)
