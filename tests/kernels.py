@@ -82,3 +82,25 @@ def gemm_bt(C: pd.f32["M", "N"], A: pd.f32["M", "K"], B: pd.f32["N", "K"]):
             C[i, j] = 0.0
             for k in range(K):
                 C[i, j] += A[i, k] * B[j, k]
+
+
+def check_strided_conv(case, threads, fill):
+    """Compile ``pd.ops.conv2d`` (bias, ReLU) for ``case`` = (N, C, K, H, W, R, S, stride, pad),
+    run it on an output pre-filled with ``fill`` (the init must overwrite it), compare it with
+    the NumPy reference and return the compiled kernel."""
+    N, C, K, H, W, R, S, stride, pad = case
+    P, Q = pd.ops.conv_shape(H, W, R, S, stride, pad)
+    kern = pd.ops.conv2d(
+        N, C, K, H, W, R, S, stride=stride, padding=pad, bias=True, activation="relu"
+    )
+    k = pd.compile(kern, threads=threads)
+    rng = np.random.default_rng(0)
+    x, w, b = (rng.uniform(-1, 1, s).astype(np.float32) for s in ((N, C, H, W), (K, C, R, S), (K,)))
+    o = np.full((N, K, P, Q), fill, np.float32)
+    k(o, x, w, b)
+    sh, sw = stride if isinstance(stride, tuple) else (stride, stride)
+    ph, pw = pad if isinstance(pad, tuple) else (pad, pad)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    want = conv_ref(xp, w, b, 1, 0, True)[:, :, ::sh, ::sw][:, :, :P, :Q]
+    np.testing.assert_allclose(o, want, rtol=1e-4, atol=1e-4)
+    return k

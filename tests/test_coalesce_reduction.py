@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 import pytest
-from kernels import conv_ref
+from kernels import check_strided_conv
 
 import polydl as pd
 from polydl.analysis.contraction import find_all
@@ -43,19 +43,7 @@ def calls(loops: str) -> list[tuple[int, int]]:
 )
 def test_gathered_convs_reduce_in_one_run(case, threads):
     N, C, K, H, W, R, S, stride, pad = case
-    P, Q = pd.ops.conv_shape(H, W, R, S, stride, pad)
-    kern = pd.ops.conv2d(
-        N, C, K, H, W, R, S, stride=stride, padding=pad, bias=True, activation="relu"
-    )
-    k = pd.compile(kern, threads=threads)
-    x, w, b = rand(N, C, H, W), rand(K, C, R, S), rand(K)
-    o = np.full((N, K, P, Q), 5.0, np.float32)  # the init must overwrite it
-    k(o, x, w, b)
-    sh, sw = stride if isinstance(stride, tuple) else (stride, stride)
-    ph, pw = pad if isinstance(pad, tuple) else (pad, pad)
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    want = conv_ref(xp, w, b, 1, 0, True)[:, :, ::sh, ::sw][:, :, :P, :Q]
-    np.testing.assert_allclose(o, want, rtol=1e-4, atol=1e-4)
+    k = check_strided_conv(case, threads, fill=5.0)
     found = calls(k.show("loops"))
     assert found and "I_g0" in k.show("loops")
     # one run of C*R*S: every call's k is its largest block of at most 64 (optimize/plan.py's

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernels import conv_ref, gemm_bt
+from kernels import check_strided_conv, conv_ref, gemm_bt
 
 import polydl as pd
 from polydl.ir.verify import verify
@@ -34,20 +34,7 @@ def rand(*shape):
     ],
 )
 def test_strided_convs_run_on_brgemm(case, threads):
-    N, C, K, H, W, R, S, stride, pad = case
-    P, Q = pd.ops.conv_shape(H, W, R, S, stride, pad)
-    kern = pd.ops.conv2d(
-        N, C, K, H, W, R, S, stride=stride, padding=pad, bias=True, activation="relu"
-    )
-    k = pd.compile(kern, threads=threads)
-    x, w, b = rand(N, C, H, W), rand(K, C, R, S), rand(K)
-    o = np.full((N, K, P, Q), 7.0, np.float32)  # the init must overwrite it
-    k(o, x, w, b)
-    sh, sw = stride if isinstance(stride, tuple) else (stride, stride)
-    ph, pw = pad if isinstance(pad, tuple) else (pad, pad)
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    want = conv_ref(xp[:, :, ::1, ::1], w, b, 1, 0, True)[:, :, ::sh, ::sw][:, :, :P, :Q]
-    np.testing.assert_allclose(o, want, rtol=1e-4, atol=1e-4)
+    k = check_strided_conv(case, threads, fill=7.0)
     loops = k.show("loops")
     assert "brgemm(" in loops and "I_g0" in loops and "gathered for" in loops
 
